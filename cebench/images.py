@@ -1,0 +1,89 @@
+"""Robust image reading: every stage opens images through `open_rgb`.
+
+Grayscale, palette, CMYK, alpha and 16-bit/float images are converted to 8-bit RGB; corrupt or
+truncated files raise `BadImageError` naming the file, so no DataLoader worker dies deep inside PIL.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import BadImageError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16-bit / 32-bit single channel: rescale the actual range to 8 bits instead of clipping.
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        if mode.startswith("I;16"):
+            lo, hi = 0.0, 65535.0 if hi > 255 else 255.0
+        scale = 255.0 / (hi - lo) if hi > lo else 0.0
+        arr8 = np.clip((arr - lo) * scale, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr8, mode="L").convert("RGB")
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        bg = Image.new("RGB", rgba.size, (0, 0, 0))
+        bg.paste(rgba, mask=rgba.getchannel("A"))
+        return bg
+    return img.convert("RGB")  # L, P, CMYK, YCbCr, LAB, HSV, 1
+
+
+def open_rgb(path) -> Image.Image:
+    """Read an image file as 8-bit RGB, fully decoded. Raises BadImageError on any failure."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadImageError(path, "file not found")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as img:
+                img.load()  # force full decode: truncated files fail here, not later
+                return _to_rgb(img).copy()
+    except BadImageError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        reason = "truncated image" if "truncated" in str(exc).lower() else f"unreadable image ({exc})"
+        raise BadImageError(path, reason) from None
+
+
+@dataclass(frozen=True)
+class ImageReport:
+    path: str
+    ok: bool
+    mode: str | None
+    size: tuple[int, int] | None
+    problem: str | None  # None when the image is plain 8-bit RGB and decodes fully
+
+
+def inspect_image(path) -> ImageReport:
+    """Check one image without raising: used by `cebench data check`."""
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as img:
+                mode, size = img.mode, img.size
+                img.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        reason = "truncated image" if "truncated" in str(exc).lower() else f"unreadable image ({exc})"
+        return ImageReport(str(path), False, None, None, reason)
+    problem = None if mode == "RGB" else f"mode {mode} (converted to RGB when loaded)"
+    return ImageReport(str(path), True, mode, size, problem)
+
+
+def list_images(root, recursive: bool = True) -> list[Path]:
+    """All image files under `root`, sorted for determinism."""
+    root = Path(root)
+    it = root.rglob("*") if recursive else root.iterdir()
+    return sorted(p for p in it if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)

@@ -1,0 +1,1 @@
+"""cebench stage package."""
