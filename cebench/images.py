@@ -87,3 +87,27 @@ def list_images(root, recursive: bool = True) -> list[Path]:
     root = Path(root)
     it = root.rglob("*") if recursive else root.iterdir()
     return sorted(p for p in it if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+# Every encoder in the suite takes RGB tensors normalised with the ImageNet mean/std (torchvision's
+# convention), so ImageNet AlexNet weights, our context encoders and HOG share one input pipeline.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def normalize(x):
+    """[B,3,H,W] or [3,H,W] float in [0,1] -> normalised tensor."""
+    import torch
+
+    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    return (x - mean) / std
+
+
+def denormalize(x):
+    """Inverse of `normalize`: back to [0,1] (not clamped)."""
+    import torch
+
+    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    return x * std + mean
