@@ -1,0 +1,163 @@
+"""One runtime: torchrun env -> DDP, or one local process; device, AMP, seeding, channels_last.
+
+`init_runtime` is called once per process by a stage's `main`; everything else takes the returned
+`Runtime`. AMP is chosen once as a context (bf16 autocast on CUDA, or on CPU when asked) so training
+loops never branch on the device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    distributed: bool = False
+    amp_dtype: torch.dtype | None = None
+    channels_last: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def choose_device(device: str = "auto", local_rank: int = 0) -> torch.device:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank)
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        from .errors import CebenchError
+
+        raise CebenchError("device=cuda requested but no CUDA device is available")
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", local_rank)
+    return dev
+
+
+def init_runtime(device: str = "auto", amp: str = "auto", channels_last: bool | None = None) -> Runtime:
+    """Read the torchrun environment (RANK, WORLD_SIZE, LOCAL_RANK); fall back to one process.
+
+    amp: "auto" (bf16 on CUDA, off elsewhere), "bf16" (also on CPU), "none".
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = choose_device(device, local_rank)
+    distributed = world_size > 1
+    if distributed and not dist.is_initialized():
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
+    if amp == "auto":
+        amp_dtype = torch.bfloat16 if dev.type == "cuda" else None
+    elif amp == "bf16":
+        amp_dtype = torch.bfloat16
+    elif amp in ("none", "fp32", "off"):
+        amp_dtype = None
+    else:
+        from .errors import ConfigError
+
+        raise ConfigError(f"amp must be auto, bf16 or none, got {amp!r}")
+    use_cl = dev.type == "cuda" if channels_last is None else channels_last
+    return Runtime(dev, rank, world_size, local_rank, distributed, amp_dtype, use_cl)
+
+
+def autocast_context(rt: Runtime):
+    """The one AMP context of a run: autocast in bf16, or a no-op context."""
+    if rt.amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=rt.device.type, dtype=rt.amp_dtype)
+
+
+def seed_everything(seed: int, rank: int = 0) -> None:
+    s = int(seed) + int(rank)
+    random.seed(s)
+    np.random.seed(s % (2**32))
+    torch.manual_seed(s)
+
+
+def set_cpu_threads(n: int | None) -> None:
+    if n:
+        torch.set_num_threads(int(n))
+
+
+def to_channels_last(x, rt: Runtime):
+    """Model or 4-D tensor to channels_last when the runtime uses it (GPU), else unchanged."""
+    if not rt.channels_last:
+        return x
+    if isinstance(x, torch.nn.Module):
+        return x.to(memory_format=torch.channels_last)
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+
+
+def wrap_ddp(model: torch.nn.Module, rt: Runtime, **kwargs) -> torch.nn.Module:
+    if not rt.distributed:
+        return model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    ids = [rt.device.index] if rt.device.type == "cuda" else None
+    return DDP(model, device_ids=ids, **kwargs)
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or getattr(model, "_orig_mod")
+    return model
+
+
+def is_dist() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def is_main_process() -> bool:
+    return not is_dist() or dist.get_rank() == 0
+
+
+def barrier(rt: Runtime | None = None) -> None:
+    if is_dist():
+        dist.barrier()
+
+
+def all_reduce_sum(t: torch.Tensor, rt: Runtime | None = None) -> torch.Tensor:
+    if is_dist():
+        t = t.clone()
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
+    """Concatenate a tensor (same shape on every rank) from all ranks along dim 0."""
+    if not is_dist():
+        return t
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, t.contiguous())
+    return torch.cat(parts)
+
+
+def save_on_master(fn, *args, **kwargs):
+    """Run a side effect (saving a file) on rank 0 only."""
+    if is_main_process():
+        return fn(*args, **kwargs)
+    return None
+
+
+def cleanup(rt: Runtime | None = None) -> None:
+    if is_dist():
+        dist.destroy_process_group()
