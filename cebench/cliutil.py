@@ -1,0 +1,24 @@
+"""Small helpers shared by the stage CLIs (argument parsing only; no stage logic)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def split_overrides(overrides, *sections: str) -> dict[str, list[str]]:
+    """Route `data.demo=tiny` to section "data" (prefix removed); everything else to "" (the stage)."""
+    out: dict[str, list[str]] = {"": [], **{s: [] for s in sections}}
+    for item in overrides or []:
+        key = item.split("=", 1)[0]
+        head = key.split(".", 1)[0]
+        if head in sections and "." in key:
+            out[head].append(item[len(head) + 1:])
+        else:
+            out[""].append(item)
+    return out
+
+
+def out_dir(args, default: str) -> Path:
+    path = Path(args.out or default)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
