@@ -1,0 +1,207 @@
+"""FAISS index wrapper shared by retrieval and the nearest-neighbour inpainting baseline.
+
+`FeatureIndex(dim, kind="flat"|"ivf"|"hnsw", metric="ip"|"l2")`: exact search by default, IVF or
+HNSW for millions of vectors. On a machine where faiss has GPU support and a GPU is visible,
+flat and IVF indexes run on the GPU (`use_gpu="auto"`); HNSW always runs on the CPU (faiss has no
+GPU HNSW). Scores: inner products (higher is nearer) for "ip", squared L2 distances (lower is
+nearer) for "l2", as faiss returns them.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+KINDS = ("flat", "ivf", "hnsw")
+METRICS = ("ip", "l2")
+
+
+def _faiss():
+    import faiss  # imported lazily: the package must import without it
+
+    return faiss
+
+
+def _as_f32(x) -> np.ndarray:
+    if hasattr(x, "detach"):  # torch tensor
+        x = x.detach().float().cpu().numpy()
+    x = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+    if x.ndim == 1:
+        x = x[None]
+    if x.ndim != 2:
+        raise ValueError(f"expected [N, D] vectors, got shape {x.shape}")
+    return x
+
+
+def faiss_gpu_available() -> bool:
+    try:
+        faiss = _faiss()
+        return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+    except Exception:  # noqa: BLE001 - any faiss/CUDA problem means "no GPU"
+        return False
+
+
+def brute_force_search(db, q, k: int, metric: str = "ip") -> tuple[np.ndarray, np.ndarray]:
+    """NumPy reference: top-k of q [M,D] against db [N,D] -> (scores [M,k], ids [M,k] int64).
+    Ties are broken by the lower id. k larger than N pads with -inf/inf scores and id -1, as faiss."""
+    db, q = _as_f32(db), _as_f32(q)
+    if metric == "ip":
+        s = q.astype(np.float64) @ db.astype(np.float64).T
+        key = -s
+    elif metric == "l2":
+        d64, q64 = db.astype(np.float64), q.astype(np.float64)
+        s = (q64**2).sum(1)[:, None] + (d64**2).sum(1)[None] - 2 * q64 @ d64.T
+        s = np.maximum(s, 0)
+        key = s
+    else:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    kk = min(k, db.shape[0])
+    ids = np.argsort(key, axis=1, kind="stable")[:, :kk]
+    scores = np.take_along_axis(s, ids, axis=1).astype(np.float32)
+    if kk < k:
+        pad = k - kk
+        fill = -np.inf if metric == "ip" else np.inf
+        scores = np.concatenate([scores, np.full((q.shape[0], pad), fill, np.float32)], 1)
+        ids = np.concatenate([ids, np.full((q.shape[0], pad), -1)], 1)
+    return scores, ids.astype(np.int64)
+
+
+class FeatureIndex:
+    """A FAISS index over float32 vectors.
+
+    kind: "flat" (exact), "ivf" (IndexIVFFlat; trained on the first `add`, nlist reduced so each
+    list gets >= 39 training points), "hnsw" (IndexHNSWFlat with `hnsw_m` links).
+    nprobe: IVF lists visited per query; ef_search: HNSW search breadth.
+    """
+
+    def __init__(self, dim: int, kind: str = "flat", metric: str = "ip", nlist: int = 1024,
+                 nprobe: int = 16, hnsw_m: int = 32, ef_search: int = 128,
+                 ef_construction: int = 200, use_gpu="auto"):
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        if metric not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+        self.dim, self.kind, self.metric = int(dim), kind, metric
+        self.nlist, self.nprobe = int(nlist), int(nprobe)
+        self.hnsw_m, self.ef_search, self.ef_construction = int(hnsw_m), int(ef_search), int(ef_construction)
+        want_gpu = faiss_gpu_available() if use_gpu == "auto" else bool(use_gpu)
+        if want_gpu and not faiss_gpu_available():
+            raise RuntimeError("use_gpu=True but faiss has no GPU support or no GPU is visible")
+        self.use_gpu = want_gpu and kind != "hnsw"
+        self._gpu_res = None
+        self.index = None  # built lazily for IVF (nlist depends on the data)
+        if kind != "ivf":
+            self.index = self._place(self._make_cpu(None))
+
+    # construction ---------------------------------------------------------------------------
+    def _metric_const(self):
+        faiss = _faiss()
+        return faiss.METRIC_INNER_PRODUCT if self.metric == "ip" else faiss.METRIC_L2
+
+    def _make_cpu(self, n_train: int | None):
+        faiss = _faiss()
+        if self.kind == "flat":
+            return faiss.IndexFlatIP(self.dim) if self.metric == "ip" else faiss.IndexFlatL2(self.dim)
+        if self.kind == "hnsw":
+            idx = faiss.IndexHNSWFlat(self.dim, self.hnsw_m, self._metric_const())
+            idx.hnsw.efConstruction = self.ef_construction
+            idx.hnsw.efSearch = self.ef_search
+            return idx
+        nlist = max(1, min(self.nlist, (n_train or 0) // 39))
+        quant = faiss.IndexFlatIP(self.dim) if self.metric == "ip" else faiss.IndexFlatL2(self.dim)
+        idx = faiss.IndexIVFFlat(quant, self.dim, nlist, self._metric_const())
+        idx.nprobe = min(self.nprobe, nlist)
+        self._quantizer = quant  # keep the quantizer alive as long as the index
+        return idx
+
+    def _place(self, cpu_index):
+        if not self.use_gpu:
+            return cpu_index
+        faiss = _faiss()
+        if self._gpu_res is None:
+            self._gpu_res = faiss.StandardGpuResources()
+        return faiss.index_cpu_to_gpu(self._gpu_res, 0, cpu_index)
+
+    # public API -------------------------------------------------------------------------------
+    @property
+    def ntotal(self) -> int:
+        return 0 if self.index is None else int(self.index.ntotal)
+
+    def __len__(self) -> int:
+        return self.ntotal
+
+    def add(self, x) -> "FeatureIndex":
+        """Add vectors [N, dim]; their ids are their positions in the order added."""
+        x = _as_f32(x)
+        if x.shape[1] != self.dim:
+            raise ValueError(f"vectors have dim {x.shape[1]}, index has dim {self.dim}")
+        if self.index is None:  # IVF: train on the first batch added
+            self.index = self._place(self._make_cpu(x.shape[0]))
+        if not self.index.is_trained:
+            self.index.train(x)
+        self.index.add(x)
+        return self
+
+    def search(self, q, k: int, batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k for queries [M, dim] in batches -> (scores [M,k] float32, ids [M,k] int64)."""
+        q = _as_f32(q)
+        if self.ntotal == 0:
+            raise ValueError("search on an empty index: add vectors first")
+        if q.shape[1] != self.dim:
+            raise ValueError(f"queries have dim {q.shape[1]}, index has dim {self.dim}")
+        scores = np.empty((q.shape[0], k), np.float32)
+        ids = np.empty((q.shape[0], k), np.int64)
+        for s in range(0, q.shape[0], batch_size):  # loop over query batches
+            d, i = self.index.search(q[s : s + batch_size], k)
+            scores[s : s + batch_size], ids[s : s + batch_size] = d, i
+        return scores, ids
+
+    def save(self, path) -> Path:
+        """Write the index atomically (temp file + os.replace) with faiss.write_index."""
+        faiss = _faiss()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        idx = faiss.index_gpu_to_cpu(self.index) if self.use_gpu else self.index
+        if idx is None:
+            raise ValueError("cannot save an IVF index before anything was added")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+        os.close(fd)
+        try:
+            faiss.write_index(idx, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        return path
+
+    @classmethod
+    def load(cls, path, use_gpu="auto") -> "FeatureIndex":
+        faiss = _faiss()
+        path = Path(path)
+        if not path.is_file():
+            from cebench.errors import CebenchError
+
+            raise CebenchError(f"{path}: index file not found")
+        cpu = faiss.read_index(str(path))
+        metric = "ip" if cpu.metric_type == faiss.METRIC_INNER_PRODUCT else "l2"
+        if isinstance(cpu, faiss.IndexHNSW):
+            kind = "hnsw"
+        elif faiss.try_extract_index_ivf(cpu) is not None:
+            kind = "ivf"
+        else:
+            kind = "flat"
+        obj = cls.__new__(cls)
+        obj.dim, obj.kind, obj.metric = int(cpu.d), kind, metric
+        obj.nlist = int(getattr(cpu, "nlist", 0))
+        obj.nprobe = int(getattr(cpu, "nprobe", 0))
+        obj.hnsw_m, obj.ef_search, obj.ef_construction = 0, 0, 0
+        if kind == "ivf":
+            faiss.extract_index_ivf(cpu).nprobe = obj.nprobe
+        want_gpu = faiss_gpu_available() if use_gpu == "auto" else bool(use_gpu)
+        obj.use_gpu = want_gpu and kind != "hnsw"
+        obj._gpu_res = None
+        obj.index = obj._place(cpu)
+        return obj

@@ -1,0 +1,62 @@
+import numpy as np
+import pytest
+import torch
+
+from cebench.features.index import FeatureIndex, brute_force_search
+
+
+def _unit(x):
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_flat_equals_numpy_brute_force(metric, tmp_path):
+    rng = np.random.default_rng(0)
+    db = _unit(rng.standard_normal((500, 32)))
+    q = _unit(rng.standard_normal((37, 32)))
+    idx = FeatureIndex(32, kind="flat", metric=metric, use_gpu=False).add(db[:300]).add(torch.from_numpy(db[300:]))
+    s, i = idx.search(q, 10, batch_size=8)  # several query batches
+    rs, ri = brute_force_search(db, q, 10, metric=metric)
+    assert i.dtype == np.int64 and i.shape == (37, 10)
+    np.testing.assert_array_equal(i, ri)
+    np.testing.assert_allclose(s, rs, atol=1e-5)
+    path = idx.save(tmp_path / "sub" / "flat.faiss")
+    loaded = FeatureIndex.load(path, use_gpu=False)
+    assert (loaded.kind, loaded.metric, loaded.ntotal) == ("flat", metric, 500)
+    np.testing.assert_array_equal(loaded.search(q, 10)[1], ri)
+    assert not list((tmp_path / "sub").glob("*.tmp"))
+
+
+def test_brute_force_pads_like_faiss():
+    rng = np.random.default_rng(1)
+    db, q = _unit(rng.standard_normal((3, 8))), _unit(rng.standard_normal((2, 8)))
+    s, i = FeatureIndex(8, use_gpu=False).add(db).search(q, 5)
+    rs, ri = brute_force_search(db, q, 5)
+    np.testing.assert_array_equal(i, ri)
+    assert (ri[:, 3:] == -1).all()
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_approximate_recall_on_clustered_data(kind, tmp_path):
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((40, 24)) * 3
+    db = _unit(centres[rng.integers(0, 40, 8000)] + rng.standard_normal((8000, 24)))
+    q = _unit(centres[rng.integers(0, 40, 200)] + rng.standard_normal((200, 24)))
+    idx = FeatureIndex(24, kind=kind, nlist=64, nprobe=8, hnsw_m=16, ef_search=64, use_gpu=False).add(db)
+    _, i = idx.search(q, 10)
+    _, ri = brute_force_search(db, q, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(i, ri)])
+    assert recall > 0.9, recall
+    loaded = FeatureIndex.load(idx.save(tmp_path / f"{kind}.faiss"), use_gpu=False)
+    assert loaded.kind == kind and loaded.ntotal == 8000
+    np.testing.assert_array_equal(loaded.search(q, 10)[1], i)
+
+
+def test_errors():
+    with pytest.raises(ValueError):
+        FeatureIndex(4, kind="lsh")
+    idx = FeatureIndex(4, use_gpu=False)
+    with pytest.raises(ValueError):
+        idx.search(np.zeros((1, 4)), 1)
+    with pytest.raises(ValueError):
+        idx.add(np.zeros((2, 5)))
