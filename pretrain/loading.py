@@ -1,0 +1,89 @@
+"""Loading the AlexNet encoder from any cebench checkpoint, or from torchvision's ImageNet weights.
+
+`transfer` and `retrieval` build on the pretrained encoders only through these two functions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from cebench.checkpoint import load_checkpoint, load_state_strict, strip_prefixes, sub_state_dict
+from cebench.errors import CheckpointError
+
+from .models import AlexNetConfig, AlexNetEncoder
+
+IMAGENET_ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
+# torchvision AlexNet `features.<i>` index -> our conv name
+_TV_CONVS = {0: "conv1", 3: "conv2", 6: "conv3", 8: "conv4", 10: "conv5"}
+
+
+def load_encoder(path, *, expect: str | None = None) -> tuple[AlexNetEncoder, AlexNetConfig, dict]:
+    """Encoder of a cebench checkpoint (ce / ce-adv / ae / supervised / a plugged-in learner).
+
+    The checkpoint's `arch["encoder"]` gives the AlexNetConfig; the encoder weights are the model's
+    `encoder.*` keys (or all keys, for a checkpoint holding a bare encoder). Strict: a CheckpointError
+    lists missing / unexpected keys. `expect`: a method name the checkpoint must have been trained with.
+    Returns (encoder in eval mode on CPU, its config, meta {"method", "step", "config", "arch"}).
+    """
+    ckpt = load_checkpoint(path)
+    arch = ckpt.get("arch") or {}
+    if not isinstance(arch, dict) or "encoder" not in arch:
+        raise CheckpointError(f"{path}: no AlexNet encoder in this checkpoint (arch has no 'encoder' entry; "
+                              f"arch name {arch.get('name') if isinstance(arch, dict) else None!r})")
+    method = arch.get("name")
+    if expect is not None and method != expect:
+        raise CheckpointError(f"{path}: expected a {expect!r} checkpoint, found {method!r}")
+    cfg = AlexNetConfig.from_dict(arch["encoder"])
+    model_sd = strip_prefixes(ckpt.get("model") or {})
+    enc_sd = sub_state_dict(model_sd, "encoder")
+    if not enc_sd:
+        enc_sd = model_sd
+    encoder = AlexNetEncoder(cfg)
+    load_state_strict(encoder, enc_sd, path)
+    encoder.eval()
+    meta = {"method": method, "step": ckpt.get("step"), "config": ckpt.get("config"), "arch": arch}
+    return encoder, cfg, meta
+
+
+def save_encoder_checkpoint(path, encoder: AlexNetEncoder, method: str = "encoder", config: dict | None = None,
+                            step: int = 0) -> Path:
+    """Write a bare-encoder checkpoint in our format (for plugged-in learners); `load_encoder` reads it."""
+    from cebench.checkpoint import save_checkpoint
+
+    state = {"model": {f"encoder.{k}": v for k, v in encoder.state_dict().items()}, "optimizer": None,
+             "scaler": None, "step": step, "epoch": 0, "config": config or {},
+             "arch": {"name": method, "encoder": encoder.cfg.to_dict()}}
+    return save_checkpoint(path, state)
+
+
+def imagenet_weights_path(weights_path=None) -> Path:
+    if weights_path:
+        return Path(weights_path)
+    return Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_ALEXNET_FILE
+
+
+def imagenet_alexnet_encoder(weights_path=None) -> AlexNetEncoder:
+    """torchvision's ImageNet AlexNet conv1..pool5 as an AlexNetEncoder (AlexNetConfig.paper()).
+
+    Reads the local torch hub cache (or `weights_path`); never downloads.
+    """
+    path = imagenet_weights_path(weights_path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"ImageNet AlexNet weights unavailable: place {IMAGENET_ALEXNET_FILE} in {path.parent}"
+        )
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file becomes one clear line
+        raise CheckpointError(f"{path}: unreadable ImageNet AlexNet weights ({type(exc).__name__})") from None
+    mapped = {}
+    for key, value in sd.items():
+        parts = key.split(".")
+        if parts[0] == "features" and int(parts[1]) in _TV_CONVS:
+            mapped[f"{_TV_CONVS[int(parts[1])]}.{parts[2]}"] = value
+    encoder = AlexNetEncoder(AlexNetConfig.paper())
+    load_state_strict(encoder, mapped, path)
+    encoder.eval()
+    return encoder
