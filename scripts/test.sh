@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Install (if needed) and run the whole test suite on the CPU.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export CEBENCH_NO_PROGRESS=1 OMP_NUM_THREADS=1
+exec .venv/bin/python -m pytest -q --timeout=900 "$@"
