@@ -1,0 +1,201 @@
+"""`cebench data check ROOT`: find every problem in a VOC tree or an image folder, each with its path.
+
+Errors (report.ok is False): unreadable or truncated images, annotations that do not match their image
+(XML size differs from the real size, boxes outside the image or empty, unknown classes, broken XML),
+segmentation PNGs of the wrong size, ids listed in a split without an image / annotation / mask.
+Warnings (ok stays True): images in a mode other than 8-bit RGB (grayscale, CMYK, 16-bit, palette,
+alpha), which are converted when loaded.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from cebench.data.voc import (CLASSES_FILE, find_voc_root, parse_annotation, read_classes)
+from cebench.errors import CebenchError
+from cebench.images import inspect_image, list_images
+
+
+@dataclass(frozen=True)
+class Issue:
+    path: str
+    problem: str
+    severity: str = "error"  # "error" | "warning"
+
+
+@dataclass
+class CheckReport:
+    root: str
+    kind: str  # "voc" | "folder" | "missing"
+    n_images: int = 0
+    split_counts: dict[str, int] = field(default_factory=dict)  # "Main/trainval" -> images
+    class_counts: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> class -> images (non-difficult)
+    object_counts: dict[str, int] = field(default_factory=dict)  # class -> objects over all annotations
+    classes: tuple[str, ...] = ()
+    issues: list[Issue] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[Issue]:
+        return [i for i in self.issues if i.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Issue]:
+        return [i for i in self.issues if i.severity == "warning"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def add(self, path, problem: str, severity: str = "error") -> None:
+        self.issues.append(Issue(str(path), problem, severity))
+
+
+def _check_images(report: CheckReport, paths) -> dict[str, tuple[int, int]]:
+    """Inspect images; returns stem -> (width, height) of the readable ones."""
+    sizes = {}
+    for p in paths:
+        r = inspect_image(p)
+        report.n_images += 1
+        if not r.ok:
+            report.add(p, r.problem)
+            continue
+        sizes[Path(p).stem] = r.size
+        if r.problem:
+            report.add(p, r.problem, "warning")
+    return sizes
+
+
+def _split_files(voc: Path, sub: str, classes) -> list[Path]:
+    d = voc / "ImageSets" / sub
+    if not d.is_dir():
+        return []
+    prefixes = tuple(f"{c}_" for c in classes)
+    return sorted(p for p in d.glob("*.txt") if not p.stem.startswith(prefixes))
+
+
+def _check_voc(report: CheckReport, voc: Path) -> None:
+    try:
+        classes = read_classes(voc)
+    except CebenchError as exc:
+        report.add(voc / CLASSES_FILE, str(exc).split(": ", 1)[-1])
+        return
+    report.classes = classes
+    cindex = {c: i for i, c in enumerate(classes)}
+    sizes = _check_images(report, list_images(voc / "JPEGImages", recursive=False))
+    images = {p.stem for p in (voc / "JPEGImages").glob("*.jpg")}
+
+    anns: dict[str, dict | None] = {}
+    for xml in sorted((voc / "Annotations").glob("*.xml")) if (voc / "Annotations").is_dir() else []:
+        try:
+            ann = parse_annotation(xml, cindex)
+        except CebenchError as exc:
+            report.add(xml, str(exc).split(": ", 1)[-1])
+            anns[xml.stem] = None
+            continue
+        anns[xml.stem] = ann
+        for lab in ann["labels"]:
+            report.object_counts[classes[lab]] = report.object_counts.get(classes[lab], 0) + 1
+        real = sizes.get(xml.stem)
+        w, h = ann["width"], ann["height"]
+        if real is not None and real != (w, h):
+            report.add(xml, f"size {w}x{h} in XML but the image is {real[0]}x{real[1]}")
+        if real is not None:
+            w, h = real
+        b = ann["boxes"]
+        for k in range(len(b)):
+            x0, y0, x1, y1 = b[k]
+            if not (x1 > x0 and y1 > y0):
+                report.add(xml, f"object {k} ({classes[ann['labels'][k]]}): empty box {b[k].tolist()} (0-based)")
+            elif x0 < 0 or y0 < 0 or x1 > w or y1 > h:
+                report.add(xml, f"object {k} ({classes[ann['labels'][k]]}): box {b[k].tolist()} (0-based) outside "
+                                f"the {w}x{h} image")
+
+    seg_dir = voc / "SegmentationClass"
+    for png in sorted(seg_dir.glob("*.png")) if seg_dir.is_dir() else []:
+        real = sizes.get(png.stem)
+        try:
+            with Image.open(png) as im:
+                size = im.size
+        except OSError as exc:
+            report.add(png, f"unreadable segmentation ({exc})")
+            continue
+        if real is not None and size != real:
+            report.add(png, f"mask size {size[0]}x{size[1]} differs from the image size {real[0]}x{real[1]}")
+
+    segs = {p.stem for p in seg_dir.glob("*.png")} if seg_dir.is_dir() else set()
+    for sub in ("Main", "Segmentation"):
+        for f in _split_files(voc, sub, classes):
+            ids = [line.split()[0] for line in f.read_text().splitlines() if line.strip()]
+            report.split_counts[f"{sub}/{f.stem}"] = len(ids)
+            missing = Counter()
+            for i in ids:
+                if i not in images:
+                    report.add(f, f"id {i}: no image JPEGImages/{i}.jpg")
+                    missing["image"] += 1
+                if i not in anns and sub == "Main":
+                    report.add(f, f"id {i}: no annotation Annotations/{i}.xml")
+                if sub == "Segmentation" and i not in segs:
+                    report.add(f, f"id {i}: no mask SegmentationClass/{i}.png")
+            if sub == "Main":
+                counts = dict.fromkeys(classes, 0)
+                for i in ids:
+                    ann = anns.get(i)
+                    if ann:
+                        for lab in np.unique(ann["labels"][~ann["difficult"]]):
+                            counts[classes[lab]] += 1
+                report.class_counts[f.stem] = counts
+    if not report.split_counts:
+        report.add(voc / "ImageSets", "no split files (ImageSets/Main/*.txt)")
+
+
+def check_dataset(root) -> CheckReport:
+    """Check a VOCyyyy folder (or the VOCdevkit above it, or its parent), or a plain folder of images."""
+    root = Path(root).expanduser()
+    try:
+        voc = find_voc_root(root)
+    except CebenchError:
+        voc = None
+    if voc is not None:
+        report = CheckReport(root=str(voc), kind="voc")
+        _check_voc(report, voc)
+        return report
+    if not root.is_dir():
+        report = CheckReport(root=str(root), kind="missing")
+        report.add(root, "not found (expected a VOC tree DIR/VOCdevkit/VOCyyyy or a folder of images)")
+        return report
+    report = CheckReport(root=str(root), kind="folder")
+    paths = list_images(root)
+    if not paths:
+        report.add(root, "no images found")
+    _check_images(report, paths)
+    report.split_counts["all"] = len(paths)
+    return report
+
+
+def format_report(report: CheckReport, max_issues: int = 200) -> str:
+    lines = [f"{report.kind} dataset at {report.root}: {report.n_images} images"]
+    if report.split_counts:
+        lines.append("splits: " + ", ".join(f"{k} {v}" for k, v in report.split_counts.items()))
+    if report.class_counts:
+        splits = list(report.class_counts)
+        width = max(len(c) for c in report.classes) if report.classes else 8
+        lines.append("images per class (non-difficult): " + " ".join(f"{s:>9}" for s in splits) + "  objects")
+        for c in report.classes:
+            lines.append(f"  {c:<{width}} " + " ".join(f"{report.class_counts[s].get(c, 0):>9}" for s in splits)
+                         + f"  {report.object_counts.get(c, 0):>7}")
+    for label, items in (("errors", report.errors), ("warnings", report.warnings)):
+        if items:
+            lines.append(f"{len(items)} {label}:")
+            lines += [f"  {i.path}: {i.problem}" for i in items[:max_issues]]
+            if len(items) > max_issues:
+                lines.append(f"  ... and {len(items) - max_issues} more")
+    lines.append("OK" if report.ok else f"PROBLEMS FOUND ({len(report.errors)} errors)")
+    return "\n".join(lines)
+
+
+__all__ = ["CheckReport", "Issue", "check_dataset", "format_report"]

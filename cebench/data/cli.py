@@ -1,0 +1,91 @@
+"""`cebench data demo` and `cebench data check`."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+
+from cebench.errors import ConfigError
+
+
+def _parse_overrides(items: list[str]) -> dict:
+    """`key=value` overrides for DemoDataConfig fields (ints, floats, comma tuples)."""
+    from cebench.data.demo import DemoDataConfig
+
+    fields = {f.name: f for f in dataclasses.fields(DemoDataConfig)}
+    defaults = DemoDataConfig()
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in fields:
+            raise ConfigError(f"bad override {item!r}; valid keys: {', '.join(fields)}")
+        current = getattr(defaults, key)
+        try:
+            if isinstance(current, tuple):
+                kind = type(current[0])
+                out[key] = tuple(kind(v) for v in value.split(","))
+            else:
+                out[key] = type(current)(value)
+        except ValueError:
+            raise ConfigError(f"bad value in override {item!r}") from None
+    return out
+
+
+def cmd_demo(args) -> int:
+    from cebench.data.demo import demo_config, generate_demo
+    from cebench.data.voc import VOCIndex
+
+    overrides = _parse_overrides(getattr(args, "overrides", None) or [])
+    if args.seed is not None:
+        overrides["seed"] = args.seed
+    cfg = demo_config(args.size, **overrides)
+    t0 = time.perf_counter()
+    voc = generate_demo(args.out, cfg, force=args.force)
+    seconds = time.perf_counter() - t0
+    print(f"VOC root: {voc}")
+    counts = {s: len(VOCIndex(voc, s).ids) for s in ("pretrain", "trainval", "train", "val", "test")}
+    print("images: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    print(f"classes ({len(cfg.classes)}): {', '.join(cfg.classes)}")
+    print(f"took {seconds:.1f} s")
+    return 0
+
+
+def cmd_check(args) -> int:
+    from cebench.data.check import check_dataset, format_report
+
+    report = check_dataset(args.root)
+    print(format_report(report, max_issues=args.max_issues))
+    return 0 if report.ok else 1
+
+
+def register(subparsers, common: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    """Add `data demo` and `data check` (they take their own options, not the common ones)."""
+    p = subparsers.add_parser("data", help="built-in demo data and dataset checks")
+    sub = p.add_subparsers(dest="data_command", required=True)
+
+    d = sub.add_parser("demo", help="write the built-in demo data as a VOC tree (reused when present)")
+    d.add_argument("--out", required=True, help="folder that receives VOCdevkit/VOC2007")
+    d.add_argument("--size", default="demo", choices=["tiny", "demo", "large"])
+    d.add_argument("--seed", type=int, default=None)
+    d.add_argument("--force", action="store_true", help="regenerate even when an identical tree exists")
+    d.add_argument("overrides", nargs="*", help="DemoDataConfig fields as key=value")
+    d.set_defaults(func=cmd_demo)
+
+    c = sub.add_parser("check", help="check a VOC tree or an image folder; exit 1 if problems are found")
+    c.add_argument("root", help="VOCyyyy folder, the VOCdevkit above it, its parent, or a folder of images")
+    c.add_argument("--max-issues", type=int, default=200, help="list at most this many of each kind")
+    c.set_defaults(func=cmd_check)
+    return p
+
+
+def main(argv=None) -> int:
+    """Stand-alone entry (`python -m cebench.data.cli demo --out DIR`) until benchmarks/cli.py wires it."""
+    parser = argparse.ArgumentParser(prog="cebench")
+    register(parser.add_subparsers(dest="command", required=True), None)
+    args = parser.parse_args(["data", *(argv if argv is not None else __import__("sys").argv[1:])])
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,431 @@
+"""Built-in demo data: a genuine PASCAL-VOC-format tree of synthetic scenes on real-photo backgrounds.
+
+Scenes hold 1..`max_objects` objects of `len(classes)` classes that differ in shape AND texture (the
+texture is always tied to the class and coarse), radius 0.2-0.4 of the image, drawn in order so later
+objects occlude earlier ones, on random crops of the photographs that scikit-image and scikit-learn ship
+(flipped, rescaled, at 0.6 contrast). The tree is written at `out_dir/VOCdevkit/VOC2007/` and is read
+unchanged by torchvision's `VOCDetection` / `VOCSegmentation` (year="2007") and by `cebench.data.voc`.
+
+Splits: `pretrain` (large, for self-supervised pretraining; its labels are only used by the supervised
+reference row), `trainval` = `train` + `val` (few labels, val for choosing hyperparameters) and `test`.
+Boxes are the tight boxes of the VISIBLE part of each object and agree with SegmentationObject.
+Everything is a pure function of the config: same config, same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from cebench.errors import CebenchError, ConfigError
+from cebench.data.voc import CLASSES_FILE, voc_palette
+
+GENERATOR_VERSION = 1
+MARKER_NAME = ".cebench_demo.json"
+YEAR = "2007"
+
+DEFAULT_CLASSES = ("disc", "square", "triangle", "star", "cross", "ring", "hexagon", "crescent")
+
+# Two colours per class (RGB); the texture pattern is also per class (see _texture).
+_CLASS_COLOURS = {
+    "disc": ((230, 40, 40), (250, 210, 60)),
+    "square": ((30, 60, 200), (240, 240, 240)),
+    "triangle": ((40, 170, 60), (20, 40, 20)),
+    "star": ((250, 150, 20), (120, 20, 120)),
+    "cross": ((200, 30, 160), (40, 220, 220)),
+    "ring": ((20, 20, 20), (250, 250, 120)),
+    "hexagon": ((120, 200, 30), (200, 30, 30)),
+    "crescent": ((60, 200, 250), (30, 30, 120)),
+}
+_TEXTURES = {
+    "disc": "hstripes",
+    "square": "checker",
+    "triangle": "dots",
+    "star": "solid",
+    "cross": "diagonal",
+    "ring": "radial",
+    "hexagon": "grid",
+    "crescent": "waves",
+}
+
+# Backgrounds: real photographs shipped by installed packages (no network).
+_SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry",
+                   "camera", "brick", "grass", "gravel", "coins")
+
+
+@dataclass(frozen=True)
+class DemoDataConfig:
+    seed: int = 0
+    image_size: int = 64
+    n_pretrain: int = 6000
+    n_trainval: int = 800
+    n_test: int = 800
+    max_objects: int = 3
+    classes: tuple[str, ...] = DEFAULT_CLASSES
+    radius_range: tuple[float, float] = (0.2, 0.4)  # object radius as a fraction of the image side
+    background_contrast: float = 0.6
+    val_fraction: float = 0.5  # share of trainval that goes to val (VOC07 uses 50/50)
+    difficult_visible: float = 0.25  # objects with less of their area visible are "difficult"
+    difficult_min_side: float = 0.1  # ... as are objects whose visible box side is below this fraction
+    jpeg_quality: int = 92
+    workers: int = 2  # generation processes (output does not depend on it)
+
+    def __post_init__(self):
+        unknown = [c for c in self.classes if c not in _CLASS_COLOURS]
+        if unknown:
+            raise ConfigError(f"demo data: unknown classes {unknown}; valid: {sorted(_CLASS_COLOURS)}")
+        if self.image_size < 16 or self.max_objects < 1 or min(self.n_pretrain, self.n_trainval, self.n_test) < 0:
+            raise ConfigError(f"demo data: invalid sizes in {self}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"demo data: val_fraction must be in (0, 1), got {self.val_fraction}")
+
+
+DEMO_PRESETS: dict[str, DemoDataConfig] = {
+    "tiny": DemoDataConfig(n_pretrain=200, n_trainval=80, n_test=80),
+    "demo": DemoDataConfig(),
+    "large": DemoDataConfig(image_size=128, n_pretrain=20000, n_trainval=1600, n_test=1600),
+}
+
+
+def content_key(cfg: DemoDataConfig) -> dict:
+    """The config fields that determine the bytes written (not `workers`)."""
+    d = asdict(cfg)
+    d.pop("workers")
+    d["classes"] = list(d["classes"])
+    d["radius_range"] = list(d["radius_range"])
+    d["generator_version"] = GENERATOR_VERSION
+    return d
+
+
+# ----------------------------------------------------------------------------------------------
+# drawing (vectorised: masks and textures from coordinate grids)
+
+def _load_photos(image_size: int) -> list[np.ndarray]:
+    """The background photographs, downscaled once so that their short side is 4x the image size."""
+    import skimage.data as skd
+    from sklearn.datasets import load_sample_images
+
+    photos = []
+    for name in _SKIMAGE_PHOTOS:
+        img = getattr(skd, name)()
+        if img.ndim == 2:
+            img = np.repeat(img[:, :, None], 3, axis=2)
+        photos.append(np.ascontiguousarray(img[:, :, :3]))
+    photos.extend(np.ascontiguousarray(im) for im in load_sample_images().images)
+    out = []
+    for p in photos:
+        f = min(1.0, 4 * image_size / min(p.shape[:2]))
+        size = (max(1, round(p.shape[1] * f)), max(1, round(p.shape[0] * f)))
+        out.append(cv2.resize(p, size, interpolation=cv2.INTER_AREA) if f < 1.0 else p)
+    return out
+
+
+def _background(rng: np.random.Generator, photos: list[np.ndarray], size: int, contrast: float) -> np.ndarray:
+    photo = photos[rng.integers(len(photos))]
+    h, w = photo.shape[:2]
+    side = int(round(min(h, w) * rng.uniform(0.25, 1.0)))
+    y0, x0 = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
+    crop = photo[y0:y0 + side, x0:x0 + side]
+    if rng.random() < 0.5:
+        crop = crop[:, ::-1]
+    bg = cv2.resize(np.ascontiguousarray(crop), (size, size), interpolation=cv2.INTER_AREA).astype(np.float32)
+    mean = bg.mean(axis=(0, 1), keepdims=True)
+    return mean + contrast * (bg - mean)
+
+
+def _shape_mask(name: str, un: np.ndarray, vn: np.ndarray) -> np.ndarray:
+    """Shape of unit circumradius in the object's frame (un, vn in radii)."""
+    rn = np.hypot(un, vn)
+    th = np.arctan2(vn, un)
+    if name == "disc":
+        return rn <= 1.0
+    if name == "square":
+        return np.maximum(np.abs(un), np.abs(vn)) <= 0.75
+    if name in ("triangle", "hexagon"):
+        n = 3 if name == "triangle" else 6
+        a = 2 * np.pi / n
+        return rn * np.cos(np.mod(th, a) - a / 2) <= np.cos(a / 2)
+    if name == "star":
+        a = np.mod(th, 2 * np.pi / 5) / (2 * np.pi / 5)
+        return rn <= 0.42 + 0.58 * np.abs(2 * a - 1)
+    if name == "cross":
+        return ((np.abs(un) <= 0.32) & (np.abs(vn) <= 0.95)) | ((np.abs(vn) <= 0.32) & (np.abs(un) <= 0.95))
+    if name == "ring":
+        return (rn <= 1.0) & (rn >= 0.55)
+    if name == "crescent":
+        return (rn <= 1.0) & (np.hypot(un - 0.5, vn) > 0.78)
+    raise ValueError(name)
+
+
+def _texture(kind: str, u: np.ndarray, v: np.ndarray, period: float, phase: float) -> np.ndarray:
+    """Mixing weight in [0, 1] between a class's two colours (coarse patterns, in the object frame)."""
+    p = period
+    if kind == "hstripes":
+        t = np.mod(v / p + phase, 1.0) < 0.5
+    elif kind == "checker":
+        t = (np.floor(u / p + phase) + np.floor(v / p + phase)) % 2 == 0
+    elif kind == "dots":
+        du, dv = np.mod(u / p + phase, 1.0) - 0.5, np.mod(v / p + phase, 1.0) - 0.5
+        t = np.hypot(du, dv) < 0.3
+    elif kind == "solid":
+        return np.clip(0.15 + 0.1 * u / p, 0.0, 0.35)
+    elif kind == "diagonal":
+        t = np.mod((u + v) / (1.4 * p) + phase, 1.0) < 0.5
+    elif kind == "radial":
+        t = np.mod(np.arctan2(v, u) / (2 * np.pi) * 8 + phase, 1.0) < 0.5
+    elif kind == "grid":
+        t = (np.mod(u / p + phase, 1.0) < 0.25) | (np.mod(v / p + phase, 1.0) < 0.25)
+    elif kind == "waves":
+        t = np.mod(v / p + 0.25 * np.sin(2 * np.pi * u / (1.5 * p)) + phase, 1.0) < 0.5
+    else:
+        raise ValueError(kind)
+    return t.astype(np.float32)
+
+
+def _render(index: int, cfg: DemoDataConfig, classes_of_image: np.ndarray, photos) -> tuple:
+    """One scene. Returns (rgb uint8 HxWx3, class map uint8, object map uint8, list of object dicts)."""
+    rng = np.random.default_rng([cfg.seed, 7919, index])
+    s = cfg.image_size
+    img = _background(rng, photos, s, cfg.background_contrast)
+    obj_map = np.zeros((s, s), dtype=np.uint8)
+    full_areas, drawn = [], []
+    for k, c in enumerate(classes_of_image):
+        name = cfg.classes[c]
+        for _attempt in range(6):  # re-place an object that would hide an earlier one almost entirely
+            cx, cy = rng.uniform(0.15, 0.85, size=2) * s
+            r = rng.uniform(*cfg.radius_range) * s
+            ang = rng.uniform(0, 2 * np.pi)
+            # local window around the object (may extend past the image: gives the full area)
+            x0, y0 = int(np.floor(cx - r)) - 1, int(np.floor(cy - r)) - 1
+            x1, y1 = int(np.ceil(cx + r)) + 2, int(np.ceil(cy + r)) + 2
+            gx, gy = np.meshgrid(np.arange(x0, x1, dtype=np.float32) + 0.5,
+                                 np.arange(y0, y1, dtype=np.float32) + 0.5)
+            ca, sa = np.cos(ang), np.sin(ang)
+            u = (gx - cx) * ca + (gy - cy) * sa
+            v = -(gx - cx) * sa + (gy - cy) * ca
+            full = _shape_mask(name, u / r, v / r)
+            # window part inside the image
+            ix0, iy0, ix1, iy1 = max(x0, 0), max(y0, 0), min(x1, s), min(y1, s)
+            win = (slice(iy0 - y0, iy1 - y0), slice(ix0 - x0, ix1 - x0))
+            dst = (slice(iy0, iy1), slice(ix0, ix1))
+            m = np.zeros((s, s), dtype=bool)
+            m[dst] = full[win]
+            if not m.any():
+                continue
+            remaining = [np.count_nonzero((obj_map == j + 1) & ~m) / full_areas[j] for j in range(k)]
+            if all(f >= cfg.difficult_visible for f in remaining):
+                break
+        c0, c1 = (np.array(col, np.float32) for col in _CLASS_COLOURS[name])
+        jitter = rng.uniform(0.85, 1.15)
+        t = _texture(_TEXTURES[name], u[win], v[win], period=max(4.0, s / 7), phase=rng.random())
+        colour = (c0 + (c1 - c0) * t[..., None]) * jitter
+        mw = m[dst]
+        img[dst][mw] = colour[mw]
+        obj_map[dst][mw] = k + 1
+        full_areas.append(max(int(np.count_nonzero(full)), 1))
+        drawn.append(dict(cls=int(c), truncated=bool(np.count_nonzero(m) < full_areas[-1])))
+    # annotations: tight box of the visible part; drop objects hidden entirely
+    objects, relabel = [], np.zeros(256, dtype=np.uint8)
+    for k, d in enumerate(drawn):
+        vis = obj_map == k + 1
+        n_vis = int(np.count_nonzero(vis))
+        if n_vis == 0:
+            continue
+        rows, cols = np.flatnonzero(vis.any(axis=1)), np.flatnonzero(vis.any(axis=0))
+        box = (int(cols[0]) + 1, int(rows[0]) + 1, int(cols[-1]) + 1, int(rows[-1]) + 1)  # VOC: 1-based, inclusive
+        side = min(box[2] - box[0] + 1, box[3] - box[1] + 1)
+        difficult = n_vis / full_areas[k] < cfg.difficult_visible or side < cfg.difficult_min_side * s
+        relabel[k + 1] = len(objects) + 1
+        objects.append(dict(name=cfg.classes[d["cls"]], cls=d["cls"], box=box, truncated=d["truncated"],
+                            difficult=bool(difficult)))
+    obj_map = relabel[obj_map]
+    cls_lut = np.zeros(256, dtype=np.uint8)
+    for j, o in enumerate(objects):
+        cls_lut[j + 1] = o["cls"] + 1
+    cls_map = cls_lut[obj_map]
+    # VOC-style void (255) band just outside the objects (never over object pixels, so boxes == masks)
+    band = 1 if s <= 96 else 2
+    fg = (obj_map > 0).astype(np.uint8)
+    ring = (cv2.dilate(fg, np.ones((3, 3), np.uint8), iterations=band) > 0) & (fg == 0)
+    cls_map[ring] = 255
+    obj_map[ring] = 255
+    rgb = np.clip(np.rint(img), 0, 255).astype(np.uint8)
+    return rgb, cls_map, obj_map, objects
+
+
+_XML = """<annotation>
+\t<folder>VOC2007</folder>
+\t<filename>{id}.jpg</filename>
+\t<source>
+\t\t<database>cebench demo</database>
+\t\t<annotation>cebench demo generator v{ver} seed {seed}</annotation>
+\t\t<image>synthetic</image>
+\t</source>
+\t<size>
+\t\t<width>{w}</width>
+\t\t<height>{h}</height>
+\t\t<depth>3</depth>
+\t</size>
+\t<segmented>1</segmented>
+{objects}</annotation>
+"""
+_XML_OBJ = """\t<object>
+\t\t<name>{name}</name>
+\t\t<pose>Unspecified</pose>
+\t\t<truncated>{trunc}</truncated>
+\t\t<difficult>{diff}</difficult>
+\t\t<bndbox>
+\t\t\t<xmin>{b[0]}</xmin>
+\t\t\t<ymin>{b[1]}</ymin>
+\t\t\t<xmax>{b[2]}</xmax>
+\t\t\t<ymax>{b[3]}</ymax>
+\t\t</bndbox>
+\t</object>
+"""
+
+
+def _write_images(args) -> list[list[tuple[int, int]]]:
+    """Worker: render and write a chunk of images. Returns per image [(class, difficult), ...]."""
+    voc, cfg, jobs = args
+    voc = Path(voc)
+    photos = _load_photos(cfg.image_size)
+    palette = voc_palette()
+    out = []
+    for index, image_id, classes, with_objects in jobs:
+        rgb, cls_map, obj_map, objects = _render(index, cfg, np.asarray(classes), photos)
+        ok, buf = cv2.imencode(".jpg", rgb[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, cfg.jpeg_quality])
+        (voc / "JPEGImages" / f"{image_id}.jpg").write_bytes(buf.tobytes())
+        # SegmentationObject only for the labelled splits (the file system is the bottleneck)
+        for sub, arr in (("SegmentationClass", cls_map), ("SegmentationObject", obj_map))[:1 + with_objects]:
+            png = Image.fromarray(arr, mode="P")
+            png.putpalette(palette)
+            png.save(voc / sub / f"{image_id}.png", compress_level=1)
+        objs = "".join(_XML_OBJ.format(name=o["name"], trunc=int(o["truncated"]), diff=int(o["difficult"]),
+                                       b=o["box"]) for o in objects)
+        xml = _XML.format(id=image_id, ver=GENERATOR_VERSION, seed=cfg.seed, w=cfg.image_size,
+                          h=cfg.image_size, objects=objs)
+        (voc / "Annotations" / f"{image_id}.xml").write_text(xml)
+        out.append([(o["cls"], int(o["difficult"])) for o in objects])
+    return out
+
+
+def _plan(cfg: DemoDataConfig) -> dict[str, list[tuple[int, str, list[int]]]]:
+    """Split -> [(global index, image id, classes in drawing order, write SegmentationObject)]: object classes balanced per split."""
+    rng = np.random.default_rng([cfg.seed, 104729])
+    n_cls = len(cfg.classes)
+    plan, index = {}, 0
+    for split, n in (("trainval", cfg.n_trainval), ("test", cfg.n_test), ("pretrain", cfg.n_pretrain)):
+        counts = rng.integers(1, cfg.max_objects + 1, size=n)
+        total = int(counts.sum())
+        cls = rng.permutation(np.tile(np.arange(n_cls), -(-total // n_cls))[:total])
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        plan[split] = [(index + i, f"{index + i + 1:06d}", cls[starts[i]:starts[i + 1]].tolist(), split != "pretrain")
+                       for i in range(n)]
+        index += n
+    return plan
+
+
+def _write_lists(voc: Path, cfg: DemoDataConfig, splits: dict[str, list[str]],
+                 labels: dict[str, list[tuple[int, int]]]) -> None:
+    for sub in ("Main", "Segmentation"):
+        for split, ids in splits.items():
+            (voc / "ImageSets" / sub / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
+    for split, ids in splits.items():
+        for c, name in enumerate(cfg.classes):
+            lines = []
+            for i in ids:
+                flags = [d for cc, d in labels[i] if cc == c]
+                val = -1 if not flags else (1 if 0 in flags else 0)
+                lines.append(f"{i} {val:2d}\n")
+            (voc / "ImageSets" / "Main" / f"{name}_{split}.txt").write_text("".join(lines))
+    (voc / CLASSES_FILE).write_text("".join(f"{c}\n" for c in cfg.classes))
+
+
+def _read_marker(voc: Path) -> dict | None:
+    try:
+        return json.loads((voc / MARKER_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def generate_demo(out_dir, cfg: DemoDataConfig | None = None, *, force: bool = False) -> Path:
+    """Write (or reuse) the demo VOC tree under `out_dir`; returns the VOC root `out_dir/VOCdevkit/VOC2007`.
+
+    The tree is built in a temporary folder beside the target and moved into place with `os.replace`,
+    with a marker file holding the config: an interrupted run leaves no half tree, and a re-run with the
+    same config returns at once. A different config replaces an earlier demo tree; a VOC2007 folder
+    that is not a demo tree is never touched (CebenchError).
+    """
+    cfg = cfg or DemoDataConfig()
+    devkit = Path(out_dir) / "VOCdevkit"
+    voc = devkit / f"VOC{YEAR}"
+    key = content_key(cfg)
+    if voc.exists():
+        marker = _read_marker(voc)
+        if marker is None:
+            raise CebenchError(f"{voc} exists and is not a cebench demo tree; choose another output folder")
+        if marker.get("config") == key and not force:
+            return voc
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+    devkit.mkdir(parents=True, exist_ok=True)
+    for stale in devkit.glob(f".VOC{YEAR}.tmp-*"):  # left by an interrupted run
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = devkit / f".VOC{YEAR}.tmp-{digest}-{os.getpid()}"
+    try:
+        for sub in ("JPEGImages", "Annotations", "SegmentationClass", "SegmentationObject",
+                    "ImageSets/Main", "ImageSets/Segmentation"):
+            (tmp / sub).mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        plan = _plan(cfg)
+        jobs = [j for split in plan.values() for j in split]
+        n_workers = max(1, min(cfg.workers, os.cpu_count() or 1, len(jobs) // 200 or 1))
+        chunks = [jobs[w::n_workers] for w in range(n_workers)]
+        if n_workers == 1:
+            results = [_write_images((str(tmp), cfg, chunks[0]))]
+        else:
+            with ProcessPoolExecutor(n_workers) as ex:
+                results = list(ex.map(_write_images, [(str(tmp), cfg, ch) for ch in chunks]))
+        labels = {}
+        for ch, res in zip(chunks, results):
+            labels.update({j[1]: r for j, r in zip(ch, res)})
+        splits = {name: [j[1] for j in items] for name, items in plan.items()}
+        tv = splits["trainval"]
+        perm = np.random.default_rng([cfg.seed, 1299709]).permutation(len(tv))
+        n_val = int(round(cfg.val_fraction * len(tv)))
+        splits["val"] = sorted(tv[i] for i in perm[:n_val])
+        splits["train"] = sorted(tv[i] for i in perm[n_val:])
+        _write_lists(tmp, cfg, splits, labels)
+        stats = dict(seconds=round(time.perf_counter() - t0, 2),
+                     splits={k: len(v) for k, v in splits.items()})
+        (tmp / MARKER_NAME).write_text(json.dumps(dict(config=key, stats=stats), indent=1, sort_keys=True))
+        if voc.exists():
+            shutil.rmtree(voc)  # an earlier demo tree with another config (checked above)
+        os.replace(tmp, voc)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return voc
+
+
+def demo_config(size: str = "demo", **overrides) -> DemoDataConfig:
+    """A preset with field overrides, e.g. `demo_config("tiny", seed=3)`."""
+    if size not in DEMO_PRESETS:
+        raise ConfigError(f"unknown demo size {size!r}; choose one of {sorted(DEMO_PRESETS)}")
+    try:
+        return replace(DEMO_PRESETS[size], **overrides)
+    except TypeError as exc:
+        raise ConfigError(f"demo data: {exc}") from None
+
+
+__all__ = ["DemoDataConfig", "DEMO_PRESETS", "DEFAULT_CLASSES", "generate_demo", "demo_config",
+           "voc_palette", "content_key", "CLASSES_FILE", "MARKER_NAME"]
