@@ -1,0 +1,115 @@
+"""`cebench bench [pretrain|transfer|retrieval|all]`: every stage's performance benchmark.
+
+Each stage owns its benchmark function (`bench_pretrain`, `bench_transfer`, `bench_retrieval`),
+which measures throughput/memory and returns a dict; this module runs them, merges the numbers into
+`results/bench.json` (one key per stage, so running one stage keeps the others) and writes a short
+markdown summary beside it. GPU numbers are recorded when a GPU is at hand.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from cebench.config import atomic_write_text
+
+
+def _benches():
+    # the one mapping from a benchmark name to the function that runs it
+    from cebench.pretrain.bench import bench_pretrain
+    from cebench.retrieval.bench import bench_retrieval
+    from cebench.transfer.bench import bench_transfer
+
+    return {"pretrain": bench_pretrain, "transfer": bench_transfer, "retrieval": bench_retrieval}
+
+
+def machine_info() -> dict:
+    import os
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    try:
+        import torchvision
+
+        info["torchvision"] = torchvision.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def _flatten(prefix, obj, rows):
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            _flatten(f"{prefix}.{k}" if prefix else str(k), v, rows)
+    else:
+        rows.append((prefix, obj))
+
+
+def summary_markdown(data: dict) -> str:
+    lines = ["# cebench performance benchmarks", ""]
+    m = data.get("machine", {})
+    lines.append(f"Machine: {m.get('cpu')} ({m.get('cpu_count')} cores), GPU: {m.get('cuda') or 'none'}, "
+                 f"torch {m.get('torch')}, Python {m.get('python')}")
+    for stage in ("pretrain", "transfer", "retrieval"):
+        if stage not in data:
+            continue
+        lines += ["", f"## {stage}", "", "| measurement | value |", "|---|---|"]
+        rows: list = []
+        _flatten("", data[stage], rows)
+        for k, v in rows:
+            if isinstance(v, float):
+                v = f"{v:.4g}"
+            lines.append(f"| {k} | {v} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_bench(which: str, out_dir: Path, device: str = "auto", quick: bool = False) -> dict:
+    benches = _benches()
+    names = list(benches) if which == "all" else [which]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "bench.json"
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    for name in names:
+        t0 = time.time()
+        print(f"[bench] {name} ...", flush=True)
+        data[name] = benches[name](out_dir / f"bench_{name}.json", device=device, quick=quick)
+        print(f"[bench] {name} done in {time.time() - t0:.1f}s", flush=True)
+    data["machine"] = machine_info()
+    data["date"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    atomic_write_text(path, json.dumps(data, indent=2, default=str))
+    atomic_write_text(out_dir / "bench.md", summary_markdown(data))
+    print(f"[bench] wrote {path} and {out_dir / 'bench.md'}")
+    return data
+
+
+def _cmd(args) -> int:
+    run_bench(args.which, Path(args.out or "results"), device=args.device, quick=args.quick)
+    return 0
+
+
+def register(subparsers, common) -> None:
+    p = subparsers.add_parser("bench", help="performance benchmarks of every stage (writes results/bench.json)",
+                              description=__doc__)
+    p.add_argument("which", nargs="?", default="all", choices=["all", "pretrain", "transfer", "retrieval"])
+    p.add_argument("--out", default=None, help="output folder (default: results)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quick", action="store_true", help="fewer repetitions (used by the tests)")
+    p.set_defaults(func=_cmd)

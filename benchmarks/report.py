@@ -1,0 +1,238 @@
+"""The report: the paper's tables reproduced beside our numbers, figures, machine and timings.
+
+Reads what the stages wrote (inpainting table, transfer results file, retrieval table, training
+logs) and writes `report/`: results.md, table1.csv, table2.csv, svm.csv, retrieval.csv,
+fig_inpainting.png, fig_retrieval.png, fig_curves.png, run.json (machine, versions, stage times).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+from cebench.config import atomic_write_text
+from cebench.logs import read_jsonl
+
+from .paper import TABLE1, TABLE1_MATCH, TABLE2, TASK_METRIC
+
+# transfer init names -> the names the tables use
+INIT_DISPLAY = {
+    "random": "random",
+    "ce": "context encoder",
+    "context encoder": "context encoder",
+    "ae": "autoencoder",
+    "autoencoder": "autoencoder",
+    "supervised": "supervised (demo labels)",
+    "supervised (demo labels)": "supervised (demo labels)",
+    "imagenet": "imagenet",
+}
+INIT_ORDER = ["random", "autoencoder", "context encoder", "supervised (demo labels)", "imagenet"]
+TABLE1_ORDER = ["mean-fill", "telea", "nn-pixel", "nn-hog", "ce-l2", "ce-adv"]
+
+
+def _atomic_csv(df: pd.DataFrame, path: Path) -> None:
+    atomic_write_text(path, df.to_csv(index=False, float_format="%.4g"))
+
+
+def _copy(src: Path, dst: Path) -> bool:
+    if src.is_file():
+        tmp = dst.with_name(f".{dst.name}.tmp")
+        shutil.copyfile(src, tmp)
+        tmp.replace(dst)
+        return True
+    return False
+
+
+def _fmt(mean, std=None, seeds=None) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "n/a"
+    if std is None or seeds in (None, 0, 1) or (isinstance(std, float) and math.isnan(std)):
+        return f"{mean:.1f}"
+    return f"{mean:.1f} ± {std:.1f}"
+
+
+def _md_table(df: pd.DataFrame) -> str:
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, row in df.iterrows():
+        lines.append("| " + " | ".join(str(row[c]) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def build_table1(inpaint_csv: Path) -> pd.DataFrame:
+    """Our Table 1 rows plus the paper's, with a `source` column."""
+    rows = []
+    if inpaint_csv.is_file():
+        ours = pd.read_csv(inpaint_csv)
+        ours["order"] = ours["method"].map(lambda m: TABLE1_ORDER.index(m) if m in TABLE1_ORDER else 99)
+        for _, r in ours.sort_values("order").iterrows():
+            rows.append({"method": r["method"], "l1_pct": r["l1_pct"], "l2_pct": r["l2_pct"],
+                         "psnr_db": r["psnr_db"], "source": "ours",
+                         "paper_row": TABLE1_MATCH.get(r["method"], "")})
+    for name, (l1, l2, psnr) in TABLE1.items():
+        rows.append({"method": name, "l1_pct": l1, "l2_pct": l2, "psnr_db": psnr, "source": "paper", "paper_row": name})
+    return pd.DataFrame(rows, columns=["method", "l1_pct", "l2_pct", "psnr_db", "source", "paper_row"])
+
+
+def build_table2(transfer_rows: list[dict]) -> pd.DataFrame:
+    rows = []
+    for r in transfer_rows:
+        if r.get("task") not in TASK_METRIC:
+            continue
+        init = INIT_DISPLAY.get(r["init"], r["init"])
+        paper = TABLE2.get(init, {}).get(r["task"])
+        rows.append({"init": init, "task": r["task"], "metric": r.get("metric", TASK_METRIC[r["task"]]),
+                     "mean": r.get("mean"), "std": r.get("std"), "seeds": r.get("seeds", 0),
+                     "paper": paper, "status": r.get("status", "ok"), "note": r.get("reason", "")})
+    df = pd.DataFrame(rows, columns=["init", "task", "metric", "mean", "std", "seeds", "paper", "status", "note"])
+    if len(df):
+        df["o"] = df["init"].map(lambda i: INIT_ORDER.index(i) if i in INIT_ORDER else len(INIT_ORDER))
+        df["t"] = df["task"].map(lambda t: list(TASK_METRIC).index(t))
+        df = df.sort_values(["t", "o", "init"]).drop(columns=["o", "t"]).reset_index(drop=True)
+    return df
+
+
+def table2_markdown(df: pd.DataFrame) -> str:
+    """Paper layout: one row per init, one column per task, ours (mean ± std, n seeds) | paper."""
+    if not len(df):
+        return "_no transfer results_"
+    inits = sorted(df["init"].unique(), key=lambda i: INIT_ORDER.index(i) if i in INIT_ORDER else 99)
+    out = []
+    for init in inits:
+        row = {"initialisation": init}
+        for task in TASK_METRIC:
+            sel = df[(df["init"] == init) & (df["task"] == task)]
+            paper = TABLE2.get(init, {}).get(task)
+            if not len(sel):
+                ours = "-"
+            elif sel.iloc[0]["status"] != "ok":
+                ours = sel.iloc[0]["status"]
+            else:
+                r = sel.iloc[0]
+                ours = f"{_fmt(r['mean'], r['std'], r['seeds'])} (n={int(r['seeds'])})"
+            row[f"{task} ours"] = ours
+            row[f"{task} paper"] = "-" if paper is None else f"{paper:.1f}"
+        out.append(row)
+    return _md_table(pd.DataFrame(out))
+
+
+def build_svm_table(transfer_rows: list[dict]) -> pd.DataFrame:
+    rows = []
+    for r in transfer_rows:
+        task = r.get("task", "")
+        if task in TASK_METRIC:
+            continue
+        rows.append({"init": INIT_DISPLAY.get(r["init"], r["init"]), "task": task, "metric": r.get("metric", ""),
+                     "mean": r.get("mean"), "std": r.get("std"), "seeds": r.get("seeds", 0),
+                     "status": r.get("status", "ok")})
+    return pd.DataFrame(rows, columns=["init", "task", "metric", "mean", "std", "seeds", "status"])
+
+
+def plot_curves(pretrain_dirs: dict[str, Path], path: Path) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = {}
+    for name, d in pretrain_dirs.items():
+        rows = [r for r in read_jsonl(d / "metrics.jsonl") if "step" in r]
+        keys = [k for k in ("loss", "loss_rec", "loss_total") if rows and k in rows[-1]]
+        if rows and keys:
+            series[name] = ([r["step"] for r in rows if keys[0] in r],
+                            [r[keys[0]] for r in rows if keys[0] in r], keys[0])
+    if not series:
+        return False
+    fig, axes = plt.subplots(1, len(series), figsize=(3.2 * len(series), 2.8), squeeze=False)
+    for ax, (name, (x, y, key)) in zip(axes[0], series.items()):
+        y = [float(v) for v in y]
+        ax.plot(x, y, lw=1)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.set_ylabel(key, fontsize=8)
+        ax.tick_params(labelsize=7)
+    fig.suptitle("pretraining curves", fontsize=10)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return True
+
+
+def write_report(out: Path, *, inpaint_dir: Path, transfer_dirs: list[Path], retrieval_dir: Path,
+                 pretrain_dirs: dict[str, Path], run_info: dict) -> Path:
+    rep = out / "report"
+    rep.mkdir(parents=True, exist_ok=True)
+
+    t1 = build_table1(inpaint_dir / "table1.csv")
+    _atomic_csv(t1[t1["source"] == "ours"][["method", "l1_pct", "l2_pct", "psnr_db"]], rep / "table1.csv")
+
+    rows: list[dict] = []
+    for d in transfer_dirs:
+        p = d / "results.json"
+        if p.is_file():
+            rows += json.loads(p.read_text()).get("rows", [])
+    t2 = build_table2(rows)
+    _atomic_csv(t2[["init", "task", "metric", "mean", "std", "seeds", "paper"]], rep / "table2.csv")
+    svm = build_svm_table(rows)
+    _atomic_csv(svm, rep / "svm.csv")
+
+    retr = pd.read_csv(retrieval_dir / "retrieval.csv") if (retrieval_dir / "retrieval.csv").is_file() else pd.DataFrame()
+    _atomic_csv(retr, rep / "retrieval.csv")
+
+    figs = {
+        "fig_inpainting.png": _copy(inpaint_dir / "fig_inpainting.png", rep / "fig_inpainting.png"),
+        "fig_retrieval.png": _copy(retrieval_dir / "fig_retrieval.png", rep / "fig_retrieval.png"),
+        "fig_curves.png": plot_curves(pretrain_dirs, rep / "fig_curves.png"),
+    }
+    for d in transfer_dirs:
+        for f in sorted(d.glob("fig_*.png")):
+            figs[f.name] = _copy(f, rep / f.name)
+
+    md = ["# Context Encoders benchmark: results", ""]
+    md.append(f"Config: `{run_info.get('config')}`; total wall time {run_info.get('wall_minutes', float('nan')):.1f} min "
+              f"on {run_info.get('machine', {}).get('cpu', '?')} ({run_info.get('machine', {}).get('cpu_count', '?')} cores), "
+              f"torch {run_info.get('machine', {}).get('torch', '?')}.")
+    if run_info.get("demo"):
+        md += ["", "Demo scale: built-in synthetic VOC-format data at 64 px, minutes of CPU pretraining. "
+               "The paper's numbers come from ImageNet/Paris StreetView pretraining for days on a GPU and real "
+               "VOC; compare orderings, not absolute values."]
+    md += ["", "## Table 1: semantic inpainting (centre 1/4 mask)", ""]
+    protocol = (inpaint_dir / "protocol.txt")
+    if protocol.is_file():
+        md += ["Protocol: " + " ".join(protocol.read_text().split()), ""]
+    show = t1.copy()
+    for c in ("l1_pct", "l2_pct", "psnr_db"):
+        show[c] = show[c].map(lambda v: f"{v:.2f}")
+    md += [_md_table(show[["source", "method", "l1_pct", "l2_pct", "psnr_db"]]), ""]
+    md += ["## Table 2: transfer (mean ± std over seeds; n = seeds)", "",
+           "cls = classification mAP, det = detection mAP, seg = segmentation mean IU (%).", "",
+           table2_markdown(t2), ""]
+    unavailable = t2[t2["status"] == "unavailable"] if len(t2) else t2
+    for _, r in unavailable.drop_duplicates("init").iterrows():
+        md.append(f"- `{r['init']}` unavailable: {r['note']}")
+    md += ["", "## Frozen features (linear SVM / kNN per layer, mAP %)", ""]
+    if len(svm):
+        s = svm.copy()
+        s["value"] = [_fmt(m, sd, n) for m, sd, n in zip(s["mean"], s["std"], s["seeds"])]
+        md += [_md_table(s[["init", "task", "metric", "value", "seeds"]]), ""]
+    else:
+        md += ["_not run_", ""]
+    md += ["## Patch retrieval (precision@k and mAP, %)", ""]
+    md += [_md_table(retr.round(2)) if len(retr) else "_not run_", ""]
+    md += ["## Figures", ""]
+    for name, ok in figs.items():
+        if ok:
+            md.append(f"![{name}]({name})")
+    md += ["", "## Stages (wall time)", "", "| job | status | seconds |", "|---|---|---|"]
+    for name, t in run_info.get("jobs", {}).items():
+        md.append(f"| {name} | {t['status']} | {t['seconds']:.0f} |")
+    md.append("")
+    atomic_write_text(rep / "results.md", "\n".join(md))
+    atomic_write_text(rep / "run.json", json.dumps(run_info, indent=2, default=str))
+    return rep
