@@ -1,0 +1,223 @@
+"""`cebench transfer det`: Fast R-CNN fine-tuning from every initialisation, VOC07 detection mAP.
+
+Protocol (through the shared transfer machinery, `seeds.run_seeds`): proposals are computed once and
+cached; for each init the learning rate is chosen on `val` after fitting on `train`; then every seed
+fits on `trainval` with that lr and is scored once on `test`. Each (init, seed, lr, phase) is one job
+(`det_task`) writing its own JSON, so jobs run in parallel one-thread processes. Rows go to the shared
+results file with task "det": metric `mAP` (the VOC2007 11-point AP by default, `use_07_metric`),
+`mAP_11pt` and `mAP_allpoint`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from cebench.config import config_hash, config_to_dict
+from cebench.errors import ConfigError
+
+from .det_data import DetDataset, check_voc_tree, collate, hflip
+from .det_eval import evaluate_detections
+from .det_model import FastRCNN, _rois_with_index, encode_boxes, sample_rois
+from .engine import OptimConfig, make_optimizer, train_one_epoch
+from .proposals import ProposalConfig, load_proposals
+
+TASK = "det"
+
+
+@dataclass
+class DetConfig:
+    arch: str = "demo"                          # encoder architecture preset (a loaded checkpoint brings its own)
+    inits: list[str] = field(default_factory=lambda: ["random"])  # NAME or NAME=CHECKPOINT (see transfer.inits)
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    lrs: list[float] = field(default_factory=lambda: [1e-3, 3e-3])
+    select_seeds: list[int] = field(default_factory=lambda: [100])
+    iterations: int = 500                       # SGD/Adam steps of `images_per_batch` images
+    images_per_batch: int = 2                   # Fast R-CNN: 2 images x 64 RoIs
+    rois_per_image: int = 64
+    fg_fraction: float = 0.25
+    fg_thresh: float = 0.5
+    bg_lo: float = 0.1
+    bg_hi: float = 0.5
+    scale: int = 128                            # short side after resizing (paper: 600)
+    max_size: int = 1000
+    fc_dim: int = 512                           # fc6/fc7 width (paper: 4096)
+    roi_size: int = 6
+    dropout: float = 0.5
+    flip: bool = True
+    bbox_weight: float = 1.0
+    use_difficult: bool = False                 # train on difficult objects too (py-faster-rcnn: no)
+    magic: str = "random"                       # data-dependent init: random | all | none (transfer.inits)
+    magic_images: int = 32
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.3
+    max_per_image: int = 100
+    use_07_metric: bool = True                  # mAP = VOC2007 11-point (False: all-point)
+    eval_batch: int = 16
+    cache_images: bool = True                   # keep resized images in memory (demo sizes)
+    proposals: ProposalConfig = field(default_factory=ProposalConfig)
+    workers: int = 2                            # parallel one-thread job processes
+    threads: int = 1
+    figure_images: int = 6                      # test images whose detections each final job keeps
+
+
+@dataclass
+class DetContext:
+    """Everything a job needs (picklable): config, VOC root, device."""
+
+    cfg: DetConfig
+    root: str
+    device: str = "cpu"
+
+
+# --------------------------------------------------------------------------------------------- pieces
+def target_stats(ds: DetDataset, fg_thresh: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std of the regression targets of all foreground candidates of a split."""
+    from torchvision.ops import box_iou
+
+    chunks = []
+    for i in range(len(ds)):  # one pass over images; boxes vectorised within each
+        s = ds[i]
+        if len(s["boxes"]) == 0:
+            continue
+        cand = torch.cat([s["proposals"], s["boxes"]])
+        iou, arg = box_iou(cand, s["boxes"]).max(1)
+        fg = iou >= fg_thresh
+        chunks.append(encode_boxes(cand[fg], s["boxes"][arg[fg]]))
+    t = torch.cat(chunks) if chunks else torch.zeros(0, 4)
+    if len(t) < 2:
+        return torch.zeros(4), torch.ones(4)
+    return t.mean(0), t.std(0).clamp(min=1e-3)
+
+
+def batches(ds: DetDataset, cfg: DetConfig, iterations: int, seed: int):
+    """Seeded stream of `iterations` minibatches (images, samples) with random horizontal flips."""
+    g = torch.Generator().manual_seed(seed)
+    n, k = len(ds), min(cfg.images_per_batch, len(ds))
+    perm, pos = torch.randperm(n, generator=g), 0
+    for _ in range(iterations):
+        if pos + k > n:
+            perm, pos = torch.randperm(n, generator=g), 0
+        idx = perm[pos:pos + k].tolist()
+        pos += k
+        flips = (torch.rand(k, generator=g) < 0.5).tolist() if cfg.flip else [False] * k
+        samples = [hflip(ds[i]) if f else ds[i] for i, f in zip(idx, flips)]
+        yield collate(samples)
+
+
+def make_loss_fn(cfg: DetConfig, generator: torch.Generator, device):
+    def loss_fn(model: FastRCNN, batch) -> dict:
+        images, samples = batch
+        picks = [sample_rois(s["proposals"], s["boxes"], s["labels"], num=cfg.rois_per_image,
+                             fg_fraction=cfg.fg_fraction, fg_thresh=cfg.fg_thresh,
+                             bg_range=(cfg.bg_lo, cfg.bg_hi), generator=generator) for s in samples]
+        rois = _rois_with_index([p[0] for p in picks], device)
+        labels = torch.cat([p[1] for p in picks]).to(device)
+        gt = torch.cat([p[2] for p in picks]).to(device)
+        logits, deltas = model(images.to(device), rois)
+        losses = model.loss(logits, deltas, labels, rois[:, 1:], gt, bbox_weight=cfg.bbox_weight)
+        return {"loss": losses["total"], "cls": losses["cls"], "box": losses["box"]}
+    return loss_fn
+
+
+@torch.no_grad()
+def evaluate(model: FastRCNN, ds: DetDataset, cfg: DetConfig, device, keep_first: int = 0) -> dict:
+    """Detections on a whole split, mapped back to original pixels; VOC AP (11-point and all-point)."""
+    model.eval()
+    dets, gts, t0 = [], [], time.perf_counter()
+    for start in range(0, len(ds), cfg.eval_batch):
+        images, samples = collate([ds[i] for i in range(start, min(len(ds), start + cfg.eval_batch))])
+        out = model.detect(images.to(device), [s["proposals"] for s in samples], [s["size"] for s in samples],
+                           score_thresh=cfg.score_thresh, nms_thresh=cfg.nms_thresh,
+                           max_per_image=cfg.max_per_image)
+        for s, d in zip(samples, out):
+            dets.append({k: v.cpu() / s["scale"] if k == "boxes" else v.cpu() for k, v in d.items()})
+            ann = ds.index.annotation(s["index"])
+            gts.append(dict(boxes=ann["boxes"], labels=ann["labels"], difficult=ann["difficult"]))
+    seconds = time.perf_counter() - t0
+    C = len(ds.classes)
+    ap07 = evaluate_detections(dets, gts, C, use_07_metric=True, classes=ds.classes)
+    apall = evaluate_detections(dets, gts, C, use_07_metric=False, classes=ds.classes)
+    main = ap07 if cfg.use_07_metric else apall
+    examples = [{"id": ds.index.ids[i], "boxes": dets[i]["boxes"].tolist(), "scores": dets[i]["scores"].tolist(),
+                 "labels": dets[i]["labels"].tolist()} for i in range(min(keep_first, len(dets)))]
+    return {"metrics": {"mAP": main.map, "mAP_11pt": ap07.map, "mAP_allpoint": apall.map},
+            "details": {"ap": main.as_dict()["ap"], "npos": main.as_dict()["npos"]},
+            "infer_images_per_s": len(ds) / max(seconds, 1e-9), "examples": examples}
+
+
+def build_model(cfg: DetConfig, init_name: str, checkpoint, seed: int, ds: DetDataset) -> FastRCNN:
+    from .inits import build_init
+
+    torch.manual_seed(seed)
+    magic = None
+    if cfg.magic != "none" and cfg.magic_images > 0:
+        magic, _ = collate([ds[i] for i in range(min(cfg.magic_images, len(ds)))])
+    encoder = build_init(init_name, arch_cfg=cfg.arch, checkpoint=checkpoint, data_for_magic_init=magic,
+                         seed=seed, magic=cfg.magic)
+    return FastRCNN(encoder, len(ds.classes), fc_dim=cfg.fc_dim, roi_size=cfg.roi_size, dropout=cfg.dropout)
+
+
+def fit_and_score(cfg: DetConfig, root, init_name: str, checkpoint, seed: int, lr: float, fit_split: str,
+                  eval_split: str, device="cpu", keep_first: int = 0, log=None) -> dict:
+    """ONE detection run: build the init, fine-tune on `fit_split`, score on `eval_split`."""
+    device = torch.device(device)
+    props = load_proposals(root, _split_ids(root, fit_split) + _split_ids(root, eval_split), cfg.proposals,
+                           progress=False)
+    fit = DetDataset(root, fit_split, props, scale=cfg.scale, max_size=cfg.max_size, train=True,
+                     use_difficult=cfg.use_difficult, cache_images=cfg.cache_images)
+    ev = DetDataset(root, eval_split, props, scale=cfg.scale, max_size=cfg.max_size, train=False,
+                    cache_images=cfg.cache_images)
+    model = build_model(cfg, init_name, checkpoint, seed, fit)
+    model.set_target_stats(*target_stats(fit, cfg.fg_thresh))
+    model.to(device)
+    opt, sched = make_optimizer(model, cfg.optim, lr, cfg.iterations, backbone=model.encoder)
+    gen = torch.Generator().manual_seed(seed + 7919)
+    train = train_one_epoch(model, batches(fit, cfg, cfg.iterations, seed), make_loss_fn(cfg, gen, device), opt,
+                            sched, grad_clip=cfg.optim.grad_clip, log=log, log_every=max(1, cfg.iterations // 5))
+    out = evaluate(model, ev, cfg, device, keep_first=keep_first)
+    out["train"] = {k: v for k, v in train.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+    out["train_images_per_s"] = train["images_per_s"]
+    out["model"] = model
+    return out
+
+
+def det_task(job, ctx: DetContext) -> dict:
+    """The task function of `seeds.run_seeds` (module level, picklable): one (init, seed, lr) job."""
+    keep = ctx.cfg.figure_images if job.phase == "final" else 0
+    out = fit_and_score(ctx.cfg, ctx.root, job.init.kind, job.init.checkpoint, job.seed, job.lr, job.fit_split,
+                        job.eval_split, ctx.device, keep_first=keep)
+    out.pop("model")
+    return out
+
+
+def _split_ids(root, split: str) -> list[str]:
+    from cebench.data.voc import read_split
+
+    check_voc_tree(root, [split])
+    return read_split(root, split)
+
+
+def job_key(cfg: DetConfig, root) -> str:
+    """Config hash for job caching: everything that changes a job's result (not parallelism)."""
+    d = config_to_dict(cfg)
+    for k in ("inits", "seeds", "lrs", "select_seeds", "workers", "threads"):
+        d.pop(k, None)
+    d["root"] = str(Path(root).resolve())
+    return config_hash(d)
+
+
+def validate(cfg: DetConfig) -> None:
+    if cfg.iterations < 1 or cfg.images_per_batch < 1 or cfg.rois_per_image < 1:
+        raise ConfigError("det: iterations, images_per_batch and rois_per_image must be >= 1")
+    if not (0 <= cfg.bg_lo < cfg.bg_hi <= cfg.fg_thresh <= 1) or not 0 < cfg.fg_fraction <= 1:
+        raise ConfigError(f"det: need 0 <= bg_lo < bg_hi <= fg_thresh <= 1 and 0 < fg_fraction <= 1 ({asdict(cfg)})")
+
+
+__all__ = ["DetConfig", "DetContext", "det_task", "fit_and_score", "evaluate", "target_stats", "batches",
+           "make_loss_fn", "build_model", "job_key", "validate", "TASK"]
