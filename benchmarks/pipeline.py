@@ -1,0 +1,218 @@
+"""`cebench run`: the whole benchmark as cached, resumable, parallel stages.
+
+main(cfg) only wires: resolve the data (generating the demo tree), plan one job per unit of work
+(a pretraining, an inpainting evaluation, a transfer task for one initialisation, the SVMs, the
+retrieval benchmark), let the scheduler run what is not cached, then write the report.
+Every job is a `cebench` subcommand writing into its own folder under `--out`, given the resolved
+config file, so any stage can also be rerun by hand with the same command.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from cebench.config import config_hash, config_to_dict, load_config, parse_overrides, read_yaml, save_config
+from cebench.data.sources import DataConfig, demo_root, voc_root
+from cebench.errors import CebenchError, ConfigError
+
+from . import report
+from .bench import machine_info
+from .jobs import Job, Scheduler
+
+
+@dataclass
+class EncoderPlugin:
+    checkpoint: str = ""          # any AlexNet-compatible cebench checkpoint: adds a row to every table
+
+
+@dataclass
+class RunSection:
+    methods: tuple[str, ...] = ("ce", "ae", "supervised")   # feature-learning pretrainings (transfer inits)
+    inpaint: bool = True          # train the inpainting nets (L2, L2+adv) and evaluate Table 1
+    tasks: tuple[str, ...] = ("cls", "seg", "det")
+    svm: bool = True
+    retrieval: bool = True
+    imagenet: bool = True         # an imagenet row (reported unavailable without the weights file)
+    parallel: int = 0             # jobs side by side; 0 = one per CPU core (CPU) or 1 (GPU)
+    threads: int = 1              # threads per job (one-thread processes beat one two-thread one on CPU)
+    minutes_pretrain: float = 4.0  # estimates for the time-left display only
+    minutes_transfer: float = 2.0
+
+
+STAGES = ("pretrain", "inpaint", "transfer", "svm", "retrieval")
+
+
+def _sections():
+    """The one mapping from a config section to the dataclass that validates it."""
+    from cebench.pretrain.inpaint_eval import InpaintEvalConfig
+    from cebench.pretrain.train import PretrainConfig
+    from cebench.retrieval.benchmark import RetrievalConfig
+    from cebench.transfer.det_train import DetConfig
+    from cebench.transfer.config import TransferConfig
+
+    return {"data": DataConfig, "pretrain": PretrainConfig, "inpaint": InpaintEvalConfig,
+            "transfer": TransferConfig, "det": DetConfig, "retrieval": RetrievalConfig,
+            "run": RunSection, "encoder": EncoderPlugin}
+
+
+def resolve(config_path: Path, overrides) -> dict:
+    """Validate every section (unknown keys fail here, before any work) and return the resolved dict."""
+    sections = _sections()
+    raw = read_yaml(config_path)
+    extra = sorted(set(raw) - set(sections) - {"name"})
+    if extra:
+        raise ConfigError(f"{config_path}: unknown section(s) {extra}; valid: {sorted(sections)} and name")
+    per: dict[str, list[str]] = {s: [] for s in sections}
+    name = str(raw.get("name", "") or "")
+    for key, value in parse_overrides(overrides):
+        head, _, rest = key.partition(".")
+        if key == "name":
+            name = str(value)
+            continue
+        if head not in sections or not rest:
+            raise ConfigError(f"override {key}: use SECTION.key=value with SECTION one of {sorted(sections)} (or name=...)")
+        per[head].append(f"{rest}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}")
+    resolved = {s: config_to_dict(load_config(cls, config_path, per[s], section=s)) for s, cls in sections.items()}
+    resolved["name"] = name
+    return resolved
+
+
+def _key(*parts) -> str:
+    return config_hash(list(parts))
+
+
+def plan(cfg: dict, out: Path, config_file: Path, voc: Path, device: str) -> list[Job]:
+    run = cfg["run"]
+    base = ["--config", str(config_file), "--data", str(voc), "--device", device]
+    data_key = _key(cfg["data"])
+    jobs: list[Job] = []
+    est_pre, est_tr = 60 * run["minutes_pretrain"], 60 * run["minutes_transfer"]
+
+    ckpt = {}
+    for method in run["methods"]:
+        d = out / "pretrain" / method
+        jobs.append(Job(f"pretrain/{method}", "pretrain", ["pretrain", "--method", method, "--out", str(d), *base],
+                        d, _key(cfg["pretrain"], data_key, method), est_seconds=est_pre, threads=run["threads"]))
+        ckpt[method] = d / "checkpoint.pt"
+    if run["inpaint"]:
+        inp = {}
+        for method in ("ce-l2", "ce-adv"):
+            d = out / "pretrain" / method
+            jobs.append(Job(f"pretrain/{method}", "pretrain", ["pretrain", "--method", method, "--out", str(d), *base],
+                            d, _key(cfg["pretrain"], data_key, method), est_seconds=est_pre / 2, threads=run["threads"]))
+            inp[method] = d / "checkpoint.pt"
+        d = out / "inpaint"
+        jobs.append(Job("inpaint", "inpaint", ["inpaint-eval", "--out", str(d), "--ce", str(inp["ce-l2"]),
+                                               "--ce-adv", str(inp["ce-adv"]), *base],
+                        d, _key(cfg["inpaint"], data_key, [j.key for j in jobs if j.name in ("pretrain/ce-l2", "pretrain/ce-adv")]),
+                        deps=("pretrain/ce-l2", "pretrain/ce-adv"), est_seconds=60, threads=run["threads"]))
+
+    # initialisations: name -> (init argument, dependency job)
+    display = {"ce": "context encoder", "ae": "autoencoder", "supervised": "supervised"}
+    inits: dict[str, tuple[str, tuple[str, ...]]] = {"random": ("random", ())}
+    for method in run["methods"]:
+        inits[display.get(method, method)] = (f"{display.get(method, method)}={ckpt[method]}", (f"pretrain/{method}",))
+    if cfg["encoder"]["checkpoint"]:
+        label = cfg["name"] or Path(cfg["encoder"]["checkpoint"]).stem
+        inits[label] = (f"{label}={cfg['encoder']['checkpoint']}", ())
+    if run["imagenet"]:
+        inits["imagenet"] = ("imagenet", ())
+    dep_keys = {j.name: j.key for j in jobs}
+
+    def init_key(deps):
+        return [dep_keys[d] for d in deps]
+
+    task_section = {"cls": "transfer", "seg": "transfer", "det": "det"}
+    for task in run["tasks"]:
+        for label, (arg, deps) in inits.items():
+            slug = label.replace(" ", "-").replace("(", "").replace(")", "")
+            d = out / "transfer" / task / slug
+            jobs.append(Job(f"{task}/{slug}", "transfer", ["transfer", task, "--init", arg, "--out", str(d), *base],
+                            d, _key(cfg[task_section[task]], cfg["transfer"], data_key, arg, init_key(deps)),
+                            deps=deps, est_seconds=est_tr, threads=run["threads"]))
+    if run["svm"]:
+        for label, (arg, deps) in inits.items():
+            slug = label.replace(" ", "-").replace("(", "").replace(")", "")
+            d = out / "transfer" / "svm" / slug
+            jobs.append(Job(f"svm/{slug}", "svm", ["transfer", "svm", "--init", arg, "--out", str(d), *base],
+                            d, _key(cfg["transfer"], data_key, arg, init_key(deps)), deps=deps, est_seconds=60,
+                            threads=run["threads"]))
+    if run["retrieval"]:
+        d = out / "retrieval"
+        args = ["retrieval-bench", "--out", str(d), *base]
+        deps = []
+        for method in run["methods"]:
+            args += ["--checkpoint", f"{display.get(method, method)}={ckpt[method]}"]
+            deps.append(f"pretrain/{method}")
+        if cfg["encoder"]["checkpoint"]:
+            label = cfg["name"] or Path(cfg["encoder"]["checkpoint"]).stem
+            args += ["--checkpoint", f"{label}={cfg['encoder']['checkpoint']}"]
+        jobs.append(Job("retrieval", "retrieval", args, d, _key(cfg["retrieval"], data_key, init_key(deps)),
+                        deps=tuple(deps), est_seconds=60, threads=run["threads"]))
+    return jobs
+
+
+def check_real_data(cfg: dict) -> None:
+    """The paper config fails early with everything that is missing, not after hours of pretraining."""
+    data = cfg["data"]
+    if not data["root"]:
+        return
+    from cebench.data.voc import find_voc_root
+
+    problems = []
+    for key in ("root", "seg_root"):
+        if data[key]:
+            try:
+                find_voc_root(data[key])
+            except CebenchError as exc:
+                problems.append(f"data.{key}: {exc}")
+    if data["pretrain_images"] and not Path(data["pretrain_images"]).is_dir():
+        problems.append(f"data.pretrain_images: folder {data['pretrain_images']} not found (ImageNet train or Paris StreetView images)")
+    if problems:
+        raise CebenchError("missing data: " + " | ".join(problems))
+
+
+def main(config_path: Path, overrides, out: Path, *, device: str = "auto", force=(), dry_run: bool = False) -> Path:
+    t0 = time.time()
+    cfg = resolve(config_path, overrides)
+    out.mkdir(parents=True, exist_ok=True)
+    data_cfg = load_config(DataConfig, None, [f"{k}={v}" for k, v in cfg["data"].items() if v != ""])
+    if not data_cfg.demo_dir and not data_cfg.root:
+        data_cfg.demo_dir = str(out / "data")
+        cfg["data"]["demo_dir"] = data_cfg.demo_dir
+    check_real_data(cfg)
+    config_file = save_config(cfg, out)
+    print(f"[run] config {config_path} -> {config_file}", flush=True)
+    voc = voc_root(data_cfg)
+    print(f"[run] data: {voc} ({time.time() - t0:.1f}s)", flush=True)
+    jobs = plan(cfg, out, config_file, voc, device)
+    bad = [s for s in force if s not in STAGES]
+    if bad:
+        raise CebenchError(f"--force {bad[0]}: unknown stage; stages are {', '.join(STAGES)}")
+    if dry_run:
+        for j in jobs:
+            print(f"{j.name}: cebench {' '.join(j.args)}")
+        return out
+    parallel = cfg["run"]["parallel"] or (1 if device.startswith("cuda") else (os.cpu_count() or 1))
+    results = Scheduler(jobs, max_parallel=parallel, force_stages=tuple(force)).run()
+    failed = [r for r in results.values() if r.status == "failed"]
+    info = {
+        "config": str(config_path), "overrides": list(overrides), "machine": machine_info(),
+        "wall_minutes": (time.time() - t0) / 60, "demo": not cfg["data"]["root"],
+        "jobs": {n: {"status": r.status, "seconds": r.seconds} for n, r in results.items()},
+    }
+    methods = list(cfg["run"]["methods"]) + (["ce-l2", "ce-adv"] if cfg["run"]["inpaint"] else [])
+    rep = report.write_report(
+        out, inpaint_dir=out / "inpaint",
+        transfer_dirs=sorted(p for p in (out / "transfer").glob("*/*") if p.is_dir()),
+        retrieval_dir=out / "retrieval",
+        pretrain_dirs={m: out / "pretrain" / m for m in methods}, run_info=info)
+    print(f"[run] report: {rep / 'results.md'} ({info['wall_minutes']:.1f} min)", flush=True)
+    if failed:
+        raise CebenchError(f"{len(failed)} job(s) failed: " + ", ".join(f"{r.name} (log {r.log})" for r in failed))
+    return rep

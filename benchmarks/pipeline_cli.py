@@ -1,0 +1,26 @@
+"""`cebench run`: registration of the pipeline command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _cmd(args) -> int:
+    from .pipeline import main
+
+    main(args.config, args.overrides, Path(args.out or f"runs/{args.config.stem}"), device=args.device,
+         force=tuple(args.force), dry_run=args.dry_run)
+    return 0
+
+
+def register(subparsers, common) -> None:
+    p = subparsers.add_parser(
+        "run", parents=[common], help="run the whole benchmark pipeline (default: demo config, built-in data)",
+        description="Run every stage (data, pretraining, inpainting evaluation, transfer, SVMs, retrieval, "
+        "report) with caching: a second run skips finished stages; an interrupted run resumes. "
+        "Overrides are SECTION.key=value (e.g. pretrain.steps=500), plus encoder.checkpoint=PATH name=NAME "
+        "to add your own learner to every table.")
+    p.add_argument("--force", action="append", default=[], metavar="STAGE",
+                   help="rerun a stage even if cached: pretrain, inpaint, transfer, svm, retrieval")
+    p.add_argument("--dry-run", action="store_true", help="print the jobs and their commands, run nothing")
+    p.set_defaults(func=_cmd)
