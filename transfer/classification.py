@@ -1,0 +1,142 @@
+"""Multi-label VOC classification by fine-tuning the whole AlexNet (`cebench transfer cls`).
+
+Model: the encoder (conv1..pool5) + fc6/fc7 (+ dropout) + fc8 over C classes. head="fc" flattens
+pool5 (the paper's fc6 on 256x6x6); head="pooled" takes global max+avg pooled pool5 (the demo recipe).
+Loss: BCE over present (1) / absent (-1) labels; "difficult"-only labels (0) are ignored.
+Test: sigmoid scores averaged over `test_crops` random crops (scale + flip), per-class AP with the
+VOC2007 11-point metric, mAP.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .common import TaskContext, encoder_for_job, pick_device
+from .data import flip_rot_perm, load_split, scale_crop, to_input
+from .engine import OptimConfig, TensorBatches, make_optimizer, train_one_epoch
+from .metrics import classification_ap, mean_ap
+
+
+@dataclass
+class ClsConfig:
+    iterations: int = 800
+    batch_size: int = 32
+    lrs: list[float] = field(default_factory=lambda: [1e-3, 3e-3])  # candidates, chosen per init on val
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    head: str = "pooled"          # pooled (global max+avg of pool5) | fc (flatten pool5, as the paper)
+    fc_dim: int = 256             # fc6/fc7 width (paper 4096)
+    fc_layers: int = 2            # hidden fc layers (fc6, fc7)
+    dropout: float = 0.5
+    load_size: int = 64           # images are held at load_size^2 (paper 256)
+    scale: list[float] = field(default_factory=lambda: [1.0, 1.25])  # random rescale before the crop
+    flip: bool = True
+    rot90: bool = True
+    channel_perm: bool = True
+    test_crops: int = 10
+    use_07_metric: bool = True
+    eval_batch: int = 256
+
+
+class ClsNet(nn.Module):
+    def __init__(self, encoder: nn.Module, num_classes: int, *, head: str = "pooled", fc_dim: int = 256,
+                 fc_layers: int = 2, dropout: float = 0.5):
+        super().__init__()
+        if head not in ("pooled", "fc"):
+            raise ValueError(f"head must be 'pooled' or 'fc', got {head!r}")
+        self.encoder, self.head_kind = encoder, head
+        c, n = encoder.out_channels, encoder.out_size
+        d_in = 2 * c if head == "pooled" else c * n * n
+        layers: list[nn.Module] = []
+        for _ in range(fc_layers):  # fc6, fc7
+            layers += [nn.Linear(d_in, fc_dim), nn.ReLU(inplace=True), nn.Dropout(dropout)]
+            d_in = fc_dim
+        if fc_layers == 0:
+            layers.append(nn.Dropout(dropout))
+        self.fc = nn.Sequential(*layers)
+        self.classifier = nn.Linear(d_in, num_classes)  # fc8
+
+    def forward(self, x: Tensor) -> Tensor:
+        f = self.encoder.forward_features(x)  # [B, C5, n, n]
+        if self.head_kind == "pooled":
+            f = torch.cat([f.amax(dim=(2, 3)), f.mean(dim=(2, 3))], dim=1)
+        else:
+            f = f.flatten(1)
+        return self.classifier(self.fc(f))  # logits [B, C]
+
+
+def bce_ignore_difficult(logits: Tensor, labels: Tensor) -> Tensor:
+    """BCE over labels in {1, -1}; 0 (difficult only) contributes nothing."""
+    weight = (labels != 0).float()
+    loss = F.binary_cross_entropy_with_logits(logits, (labels > 0).float(), weight=weight, reduction="sum")
+    return loss / weight.sum().clamp_min(1.0)
+
+
+def make_augment(cfg: ClsConfig, out_size: int):
+    def augment(batch, gen):
+        x, y = batch
+        x = to_input(x)
+        x, _ = scale_crop(x, gen, out_size, cfg.scale)
+        x, _ = flip_rot_perm(x, gen, flip=cfg.flip, rot90=cfg.rot90, channel_perm=cfg.channel_perm)
+        return x, y
+    return augment
+
+
+@torch.no_grad()
+def predict_scores(model: nn.Module, images_u8: Tensor, cfg: ClsConfig, out_size: int, device, seed: int = 0) -> Tensor:
+    """Mean sigmoid score over `test_crops` random crops (scale range and flips of training)."""
+    model.eval()
+    gen = torch.Generator().manual_seed(10_000 + seed)
+    total = torch.zeros(images_u8.shape[0], model.classifier.out_features)
+    crops = max(1, cfg.test_crops)
+    for c in range(crops):
+        for i in range(0, images_u8.shape[0], cfg.eval_batch):
+            x = to_input(images_u8[i:i + cfg.eval_batch].to(device))
+            if crops > 1:
+                x, _ = scale_crop(x, gen, out_size, cfg.scale)
+                x, _ = flip_rot_perm(x, gen, flip=cfg.flip)
+            else:
+                x, _ = scale_crop(x, gen, out_size, (1.0, 1.0))
+            total[i:i + x.shape[0]] += torch.sigmoid(model(x).float()).cpu()
+    return total / crops
+
+
+def cls_task(job, ctx: TaskContext) -> dict:
+    """One classification job: fit on job.fit_split with job.lr, score on job.eval_split."""
+    cfg: ClsConfig = ctx.cfg
+    device = pick_device(ctx.device)
+    fit = load_split(ctx.root, job.fit_split, kind="cls", load_size=cfg.load_size, cache_dir=ctx.cache_dir)
+    ev = load_split(ctx.root, job.eval_split, kind="cls", load_size=cfg.load_size, cache_dir=ctx.cache_dir)
+    magic = to_input(fit["images"][: ctx.magic_images])
+    encoder = encoder_for_job(job, ctx, magic)
+    out_size = encoder.cfg.input_size
+    num_classes = fit["labels"].shape[1]
+    model = ClsNet(encoder, num_classes, head=cfg.head, fc_dim=cfg.fc_dim, fc_layers=cfg.fc_layers,
+                   dropout=cfg.dropout).to(device)
+    opt, sched = make_optimizer(model, cfg.optim, job.lr, cfg.iterations, backbone=model.encoder)
+    batches = TensorBatches((fit["images"], fit["labels"]), cfg.batch_size, seed=job.seed,
+                            augment=make_augment(cfg, out_size), device=device)
+
+    def loss_fn(m, batch):
+        x, y = batch
+        return {"loss": bce_ignore_difficult(m(x), y)}
+
+    stats = train_one_epoch(model, batches.take(cfg.iterations), loss_fn, opt, sched, grad_clip=cfg.optim.grad_clip)
+    import time
+
+    t0 = time.perf_counter()
+    scores = predict_scores(model, ev["images"], cfg, out_size, device, seed=job.seed)
+    infer_s = time.perf_counter() - t0
+    aps = classification_ap(scores.numpy(), ev["labels"].numpy(), use_07_metric=cfg.use_07_metric)
+    return {"metrics": {"mAP": mean_ap(aps), "train_loss": stats["loss"]},
+            "details": {"ap": dict(zip(fit["classes"], [None if np.isnan(a) else float(a) for a in aps]))},
+            "train_images_per_s": stats["images_per_s"],
+            "infer_images_per_s": ev["images"].shape[0] * max(1, cfg.test_crops) / max(infer_s, 1e-9)}
+
+
+__all__ = ["ClsConfig", "ClsNet", "bce_ignore_difficult", "cls_task", "predict_scores"]

@@ -1,0 +1,138 @@
+"""In-memory VOC splits for fine-tuning, read through the shared readers in `cebench.data.voc`.
+
+Images are read once, resized to `load_size` x `load_size` (uint8), and cached as one .pt file per
+(root, split, size), so every (init, seed, lr) job of a run loads them in milliseconds and augments on
+the training device, vectorised. Segmentation masks are resized with nearest neighbour (255 = ignore).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from cebench.data.voc import VOCIndex
+from cebench.errors import DatasetMissingError
+from cebench.images import normalize
+
+
+def _cache_file(cache_dir, root, split: str, kind: str, size: int) -> Path:
+    h = hashlib.sha256(f"{Path(root).resolve()}|{split}|{kind}|{size}".encode()).hexdigest()[:12]
+    return Path(cache_dir) / f"{kind}-{split}-{size}-{h}.pt"
+
+
+def _save(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_split(root, split: str, *, kind: str, load_size: int, cache_dir=None) -> dict:
+    """kind "cls": {"images" uint8 [N,3,S,S], "labels" float [N,C] in {1,0,-1}, "classes"};
+    kind "seg": {"images", "masks" uint8 [N,S,S] (255 ignore), "classes" (background first)}."""
+    path = _cache_file(cache_dir, root, split, kind, load_size) if cache_dir else None
+    if path is not None and path.is_file():
+        return torch.load(path, weights_only=True)
+    index = VOCIndex(root, split, kind="segmentation" if kind == "seg" else "main")
+    if len(index) == 0:
+        raise DatasetMissingError(f"{index.root}: split {split!r} is empty")
+    n, s = len(index), int(load_size)
+    images = torch.empty(n, 3, s, s, dtype=torch.uint8)
+    out: dict = {"classes": list(index.classes)}
+    if kind == "cls":
+        out["labels"] = torch.from_numpy(index.label_matrix().astype(np.float32))
+    else:
+        out["classes"] = ["background", *index.classes]
+        masks = torch.empty(n, s, s, dtype=torch.uint8)
+    for i in range(n):
+        img = index.load_image(i)
+        if img.size != (s, s):
+            img = img.resize((s, s), Image.BILINEAR)
+        images[i] = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+        if kind == "seg":
+            m = index.segmentation(i)
+            if m.shape != (s, s):
+                m = np.asarray(Image.fromarray(m).resize((s, s), Image.NEAREST))
+            masks[i] = torch.from_numpy(m.astype(np.uint8))
+    out["images"] = images
+    if kind == "seg":
+        out["masks"] = masks
+    if path is not None:
+        _save(out, path)
+    return out
+
+
+def to_input(images_u8: torch.Tensor) -> torch.Tensor:
+    """uint8 [B,3,H,W] -> float normalised with the ImageNet mean/std."""
+    return normalize(images_u8.float().div_(255.0))
+
+
+# --------------------------------------------------------------------------------------------------
+# Vectorised batch augmentation (same random choice per sample; masks follow the images)
+# --------------------------------------------------------------------------------------------------
+
+
+def _rand(gen, n) -> torch.Tensor:
+    return torch.rand(n, generator=gen)
+
+
+def flip_rot_perm(x: torch.Tensor, gen, *, flip=True, rot90=False, channel_perm=False, masks=None):
+    """Per-sample horizontal flip, rot90 (k in 0..3) and colour-channel permutation (images only)."""
+    b = x.shape[0]
+    if flip:
+        f = (_rand(gen, b) < 0.5).to(x.device)
+        x = torch.where(f.view(-1, 1, 1, 1), x.flip(-1), x)
+        if masks is not None:
+            masks = torch.where(f.view(-1, 1, 1), masks.flip(-1), masks)
+    if rot90:
+        k = torch.randint(0, 4, (b,), generator=gen).to(x.device)
+        xs, ms = [x], [masks]
+        for r in (1, 2, 3):
+            xs.append(torch.rot90(x, r, (-2, -1)))
+            if masks is not None:
+                ms.append(torch.rot90(masks, r, (-2, -1)))
+        x = torch.stack(xs)[k, torch.arange(b, device=x.device)]
+        if masks is not None:
+            masks = torch.stack(ms)[k, torch.arange(b, device=x.device)]
+    if channel_perm:
+        perms = torch.stack([torch.randperm(3, generator=gen) for _ in range(b)]).to(x.device)  # [B,3]
+        x = torch.gather(x, 1, perms.view(b, 3, 1, 1).expand_as(x))
+    return x, masks
+
+
+def scale_crop(x: torch.Tensor, gen, out_size: int, scale=(1.0, 1.0), masks=None):
+    """One random scale per batch (vectorised resize), then a random out_size crop per sample
+    (zero/255 padding when the scaled image is smaller)."""
+    b, _, h, w = x.shape
+    s = float(scale[0] + (scale[1] - scale[0]) * float(_rand(gen, 1)))
+    nh, nw = max(1, round(h * s)), max(1, round(w * s))
+    if (nh, nw) != (h, w):
+        x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False)
+        if masks is not None:
+            masks = F.interpolate(masks[:, None].float(), size=(nh, nw), mode="nearest")[:, 0].to(masks.dtype)
+    ph, pw = max(0, out_size - nh), max(0, out_size - nw)
+    if ph or pw:
+        x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+        if masks is not None:
+            masks = F.pad(masks, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), value=255)
+        nh, nw = x.shape[-2:]
+    oy = torch.randint(0, nh - out_size + 1, (b,), generator=gen).to(x.device)
+    ox = torch.randint(0, nw - out_size + 1, (b,), generator=gen).to(x.device)
+    ar = torch.arange(out_size, device=x.device)
+    rows = (oy[:, None] + ar).view(b, 1, out_size, 1)
+    cols = (ox[:, None] + ar).view(b, 1, 1, out_size)
+    bi = torch.arange(b, device=x.device).view(b, 1, 1, 1)
+    ci = torch.arange(x.shape[1], device=x.device).view(1, -1, 1, 1)
+    x = x[bi, ci, rows, cols]
+    if masks is not None:
+        masks = masks[bi[:, 0], rows[:, 0], cols[:, 0]]
+    return x, masks
+
+
+__all__ = ["load_split", "to_input", "flip_rot_perm", "scale_crop"]
