@@ -166,6 +166,7 @@ def write_csv_atomic(df: pd.DataFrame, path) -> Path:
     os.close(fd)
     try:
         df.to_csv(tmp, index=False, float_format="%.4f")
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -70,6 +70,7 @@ def retrieval_figure(queries: torch.Tensor, neighbours: dict, out_path, *, tile:
     os.close(fd)
     try:
         fig.savefig(tmp, bbox_inches="tight", dpi=dpi)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, out_path)
     finally:
         plt.close(fig)

@@ -1,0 +1,354 @@
+"""`cebench retrieve` (neighbours of a query in a folder of the user's own images), `cebench
+retrieval` (the quantitative table on labelled data) and the `bench retrieval` speed benchmark."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cebench.errors import BadImageError, CebenchError
+
+from .benchmark import HOGFeatures, RetrievalConfig, feature_variants
+from .patches import crop_patches, patch_positions, pil_to_uint8
+
+
+def _hog(args):
+    return HOGFeatures(9, max(4, args.patch_size // 8), 2)
+
+
+def _checkpoint_encoder(args):
+    if not args.checkpoint:
+        raise CebenchError("--features ce needs --checkpoint CKPT (a cebench checkpoint); hog works without one")
+    from cebench.pretrain.loading import load_encoder
+
+    return load_encoder(args.checkpoint)[0]
+
+
+def _imagenet(args):
+    from cebench.pretrain.loading import imagenet_alexnet_encoder
+
+    return imagenet_alexnet_encoder()
+
+
+def _random(args):
+    from cebench.pretrain.models import AlexNetConfig, build_encoder
+
+    torch.manual_seed(0)
+    return build_encoder(AlexNetConfig.demo()).eval()
+
+
+# Method names of `cebench retrieve --features` -> constructors (one plain dict).
+FEATURES = {"hog": _hog, "ce": _checkpoint_encoder, "alexnet": _imagenet, "random": _random}
+
+
+# --------------------------------------------------------------------------------------------------
+# cebench retrieve
+# --------------------------------------------------------------------------------------------------
+
+
+def parse_query(text: str) -> tuple[Path, tuple[int, int, int, int] | None]:
+    """IMAGE or IMAGE:x,y,w,h."""
+    head, sep, tail = text.rpartition(":")
+    if sep and tail.count(",") == 3:
+        try:
+            box = tuple(int(v) for v in tail.split(","))
+        except ValueError:
+            raise CebenchError(f"--query {text!r}: box must be four integers x,y,w,h") from None
+        if box[2] <= 0 or box[3] <= 0:
+            raise CebenchError(f"--query {text!r}: box width and height must be positive")
+        return Path(head), box
+    return Path(text), None
+
+
+def _load_uint8(path: Path, min_side: int) -> torch.Tensor:
+    from cebench.images import open_rgb
+
+    img = open_rgb(path)
+    if min(img.size) < min_side:  # small images are upscaled so at least one patch fits
+        s = min_side / min(img.size)
+        img = img.resize((max(min_side, round(img.width * s)), max(min_side, round(img.height * s))))
+    return pil_to_uint8(img)
+
+
+def _query_patch(path: Path, box, size: int) -> torch.Tensor:
+    import torch.nn.functional as F
+
+    img = _load_uint8(path, 1)
+    if box is not None:
+        x, y, w, h = box
+        H, W = img.shape[1:]
+        if x < 0 or y < 0 or x + w > W or y + h > H:
+            raise CebenchError(f"{path}: query box {x},{y},{w},{h} lies outside the {W}x{H} image")
+        img = img[:, y : y + h, x : x + w]
+    x = F.interpolate(img[None].float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return x.round().clamp(0, 255).to(torch.uint8)
+
+
+def _folder_key(images: list[Path], extra: dict) -> str:
+    h = hashlib.sha1(json.dumps(extra, sort_keys=True, default=str).encode())
+    for p in images:
+        st = p.stat()
+        h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _database_batches(images: list[Path], size: int, stride: int, batch: int, boxes_out: list):
+    """Yield (uint8 patches [b,3,s,s], index) over the grid patches of all images; fills boxes_out
+    with (image number, x, y) per patch. Unreadable images are skipped with a warning."""
+    buf, n = [], 0
+    for i, p in enumerate(images):
+        try:
+            img = _load_uint8(p, size)
+        except BadImageError as exc:
+            print(f"warning: skipping {exc}", file=sys.stderr)
+            continue
+        corners = patch_positions(img.shape[1], img.shape[2], size, mode="grid", stride=stride)
+        buf.append(crop_patches(img, corners, size))
+        boxes_out.extend((i, int(x), int(y)) for y, x in corners.tolist())
+        while sum(len(b) for b in buf) >= batch:
+            allp = torch.cat(buf)
+            yield allp[:batch], torch.arange(n, n + batch)
+            n += batch
+            buf = [allp[batch:]]
+    if buf and sum(len(b) for b in buf):
+        allp = torch.cat(buf)
+        yield allp, torch.arange(n, n + len(allp))
+
+
+def _device(name: str) -> torch.device:
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def retrieve(images_dir, queries: list[str], features: list[str], out_png, *, checkpoint=None, k: int = 8,
+             patch_size: int = 64, stride: int | None = None, layer: str = "pool5", mask: bool = False,
+             cache_dir=None, device: str = "auto", index_kind: str = "flat") -> Path:
+    """Build (or reuse) an index per feature type over the grid patches of a folder of images and
+    write the neighbour grid of the query patches as a PNG."""
+    from types import SimpleNamespace
+
+    from cebench.features.extract import extract_features, load_features, load_features_meta, save_features
+    from cebench.features.index import FeatureIndex
+    from cebench.images import list_images
+
+    from .figure import retrieval_figure
+
+    images_dir = Path(images_dir)
+    if not images_dir.is_dir():
+        raise CebenchError(f"{images_dir}: image folder not found")
+    images = list_images(images_dir)
+    if not images:
+        raise CebenchError(f"{images_dir}: no images (png, jpg, ...) in this folder")
+    unknown = [f for f in features if f not in FEATURES]
+    if unknown:
+        raise CebenchError(f"unknown feature type(s) {unknown}; choose from {', '.join(FEATURES)}")
+    stride = stride or patch_size // 2
+    dev = _device(device)
+    qpatches = torch.cat([_query_patch(*parse_query(q), patch_size) for q in queries])
+    cache_dir = Path(cache_dir) if cache_dir else Path(out_png).parent / ".cebench_retrieve_cache"
+    cfg = RetrievalConfig(layers=[layer], masked=[mask])
+    args = SimpleNamespace(checkpoint=checkpoint, patch_size=patch_size)
+    neighbours = {}
+    for name in features:
+        obj = FEATURES[name](args)
+        if hasattr(obj, "to"):
+            obj.to(dev)
+        ck = None
+        if name == "ce":
+            st = Path(checkpoint).stat()
+            ck = (str(Path(checkpoint).resolve()), st.st_size, st.st_mtime_ns)
+        key = _folder_key(images, dict(feature=name, ckpt=ck, size=patch_size, stride=stride, layer=layer,
+                                       mask=mask, index=index_kind, v=1))
+        cdir = cache_dir / f"{name}-{key}"
+        fn = feature_variants(name, obj, cfg)[0][3]
+        if (cdir / "index.faiss").is_file() and (cdir / "features" / "feats.npy").is_file():
+            index = FeatureIndex.load(cdir / "index.faiss")
+            boxes = np.asarray(load_features_meta(cdir / "features")["boxes"], dtype=np.int64)
+        else:
+            boxes_list: list = []
+            feats = extract_features(fn, _database_batches(images, patch_size, stride, 256, boxes_list), device=dev)
+            save_features(cdir / "features", feats, meta=dict(boxes=boxes_list, images=[str(p) for p in images]))
+            boxes = np.asarray(boxes_list, dtype=np.int64)
+            index = FeatureIndex(feats.dim, kind=index_kind, metric="ip").add(feats.feats)
+            index.save(cdir / "index.faiss")
+        qf = extract_features(fn, [(qpatches, torch.arange(len(qpatches)))], device=dev).feats
+        _, ids = index.search(qf, min(k, index.ntotal))
+        rows = []
+        for qi in range(len(qpatches)):  # re-crop the k neighbours of each query from their images
+            crops = []
+            for j in ids[qi]:
+                im, x, y = boxes[j]
+                img = _load_uint8(images[im], patch_size)
+                crops.append(img[:, y : y + patch_size, x : x + patch_size])
+            rows.append(torch.stack(crops))
+        neighbours[name if name != "ce" else f"ce ({Path(checkpoint).name})"] = torch.stack(rows)
+        if hasattr(obj, "cpu"):
+            obj.cpu()
+    return retrieval_figure(qpatches, neighbours, out_png)
+
+
+def _cmd_retrieve(args) -> int:
+    out = Path(args.out or "retrieval_grid.png")
+    if out.suffix.lower() != ".png":
+        out = out / "retrieval_grid.png"
+    feats = [f.strip() for f in args.features.split(",") if f.strip()]
+    path = retrieve(args.images, args.query, feats, out, checkpoint=args.checkpoint, k=args.k,
+                    patch_size=args.patch_size, stride=args.stride, layer=args.layer, mask=args.mask,
+                    cache_dir=args.cache, device=args.device, index_kind=args.index)
+    print(f"wrote {path}")
+    return 0
+
+
+def _cmd_retrieval(args) -> int:
+    from cebench.config import load_config
+
+    from .benchmark import main
+
+    cfg = load_config(RetrievalConfig, args.config, args.overrides, section="retrieval")
+    if args.out:
+        cfg.out_dir = args.out
+    if args.device and args.device != "auto":
+        cfg.device = args.device
+    voc_root = None
+    if args.data or not cfg.data_root:
+        from cebench.data.sources import DataConfig, voc_root as resolve
+
+        data_cfg = load_config(DataConfig, args.config, [], section="data")
+        voc_root = resolve(data_cfg, args.data, segmentation=True)
+    df = main(cfg, voc_root)
+    print(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    return 0
+
+
+def register(subparsers, common) -> None:
+    p = subparsers.add_parser("retrieve", parents=[common],
+                              help="nearest-neighbour patches for a query in a folder of your images (Fig. 7 grid)")
+    p.add_argument("--images", required=True, help="folder of images (any sizes, PNG or JPEG)")
+    p.add_argument("--query", required=True, action="append",
+                   help="IMAGE or IMAGE:x,y,w,h (repeat for several queries)")
+    p.add_argument("--features", default="hog", help=f"comma list of {', '.join(FEATURES)} (default: hog)")
+    p.add_argument("--checkpoint", default=None, help="cebench checkpoint for --features ce")
+    p.add_argument("--k", type=int, default=8, help="neighbours shown per method")
+    p.add_argument("--patch-size", type=int, default=64, help="database patch side in px")
+    p.add_argument("--stride", type=int, default=None, help="database grid step (default: patch size / 2)")
+    p.add_argument("--layer", default="pool5", help="encoder layer (conv3, conv4, conv5, pool5)")
+    p.add_argument("--mask", action="store_true", help="mask the patch centre for encoders (as CE training)")
+    p.add_argument("--index", default="flat", choices=("flat", "ivf", "hnsw"))
+    p.add_argument("--cache", default=None, help="index cache folder (default: beside the output PNG)")
+    p.set_defaults(func=_cmd_retrieve)
+    t = subparsers.add_parser("retrieval", parents=[common],
+                              help="retrieval table (precision@1/@10, mAP) on labelled data + Fig. 7")
+    t.set_defaults(func=_cmd_retrieval)
+
+
+# --------------------------------------------------------------------------------------------------
+# cebench bench retrieval
+# --------------------------------------------------------------------------------------------------
+
+
+def _rate(fn, n: int, repeat: int = 2) -> float:
+    fn()  # warm-up
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return n / best
+
+
+def bench_retrieval(out_path, *, n_patches: int = 1024, patch_size: int = 32, n_db: int = 20000,
+                    n_queries: int = 500, dim: int = 1024, k: int = 10, device: str = "auto",
+                    threads: int | None = None) -> dict:
+    """features/s per extractor, our HOG vs scikit-image's, index build time and queries/s of FAISS
+    (flat, IVF, HNSW) vs scikit-learn's brute-force NearestNeighbors; JSON written atomically."""
+    from skimage.feature import hog as sk_hog
+    from sklearn.neighbors import NearestNeighbors
+
+    from cebench.features.hog import hog
+    from cebench.features.index import FeatureIndex, brute_force_search, faiss_gpu_available
+
+    from .patches import encoder_inputs
+
+    if threads:
+        torch.set_num_threads(threads)
+    dev = _device(device)
+    g = torch.Generator().manual_seed(0)
+    patches = torch.randint(0, 256, (n_patches, 3, patch_size, patch_size), dtype=torch.uint8, generator=g)
+    x01 = patches.float() / 255.0
+    res: dict = dict(device=str(dev), torch_threads=torch.get_num_threads(), n_patches=n_patches,
+                     patch_size=patch_size, faiss_gpu=faiss_gpu_available())
+    cell = max(4, patch_size // 8)
+    n_sk = min(n_patches, 256)
+    np_imgs = x01[:n_sk].permute(0, 2, 3, 1).double().numpy()
+    res["hog_skimage_img_s"] = _rate(lambda: [sk_hog(im, 9, (cell, cell), (2, 2), channel_axis=-1)
+                                              for im in np_imgs], n_sk, 1)
+    xd = x01.to(dev)
+    sync = (lambda: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda: None)
+    res["hog_ours_exact_img_s"] = _rate(lambda: (hog(xd, 9, cell, 2), sync()), n_patches)
+    res["hog_ours_fast_img_s"] = _rate(lambda: (hog(xd, 9, cell, 2, exact_orientation=False), sync()), n_patches)
+    enc = _random(None).to(dev)
+    inp = encoder_inputs(patches, enc.cfg.input_size).to(dev)
+    with torch.no_grad():
+        for layer in ("conv3", "pool5"):
+            res[f"random_alexnet_{layer}_img_s"] = _rate(
+                lambda layer=layer: (enc.forward_intermediates(inp, [layer]), sync()), n_patches)
+    # nearest neighbours on clustered, L2-normalised features
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((100, dim)).astype(np.float32)
+    db = centres[rng.integers(0, 100, n_db)] + 0.5 * rng.standard_normal((n_db, dim)).astype(np.float32)
+    db /= np.linalg.norm(db, axis=1, keepdims=True)
+    q = db[rng.choice(n_db, n_queries, replace=False)] + 0.05 * rng.standard_normal((n_queries, dim)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    res.update(n_db=n_db, n_queries=n_queries, dim=dim, k=k)
+    _, ref = brute_force_search(db, q, k)
+    for kind in ("flat", "ivf", "hnsw"):
+        t0 = time.perf_counter()
+        index = FeatureIndex(dim, kind=kind, nlist=256, nprobe=16, hnsw_m=32, ef_search=64).add(db)
+        res[f"faiss_{kind}_build_s"] = time.perf_counter() - t0
+        res[f"faiss_{kind}_queries_s"] = _rate(lambda: index.search(q, k), n_queries)
+        ids = index.search(q, k)[1]
+        res[f"faiss_{kind}_recall_at_{k}"] = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(ids, ref)]))
+    t0 = time.perf_counter()
+    nn_ = NearestNeighbors(n_neighbors=k, algorithm="brute", metric="euclidean").fit(db)
+    res["sklearn_brute_build_s"] = time.perf_counter() - t0
+    res["sklearn_brute_queries_s"] = _rate(lambda: nn_.kneighbors(q), n_queries)
+    ids = nn_.kneighbors(q)[1]
+    res[f"sklearn_brute_recall_at_{k}"] = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(ids, ref)]))
+    res["hog_speedup_vs_skimage"] = res["hog_ours_exact_img_s"] / res["hog_skimage_img_s"]
+    res["faiss_flat_speedup_vs_sklearn"] = res["faiss_flat_queries_s"] / res["sklearn_brute_queries_s"]
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=out_path.name + ".", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(res, f, indent=2)
+    os.replace(tmp, out_path)
+    return res
+
+
+def _cmd_bench(args) -> int:
+    out = Path(args.out or "results") / "bench_retrieval.json" if not (args.out or "").endswith(".json") else Path(args.out)
+    res = bench_retrieval(out, n_patches=args.n_patches, n_db=args.n_db, n_queries=args.n_queries,
+                          device=args.device, threads=args.threads)
+    print(json.dumps(res, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+def register_bench(bench_subparsers, common) -> None:
+    """Adds `cebench bench retrieval` (the lead wires this into the `bench` command)."""
+    p = bench_subparsers.add_parser("retrieval", parents=[common],
+                                    help="retrieval speed: extractors, our HOG vs skimage, FAISS vs sklearn")
+    p.add_argument("--n-patches", type=int, default=1024)
+    p.add_argument("--n-db", type=int, default=20000)
+    p.add_argument("--n-queries", type=int, default=500)
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=_cmd_bench)
