@@ -9,7 +9,6 @@ alpha), which are converted when loaded.
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -132,11 +131,9 @@ def _check_voc(report: CheckReport, voc: Path) -> None:
         for f in _split_files(voc, sub, classes):
             ids = [line.split()[0] for line in f.read_text().splitlines() if line.strip()]
             report.split_counts[f"{sub}/{f.stem}"] = len(ids)
-            missing = Counter()
             for i in ids:
                 if i not in images:
                     report.add(f, f"id {i}: no image JPEGImages/{i}.jpg")
-                    missing["image"] += 1
                 if i not in anns and sub == "Main":
                     report.add(f, f"id {i}: no annotation Annotations/{i}.xml")
                 if sub == "Segmentation" and i not in segs:

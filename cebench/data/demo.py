@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import shutil
-import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -77,6 +76,7 @@ class DemoDataConfig:
     val_fraction: float = 0.5  # share of trainval that goes to val (VOC07 uses 50/50)
     difficult_visible: float = 0.25  # objects with less of their area visible are "difficult"
     difficult_min_side: float = 0.1  # ... as are objects whose visible box side is below this fraction
+    replace_hiding: float = 0.85  # chance that an object hiding an earlier one (< difficult_visible left) moves
     jpeg_quality: int = 92
     workers: int = 2  # generation processes (output does not depend on it)
 
@@ -201,6 +201,7 @@ def _render(index: int, cfg: DemoDataConfig, classes_of_image: np.ndarray, photo
     full_areas, drawn = [], []
     for k, c in enumerate(classes_of_image):
         name = cfg.classes[c]
+        strict = rng.random() < cfg.replace_hiding
         for _attempt in range(6):  # re-place an object that would hide an earlier one almost entirely
             cx, cy = rng.uniform(0.15, 0.85, size=2) * s
             r = rng.uniform(*cfg.radius_range) * s
@@ -223,7 +224,7 @@ def _render(index: int, cfg: DemoDataConfig, classes_of_image: np.ndarray, photo
             if not m.any():
                 continue
             remaining = [np.count_nonzero((obj_map == j + 1) & ~m) / full_areas[j] for j in range(k)]
-            if all(f >= cfg.difficult_visible for f in remaining):
+            if not strict or all(f >= cfg.difficult_visible for f in remaining):
                 break
         c0, c1 = (np.array(col, np.float32) for col in _CLASS_COLOURS[name])
         jitter = rng.uniform(0.85, 1.15)
@@ -385,7 +386,6 @@ def generate_demo(out_dir, cfg: DemoDataConfig | None = None, *, force: bool = F
         for sub in ("JPEGImages", "Annotations", "SegmentationClass", "SegmentationObject",
                     "ImageSets/Main", "ImageSets/Segmentation"):
             (tmp / sub).mkdir(parents=True, exist_ok=True)
-        t0 = time.perf_counter()
         plan = _plan(cfg)
         jobs = [j for split in plan.values() for j in split]
         n_workers = max(1, min(cfg.workers, os.cpu_count() or 1, len(jobs) // 200 or 1))
@@ -405,8 +405,7 @@ def generate_demo(out_dir, cfg: DemoDataConfig | None = None, *, force: bool = F
         splits["val"] = sorted(tv[i] for i in perm[:n_val])
         splits["train"] = sorted(tv[i] for i in perm[n_val:])
         _write_lists(tmp, cfg, splits, labels)
-        stats = dict(seconds=round(time.perf_counter() - t0, 2),
-                     splits={k: len(v) for k, v in splits.items()})
+        stats = dict(splits={k: len(v) for k, v in splits.items()})  # no timings: same config, same bytes
         (tmp / MARKER_NAME).write_text(json.dumps(dict(config=key, stats=stats), indent=1, sort_keys=True))
         if voc.exists():
             shutil.rmtree(voc)  # an earlier demo tree with another config (checked above)
