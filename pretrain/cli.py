@@ -1,0 +1,82 @@
+"""Subcommands of the pretrain stage: `pretrain`, `inpaint-eval`, `inpaint`.
+
+METHODS maps each `--method` name to its constructor (see `train.py`)."""
+
+from __future__ import annotations
+
+from cebench.cliutil import out_dir, split_overrides
+from cebench.config import load_config
+from cebench.data.sources import DataConfig
+
+from . import train
+
+METHODS = {
+    "ce": train.build_ce,                  # context encoder, L2 (feature learning)
+    "ce-adv": train.build_ce_adv,          # context encoder, L2 + adversarial
+    "ae": train.build_ae,                  # autoencoder baseline: same net, no mask
+    "supervised": train.build_supervised,  # supervised upper bound (labels of the pretrain split)
+    "inpaint": train.build_inpaint,        # inpainting CE (DCGAN-style, centre), L2
+    "inpaint-adv": train.build_inpaint_adv,  # inpainting CE, L2 + adversarial
+}
+
+
+def _load(args, cls, section):
+    ov = split_overrides(args.overrides, "data")
+    cfg = load_config(cls, args.config, ov[""], section=section)
+    data_cfg = load_config(DataConfig, args.config, ov["data"], section="data")
+    return cfg, data_cfg
+
+
+def cmd_pretrain(args) -> int:
+    cfg, data_cfg = _load(args, train.PretrainConfig, "pretrain")
+    if args.method:
+        cfg.method = args.method
+    out = out_dir(args, f"runs/pretrain-{cfg.method}")
+    path = train.main(cfg, data_cfg, out, device=args.device, data_override=args.data)
+    print(path)
+    return 0
+
+
+def cmd_inpaint_eval(args) -> int:
+    from .inpaint_eval import InpaintEvalConfig, main
+
+    cfg, data_cfg = _load(args, InpaintEvalConfig, "inpaint")
+    out = out_dir(args, "runs/inpaint-eval")
+    table = main(cfg, data_cfg, out, device=args.device, data_override=args.data, images=args.images,
+                 ce=args.ce, ce_adv=args.ce_adv)
+    print(table.to_string(index=False))
+    return 0
+
+
+def cmd_inpaint(args) -> int:
+    from .inpaint import inpaint_file
+
+    path = inpaint_file(args.image, args.checkpoint, args.out_image, mask=args.mask, device=args.device,
+                        mode=args.mode)
+    print(path)
+    return 0
+
+
+def register(subparsers, common) -> None:
+    p = subparsers.add_parser("pretrain", parents=[common], help="pretrain an encoder (context encoder, autoencoder, supervised)",
+                              description="Train one method; resumes from OUT/checkpoints/last.pt.")
+    p.add_argument("--method", choices=list(METHODS), default=None, help="overrides pretrain.method")
+    p.set_defaults(func=cmd_pretrain)
+
+    p = subparsers.add_parser("inpaint-eval", parents=[common], help="Table 1: inpainting L1/L2/PSNR vs NN and Telea baselines")
+    p.add_argument("--images", default=None, help="folder of held-out images (default: the demo/VOC test split)")
+    p.add_argument("--ce", default=None, help="trained inpainting checkpoint, L2 (default: train per config)")
+    p.add_argument("--ce-adv", dest="ce_adv", default=None, help="trained inpainting checkpoint, L2+adv")
+    p.set_defaults(func=cmd_inpaint_eval)
+
+    p = subparsers.add_parser("inpaint", help="fill the centre (or a masked region) of an image",
+                              description="Inpaint IMAGE with a trained inpainting checkpoint.")
+    p.add_argument("image")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--mask", default=None, help="mask image, white = missing (default: the centre square)")
+    p.add_argument("--out", dest="out_image", required=True, help="output PNG")
+    p.add_argument("--mode", choices=("resize", "tile"), default="resize",
+                   help="resize: the image is resized to the net's size and the fill resized back; "
+                   "tile: (centre mask only) the net runs on the image's central square at its size")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_inpaint)

@@ -1,0 +1,103 @@
+"""Pretraining images: a VOC split (the demo tree or real VOC) or any folder of images.
+
+Augmentation is the official one (short side to `load_size`, random `crop` crop, horizontal flip) and
+is a pure function of (seed, epoch, index), so a run is identical whatever the worker count and after
+a resume. Images come out as uint8 [3, crop, crop]; the trainer scales them to [0, 1] on the device.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from cebench.errors import DatasetMissingError
+from cebench.images import list_images, open_rgb
+
+
+class PretrainImages(Dataset):
+    """(uint8 image [3,c,c], labels float [C] (empty without labels), index)."""
+
+    def __init__(self, paths, crop: int, load_size: int = 0, flip: bool = True, labels=None, seed: int = 0,
+                 cache: bool = False, random: bool = True):
+        self.paths = [Path(p) for p in paths]
+        if not self.paths:
+            raise DatasetMissingError("no pretraining images found")
+        self.crop, self.load_size, self.flip, self.seed = crop, load_size or crop, flip, seed
+        self.labels = None if labels is None else torch.as_tensor(np.asarray(labels), dtype=torch.float32)
+        self.cache = {} if cache else None
+        self.random = random
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _load(self, i: int) -> np.ndarray:
+        if self.cache is not None and i in self.cache:
+            return self.cache[i]
+        img = open_rgb(self.paths[i])
+        w, h = img.size
+        s = self.load_size / min(w, h)
+        if abs(s - 1) > 1e-6:
+            img = img.resize((max(self.crop, round(w * s)), max(self.crop, round(h * s))), Image.BICUBIC)
+        arr = np.asarray(img, dtype=np.uint8)
+        if self.cache is not None:
+            self.cache[i] = arr
+        return arr
+
+    def __getitem__(self, i: int):
+        arr = self._load(i)
+        h, w = arr.shape[:2]
+        c = self.crop
+        if self.random:
+            rng = np.random.default_rng([self.seed, self.epoch, i])
+            y0, x0 = int(rng.integers(0, h - c + 1)), int(rng.integers(0, w - c + 1))
+            flip = self.flip and bool(rng.integers(0, 2))
+        else:
+            y0, x0, flip = (h - c) // 2, (w - c) // 2, False
+        out = arr[y0:y0 + c, x0:x0 + c]
+        if flip:
+            out = out[:, ::-1]
+        x = torch.from_numpy(out.copy()).permute(2, 0, 1)
+        lab = self.labels[i] if self.labels is not None else torch.zeros(0)
+        return x, lab, i
+
+
+def voc_split_paths(voc_root, split: str, with_labels: bool = False):
+    """Image paths of a VOC split, and its int8 label matrix [N, C] when asked."""
+    from cebench.data.voc import VOCIndex
+
+    index = VOCIndex(voc_root, split)
+    paths = [index.image_path(i) for i in range(len(index))]
+    labels = index.label_matrix() if with_labels else None
+    return paths, labels, index.classes
+
+
+def folder_paths(folder) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetMissingError(f"{folder}: image folder not found")
+    paths = list_images(folder)
+    if not paths:
+        raise DatasetMissingError(f"{folder}: no images ({', '.join(('.jpg', '.png', '...'))}) found")
+    return paths
+
+
+def step_batches(n: int, batch: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[list[int]]:
+    """The epoch's batches of this rank: a seeded permutation, cut in full batches of `batch` per rank."""
+    g = torch.Generator().manual_seed(int(seed) * 1000003 + int(epoch))
+    perm = torch.randperm(n, generator=g).tolist()
+    per_step = batch * world
+    steps = n // per_step
+    return [perm[s * per_step + rank * batch: s * per_step + (rank + 1) * batch] for s in range(steps)]
+
+
+def make_loader(ds: Dataset, batches: list[list[int]], workers: int = 0, pin: bool = False) -> DataLoader:
+    return DataLoader(ds, batch_sampler=batches, num_workers=workers, pin_memory=pin,
+                      persistent_workers=False)

@@ -1,0 +1,108 @@
+"""The training step loop shared by every pretraining method, and the held-out evaluation.
+
+Randomness of a step (masks, dropout) is reseeded from (seed, step, rank), so a run resumed from a
+checkpoint continues exactly as the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from cebench.errors import NonFiniteLossError
+from cebench.runtime import Runtime, all_reduce_sum, autocast_context, to_channels_last
+
+from .losses import gan_d_loss, gan_g_loss, joint
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    epoch: int = 0
+    total_steps: int = 0
+    sums: dict = field(default_factory=dict)
+
+
+def step_seed(seed: int, step: int, rank: int = 0) -> int:
+    return (int(seed) * 1_000_003 + int(step)) * 97 + int(rank)
+
+
+def _check_finite(losses: dict, step: int, method: str) -> None:
+    vals = torch.stack([v.detach().float() for v in losses.values()])
+    if not bool(torch.isfinite(vals).all()):
+        bad = {k: float(v) for k, v in losses.items() if not math.isfinite(float(v))}
+        desc = ", ".join(f"{k}={v}" for k, v in bad.items())
+        raise NonFiniteLossError(f"non-finite loss at step {step} ({method}: {desc}); "
+                                 "lower the learning rate or check the input images")
+
+
+def train_one_epoch(objective, disc, opt_g, opt_d, loader, masker, state: TrainState, rt: Runtime, *,
+                    seed: int, method: str, w_rec: float = 0.999, w_adv: float = 0.001,
+                    on_step=None, stop_at: int | None = None) -> dict:
+    """One pass over `loader` (or until `stop_at` steps). G and D alternate when `disc` is given.
+
+    Returns the mean of every loss term over the steps run; `on_step(state, losses, outputs, x, mask)`
+    runs after each step (logging, samples, checkpoints)."""
+    objective.train()
+    if disc is not None:
+        disc.train()
+    sums: dict[str, float] = {}
+    n = 0
+    gen = torch.Generator(device=rt.device)
+    for x, labels, _ in loader:
+        if stop_at is not None and state.step >= stop_at:
+            break
+        s = step_seed(seed, state.step, rt.rank)
+        torch.manual_seed(s)
+        gen.manual_seed(s)
+        x = to_channels_last(x.to(rt.device, non_blocking=True).float().div_(255), rt)
+        labels = labels.to(rt.device, non_blocking=True)
+        mask = masker(x.shape[0], gen)
+        with autocast_context(rt):
+            losses, out = objective(x, mask, labels)
+        if disc is not None:
+            # D step on the real region vs the (detached) predicted region
+            with autocast_context(rt):
+                both = disc(torch.cat([out["real"].detach(), out["fake"].detach()]))  # one forward (DDP)
+                d_loss = gan_d_loss(both[: x.shape[0]], both[x.shape[0]:])
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_d.step()
+            with autocast_context(rt):
+                adv = gan_g_loss(disc(out["fake"]))
+            losses = {**losses, "adv": adv, "d": d_loss.detach(), "loss": joint(losses["rec"], adv, w_rec, w_adv)}
+        _check_finite(losses, state.step, method)
+        opt_g.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        opt_g.step()
+        state.step += 1
+        n += 1
+        for k, v in losses.items():
+            sums[k] = sums.get(k, 0.0) + float(v.detach())
+        if on_step is not None:
+            on_step(state, losses, out, x, mask)
+    if n == 0:
+        return {}
+    t = all_reduce_sum(torch.tensor([*sums.values(), float(n)], dtype=torch.float64), rt)
+    return {k: float(v / t[-1]) for k, v in zip(sums, t[:-1])}
+
+
+@torch.no_grad()
+def evaluate(objective, loader, masker, rt: Runtime, seed: int = 0) -> dict:
+    """Mean loss terms on held-out images with fixed masks (reseeded per batch)."""
+    objective.eval()
+    sums: dict[str, float] = {}
+    n = 0
+    gen = torch.Generator(device=rt.device)
+    for b, (x, labels, _) in enumerate(loader):
+        gen.manual_seed(step_seed(seed, 10_000_000 + b))
+        x = x.to(rt.device).float().div_(255)
+        mask = masker(x.shape[0], gen)
+        with autocast_context(rt):
+            losses, _ = objective(x, mask, labels.to(rt.device))
+        for k, v in losses.items():
+            sums[k] = sums.get(k, 0.0) + float(v) * x.shape[0]
+        n += x.shape[0]
+    return {f"val_{k}": v / max(n, 1) for k, v in sums.items()}

@@ -1,0 +1,322 @@
+"""`cebench pretrain`: one training loop for every method (ce, ce-adv, ae, supervised, inpaint, inpaint-adv).
+
+`main(cfg, data_cfg, out_dir)` only wires: data, model (from a constructor of `cli.METHODS`), optimisers,
+resume, the step loop (`engine.train_one_epoch`), checkpoints, metrics and sample grids. Outputs:
+  out/config.yaml, out/metrics.jsonl, out/checkpoints/last.pt (resume), out/checkpoint.pt (final),
+  out/samples/step_XXXXXX.png.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from cebench.checkpoint import load_checkpoint, load_state_strict, save_checkpoint
+from cebench.config import config_to_dict, save_config
+from cebench.data.sources import DataConfig, voc_root
+from cebench.errors import CheckpointError, ConfigError
+from cebench.logs import JsonlLogger, get_logger, progress
+from cebench.runtime import (barrier, cleanup, init_runtime, seed_everything, set_cpu_threads, to_channels_last,
+                             unwrap_model, wrap_ddp)
+
+from .data import PretrainImages, folder_paths, make_loader, step_batches, voc_split_paths
+from .engine import TrainState, evaluate, train_one_epoch
+from .masks import Masker, voc_silhouettes
+from .models import (AlexNetConfig, ContextEncoder, Discriminator, InpaintingCE, InpaintNetConfig,
+                     SupervisedNet)
+from .objectives import InpaintObjective, ReconstructionObjective, SupervisedObjective
+
+log = get_logger("cebench.pretrain")
+
+# keys that may differ between an interrupted run and its resumption
+_RESUME_FREE = ("max_minutes", "workers", "threads", "stop_after", "log_every", "sample_every", "ckpt_every")
+
+
+@dataclass
+class PretrainConfig:
+    method: str = "ce"                 # ce | ce-adv | ae | supervised | inpaint | inpaint-adv
+    encoder: AlexNetConfig = field(default_factory=AlexNetConfig)        # AlexNet methods
+    inpaint_net: InpaintNetConfig = field(default_factory=InpaintNetConfig)  # inpaint methods
+    mask: str = "region"               # ce/ce-adv: center | blocks | region | noise | file (ae: none)
+    mask_file: str = ""
+    region_split: str = "trainval"     # VOC split whose segmentation masks give the region shapes
+    loss_region: str = "masked"        # masked (paper) | all (released random-region code)
+    overlap: int = 4                   # px band weighted overlap_weight (official 4 px, x10)
+    overlap_weight: float = 10.0
+    w_rec: float = 0.999               # joint loss with the adversary
+    w_adv: float = 0.001
+    dropout: float = 0.5
+    lr: float = 2e-4
+    beta1: float = 0.5
+    lr_d_factor: float = 0.1           # D lr = lr * lr_d_factor (official: G 10x D)
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    steps: int = 1200                  # total optimiser steps (0: use epochs)
+    epochs: int = 0
+    max_minutes: float = 0.0           # wall-clock cap (0: none); stops early with a warning
+    load_size: int = 0                 # short side before the random crop (0: = crop); official 350
+    crop_size: int = 0                 # 0: the network's input size; official 128
+    flip: bool = True
+    cache_images: bool = True          # keep decoded images in memory (small datasets)
+    workers: int = 0
+    threads: int = 1
+    seed: int = 0
+    amp: str = "auto"                  # auto (bf16 on GPU) | bf16 | none
+    eval_images: int = 256             # held-out (val split) images for the loss curve (0: none)
+    log_every: int = 50
+    sample_every: int = 400
+    ckpt_every: int = 200
+    stop_after: int = 0                # testing: exit after this many steps as if killed (0: off)
+
+
+@dataclass
+class Built:
+    """What a method constructor returns."""
+
+    objective: torch.nn.Module
+    disc: torch.nn.Module | None
+    mask: str
+    input_size: int
+    arch: dict
+    needs_labels: bool = False
+
+
+class Interrupted(Exception):
+    """Raised by `stop_after` (tests) to leave like a killed run: no final checkpoint."""
+
+
+def _num_params(m) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def _iter_epochs(ds, cfg, rt, state, steps_per_epoch, total):
+    """(epoch, loader) from the resume point on; the first loader skips the batches already done."""
+    while state.step < total:
+        epoch = state.step // steps_per_epoch
+        state.epoch = epoch
+        ds.set_epoch(epoch)
+        batches = step_batches(len(ds), cfg.batch_size, cfg.seed, epoch, rt.rank, rt.world_size)
+        offset = state.step - epoch * steps_per_epoch
+        yield epoch, make_loader(ds, batches[offset:], cfg.workers, pin=rt.device.type == "cuda")
+
+
+def _dataset(cfg: PretrainConfig, data_cfg: DataConfig, data_override, input_size: int, needs_labels: bool):
+    crop = cfg.crop_size or input_size
+    if crop != input_size:
+        raise ConfigError(f"crop_size {crop} must equal the network input size {input_size}")
+    if data_cfg.pretrain_images and not needs_labels:
+        paths, labels, classes, root = folder_paths(data_cfg.pretrain_images), None, (), None
+    else:
+        root = voc_root(data_cfg, data_override)
+        paths, labels, classes = voc_split_paths(root, data_cfg.pretrain_split, with_labels=needs_labels)
+    ds = PretrainImages(paths, crop, cfg.load_size, cfg.flip, labels, cfg.seed, cache=cfg.cache_images)
+    val = None
+    if cfg.eval_images and root is not None:
+        try:
+            vpaths, vlabels, _ = voc_split_paths(root, data_cfg.val_split, with_labels=needs_labels)
+            n = min(cfg.eval_images, len(vpaths))
+            val = PretrainImages(vpaths[:n], crop, cfg.load_size, False, None if vlabels is None else vlabels[:n],
+                                 cache=cfg.cache_images, random=False)
+        except Exception as exc:  # noqa: BLE001 - monitoring only
+            log.warning("no held-out evaluation: %s", exc)
+    return ds, val, root, len(classes)
+
+
+def _save_samples(path: Path, x, out, mask, n: int = 8) -> None:
+    from torchvision.utils import save_image
+
+    x = x[:n].float().cpu()
+    shown = x if mask is None else x * (1 - mask[:n].cpu()) + 0.5 * mask[:n].cpu()
+    grid = torch.cat([shown, out["pred"][:n].float().cpu(), x])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
+    os.close(fd)
+    save_image(grid, tmp, nrow=min(n, x.shape[0]))
+    os.replace(tmp, path)
+
+
+def main(cfg: PretrainConfig, data_cfg: DataConfig | None = None, out_dir=".", device: str = "auto",
+         data_override: str | None = None, builders: dict | None = None) -> Path:
+    """Train `cfg.method`; returns the final checkpoint path (immediately if it already exists)."""
+    if builders is None:
+        from .cli import METHODS as builders
+    if cfg.method not in builders:
+        raise ConfigError(f"unknown method {cfg.method!r}; choose one of {', '.join(builders)}")
+    data_cfg = data_cfg or DataConfig()
+    out = Path(out_dir)
+    final = out / "checkpoint.pt"
+    if final.is_file():
+        log.info("%s exists: %s already trained", final, cfg.method)
+        return final
+    rt = init_runtime(device, cfg.amp)
+    set_cpu_threads(cfg.threads)
+    seed_everything(cfg.seed, rt.rank)
+    try:
+        built_probe = builders[cfg.method](cfg, num_classes=1, silhouettes=None, device=rt.device, probe=True)
+        ds, val, root, n_cls = _dataset(cfg, data_cfg, data_override, built_probe.input_size, built_probe.needs_labels)
+        sil = None
+        if built_probe.mask == "region":
+            sil = voc_silhouettes(root if root is not None else voc_root(data_cfg, data_override), cfg.region_split)
+        torch.manual_seed(cfg.seed)
+        built = builders[cfg.method](cfg, num_classes=max(n_cls, 1), silhouettes=sil, device=rt.device)
+        return _train(cfg, data_cfg, built, ds, val, out, rt)
+    finally:
+        cleanup(rt)
+
+
+def _train(cfg, data_cfg, built: Built, ds, val, out: Path, rt) -> Path:
+    obj = to_channels_last(built.objective.to(rt.device), rt)
+    disc = built.disc.to(rt.device) if built.disc is not None else None
+    opt_g = torch.optim.Adam(obj.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999), weight_decay=cfg.weight_decay)
+    opt_d = (torch.optim.Adam(disc.parameters(), lr=cfg.lr * cfg.lr_d_factor, betas=(cfg.beta1, 0.999))
+             if disc is not None else None)
+    masker = built.mask  # a Masker (constructors replace the kind name by the sampler)
+    steps_per_epoch = len(ds) // (cfg.batch_size * rt.world_size)
+    if steps_per_epoch < 1:
+        raise ConfigError(f"{len(ds)} images are fewer than one batch of {cfg.batch_size * rt.world_size}")
+    total = cfg.steps if cfg.steps > 0 else cfg.epochs * steps_per_epoch
+    if total < 1:
+        raise ConfigError("set steps > 0 or epochs > 0")
+    state = TrainState(total_steps=total)
+    cfg_dict = config_to_dict(cfg)
+    last = out / "checkpoints" / "last.pt"
+    if last.is_file():
+        ck = load_checkpoint(last)
+        old = {k: v for k, v in (ck.get("config") or {}).items() if k not in _RESUME_FREE}
+        new = {k: v for k, v in cfg_dict.items() if k not in _RESUME_FREE}
+        if old != new:
+            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            raise CheckpointError(f"{last}: was written with a different config ({', '.join(diff)}); "
+                                  "use another --out or delete it")
+        load_state_strict(obj, ck["model"], last)
+        opt_g.load_state_dict(ck["optimizer"])
+        if disc is not None:
+            load_state_strict(disc, ck["disc"], last)
+            opt_d.load_state_dict(ck["optimizer_d"])
+        state.step = int(ck["step"])
+        log.info("resumed %s from %s at step %d", cfg.method, last, state.step)
+    if rt.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out)
+        log.info("%s: %d parameters, %d images, %d steps (%d per epoch) on %s", cfg.method, _num_params(obj),
+                 len(ds), total, steps_per_epoch, rt.device)
+    obj_ddp = wrap_ddp(obj, rt)
+    disc_ddp = wrap_ddp(disc, rt) if disc is not None else None
+    logger = JsonlLogger(out / "metrics.jsonl", enabled=rt.is_main)
+    val_loader = make_loader(val, [list(range(i, min(i + cfg.batch_size, len(val))))
+                                   for i in range(0, len(val), cfg.batch_size)]) if val is not None else None
+    t0, bar = time.time(), progress(total=total, desc=f"pretrain {cfg.method}", initial=state.step)
+    stop_at = total if not cfg.stop_after else min(total, cfg.stop_after)
+
+    def snapshot(step: int) -> dict:
+        return {"model": unwrap_model(obj).state_dict(), "optimizer": opt_g.state_dict(),
+                "disc": disc.state_dict() if disc is not None else None,
+                "optimizer_d": opt_d.state_dict() if opt_d is not None else None, "scaler": None,
+                "step": step, "epoch": step // steps_per_epoch, "config": cfg_dict, "arch": built.arch}
+
+    def on_step(st, losses, outs, x, mask):
+        bar.update(1)
+        if st.step % cfg.log_every == 0 or st.step == stop_at:
+            rate = (st.step - start_step) * cfg.batch_size * rt.world_size / max(time.time() - t0, 1e-9)
+            logger.log(step=st.step, epoch=st.epoch, **{k: float(v.detach()) for k, v in losses.items()},
+                       img_per_s=round(rate, 1), minutes=round((time.time() - t0) / 60, 3))
+            bar.set_postfix(loss=f"{float(losses['loss']):.4f}")
+        if rt.is_main and cfg.sample_every and (st.step % cfg.sample_every == 0 or st.step == total):
+            _save_samples(out / "samples" / f"step_{st.step:06d}.png", x, outs, mask)
+        if st.step % cfg.ckpt_every == 0 and st.step < total:
+            if rt.is_main:
+                save_checkpoint(last, snapshot(st.step))
+            barrier(rt)
+
+    start_step = state.step
+    for epoch, loader in _iter_epochs(ds, cfg, rt, state, steps_per_epoch, stop_at):
+        means = train_one_epoch(obj_ddp, disc_ddp, opt_g, opt_d, loader, masker, state, rt, seed=cfg.seed,
+                                method=cfg.method, w_rec=cfg.w_rec, w_adv=cfg.w_adv, on_step=on_step,
+                                stop_at=stop_at)
+        if val_loader is not None and (state.step % steps_per_epoch == 0 or state.step >= total):
+            means.update(evaluate(unwrap_model(obj), val_loader, masker, rt, seed=cfg.seed))
+        logger.log(epoch=epoch, step=state.step, **{f"epoch_{k}": v for k, v in means.items()})
+        if cfg.max_minutes and (time.time() - t0) / 60 > cfg.max_minutes and state.step < stop_at:
+            log.warning("%s: wall-clock budget of %.1f min reached at step %d of %d; saving what was learned",
+                        cfg.method, cfg.max_minutes, state.step, total)
+            break
+    bar.close()
+    if cfg.stop_after and state.step < total:
+        if rt.is_main:
+            save_checkpoint(last, snapshot(state.step))
+        raise Interrupted(f"stopped after {state.step} steps (stop_after)")
+    final = out / "checkpoint.pt"
+    if rt.is_main:
+        save_checkpoint(final, snapshot(state.step))
+        save_checkpoint(last, snapshot(state.step))
+    barrier(rt)
+    return final
+
+
+# --------------------------------------------------------------------------------------------------
+# Method constructors (collected in cli.METHODS)
+# --------------------------------------------------------------------------------------------------
+
+
+def _alexnet_arch(cfg: PretrainConfig, name: str) -> dict:
+    return {"name": name, "encoder": cfg.encoder.to_dict(), "dropout": cfg.dropout}
+
+
+def build_ce(cfg: PretrainConfig, num_classes=1, silhouettes=None, device="cpu", probe=False, adversarial=False,
+             autoencoder=False) -> Built:
+    mask = "none" if autoencoder else cfg.mask
+    if probe:
+        return Built(torch.nn.Identity(), None, mask, cfg.encoder.input_size, {})
+    net = ContextEncoder(cfg.encoder, dropout=cfg.dropout)
+    obj = ReconstructionObjective(net, cfg.loss_region if not autoencoder else "all", cfg.overlap, cfg.overlap_weight)
+    disc = Discriminator(widths=_disc_widths(cfg.encoder.input_size)) if adversarial else None
+    name = "ae" if autoencoder else ("ce-adv" if adversarial else "ce")
+    built = Built(obj, disc, mask, cfg.encoder.input_size, _alexnet_arch(cfg, name))
+    built.mask = Masker(mask, cfg.encoder.input_size, device, seed=cfg.seed, silhouettes=silhouettes,
+                        mask_file=cfg.mask_file)
+    return built
+
+
+def _disc_widths(size: int) -> tuple:
+    n = max(1, int(round(torch.log2(torch.tensor(size / 4.0)).item())))
+    return tuple(min(64 * 2**i, 512) for i in range(n))
+
+
+def build_ce_adv(cfg, **kw) -> Built:
+    return build_ce(cfg, adversarial=True, **kw)
+
+
+def build_ae(cfg, **kw) -> Built:
+    return build_ce(cfg, autoencoder=True, **kw)
+
+
+def build_supervised(cfg, num_classes=1, silhouettes=None, device="cpu", probe=False) -> Built:
+    if probe:
+        return Built(torch.nn.Identity(), None, "none", cfg.encoder.input_size, {}, needs_labels=True)
+    net = SupervisedNet(cfg.encoder, num_classes=num_classes, dropout=cfg.dropout)
+    arch = {**_alexnet_arch(cfg, "supervised"), "num_classes": num_classes}
+    b = Built(SupervisedObjective(net), None, "none", cfg.encoder.input_size, arch, needs_labels=True)
+    b.mask = Masker("none", cfg.encoder.input_size, device)
+    return b
+
+
+def build_inpaint(cfg, num_classes=1, silhouettes=None, device="cpu", probe=False, adversarial=False) -> Built:
+    size = cfg.inpaint_net.input_size
+    if probe:
+        return Built(torch.nn.Identity(), None, "center", size, {})
+    net = InpaintingCE(cfg.inpaint_net)
+    disc = Discriminator(widths=cfg.inpaint_net.disc_widths) if adversarial else None
+    arch = {"name": "inpaint-adv" if adversarial else "inpaint", "inpaint_net": cfg.inpaint_net.to_dict(),
+            "overlap": cfg.overlap, "overlap_weight": cfg.overlap_weight}
+    b = Built(InpaintObjective(net, cfg.overlap, cfg.overlap_weight), disc, "center", size, arch)
+    b.mask = Masker("center", size, device)
+    return b
+
+
+def build_inpaint_adv(cfg, **kw) -> Built:
+    return build_inpaint(cfg, adversarial=True, **kw)
