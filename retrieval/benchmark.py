@@ -50,8 +50,8 @@ class RetrievalConfig:
     hog_cell: int = 8
     hog_block: int = 2
     batch_size: int = 256
-    methods: list = field(default_factory=lambda: ["hog", "random", "ce", "ae", "supervised", "imagenet"])
-    checkpoints: dict = field(default_factory=dict)  # method -> checkpoint path (ce, ae, supervised, ...)
+    methods: list = field(default_factory=lambda: ["hog", "random", "imagenet"])  # built-in rows
+    checkpoints: dict = field(default_factory=dict)  # label -> checkpoint path (context encoder, autoencoder, ...)
     figure_queries: int = 6              # Fig. 7: number of query rows
     figure_k: int = 8                    # Fig. 7: neighbours shown per method
     seed: int = 0
@@ -84,7 +84,7 @@ def average_precision(ranked_relevance: np.ndarray, n_relevant: np.ndarray | Non
 def retrieval_metrics(q_feats, q_labels, db_feats, db_labels, *, k: int = 10, map_k: int = 0,
                       index_kind: str = "flat", nlist: int = 1024, nprobe: int = 16,
                       hnsw_m: int = 32) -> tuple[dict, np.ndarray]:
-    """p@1, p@k, mAP and chance for L2-normalised features (inner-product search); also returns the
+    """p@1, p@k, mAP and chance (in %) for L2-normalised features (inner-product search); also returns the
     neighbour ids [Q, max(k, map_k or N)] for figures."""
     q_labels, db_labels = np.asarray(q_labels), np.asarray(db_labels)
     n_db = len(db_labels)
@@ -101,8 +101,9 @@ def retrieval_metrics(q_feats, q_labels, db_feats, db_labels, *, k: int = 10, ma
     # full ranking: AP over every relevant item; truncated: AP@depth over min(n_rel, depth)
     ap = average_precision(nl == q_labels[:, None], n_rel)
     chance = float((n_rel / max(n_db, 1)).mean())
-    return dict(p_at_1=precision_at_k(nl, q_labels, 1), p_at_10=precision_at_k(nl, q_labels, k),
-                map=float(ap.mean()), chance=chance), ids
+    # percentages, as the report tables
+    return dict(p_at_1=100 * precision_at_k(nl, q_labels, 1), p_at_10=100 * precision_at_k(nl, q_labels, k),
+                map=100 * float(ap.mean()), chance=100 * chance), ids
 
 
 # --------------------------------------------------------------------------------------------------
@@ -183,7 +184,7 @@ def _device(name: str) -> torch.device:
 def run_retrieval(cfg: RetrievalConfig, voc_root, encoders: dict, out_dir, *,
                   figure: bool = True) -> pd.DataFrame:
     """Retrieval table over `encoders` (name -> encoder with forward_intermediates, or a callable on
-    [0,1] patches such as HOGFeatures). Writes retrieval.csv (and fig7_retrieval.png) to out_dir."""
+    [0,1] patches such as HOGFeatures). Writes retrieval.csv (and fig_retrieval.png) to out_dir."""
     out_dir = Path(out_dir)
     device = _device(cfg.device)
     voc = open_voc(voc_root, cfg.split)
@@ -220,7 +221,7 @@ def run_retrieval(cfg: RetrievalConfig, voc_root, encoders: dict, out_dir, *,
         retrieval_figure(queries.patches[: cfg.figure_queries],
                          {_label(k): db.patches[torch.from_numpy(neighbours[k][: cfg.figure_queries])]
                           for k in best},
-                         out_dir / "fig7_retrieval.png")
+                         out_dir / "fig_retrieval.png")
     return df
 
 
@@ -243,6 +244,8 @@ def build_encoders(cfg: RetrievalConfig) -> tuple[dict, list[str]]:
 
     encoders, notes = {}, []
     for name in cfg.methods:
+        if name in cfg.checkpoints:
+            continue
         if name == "hog":
             encoders[name] = HOGFeatures(cfg.hog_orientations, cfg.hog_cell, cfg.hog_block)
         elif name == "random":
@@ -258,13 +261,11 @@ def build_encoders(cfg: RetrievalConfig) -> tuple[dict, list[str]]:
             except CheckpointError as exc:
                 notes.append(f"imagenet: unavailable ({exc})")
         else:
-            path = cfg.checkpoints.get(name)
-            if not path:
-                notes.append(f"{name}: no checkpoint given (retrieval.checkpoints.{name}=PATH)")
-                continue
-            from cebench.pretrain.loading import load_encoder
+            notes.append(f"{name}: no checkpoint given (--checkpoint '{name}=PATH')")
+    from cebench.pretrain.loading import load_encoder
 
-            encoders[name] = load_encoder(path)[0]
+    for label, path in cfg.checkpoints.items():
+        encoders[label] = load_encoder(path)[0]
     return encoders, notes
 
 

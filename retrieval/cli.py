@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -224,6 +221,11 @@ def _cmd_retrieval(args) -> int:
 
         data_cfg = load_config(DataConfig, args.config, [], section="data")
         voc_root = resolve(data_cfg, args.data, segmentation=True)
+    for item in args.checkpoint or []:
+        label, sep, path = item.partition("=")
+        if not sep or not label or not path:
+            raise CebenchError(f"--checkpoint {item!r}: expected LABEL=PATH")
+        cfg.checkpoints[label] = path
     df = main(cfg, voc_root)
     print(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return 0
@@ -245,110 +247,8 @@ def register(subparsers, common) -> None:
     p.add_argument("--index", default="flat", choices=("flat", "ivf", "hnsw"))
     p.add_argument("--cache", default=None, help="index cache folder (default: beside the output PNG)")
     p.set_defaults(func=_cmd_retrieve)
-    t = subparsers.add_parser("retrieval", parents=[common],
-                              help="retrieval table (precision@1/@10, mAP) on labelled data + Fig. 7")
+    t = subparsers.add_parser("retrieval-bench", parents=[common],
+                              help="retrieval table (precision@1/@10, mAP in %%) on labelled data + Fig. 7")
+    t.add_argument("--checkpoint", action="append", default=[], metavar="LABEL=PATH",
+                   help="an encoder checkpoint to compare (repeat), e.g. 'context encoder=ce.pt'")
     t.set_defaults(func=_cmd_retrieval)
-
-
-# --------------------------------------------------------------------------------------------------
-# cebench bench retrieval
-# --------------------------------------------------------------------------------------------------
-
-
-def _rate(fn, n: int, repeat: int = 2) -> float:
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return n / best
-
-
-def bench_retrieval(out_path, *, n_patches: int = 1024, patch_size: int = 32, n_db: int = 20000,
-                    n_queries: int = 500, dim: int = 1024, k: int = 10, device: str = "auto",
-                    threads: int | None = None) -> dict:
-    """features/s per extractor, our HOG vs scikit-image's, index build time and queries/s of FAISS
-    (flat, IVF, HNSW) vs scikit-learn's brute-force NearestNeighbors; JSON written atomically."""
-    from skimage.feature import hog as sk_hog
-    from sklearn.neighbors import NearestNeighbors
-
-    from cebench.features.hog import hog
-    from cebench.features.index import FeatureIndex, brute_force_search, faiss_gpu_available
-
-    from .patches import encoder_inputs
-
-    if threads:
-        torch.set_num_threads(threads)
-    dev = _device(device)
-    g = torch.Generator().manual_seed(0)
-    patches = torch.randint(0, 256, (n_patches, 3, patch_size, patch_size), dtype=torch.uint8, generator=g)
-    x01 = patches.float() / 255.0
-    res: dict = dict(device=str(dev), torch_threads=torch.get_num_threads(), n_patches=n_patches,
-                     patch_size=patch_size, faiss_gpu=faiss_gpu_available())
-    cell = max(4, patch_size // 8)
-    n_sk = min(n_patches, 256)
-    np_imgs = x01[:n_sk].permute(0, 2, 3, 1).double().numpy()
-    res["hog_skimage_img_s"] = _rate(lambda: [sk_hog(im, 9, (cell, cell), (2, 2), channel_axis=-1)
-                                              for im in np_imgs], n_sk, 1)
-    xd = x01.to(dev)
-    sync = (lambda: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda: None)
-    res["hog_ours_exact_img_s"] = _rate(lambda: (hog(xd, 9, cell, 2), sync()), n_patches)
-    res["hog_ours_fast_img_s"] = _rate(lambda: (hog(xd, 9, cell, 2, exact_orientation=False), sync()), n_patches)
-    enc = _random(None).to(dev)
-    inp = encoder_inputs(patches, enc.cfg.input_size).to(dev)
-    with torch.no_grad():
-        for layer in ("conv3", "pool5"):
-            res[f"random_alexnet_{layer}_img_s"] = _rate(
-                lambda layer=layer: (enc.forward_intermediates(inp, [layer]), sync()), n_patches)
-    # nearest neighbours on clustered, L2-normalised features
-    rng = np.random.default_rng(0)
-    centres = rng.standard_normal((100, dim)).astype(np.float32)
-    db = centres[rng.integers(0, 100, n_db)] + 0.5 * rng.standard_normal((n_db, dim)).astype(np.float32)
-    db /= np.linalg.norm(db, axis=1, keepdims=True)
-    q = db[rng.choice(n_db, n_queries, replace=False)] + 0.05 * rng.standard_normal((n_queries, dim)).astype(np.float32)
-    q /= np.linalg.norm(q, axis=1, keepdims=True)
-    res.update(n_db=n_db, n_queries=n_queries, dim=dim, k=k)
-    _, ref = brute_force_search(db, q, k)
-    for kind in ("flat", "ivf", "hnsw"):
-        t0 = time.perf_counter()
-        index = FeatureIndex(dim, kind=kind, nlist=256, nprobe=16, hnsw_m=32, ef_search=64).add(db)
-        res[f"faiss_{kind}_build_s"] = time.perf_counter() - t0
-        res[f"faiss_{kind}_queries_s"] = _rate(lambda: index.search(q, k), n_queries)
-        ids = index.search(q, k)[1]
-        res[f"faiss_{kind}_recall_at_{k}"] = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(ids, ref)]))
-    t0 = time.perf_counter()
-    nn_ = NearestNeighbors(n_neighbors=k, algorithm="brute", metric="euclidean").fit(db)
-    res["sklearn_brute_build_s"] = time.perf_counter() - t0
-    res["sklearn_brute_queries_s"] = _rate(lambda: nn_.kneighbors(q), n_queries)
-    ids = nn_.kneighbors(q)[1]
-    res[f"sklearn_brute_recall_at_{k}"] = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(ids, ref)]))
-    res["hog_speedup_vs_skimage"] = res["hog_ours_exact_img_s"] / res["hog_skimage_img_s"]
-    res["faiss_flat_speedup_vs_sklearn"] = res["faiss_flat_queries_s"] / res["sklearn_brute_queries_s"]
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=out_path.name + ".", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(res, f, indent=2)
-    os.replace(tmp, out_path)
-    return res
-
-
-def _cmd_bench(args) -> int:
-    out = Path(args.out or "results") / "bench_retrieval.json" if not (args.out or "").endswith(".json") else Path(args.out)
-    res = bench_retrieval(out, n_patches=args.n_patches, n_db=args.n_db, n_queries=args.n_queries,
-                          device=args.device, threads=args.threads)
-    print(json.dumps(res, indent=2))
-    print(f"wrote {out}")
-    return 0
-
-
-def register_bench(bench_subparsers, common) -> None:
-    """Adds `cebench bench retrieval` (the lead wires this into the `bench` command)."""
-    p = bench_subparsers.add_parser("retrieval", parents=[common],
-                                    help="retrieval speed: extractors, our HOG vs skimage, FAISS vs sklearn")
-    p.add_argument("--n-patches", type=int, default=1024)
-    p.add_argument("--n-db", type=int, default=20000)
-    p.add_argument("--n-queries", type=int, default=500)
-    p.add_argument("--threads", type=int, default=None)
-    p.set_defaults(func=_cmd_bench)

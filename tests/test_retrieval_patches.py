@@ -70,6 +70,6 @@ def test_retrieval_metrics_exact_case():
     qf /= np.linalg.norm(qf, axis=1, keepdims=True)
     m, ids = retrieval_metrics(qf, np.array([1, 2]), db, db_labels, k=2)
     assert ids[:, :2].tolist() == [[0, 1], [2, 3]]
-    assert m["p_at_1"] == 1.0 and m["p_at_10"] == pytest.approx((1 + 0.5) / 2)
-    assert m["map"] == pytest.approx(1.0)
-    assert m["chance"] == pytest.approx((2 / 4 + 1 / 4) / 2)
+    assert m["p_at_1"] == 100.0 and m["p_at_10"] == pytest.approx(100 * (1 + 0.5) / 2)  # in %
+    assert m["map"] == pytest.approx(100.0)
+    assert m["chance"] == pytest.approx(100 * (2 / 4 + 1 / 4) / 2)

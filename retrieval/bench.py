@@ -1,0 +1,98 @@
+"""`cebench bench retrieval`: features/s per extractor, our HOG against scikit-image's, FAISS index
+build time and queries/s (flat, IVF, HNSW) against scikit-learn's brute-force NearestNeighbors."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def _rate(fn, n: int, repeat: int = 2) -> float:
+    fn()  # warm-up
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return n / best
+
+
+def _recall(ids, ref, k):
+    return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(ids, ref)]))
+
+
+def bench_retrieval(out_path, device: str = "auto", quick: bool = False, *, n_patches: int = 1024,
+                    patch_size: int = 32, n_db: int = 20000, n_queries: int = 500, dim: int = 1024,
+                    k: int = 10) -> dict:
+    """Run the retrieval speed benchmark, write JSON atomically to out_path, return the dict."""
+    from skimage.feature import hog as sk_hog
+    from sklearn.neighbors import NearestNeighbors
+
+    from cebench.features.hog import hog
+    from cebench.features.index import FeatureIndex, brute_force_search, faiss_gpu_available
+    from cebench.pretrain.models import AlexNetConfig, build_encoder
+
+    from .patches import encoder_inputs
+
+    if quick:
+        n_patches, n_db, n_queries = 128, 2000, 100
+    repeat = 1 if quick else 2
+    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    g = torch.Generator().manual_seed(0)
+    patches = torch.randint(0, 256, (n_patches, 3, patch_size, patch_size), dtype=torch.uint8, generator=g)
+    x01 = patches.float() / 255.0
+    res: dict = dict(device=str(dev), torch_threads=torch.get_num_threads(), n_patches=n_patches,
+                     patch_size=patch_size, faiss_gpu=faiss_gpu_available())
+    cell = max(4, patch_size // 8)
+    n_sk = min(n_patches, 256)
+    np_imgs = x01[:n_sk].permute(0, 2, 3, 1).double().numpy()
+    res["hog_skimage_img_s"] = _rate(lambda: [sk_hog(im, 9, (cell, cell), (2, 2), channel_axis=-1)
+                                              for im in np_imgs], n_sk, 1)
+    xd = x01.to(dev)
+    res["hog_ours_exact_img_s"] = _rate(lambda: (hog(xd, 9, cell, 2), sync()), n_patches, repeat)
+    res["hog_ours_fast_img_s"] = _rate(lambda: (hog(xd, 9, cell, 2, exact_orientation=False), sync()),
+                                       n_patches, repeat)
+    res["hog_speedup_vs_skimage"] = res["hog_ours_exact_img_s"] / res["hog_skimage_img_s"]
+    torch.manual_seed(0)
+    enc = build_encoder(AlexNetConfig.demo()).eval().to(dev)
+    inp = encoder_inputs(patches, enc.cfg.input_size).to(dev)
+    with torch.no_grad():
+        for layer in ("conv3", "pool5"):
+            res[f"random_alexnet_demo_{layer}_img_s"] = _rate(
+                lambda layer=layer: (enc.forward_intermediates(inp, [layer]), sync()), n_patches, repeat)
+    # nearest neighbours on clustered, L2-normalised vectors (pool5-sized)
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((100, dim)).astype(np.float32)
+    db = centres[rng.integers(0, 100, n_db)] + 0.5 * rng.standard_normal((n_db, dim)).astype(np.float32)
+    db /= np.linalg.norm(db, axis=1, keepdims=True)
+    q = db[rng.choice(n_db, n_queries, replace=False)] + 0.05 * rng.standard_normal((n_queries, dim)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    res.update(n_db=n_db, n_queries=n_queries, dim=dim, k=k)
+    _, ref = brute_force_search(db, q, k)
+    for kind in ("flat", "ivf", "hnsw"):
+        t0 = time.perf_counter()
+        index = FeatureIndex(dim, kind=kind, nlist=256, nprobe=16, hnsw_m=32, ef_search=64).add(db)
+        res[f"faiss_{kind}_build_s"] = time.perf_counter() - t0
+        res[f"faiss_{kind}_queries_s"] = _rate(lambda: index.search(q, k), n_queries, repeat)
+        res[f"faiss_{kind}_recall_at_{k}"] = _recall(index.search(q, k)[1], ref, k)
+    t0 = time.perf_counter()
+    nn_ = NearestNeighbors(n_neighbors=k, algorithm="brute", metric="euclidean").fit(db)
+    res["sklearn_brute_build_s"] = time.perf_counter() - t0
+    res["sklearn_brute_queries_s"] = _rate(lambda: nn_.kneighbors(q), n_queries, repeat)
+    res[f"sklearn_brute_recall_at_{k}"] = _recall(nn_.kneighbors(q)[1], ref, k)
+    res["faiss_flat_speedup_vs_sklearn"] = res["faiss_flat_queries_s"] / res["sklearn_brute_queries_s"]
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=out_path.name + ".", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(res, f, indent=2)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, out_path)
+    return res
