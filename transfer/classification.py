@@ -133,8 +133,9 @@ def cls_task(job, ctx: TaskContext) -> dict:
     scores = predict_scores(model, ev["images"], cfg, out_size, device, seed=job.seed)
     infer_s = time.perf_counter() - t0
     aps = classification_ap(scores.numpy(), ev["labels"].numpy(), use_07_metric=cfg.use_07_metric)
-    return {"metrics": {"mAP": mean_ap(aps), "train_loss": stats["loss"]},
-            "details": {"ap": dict(zip(fit["classes"], [None if np.isnan(a) else float(a) for a in aps]))},
+    return {"metrics": {"mAP": mean_ap(aps)},
+            "details": {"ap": dict(zip(fit["classes"], [None if np.isnan(a) else float(a) for a in aps])),
+                        "train_loss": stats["loss"]},
             "train_images_per_s": stats["images_per_s"],
             "infer_images_per_s": ev["images"].shape[0] * max(1, cfg.test_crops) / max(infer_s, 1e-9)}
 

@@ -1,0 +1,90 @@
+"""`cebench bench transfer`: training and inference images/s of each transfer task.
+
+`BENCHES` is the list of (name, function) measured; the detection engineer appends theirs
+(`BENCHES.append(("det", bench_det))` in a det module, or passes `extra=`) — each function takes
+(device, quick) and returns {"train_images_per_s", "infer_images_per_s", ...}.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from cebench.pretrain.models import AlexNetConfig, build_encoder
+
+from .classification import ClsNet, bce_ignore_difficult
+from .results import write_json
+from .segmentation import FCN32
+
+
+def _throughput(model, make_batch, loss_of, device, steps: int, batch: int) -> tuple[float, float]:
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+    x, y = make_batch(batch)
+    x, y = x.to(device), y.to(device)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    model.train()
+    for i in range(steps + 2):
+        if i == 2:
+            sync()
+            t0 = time.perf_counter()
+        loss = loss_of(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    sync()
+    train = steps * batch / (time.perf_counter() - t0)
+    model.eval()
+    with torch.no_grad():
+        for i in range(steps + 2):
+            if i == 2:
+                sync()
+                t0 = time.perf_counter()
+            model(x)
+        sync()
+    return train, steps * batch / (time.perf_counter() - t0)
+
+
+def bench_cls(device, quick=False, arch=None) -> dict:
+    arch = arch or AlexNetConfig.demo()
+    model = ClsNet(build_encoder(arch), 20).to(device)
+    s = arch.input_size
+    mk = lambda b: (torch.randn(b, 3, s, s), torch.randint(-1, 2, (b, 20)).float())  # noqa: E731
+    tr, inf = _throughput(model, mk, bce_ignore_difficult, device, 3 if quick else 20, 32)
+    return {"train_images_per_s": tr, "infer_images_per_s": inf, "input": s, "batch": 32}
+
+
+def bench_seg(device, quick=False, arch=None) -> dict:
+    arch = arch or AlexNetConfig.demo()
+    model = FCN32(build_encoder(arch), 21).to(device)
+    s = arch.input_size
+    mk = lambda b: (torch.randn(b, 3, s, s), torch.randint(0, 21, (b, s, s)))  # noqa: E731
+    loss = lambda out, y: F.cross_entropy(out, y, ignore_index=255)  # noqa: E731
+    tr, inf = _throughput(model, mk, loss, device, 3 if quick else 20, 32)
+    return {"train_images_per_s": tr, "infer_images_per_s": inf, "input": s, "batch": 32}
+
+
+BENCHES = [("cls", bench_cls), ("seg", bench_seg)]
+
+
+def bench_transfer(out_path=None, device="auto", quick: bool = False, extra=()) -> dict:
+    from cebench.runtime import choose_device
+
+    dev = choose_device(device)
+    out = {"device": str(dev), "threads": torch.get_num_threads()}
+    for name, fn in [*BENCHES, *extra]:
+        out[name] = fn(dev, quick)
+        if dev.type == "cuda" and not quick and name in ("cls", "seg"):
+            out[f"{name}_paper_arch"] = fn(dev, quick, AlexNetConfig.paper())
+    if out_path is not None:
+        write_json(Path(out_path), out)
+    return out
+
+
+__all__ = ["bench_transfer", "bench_cls", "bench_seg", "BENCHES"]

@@ -1,0 +1,131 @@
+"""Semantic segmentation with an FCN-32s head on the AlexNet trunk (`cebench transfer seg`).
+
+fc6 / fc7 convolutionalised (fc6 a `fc6_kernel` conv on pool5, fc7 1x1, dropout), a 1x1 score layer
+over K = 1 + C classes (background first), and one learned up-convolution of stride = the pool5
+stride, initialised bilinear (FCN-32s); outputs are resized to the input when the stride does not
+divide it. Loss: pixel cross-entropy ignoring 255. Metric: mean IU from the confusion matrix.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .common import TaskContext, encoder_for_job, pick_device
+from .data import flip_rot_perm, load_split, scale_crop, to_input
+from .engine import OptimConfig, TensorBatches, make_optimizer, train_one_epoch
+from .metrics import confusion_matrix, iou_per_class, mean_iu, pixel_accuracy
+
+
+@dataclass
+class SegConfig:
+    iterations: int = 800
+    batch_size: int = 32
+    lrs: list[float] = field(default_factory=lambda: [1e-3, 3e-3])
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    fc_dim: int = 256             # fc6/fc7 channels (paper 4096)
+    fc6_kernel: int = 3           # paper 7 (FCN) on 227-px AlexNet; 3 on the 4x4 demo pool5
+    dropout: float = 0.5
+    load_size: int = 64
+    scale: list[float] = field(default_factory=lambda: [1.0, 1.0])
+    flip: bool = True
+    rot90: bool = True
+    channel_perm: bool = True
+    eval_batch: int = 128
+    ignore_index: int = 255
+
+
+def bilinear_kernel(channels: int, k: int) -> Tensor:
+    """[C, C, k, k] bilinear up-sampling weights (each channel to itself), as FCN initialises them."""
+    factor = (k + 1) // 2
+    center = factor - 1 if k % 2 == 1 else factor - 0.5
+    og = torch.arange(k, dtype=torch.float32)
+    filt = 1 - (og - center).abs() / factor
+    w = torch.zeros(channels, channels, k, k)
+    w[range(channels), range(channels)] = filt[:, None] * filt[None, :]
+    return w
+
+
+class FCN32(nn.Module):
+    def __init__(self, encoder: nn.Module, num_classes: int, *, fc_dim: int = 256, fc6_kernel: int = 3,
+                 dropout: float = 0.5):
+        super().__init__()
+        self.encoder = encoder
+        c = encoder.out_channels
+        self.fc6 = nn.Conv2d(c, fc_dim, fc6_kernel, padding=fc6_kernel // 2)
+        self.fc7 = nn.Conv2d(fc_dim, fc_dim, 1)
+        self.drop = nn.Dropout2d(dropout)
+        self.score = nn.Conv2d(fc_dim, num_classes, 1)
+        s = encoder.feature_stride("pool5")
+        self.stride = s
+        self.upscore = nn.ConvTranspose2d(num_classes, num_classes, 2 * s, stride=s, padding=s // 2, bias=False)
+        with torch.no_grad():
+            self.upscore.weight.copy_(bilinear_kernel(num_classes, 2 * s))
+            nn.init.zeros_(self.score.weight)
+            nn.init.zeros_(self.score.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        f = self.encoder.forward_features(x)                 # [B, C5, n, n]
+        h = self.drop(F.relu(self.fc6(f)))
+        h = self.drop(F.relu(self.fc7(h)))
+        y = self.upscore(self.score(h))                       # [B, K, n*s, n*s]
+        if y.shape[-2:] != x.shape[-2:]:
+            y = F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return y
+
+
+def make_augment(cfg: SegConfig, out_size: int):
+    def augment(batch, gen):
+        x, m = batch
+        x = to_input(x)
+        x, m = scale_crop(x, gen, out_size, cfg.scale, masks=m)
+        x, m = flip_rot_perm(x, gen, flip=cfg.flip, rot90=cfg.rot90, channel_perm=cfg.channel_perm, masks=m)
+        return x, m.long()
+    return augment
+
+
+@torch.no_grad()
+def confusion_on(model: nn.Module, images_u8: Tensor, masks: Tensor, num_classes: int, cfg: SegConfig, device) -> Tensor:
+    model.eval()
+    conf = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    for i in range(0, images_u8.shape[0], cfg.eval_batch):
+        x = to_input(images_u8[i:i + cfg.eval_batch].to(device))
+        pred = model(x).argmax(1).cpu()
+        conf += confusion_matrix(pred, masks[i:i + cfg.eval_batch].long(), num_classes, cfg.ignore_index)
+    return conf
+
+
+def seg_task(job, ctx: TaskContext) -> dict:
+    """One segmentation job: fit on job.fit_split with job.lr, mean IU on job.eval_split."""
+    cfg: SegConfig = ctx.cfg
+    device = pick_device(ctx.device)
+    fit = load_split(ctx.root, job.fit_split, kind="seg", load_size=cfg.load_size, cache_dir=ctx.cache_dir)
+    ev = load_split(ctx.root, job.eval_split, kind="seg", load_size=cfg.load_size, cache_dir=ctx.cache_dir)
+    encoder = encoder_for_job(job, ctx, to_input(fit["images"][: ctx.magic_images]))
+    k = len(fit["classes"])
+    model = FCN32(encoder, k, fc_dim=cfg.fc_dim, fc6_kernel=cfg.fc6_kernel, dropout=cfg.dropout).to(device)
+    opt, sched = make_optimizer(model, cfg.optim, job.lr, cfg.iterations, backbone=model.encoder)
+    batches = TensorBatches((fit["images"], fit["masks"]), cfg.batch_size, seed=job.seed,
+                            augment=make_augment(cfg, encoder.cfg.input_size), device=device)
+
+    def loss_fn(m, batch):
+        x, y = batch
+        return {"loss": F.cross_entropy(m(x), y, ignore_index=cfg.ignore_index)}
+
+    stats = train_one_epoch(model, batches.take(cfg.iterations), loss_fn, opt, sched, grad_clip=cfg.optim.grad_clip)
+    t0 = time.perf_counter()
+    conf = confusion_on(model, ev["images"], ev["masks"], k, cfg, device)
+    infer_s = time.perf_counter() - t0
+    iu = iou_per_class(conf)
+    return {"metrics": {"mean IU": mean_iu(conf)},
+            "details": {"iu": dict(zip(fit["classes"], [None if v != v else float(v) for v in iu])),
+                        "pixel_acc": pixel_accuracy(conf), "train_loss": stats["loss"]},
+            "train_images_per_s": stats["images_per_s"],
+            "infer_images_per_s": ev["images"].shape[0] / max(infer_s, 1e-9)}
+
+
+__all__ = ["SegConfig", "FCN32", "bilinear_kernel", "seg_task"]

@@ -1,0 +1,115 @@
+"""Frozen features: the VOC07 linear SVM protocol and a kNN classifier, per layer (`cebench transfer svm`).
+
+Features of each layer come from the one shared extractor (`cebench.features.extract.extract_features`):
+the layer's output average-pooled to `grid` x `grid`, flattened and L2-normalised. One LinearSVC per
+class (difficult images left out of that class's training), its cost C chosen by `cv_folds`-fold
+cross-validation on trainval only (scored by AP); kNN: cosine-similarity-weighted votes of the k nearest
+trainval images, k chosen by leave-one-out on trainval. Both scored with VOC07 11-point AP on test.
+The backbone is never updated (eval mode, no grad).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from cebench.features.extract import extract_features
+
+from .common import TaskContext, encoder_for_job, pick_device
+from .data import load_split, to_input
+from .metrics import classification_ap, mean_ap
+
+
+@dataclass
+class SvmConfig:
+    layers: list[str] = field(default_factory=lambda: ["conv1", "conv2", "conv3", "conv4", "conv5"])
+    grid: int = 2                 # adaptive average pooling to grid x grid before flattening
+    costs: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0])
+    cv_folds: int = 3
+    knn_ks: list[int] = field(default_factory=lambda: [5, 10, 20, 50])
+    load_size: int = 64
+    batch_size: int = 200
+    use_07_metric: bool = True
+    knn: bool = True
+
+
+def layer_features(encoder, images_u8: torch.Tensor, layer: str, cfg: SvmConfig, device) -> np.ndarray:
+    encoder.eval()
+    loader = DataLoader(TensorDataset(images_u8, torch.arange(images_u8.shape[0])), batch_size=cfg.batch_size)
+
+    def fn(x):
+        y = encoder.forward_intermediates(to_input(x), (layer,))[layer]
+        return F.adaptive_avg_pool2d(y, cfg.grid)
+
+    return extract_features(fn, loader, device=device, l2_normalize=True, pool=None).feats
+
+
+def svm_scores(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, cfg: SvmConfig, seed: int = 0):
+    """Per class: C by CV on trainval (AP), then fit on all of trainval -> test decision values [N, C]."""
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+    from sklearn.svm import LinearSVC
+
+    scores = np.zeros((xte.shape[0], ytr.shape[1]))
+    chosen = []
+    for c in range(ytr.shape[1]):
+        keep = ytr[:, c] != 0
+        y = (ytr[keep, c] > 0).astype(int)
+        if y.min() == y.max():
+            chosen.append(None)
+            continue
+        folds = max(2, min(cfg.cv_folds, int(y.sum()), int((1 - y).sum())))
+        search = GridSearchCV(LinearSVC(class_weight={1: 2, 0: 1}, max_iter=5000, dual="auto"),
+                              {"C": list(cfg.costs)}, scoring="average_precision",
+                              cv=StratifiedKFold(folds, shuffle=True, random_state=seed), n_jobs=1)
+        search.fit(xtr[keep], y)
+        chosen.append(float(search.best_params_["C"]))
+        scores[:, c] = search.best_estimator_.decision_function(xte)
+    return scores, chosen
+
+
+def knn_scores(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, cfg: SvmConfig):
+    """k chosen by leave-one-out mAP on trainval; score_c = sum of cosine sims of neighbours with label 1."""
+    tr, te = torch.from_numpy(xtr), torch.from_numpy(xte)
+    pos = torch.from_numpy((ytr > 0).astype(np.float32))
+    kmax = min(max(cfg.knn_ks), tr.shape[0] - 1)
+
+    def vote(sims, k):
+        val, idx = sims.topk(k, dim=1)
+        return (val.clamp_min(0).unsqueeze(-1) * pos[idx]).sum(1).numpy()
+
+    loo = tr @ tr.t()
+    loo.fill_diagonal_(-float("inf"))
+    best_k, best = None, -1.0
+    for k in sorted({min(k, kmax) for k in cfg.knn_ks}):
+        m = mean_ap(classification_ap(vote(loo, k), ytr, cfg.use_07_metric))
+        if m > best:
+            best_k, best = k, m
+    return vote(te @ tr.t(), best_k), best_k
+
+
+def svm_task(job, ctx: TaskContext) -> dict:
+    cfg: SvmConfig = ctx.cfg
+    device = pick_device(ctx.device)
+    tr = load_split(ctx.root, job.fit_split, kind="cls", load_size=cfg.load_size, cache_dir=ctx.cache_dir)
+    te = load_split(ctx.root, job.eval_split, kind="cls", load_size=cfg.load_size, cache_dir=ctx.cache_dir)
+    encoder = encoder_for_job(job, ctx, to_input(tr["images"][: ctx.magic_images])).to(device)
+    ytr, yte = tr["labels"].numpy(), te["labels"].numpy()
+    metrics, details = {}, {}
+    for layer in cfg.layers:
+        xtr = layer_features(encoder, tr["images"], layer, cfg, device)
+        xte = layer_features(encoder, te["images"], layer, cfg, device)
+        s, costs = svm_scores(xtr, ytr, xte, cfg, seed=job.seed)
+        metrics[f"svm {layer} mAP"] = mean_ap(classification_ap(s, yte, cfg.use_07_metric))
+        details[f"svm {layer} C"] = costs
+        if cfg.knn:
+            s, k = knn_scores(xtr, ytr, xte, cfg)
+            metrics[f"knn {layer} mAP"] = mean_ap(classification_ap(s, yte, cfg.use_07_metric))
+            details[f"knn {layer} k"] = k
+    return {"metrics": metrics, "details": details}
+
+
+__all__ = ["SvmConfig", "svm_task", "svm_scores", "knn_scores", "layer_features"]
