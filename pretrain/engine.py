@@ -32,7 +32,7 @@ def step_seed(seed: int, step: int, rank: int = 0) -> int:
 def _check_finite(losses: dict, step: int, method: str) -> None:
     vals = torch.stack([v.detach().float() for v in losses.values()])
     if not bool(torch.isfinite(vals).all()):
-        bad = {k: float(v) for k, v in losses.items() if not math.isfinite(float(v))}
+        bad = {k: float(v.detach()) for k, v in losses.items() if not math.isfinite(float(v.detach()))}
         desc = ", ".join(f"{k}={v}" for k, v in bad.items())
         raise NonFiniteLossError(f"non-finite loss at step {step} ({method}: {desc}); "
                                  "lower the learning rate or check the input images")

@@ -193,7 +193,7 @@ def _train(cfg, data_cfg, built: Built, ds, val, out: Path, rt) -> Path:
             diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             raise CheckpointError(f"{last}: was written with a different config ({', '.join(diff)}); "
                                   "use another --out or delete it")
-        load_state_strict(obj, ck["model"], last)
+        load_state_strict(obj.net, ck["model"], last)
         opt_g.load_state_dict(ck["optimizer"])
         if disc is not None:
             load_state_strict(disc, ck["disc"], last)
@@ -214,7 +214,7 @@ def _train(cfg, data_cfg, built: Built, ds, val, out: Path, rt) -> Path:
     stop_at = total if not cfg.stop_after else min(total, cfg.stop_after)
 
     def snapshot(step: int) -> dict:
-        return {"model": unwrap_model(obj).state_dict(), "optimizer": opt_g.state_dict(),
+        return {"model": unwrap_model(obj).net.state_dict(), "optimizer": opt_g.state_dict(),
                 "disc": disc.state_dict() if disc is not None else None,
                 "optimizer_d": opt_d.state_dict() if opt_d is not None else None, "scaler": None,
                 "step": step, "epoch": step // steps_per_epoch, "config": cfg_dict, "arch": built.arch}
@@ -225,7 +225,7 @@ def _train(cfg, data_cfg, built: Built, ds, val, out: Path, rt) -> Path:
             rate = (st.step - start_step) * cfg.batch_size * rt.world_size / max(time.time() - t0, 1e-9)
             logger.log(step=st.step, epoch=st.epoch, **{k: float(v.detach()) for k, v in losses.items()},
                        img_per_s=round(rate, 1), minutes=round((time.time() - t0) / 60, 3))
-            bar.set_postfix(loss=f"{float(losses['loss']):.4f}")
+            bar.set_postfix(loss=f"{float(losses['loss'].detach()):.4f}")
         if rt.is_main and cfg.sample_every and (st.step % cfg.sample_every == 0 or st.step == total):
             _save_samples(out / "samples" / f"step_{st.step:06d}.png", x, outs, mask)
         if st.step % cfg.ckpt_every == 0 and st.step < total:
@@ -274,17 +274,13 @@ def build_ce(cfg: PretrainConfig, num_classes=1, silhouettes=None, device="cpu",
         return Built(torch.nn.Identity(), None, mask, cfg.encoder.input_size, {})
     net = ContextEncoder(cfg.encoder, dropout=cfg.dropout)
     obj = ReconstructionObjective(net, cfg.loss_region if not autoencoder else "all", cfg.overlap, cfg.overlap_weight)
-    disc = Discriminator(widths=_disc_widths(cfg.encoder.input_size)) if adversarial else None
+    # the discriminator of the inpainting net (inpaint_net.disc_widths); it resizes the image to its size
+    disc = Discriminator(widths=cfg.inpaint_net.disc_widths) if adversarial else None
     name = "ae" if autoencoder else ("ce-adv" if adversarial else "ce")
     built = Built(obj, disc, mask, cfg.encoder.input_size, _alexnet_arch(cfg, name))
     built.mask = Masker(mask, cfg.encoder.input_size, device, seed=cfg.seed, silhouettes=silhouettes,
                         mask_file=cfg.mask_file)
     return built
-
-
-def _disc_widths(size: int) -> tuple:
-    n = max(1, int(round(torch.log2(torch.tensor(size / 4.0)).item())))
-    return tuple(min(64 * 2**i, 512) for i in range(n))
 
 
 def build_ce_adv(cfg, **kw) -> Built:
