@@ -41,6 +41,10 @@ def main(cfg: DetConfig, data_cfg: DataConfig, root, out_dir, *, device: str = "
     plan = SeedPlan(seeds=list(cfg.seeds), lrs=list(cfg.lrs), select_seeds=list(cfg.select_seeds),
                     train_split=data_cfg.train_split, val_split=data_cfg.val_split,
                     trainval_split=data_cfg.trainval_split, test_split=data_cfg.test_split)
+    if cfg.arch == "auto":  # the random row takes the architecture of the first checkpoint
+        from .cli import _arch_for
+
+        cfg = replace(cfg, arch=_arch_for(cfg, specs))
     ctx = DetContext(cfg=cfg, root=str(root), device=str(device))
     table = run_seeds(det_task, TASK, specs, plan, ctx, out_dir, metrics=METRICS, primary="mAP",
                       key=job_key(cfg, root), workers=cfg.workers, threads=cfg.threads, log=log)
@@ -108,6 +112,9 @@ def register_det(transfer_subparsers, common) -> None:
                         "or any NAME=PATH; default: the config's det.inits")
     p.add_argument("--seeds", default="", help="comma-separated seeds (default: the config's det.seeds)")
     p.set_defaults(func=_cmd)
+    from .det_bench import register_bench
+
+    register_bench()  # `cebench bench transfer` gains the detection numbers
 
 
 __all__ = ["main", "register_det", "METRICS"]

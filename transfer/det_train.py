@@ -31,7 +31,7 @@ TASK = "det"
 
 @dataclass
 class DetConfig:
-    arch: str = "demo"                          # encoder architecture preset (a loaded checkpoint brings its own)
+    arch: str = "auto"                          # random row's encoder: demo | paper | caffenet | auto (= first checkpoint's)
     inits: list[str] = field(default_factory=lambda: ["random"])  # NAME or NAME=CHECKPOINT (see transfer.inits)
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     lrs: list[float] = field(default_factory=lambda: [1e-3, 3e-3])
@@ -158,7 +158,8 @@ def build_model(cfg: DetConfig, init_name: str, checkpoint, seed: int, ds: DetDa
     magic = None
     if cfg.magic != "none" and cfg.magic_images > 0:
         magic, _ = collate([ds[i] for i in range(min(cfg.magic_images, len(ds)))])
-    encoder = build_init(init_name, arch_cfg=cfg.arch, checkpoint=checkpoint, data_for_magic_init=magic,
+    arch = "demo" if cfg.arch == "auto" else cfg.arch  # "auto" is resolved from the checkpoints by det_cli.main
+    encoder = build_init(init_name, arch_cfg=arch, checkpoint=checkpoint, data_for_magic_init=magic,
                          seed=seed, magic=cfg.magic)
     return FastRCNN(encoder, len(ds.classes), fc_dim=cfg.fc_dim, roi_size=cfg.roi_size, dropout=cfg.dropout)
 
