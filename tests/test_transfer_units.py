@@ -1,0 +1,116 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cebench.errors import CheckpointError, ConfigError
+from cebench.pretrain.loading import save_encoder_checkpoint
+from cebench.pretrain.models import AlexNetConfig, AlexNetEncoder, build_encoder
+from cebench.transfer.inits import (InitUnavailable, build_init, magic_init, parse_init)
+from cebench.transfer.results import ResultsTable, summarize
+from cebench.transfer.seeds import select_lr
+from cebench.transfer.segmentation import FCN32, bilinear_kernel
+
+torch.set_num_threads(1)
+
+
+def test_magic_init_gives_unit_variance_preactivations():
+    torch.manual_seed(0)
+    cfg = AlexNetConfig(norm="none")
+    enc = build_init("random", arch_cfg=cfg, seed=0)
+    x = torch.randn(32, 3, 64, 64)
+    magic_init(enc, x, mode="within")
+    outs = {}
+    hooks = [conv.register_forward_hook(lambda m, i, o, n=name: outs.__setitem__(n, o)) for name, conv in enc.convs()]
+    with torch.no_grad():
+        enc.eval()(x)
+    for h in hooks:
+        h.remove()
+    for name, y in outs.items():
+        y = y.transpose(0, 1).reshape(y.shape[1], -1)
+        np.testing.assert_allclose(y.mean(1).numpy(), 0.0, atol=1e-3, err_msg=name)
+        np.testing.assert_allclose(y.std(1).numpy(), 1.0, atol=1e-3, err_msg=name)
+
+
+def test_magic_between_keeps_filter_proportions():
+    enc = build_encoder(AlexNetConfig(norm="none"))
+    w0 = enc.conv2.weight.detach().clone()
+    magic_init(enc, torch.randn(16, 3, 64, 64), mode="between")
+    ratio = enc.conv2.weight / w0
+    assert torch.allclose(ratio, ratio.flatten()[0].expand_as(ratio), rtol=1e-4)
+
+
+def test_random_init_is_seeded():
+    a = build_init("random", arch_cfg="demo", seed=3)
+    b = build_init("random", arch_cfg="demo", seed=3)
+    c = build_init("random", arch_cfg="demo", seed=4)
+    assert torch.equal(a.conv1.weight, b.conv1.weight) and not torch.equal(a.conv1.weight, c.conv1.weight)
+
+
+def test_checkpoint_inits_and_strict_loading(tmp_path):
+    enc = build_encoder(AlexNetConfig())
+    p = save_encoder_checkpoint(tmp_path / "ce.pt", enc, method="ce")
+    got = build_init("context encoder", checkpoint=p)
+    assert torch.equal(got.conv3.weight, enc.conv3.weight)
+    got = build_init("my learner", checkpoint=p)  # custom row
+    assert torch.equal(got.conv5.weight, enc.conv5.weight)
+    with pytest.raises(CheckpointError, match="'ae' row"):
+        build_init("ae", checkpoint=p)
+    # a checkpoint with a missing and an unexpected key: the error names both
+    sd = {f"encoder.{k}": v for k, v in enc.state_dict().items() if k != "conv2.bias"}
+    sd["encoder.extra.weight"] = torch.zeros(1)
+    torch.save({"model": sd, "arch": {"name": "ce", "encoder": enc.cfg.to_dict()}}, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError) as err:
+        build_init("ce", checkpoint=tmp_path / "bad.pt")
+    assert "conv2.bias" in str(err.value) and "extra.weight" in str(err.value)
+
+
+def test_imagenet_unavailable_says_where_to_put_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    with pytest.raises(InitUnavailable, match="alexnet-owt-7be5be79.pth"):
+        build_init("imagenet")
+
+
+def test_parse_init():
+    assert parse_init("ce=a.pt").name == "context encoder"
+    s = parse_init("SimCLR-ish=x.pt")
+    assert (s.name, s.kind, s.checkpoint) == ("SimCLR-ish", "custom", "x.pt")
+    with pytest.raises(ConfigError, match="needs a checkpoint"):
+        parse_init("autoencoder")
+    with pytest.raises(ConfigError, match="unknown"):
+        parse_init("nonsense")
+
+
+def test_results_table_merges_and_summarises(tmp_path):
+    t = ResultsTable(tmp_path)
+    t.add("random", "cls", "mAP", {0: 0.5, 1: 0.7, 2: 0.6}, lr=1e-3)
+    t.save()
+    t2 = ResultsTable(tmp_path)  # another task (e.g. detection) adds its rows to the same file
+    t2.add("random", "det", "mAP", {0: 0.3})
+    t2.add_unavailable("imagenet", "det", "mAP", "no weights")
+    df = t2.save()
+    assert set(zip(df.task, df.init)) == {("cls", "random"), ("det", "random"), ("det", "imagenet")}
+    row = df[(df.task == "cls")].iloc[0]
+    assert row["mean"] == pytest.approx(0.6) and row["std"] == pytest.approx(0.1) and row["seeds"] == 3
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert {r["init"]: r for r in rows if r["task"] == "cls"}["random"]["per_seed"]["1"] == 0.7
+    assert summarize([1.0, None, float("nan")]) == (1.0, 0.0, 1)
+
+
+def test_select_lr_uses_val_scores_and_skips_failures():
+    recs = [{"lr": 1e-3, "status": "ok", "metrics": {"mAP": 0.4}},
+            {"lr": 3e-3, "status": "ok", "metrics": {"mAP": 0.6}},
+            {"lr": 1e-2, "status": "non-finite", "metrics": {}}]
+    lr, scores = select_lr(recs, [1e-3, 3e-3, 1e-2], "mAP")
+    assert lr == 3e-3 and np.isnan(scores[1e-2])
+
+
+def test_fcn32_shapes_and_bilinear_upsampling():
+    enc = build_encoder(AlexNetConfig())
+    net = FCN32(enc, 5).eval()
+    assert net(torch.randn(2, 3, 64, 64)).shape == (2, 5, 64, 64)
+    # the bilinear kernel up-samples a constant to a constant (away from the border)
+    up = torch.nn.functional.conv_transpose2d(torch.ones(1, 2, 4, 4), bilinear_kernel(2, 32), stride=16, padding=8)
+    assert up.shape[-1] == 64 and torch.allclose(up[0, :, 16:48, 16:48], torch.ones(2, 32, 32))
