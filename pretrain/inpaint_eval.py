@@ -1,0 +1,227 @@
+"""`cebench inpaint-eval`: the paper's Table 1 protocol on held-out images, and a Fig. 6 style grid.
+
+Methods: CE (L2) and CE (L2+adv) (the inpainting context encoders), nearest-neighbour inpainting with
+HOG features and with raw pixels over the training set (FAISS, exact L2), OpenCV Telea, mean-colour fill.
+The protocol (written to protocol.txt and printed) is `PROTOCOL` below.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cebench.config import atomic_write_text, save_config
+from cebench.data.sources import DataConfig, voc_root
+from cebench.errors import CebenchError
+from cebench.logs import get_logger
+from cebench.runtime import set_cpu_threads
+
+from .data import PretrainImages, folder_paths, voc_split_paths
+from .masks import center_box
+from .models import InpaintNetConfig
+
+log = get_logger("cebench.pretrain.inpaint_eval")
+
+PROTOCOL = """Inpainting evaluation protocol (cebench, after Pathak et al. 2016, Table 1)
+- images: each held-out image resized so its short side is {size} px (bicubic) and centre-cropped to {size}x{size}
+- hole: the central square of {side}x{side} px (1/4 of the area), the same for every image and method
+- value range: RGB in [0, 1]; every fill is quantised to 8 bits (round(x*255)/255) before scoring
+- pixels scored: only the {side}x{side} hole, all 3 channels; the context is the original image
+- mean L1 % = 100 * mean over images of (mean |fill - truth| over the hole)
+- mean L2 % = 100 * mean over images of (mean (fill - truth)^2 over the hole)
+- PSNR dB = mean over images of 10*log10(1 / MSE_image) (per-image PSNR, then averaged);
+  psnr_pooled_db = 10*log10(1 / mean MSE) is given as well
+- NN baselines: the nearest training image (exact L2, FAISS flat) by HOG (9 orientations, 8x8 cells,
+  2x2 blocks) or raw pixels of the image with its hole set to 0.5 grey; its hole is pasted
+- Telea: cv2.inpaint(INPAINT_TELEA, radius 5) on the 8-bit image; mean fill: the training set's mean colour
+- held-out images: {n} from {source}; training set for NN/mean: {n_train} images
+"""
+
+
+@dataclass
+class InpaintEvalConfig:
+    inpaint_net: InpaintNetConfig = field(default_factory=InpaintNetConfig)
+    steps: int = 1500             # training steps of each inpainting net when no checkpoint is given
+    batch_size: int = 64
+    lr: float = 2e-4
+    load_size: int = 0            # short side before the random crop in training (official 350; 0 = net size)
+    max_minutes: float = 0.0
+    threads: int = 1
+    seed: int = 0
+    overlap: int = 4
+    overlap_weight: float = 10.0
+    n_test: int = 0               # held-out images scored (0 = all)
+    nn_max_images: int = 0        # training images searched by the NN baselines (0 = all)
+    figure_rows: int = 6
+    telea_radius: int = 5
+
+
+def _load_images(paths, size: int) -> torch.Tensor:
+    ds = PretrainImages(paths, size, size, flip=False, random=False)
+    return torch.stack([ds[i][0] for i in range(len(ds))]).float() / 255  # [N,3,S,S] in [0,1]
+
+
+def _quant(x: torch.Tensor) -> torch.Tensor:
+    return torch.round(x.clamp(0, 1) * 255) / 255
+
+
+def score(fill: torch.Tensor, truth: torch.Tensor, lo: int, side: int) -> dict:
+    """Table 1 metrics over the hole (see PROTOCOL)."""
+    f = _quant(fill[:, :, lo:lo + side, lo:lo + side]).double()
+    t = truth[:, :, lo:lo + side, lo:lo + side].double()
+    l1 = (f - t).abs().mean(dim=(1, 2, 3))
+    l2 = ((f - t) ** 2).mean(dim=(1, 2, 3))
+    psnr = 10 * torch.log10(1.0 / l2.clamp_min(1e-10))
+    return {"l1_pct": 100 * l1.mean().item(), "l2_pct": 100 * l2.mean().item(), "psnr_db": psnr.mean().item(),
+            "psnr_pooled_db": 10 * math.log10(1.0 / max(l2.mean().item(), 1e-10)), "n_images": int(f.shape[0])}
+
+
+def _holed(x: torch.Tensor, lo: int, side: int) -> torch.Tensor:
+    y = x.clone()
+    y[:, :, lo:lo + side, lo:lo + side] = 0.5
+    return y
+
+
+def nn_fill(test, train, lo, side, features) -> torch.Tensor:
+    from cebench.features.index import FeatureIndex
+
+    db = features(_holed(train, lo, side))
+    q = features(_holed(test, lo, side))
+    index = FeatureIndex(db.shape[1], kind="flat", metric="l2", use_gpu=False).add(db.numpy())
+    _, ids = index.search(q.numpy(), 1)
+    out = test.clone()
+    out[:, :, lo:lo + side, lo:lo + side] = train[torch.from_numpy(ids[:, 0])][:, :, lo:lo + side, lo:lo + side]
+    return out
+
+
+def hog_features(x: torch.Tensor) -> torch.Tensor:
+    from cebench.features.hog import hog
+
+    return torch.cat([hog(x[i:i + 256], orientations=9, pixels_per_cell=(8, 8), cells_per_block=(2, 2))
+                      for i in range(0, x.shape[0], 256)]).float()
+
+
+def pixel_features(x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(x.shape[0], -1).float()
+
+
+def telea_fill(test, lo, side, radius: int = 5) -> torch.Tensor:
+    import cv2
+
+    mask = np.zeros(test.shape[-2:], np.uint8)
+    mask[lo:lo + side, lo:lo + side] = 255
+    imgs = (test.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    out = np.stack([cv2.inpaint(np.ascontiguousarray(im), mask, radius, cv2.INPAINT_TELEA) for im in imgs])
+    return torch.from_numpy(out).permute(0, 3, 1, 2).float() / 255
+
+
+def mean_fill(test, train, lo, side) -> torch.Tensor:
+    out = test.clone()
+    out[:, :, lo:lo + side, lo:lo + side] = train.mean(dim=(0, 2, 3)).view(1, 3, 1, 1)
+    return out
+
+
+@torch.no_grad()
+def ce_fill(ckpt_path, test, lo, side, device="cpu", batch: int = 128) -> torch.Tensor:
+    from .inpaint import load_inpainter
+
+    obj = load_inpainter(ckpt_path, device)
+    if obj.net.cfg.input_size != test.shape[-1]:
+        raise CebenchError(f"{ckpt_path}: net input {obj.net.cfg.input_size} px, eval images {test.shape[-1]} px")
+    out = test.clone()
+    for i in range(0, test.shape[0], batch):
+        pred = obj.predict(test[i:i + batch].to(device)).float().cpu()
+        out[i:i + batch, :, lo:lo + side, lo:lo + side] = pred
+    return out
+
+
+def _train_net(cfg: InpaintEvalConfig, data_cfg, out: Path, method: str, device, data_override) -> Path:
+    from . import train
+
+    pcfg = train.PretrainConfig(method=method, inpaint_net=cfg.inpaint_net, mask="center", steps=cfg.steps,
+                                batch_size=cfg.batch_size, lr=cfg.lr, load_size=cfg.load_size,
+                                max_minutes=cfg.max_minutes, threads=cfg.threads, seed=cfg.seed,
+                                overlap=cfg.overlap, overlap_weight=cfg.overlap_weight, eval_images=0,
+                                sample_every=max(cfg.steps // 4, 1), ckpt_every=max(cfg.steps // 10, 1))
+    return train.main(pcfg, data_cfg, out / f"train-{method}", device=device, data_override=data_override)
+
+
+def figure(path: Path, columns: dict, lo: int, side: int, rows: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(columns)
+    rows = min(rows, next(iter(columns.values())).shape[0])
+    fig, axes = plt.subplots(rows, len(names), figsize=(1.6 * len(names), 1.6 * rows), squeeze=False)
+    for c, name in enumerate(names):
+        for r in range(rows):
+            ax = axes[r][c]
+            ax.imshow(columns[name][r].permute(1, 2, 0).clamp(0, 1).numpy())
+            ax.set_xticks([]), ax.set_yticks([])
+            if r == 0:
+                ax.set_title(name, fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def main(cfg: InpaintEvalConfig, data_cfg: DataConfig | None = None, out_dir=".", device: str = "auto",
+         data_override=None, images=None, ce=None, ce_adv=None):
+    import pandas as pd
+
+    data_cfg = data_cfg or DataConfig()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    set_cpu_threads(cfg.threads)
+    save_config(cfg, out)
+    dev = "cpu" if device == "auto" and not torch.cuda.is_available() else ("cuda" if device == "auto" else device)
+    size = cfg.inpaint_net.input_size
+    lo, side = center_box(size, 0.5)
+    # held-out and training images
+    root = None
+    if images:
+        test_paths, source = folder_paths(images), str(images)
+    else:
+        root = voc_root(data_cfg, data_override)
+        test_paths, _, _ = voc_split_paths(root, data_cfg.test_split)
+        source = f"the {data_cfg.test_split} split of {root.name}"
+    if cfg.n_test:
+        test_paths = test_paths[: cfg.n_test]
+    if data_cfg.pretrain_images:
+        train_paths = folder_paths(data_cfg.pretrain_images)
+    else:
+        root = root or voc_root(data_cfg, data_override)
+        train_paths, _, _ = voc_split_paths(root, data_cfg.pretrain_split)
+    if cfg.nn_max_images:
+        train_paths = train_paths[: cfg.nn_max_images]
+    # the CE nets (trained here if not given)
+    ce = ce or _train_net(cfg, data_cfg, out, "inpaint", dev, data_override)
+    ce_adv = ce_adv or _train_net(cfg, data_cfg, out, "inpaint-adv", dev, data_override)
+    test = _load_images(test_paths, size)
+    train_imgs = _load_images(train_paths, size)
+    fills = {
+        "CE (L2)": ce_fill(ce, test, lo, side, dev),
+        "CE (L2+adv)": ce_fill(ce_adv, test, lo, side, dev),
+        "NN (HOG)": nn_fill(test, train_imgs, lo, side, hog_features),
+        "NN (pixels)": nn_fill(test, train_imgs, lo, side, pixel_features),
+        "Telea (OpenCV)": telea_fill(test, lo, side, cfg.telea_radius),
+        "mean colour": mean_fill(test, train_imgs, lo, side),
+    }
+    rows = [{"method": name, **score(f, test, lo, side)} for name, f in fills.items()]
+    table = pd.DataFrame(rows, columns=["method", "l1_pct", "l2_pct", "psnr_db", "n_images", "psnr_pooled_db"])
+    atomic_write_text(out / "table1.csv", table.to_csv(index=False, float_format="%.4f"))
+    protocol = PROTOCOL.format(size=size, side=side, n=len(test), source=source, n_train=len(train_imgs))
+    atomic_write_text(out / "protocol.txt", protocol + f"- CE checkpoints: {ce} ; {ce_adv}\n")
+    masked = _holed(test, lo, side)
+    figure(out / "fig_inpainting.png", {"input": masked, **{k: _quant(v) for k, v in fills.items()},
+                                        "ground truth": test}, lo, side, cfg.figure_rows)
+    print(protocol)
+    return table
