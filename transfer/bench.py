@@ -76,6 +76,9 @@ BENCHES = [("cls", bench_cls), ("seg", bench_seg)]
 def bench_transfer(out_path=None, device="auto", quick: bool = False, extra=()) -> dict:
     from cebench.runtime import choose_device
 
+    from . import det_bench
+
+    det_bench.register_bench()  # the detection engineer's ("det", bench_det)
     dev = choose_device(device)
     out = {"device": str(dev), "threads": torch.get_num_threads()}
     for name, fn in [*BENCHES, *extra]:

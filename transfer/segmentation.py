@@ -23,7 +23,7 @@ from .metrics import confusion_matrix, iou_per_class, mean_iu, pixel_accuracy
 
 @dataclass
 class SegConfig:
-    iterations: int = 800
+    iterations: int = 300          # demo budget (the prototype recipe used 800; paper 80k)
     batch_size: int = 32
     lrs: list[float] = field(default_factory=lambda: [1e-3, 3e-3])
     optim: OptimConfig = field(default_factory=OptimConfig)
