@@ -1,0 +1,110 @@
+"""`cebench bench pretrain`: training images/s and peak memory of each architecture at its real size.
+
+One timed training step = forward, loss, backward, Adam step (the discriminator step too for the
+adversarial nets), after `warmup` untimed steps; synthetic inputs, so only the compute is measured.
+Peak memory: torch.cuda.max_memory_allocated on GPU, the process's peak RSS growth on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import time
+from pathlib import Path
+
+import torch
+
+from cebench.config import atomic_write_text
+
+from .losses import gan_d_loss, gan_g_loss, joint
+from .masks import center_mask
+from .models import AlexNetConfig, ContextEncoder, Discriminator, InpaintingCE, InpaintNetConfig, SupervisedNet
+from .objectives import InpaintObjective, ReconstructionObjective, SupervisedObjective
+
+
+def _archs():
+    return {
+        "alexnet-ce-paper-227": lambda: (ReconstructionObjective(ContextEncoder(AlexNetConfig.paper())), None, 227),
+        "inpaint-ce-paper-128": lambda: (InpaintObjective(InpaintingCE(InpaintNetConfig.paper())),
+                                         Discriminator(InpaintNetConfig.paper().disc_widths), 128),
+        "alexnet-supervised-paper-227": lambda: (SupervisedObjective(SupervisedNet(AlexNetConfig.paper())), None, 227),
+        "alexnet-ce-demo-64": lambda: (ReconstructionObjective(ContextEncoder(AlexNetConfig.demo())), None, 64),
+        "inpaint-ce-demo-64": lambda: (InpaintObjective(InpaintingCE(InpaintNetConfig())),
+                                       Discriminator(InpaintNetConfig().disc_widths), 64),
+    }
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bench_one(build, device, batch: int, steps: int, warmup: int = 1, amp: bool = False) -> dict:
+    obj, disc, size = build()
+    obj, dev = obj.to(device), torch.device(device)
+    if dev.type == "cuda":
+        obj = obj.to(memory_format=torch.channels_last)
+        torch.cuda.reset_peak_memory_stats()
+    opt = torch.optim.Adam(obj.parameters(), 2e-4, betas=(0.5, 0.999))
+    if disc is not None:
+        disc = disc.to(device)
+        opt_d = torch.optim.Adam(disc.parameters(), 2e-5, betas=(0.5, 0.999))
+    x = torch.rand(batch, 3, size, size, device=device)
+    mask = center_mask(batch, size, device)
+    labels = torch.randint(-1, 2, (batch, 20), device=device).float()
+    rss0 = _rss_mb()
+    ctx = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if amp else (lambda: torch.autocast(dev.type, enabled=False))
+    t0 = None
+    for i in range(warmup + steps):
+        if i == warmup:
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+        with ctx():
+            losses, out = obj(x, mask, labels)
+        loss = losses["loss"]
+        if disc is not None:
+            with ctx():
+                both = disc(torch.cat([out["real"].detach(), out["fake"].detach()]))
+                d = gan_d_loss(both[:batch], both[batch:])
+            opt_d.zero_grad()
+            d.backward()
+            opt_d.step()
+            with ctx():
+                loss = joint(losses["rec"], gan_g_loss(disc(out["fake"])))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    peak = (torch.cuda.max_memory_allocated() / 2**20) if dev.type == "cuda" else max(_rss_mb() - rss0, 0.0)
+    return {"img_per_s": round(batch * steps / dt, 2), "batch": batch, "steps": steps, "seconds": round(dt, 3),
+            "peak_mem_mb": round(peak, 1), "memory": "cuda max allocated" if dev.type == "cuda" else "RSS growth",
+            "params": sum(p.numel() for p in obj.parameters()), "amp_bf16": amp, "threads": torch.get_num_threads()}
+
+
+def bench_pretrain(out_path, device: str = "auto", archs=None, batch: int | None = None, steps: int | None = None) -> dict:
+    """Run every architecture on CPU and (when available) CUDA; write and return the JSON dict."""
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() and device in ("auto", "cuda") else [])
+    if device == "cpu":
+        devices = ["cpu"]
+    result = {"host": platform.node(), "torch": torch.__version__, "results": {}}
+    for dev in devices:
+        for name, build in _archs().items():
+            if archs and name not in archs:
+                continue
+            b = batch or (64 if dev == "cuda" else (8 if "paper" in name else 64))
+            s = steps or (20 if dev == "cuda" else (3 if "paper" in name else 10))
+            result["results"][f"{name}@{dev}"] = bench_one(build, dev, b, s, amp=dev == "cuda")
+            if dev == "cuda":
+                result["gpu"] = torch.cuda.get_device_name()
+    atomic_write_text(Path(out_path), json.dumps(result, indent=2))
+    return result
+
+
+def register_bench(bench_subparsers, common) -> None:
+    p = bench_subparsers.add_parser("pretrain", parents=[common], help="training img/s and peak memory per architecture")
+    p.add_argument("--arch", action="append", default=None, help="only these architectures (repeatable)")
+    p.set_defaults(func=lambda a: (print(json.dumps(bench_pretrain(Path(a.out or "runs/bench") / "bench_pretrain.json",
+                                                                   a.device, a.arch), indent=2)) or 0))
