@@ -20,7 +20,7 @@ def draw_detections(root, examples: list[dict], classes, out_png, *, score_min: 
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
-    from cebench.data.voc import VOCIndex, parse_annotation  # noqa: F401  (parse for the ground truth)
+    from cebench.data.voc import parse_annotation
     from cebench.images import open_rgb
 
     root = Path(root)
@@ -41,9 +41,13 @@ def draw_detections(root, examples: list[dict], classes, out_png, *, score_min: 
         boxes = np.asarray(ex["boxes"], dtype=float).reshape(-1, 4)
         scores = np.asarray(ex["scores"], dtype=float)
         labels = np.asarray(ex["labels"], dtype=int)
-        for b, s, c in zip(boxes[scores >= score_min], scores[scores >= score_min], labels[scores >= score_min]):
+        show = scores >= score_min
+        if not show.any() and len(scores):  # nothing confident: the top detection, dotted
+            show = scores == scores.max()
+        for b, s, c in zip(boxes[show], scores[show], labels[show]):
             col = colours(c % 10)
-            ax.add_patch(Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False, lw=1.6, ec=col))
+            ax.add_patch(Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False, lw=1.6, ec=col,
+                                   ls="-" if s >= score_min else ":"))
             ax.text(b[0], b[1], f"{classes[c]} {s:.2f}", fontsize=6, color="white", va="bottom",
                     bbox=dict(facecolor=col, alpha=0.8, pad=0.5, lw=0))
         ax.set_title(ex["id"], fontsize=7)

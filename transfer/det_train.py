@@ -36,7 +36,7 @@ class DetConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     lrs: list[float] = field(default_factory=lambda: [1e-3, 3e-3])
     select_seeds: list[int] = field(default_factory=lambda: [100])
-    iterations: int = 500                       # SGD/Adam steps of `images_per_batch` images
+    iterations: int = 400                       # SGD/Adam steps of `images_per_batch` images
     images_per_batch: int = 2                   # Fast R-CNN: 2 images x 64 RoIs
     rois_per_image: int = 64
     fg_fraction: float = 0.25
