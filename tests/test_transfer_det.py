@@ -182,3 +182,16 @@ def test_proposals_selective_search_and_grid(tmp_path):
     assert has_selective_search(), "opencv-contrib selective search should be installed"
     g = grid_boxes(64, 64, ProposalConfig(method="grid"))
     assert len(g) > 20 and len(clean_boxes(np.vstack([g, g]), 64, 64, ProposalConfig())) == len(g)
+
+
+def test_bench_det_quick_and_registered(monkeypatch):
+    from cebench.transfer import bench
+    from cebench.transfer.det_bench import bench_det, register_bench
+
+    out = bench_det("cpu", quick=True)
+    assert out["train_images_per_s"] > 0 and out["infer_images_per_s"] > 0
+    assert out["proposals_images_per_s"]["64px_1proc"] > 0
+    monkeypatch.setattr(bench, "BENCHES", list(bench.BENCHES))  # restored after the test
+    register_bench()
+    register_bench()
+    assert [n for n, _ in bench.BENCHES].count("det") == 1
