@@ -11,9 +11,9 @@ TABLE1 = {
 # Which of our methods corresponds to which paper row (the paper's "our features" NN row used
 # context-encoder features; the closest thing we run for it is raw-pixel NN, stated in the report).
 TABLE1_MATCH = {
-    "nn-hog": "NN-inpainting (HOG features)",
-    "nn-pixel": "NN-inpainting (our features)",
-    "ce-adv": "Our Reconstruction (joint)",
+    "NN (HOG)": "NN-inpainting (HOG features)",
+    "NN (pixels)": "NN-inpainting (our features)",
+    "CE (L2+adv)": "Our Reconstruction (joint)",
 }
 
 # Table 2: VOC2007 classification mAP, VOC2007 detection mAP (Fast R-CNN), VOC2012 seg mean IU (FCN).

@@ -100,17 +100,10 @@ def plan(cfg: dict, out: Path, config_file: Path, voc: Path, device: str) -> lis
                         d, _key(cfg["pretrain"], data_key, method), est_seconds=est_pre, threads=run["threads"]))
         ckpt[method] = d / "checkpoint.pt"
     if run["inpaint"]:
-        inp = {}
-        for method in ("ce-l2", "ce-adv"):
-            d = out / "pretrain" / method
-            jobs.append(Job(f"pretrain/{method}", "pretrain", ["pretrain", "--method", method, "--out", str(d), *base],
-                            d, _key(cfg["pretrain"], data_key, method), est_seconds=est_pre / 2, threads=run["threads"]))
-            inp[method] = d / "checkpoint.pt"
+        # one job trains both inpainting nets (L2, L2+adv; centre masks) and scores Table 1
         d = out / "inpaint"
-        jobs.append(Job("inpaint", "inpaint", ["inpaint-eval", "--out", str(d), "--ce", str(inp["ce-l2"]),
-                                               "--ce-adv", str(inp["ce-adv"]), *base],
-                        d, _key(cfg["inpaint"], data_key, [j.key for j in jobs if j.name in ("pretrain/ce-l2", "pretrain/ce-adv")]),
-                        deps=("pretrain/ce-l2", "pretrain/ce-adv"), est_seconds=60, threads=run["threads"]))
+        jobs.append(Job("inpaint", "inpaint", ["inpaint-eval", "--out", str(d), *base], d,
+                        _key(cfg["inpaint"], data_key), est_seconds=2.5 * est_pre, threads=run["threads"]))
 
     # initialisations: name -> (init argument, dependency job)
     display = {"ce": "context encoder", "ae": "autoencoder", "supervised": "supervised"}
@@ -206,12 +199,14 @@ def main(config_path: Path, overrides, out: Path, *, device: str = "auto", force
         "wall_minutes": (time.time() - t0) / 60, "demo": not cfg["data"]["root"],
         "jobs": {n: {"status": r.status, "seconds": r.seconds} for n, r in results.items()},
     }
-    methods = list(cfg["run"]["methods"]) + (["ce-l2", "ce-adv"] if cfg["run"]["inpaint"] else [])
+    pretrain_dirs = {m: out / "pretrain" / m for m in cfg["run"]["methods"]}
+    if cfg["run"]["inpaint"]:
+        pretrain_dirs.update({"inpaint (L2)": out / "inpaint" / "train-inpaint",
+                              "inpaint (L2+adv)": out / "inpaint" / "train-inpaint-adv"})
     rep = report.write_report(
         out, inpaint_dir=out / "inpaint",
         transfer_dirs=sorted(p for p in (out / "transfer").glob("*/*") if p.is_dir()),
-        retrieval_dir=out / "retrieval",
-        pretrain_dirs={m: out / "pretrain" / m for m in methods}, run_info=info)
+        retrieval_dir=out / "retrieval", pretrain_dirs=pretrain_dirs, run_info=info)
     print(f"[run] report: {rep / 'results.md'} ({info['wall_minutes']:.1f} min)", flush=True)
     if failed:
         raise CebenchError(f"{len(failed)} job(s) failed: " + ", ".join(f"{r.name} (log {r.log})" for r in failed))

@@ -31,7 +31,7 @@ INIT_DISPLAY = {
     "imagenet": "imagenet",
 }
 INIT_ORDER = ["random", "autoencoder", "context encoder", "supervised (demo labels)", "imagenet"]
-TABLE1_ORDER = ["mean-fill", "telea", "nn-pixel", "nn-hog", "ce-l2", "ce-adv"]
+TABLE1_ORDER = ["mean colour", "Telea (OpenCV)", "NN (HOG)", "NN (pixels)", "CE (L2)", "CE (L2+adv)"]
 
 
 def _atomic_csv(df: pd.DataFrame, path: Path) -> None:
@@ -78,6 +78,11 @@ def build_table1(inpaint_csv: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["method", "l1_pct", "l2_pct", "psnr_db", "source", "paper_row"])
 
 
+def _pct(v):
+    """Transfer results are stored as fractions in [0, 1]; the tables show % like the paper."""
+    return None if v is None else float(v) * 100.0
+
+
 def build_table2(transfer_rows: list[dict]) -> pd.DataFrame:
     rows = []
     for r in transfer_rows:
@@ -86,7 +91,7 @@ def build_table2(transfer_rows: list[dict]) -> pd.DataFrame:
         init = INIT_DISPLAY.get(r["init"], r["init"])
         paper = TABLE2.get(init, {}).get(r["task"])
         rows.append({"init": init, "task": r["task"], "metric": r.get("metric", TASK_METRIC[r["task"]]),
-                     "mean": r.get("mean"), "std": r.get("std"), "seeds": r.get("seeds", 0),
+                     "mean": _pct(r.get("mean")), "std": _pct(r.get("std")), "seeds": r.get("seeds", 0),
                      "paper": paper, "status": r.get("status", "ok"), "note": r.get("reason", "")})
     df = pd.DataFrame(rows, columns=["init", "task", "metric", "mean", "std", "seeds", "paper", "status", "note"])
     if len(df):
@@ -127,7 +132,7 @@ def build_svm_table(transfer_rows: list[dict]) -> pd.DataFrame:
         if task in TASK_METRIC:
             continue
         rows.append({"init": INIT_DISPLAY.get(r["init"], r["init"]), "task": task, "metric": r.get("metric", ""),
-                     "mean": r.get("mean"), "std": r.get("std"), "seeds": r.get("seeds", 0),
+                     "mean": _pct(r.get("mean")), "std": _pct(r.get("std")), "seeds": r.get("seeds", 0),
                      "status": r.get("status", "ok")})
     return pd.DataFrame(rows, columns=["init", "task", "metric", "mean", "std", "seeds", "status"])
 
@@ -141,7 +146,7 @@ def plot_curves(pretrain_dirs: dict[str, Path], path: Path) -> bool:
     series = {}
     for name, d in pretrain_dirs.items():
         rows = [r for r in read_jsonl(d / "metrics.jsonl") if "step" in r]
-        keys = [k for k in ("loss", "loss_rec", "loss_total") if rows and k in rows[-1]]
+        keys = [k for k in ("loss", "loss_rec", "loss_total") if any(k in r for r in rows)]
         if rows and keys:
             series[name] = ([r["step"] for r in rows if keys[0] in r],
                             [r[keys[0]] for r in rows if keys[0] in r], keys[0])

@@ -40,7 +40,9 @@ def load_inpainter(path, device="cpu"):
         net = InpaintingCE(InpaintNetConfig.from_dict(arch["inpaint_net"]))
         obj = InpaintObjective(net, arch.get("overlap", 4), arch.get("overlap_weight", 10.0))
     elif name in ("ce", "ce-adv"):
-        net = ContextEncoder(AlexNetConfig.from_dict(arch["encoder"]), dropout=arch.get("dropout", 0.5))
+        net = ContextEncoder(AlexNetConfig.from_dict(arch["encoder"]), dropout=arch.get("dropout", 0.5),
+                             decoder_widths=tuple(arch.get("decoder_widths", (64, 64, 32, 32))),
+                             decoder_layers=arch.get("decoder_layers", 5))
         obj = ReconstructionObjective(net)
     else:
         raise CheckpointError(f"{path}: not an inpainting checkpoint (method {name!r}; need inpaint, inpaint-adv, ce or ce-adv)")

@@ -51,6 +51,8 @@ class PretrainConfig:
     w_rec: float = 0.999               # joint loss with the adversary
     w_adv: float = 0.001
     dropout: float = 0.5
+    decoder_widths: tuple[int, ...] = (64, 32, 16)  # up-convolution widths (the last one outputs RGB)
+    decoder_layers: int = 4            # paper: 5 up-convolutions; the 64 px demo needs 4 (4 -> 64 px)
     lr: float = 2e-4
     beta1: float = 0.5
     lr_d_factor: float = 0.1           # D lr = lr * lr_d_factor (official: G 10x D)
@@ -264,7 +266,8 @@ def _train(cfg, data_cfg, built: Built, ds, val, out: Path, rt) -> Path:
 
 
 def _alexnet_arch(cfg: PretrainConfig, name: str) -> dict:
-    return {"name": name, "encoder": cfg.encoder.to_dict(), "dropout": cfg.dropout}
+    return {"name": name, "encoder": cfg.encoder.to_dict(), "dropout": cfg.dropout,
+            "decoder_widths": list(cfg.decoder_widths), "decoder_layers": cfg.decoder_layers}
 
 
 def build_ce(cfg: PretrainConfig, num_classes=1, silhouettes=None, device="cpu", probe=False, adversarial=False,
@@ -272,7 +275,8 @@ def build_ce(cfg: PretrainConfig, num_classes=1, silhouettes=None, device="cpu",
     mask = "none" if autoencoder else cfg.mask
     if probe:
         return Built(torch.nn.Identity(), None, mask, cfg.encoder.input_size, {})
-    net = ContextEncoder(cfg.encoder, dropout=cfg.dropout)
+    net = ContextEncoder(cfg.encoder, dropout=cfg.dropout, decoder_widths=cfg.decoder_widths,
+                         decoder_layers=cfg.decoder_layers)
     obj = ReconstructionObjective(net, cfg.loss_region if not autoencoder else "all", cfg.overlap, cfg.overlap_weight)
     # the discriminator of the inpainting net (inpaint_net.disc_widths); it resizes the image to its size
     disc = Discriminator(widths=cfg.inpaint_net.disc_widths) if adversarial else None
