@@ -74,7 +74,7 @@ class Scheduler:
     jobs: list[Job]
     max_parallel: int = 2
     force_stages: tuple[str, ...] = ()
-    status_every: float = 10.0
+    status_every: float = 30.0
     results: dict[str, JobResult] = field(default_factory=dict)
 
     def run(self) -> dict[str, JobResult]:

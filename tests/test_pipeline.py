@@ -1,0 +1,105 @@
+"""End to end: `cebench run --config tiny`, killed in the middle of transfer, resumed, then cached."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPORT_FILES = ["results.md", "table1.csv", "table2.csv", "svm.csv", "retrieval.csv", "run.json",
+                "fig_inpainting.png", "fig_retrieval.png", "fig_curves.png"]
+
+
+def _cebench(args, **kw):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CEBENCH_NO_PROGRESS": "1"}
+    return subprocess.run([sys.executable, "-m", "cebench.benchmarks.cli", *args], capture_output=True,
+                          text=True, env=env, **kw)
+
+
+def _statuses(stdout: str) -> dict[str, str]:
+    out = {}
+    for line in stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[0] == "[run]" and parts[1] in ("done", "cached", "failed", "skipped"):
+            out[parts[2]] = parts[1]
+    return out
+
+
+@pytest.mark.slow
+def test_tiny_pipeline_kill_resume_and_report(tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CEBENCH_NO_PROGRESS": "1"}
+    cmd = [sys.executable, "-m", "cebench.benchmarks.cli", "run", "--config", "tiny", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
+    deadline = time.time() + 600
+    finished_transfer = []
+    while time.time() < deadline and proc.poll() is None:
+        finished_transfer = sorted(p.parent for p in out.glob("transfer/*/*/.done.json"))
+        if finished_transfer:
+            break
+        time.sleep(0.5)
+    assert finished_transfer, "no transfer job finished"
+    os.killpg(proc.pid, signal.SIGKILL)  # a hard kill of the pipeline and all its jobs
+    proc.wait()
+    assert not (out / "report" / "results.md").exists()
+
+    t0 = time.time()
+    second = _cebench(["run", "--config", "tiny", "--out", str(out)], timeout=900)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    st = _statuses(second.stdout)
+    assert st["pretrain/ce"] == "cached"
+    for d in finished_transfer:
+        name = f"{d.parent.name}/{d.name}"
+        assert st[name] == "cached", (name, st)
+    assert any(s == "done" for n, s in st.items() if n.startswith(("seg/", "det/", "svm/"))), st
+
+    rep = out / "report"
+    for name in REPORT_FILES:
+        assert (rep / name).is_file() and (rep / name).stat().st_size > 0, name
+    with open(rep / "table1.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["method", "l1_pct", "l2_pct", "psnr_db"]
+    assert {r["method"] for r in rows} >= {"CE (L2)", "CE (L2+adv)", "NN (HOG)", "NN (pixels)", "Telea (OpenCV)"}
+    assert all(float(r["psnr_db"]) > 0 for r in rows)
+    with open(rep / "table2.csv") as fh:
+        t2 = list(csv.DictReader(fh))
+    assert list(t2[0]) == ["init", "task", "metric", "mean", "std", "seeds", "paper"]
+    assert {r["task"] for r in t2} == {"cls", "seg", "det"}
+    assert {"random", "context encoder"} <= {r["init"] for r in t2}
+    for r in t2:
+        assert 0.0 <= float(r["mean"]) <= 100.0
+    md = (rep / "results.md").read_text()
+    assert "Table 1" in md and "Table 2" in md and "56.5" in md  # the paper's CE cls number beside ours
+    info = json.loads((rep / "run.json").read_text())
+    assert info["machine"]["torch"] and info["jobs"]
+
+    third = _cebench(["run", "--config", "tiny", "--out", str(out)], timeout=300)
+    assert third.returncode == 0
+    assert set(_statuses(third.stdout).values()) == {"cached"}
+    assert time.time() - t0 > 0
+
+
+def test_run_rejects_bad_override_in_one_line(tmp_path):
+    res = _cebench(["run", "--config", "tiny", "--out", str(tmp_path), "pretrain.stepz=3"], timeout=120)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "stepz" in lines[0] and "valid keys" in lines[0]
+
+
+def test_dry_run_lists_jobs(tmp_path):
+    res = _cebench(["run", "--config", "tiny", "--out", str(tmp_path), "--dry-run", "data.demo_dir=" + str(tmp_path / "d")],
+                   timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "pretrain/ce:" in res.stdout and "cls/random:" in res.stdout and "det/context-encoder:" in res.stdout
+
+
+def test_help_lists_working_commands():
+    res = _cebench(["--help"], timeout=60)
+    for cmd in ("run", "data", "pretrain", "inpaint-eval", "inpaint", "transfer", "retrieve", "bench"):
+        assert cmd in res.stdout
