@@ -34,7 +34,7 @@ class DetConfig:
     arch: str = "auto"                          # random row's encoder: demo | paper | caffenet | auto (= first checkpoint's)
     inits: list[str] = field(default_factory=lambda: ["random"])  # NAME or NAME=CHECKPOINT (see transfer.inits)
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    lrs: list[float] = field(default_factory=lambda: [1e-3, 3e-3])
+    lrs: list[float] = field(default_factory=lambda: [3e-4, 1e-3])  # demo: 3e-3 diverged for every init
     select_seeds: list[int] = field(default_factory=lambda: [100])
     iterations: int = 400                       # SGD/Adam steps of `images_per_batch` images
     images_per_batch: int = 2                   # Fast R-CNN: 2 images x 64 RoIs
