@@ -8,8 +8,11 @@ jobs (which themselves resume from their `last` checkpoints where they have one)
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -69,6 +72,27 @@ def _env(job: Job) -> dict:
     return env
 
 
+@contextlib.contextmanager
+def exclusive(out_dir: Path):
+    """One pipeline per output folder: a second `cebench run` on the same folder fails at once."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fh = open(out_dir / ".run.lock", "w")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        raise CebenchError(f"{out_dir}: another `cebench run` is using this folder; wait for it or use another --out")
+    try:
+        yield
+    finally:
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
+
+
+def _terminate_on_sigterm(signum, frame):
+    raise KeyboardInterrupt  # stop the jobs like Ctrl-C does, instead of leaving them orphaned
+
+
 @dataclass
 class Scheduler:
     jobs: list[Job]
@@ -90,6 +114,7 @@ class Scheduler:
                 self.results[j.name] = JobResult(j.name, "cached", info.get("seconds", 0.0), str(j.out_dir / "log.txt"))
                 pending.remove(j)
         running: dict[str, tuple[Job, subprocess.Popen, float, object]] = {}
+        previous = signal.signal(signal.SIGTERM, _terminate_on_sigterm)
         t0 = time.time()
         last_status = 0.0
         total = len(pending)
@@ -146,6 +171,8 @@ class Scheduler:
                     proc.kill()
                 fh.close()
             raise
+        finally:
+            signal.signal(signal.SIGTERM, previous)
         return self.results
 
     def _print_line(self, name: str, res: JobResult) -> None:

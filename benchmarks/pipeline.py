@@ -22,7 +22,7 @@ from cebench.errors import CebenchError, ConfigError
 
 from . import report
 from .bench import machine_info
-from .jobs import Job, Scheduler
+from .jobs import Job, Scheduler, exclusive
 
 
 @dataclass
@@ -171,6 +171,12 @@ def check_real_data(cfg: dict) -> None:
 
 
 def main(config_path: Path, overrides, out: Path, *, device: str = "auto", force=(), dry_run: bool = False) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    with exclusive(out):
+        return _main(config_path, overrides, out, device=device, force=force, dry_run=dry_run)
+
+
+def _main(config_path: Path, overrides, out: Path, *, device: str, force, dry_run: bool) -> Path:
     t0 = time.time()
     cfg = resolve(config_path, overrides)
     out.mkdir(parents=True, exist_ok=True)
