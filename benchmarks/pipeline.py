@@ -86,10 +86,22 @@ def _key(*parts) -> str:
     return config_hash(list(parts))
 
 
+def _demo_content(cfg: dict) -> dict:
+    """What the demo tree's bytes depend on (so a changed generator reruns every stage)."""
+    if cfg["data"]["root"]:
+        return {}
+    from dataclasses import replace
+
+    from cebench.data.demo import DEMO_PRESETS, content_key
+
+    preset = DEMO_PRESETS.get(cfg["data"]["demo"])
+    return content_key(replace(preset, seed=cfg["data"]["demo_seed"])) if preset else {}
+
+
 def plan(cfg: dict, out: Path, config_file: Path, voc: Path, device: str) -> list[Job]:
     run = cfg["run"]
     base = ["--config", str(config_file), "--data", str(voc), "--device", device]
-    data_key = _key(cfg["data"])
+    data_key = _key(cfg["data"], _demo_content(cfg))
     jobs: list[Job] = []
     est_pre, est_tr = 60 * run["minutes_pretrain"], 60 * run["minutes_transfer"]
 
@@ -121,8 +133,16 @@ def plan(cfg: dict, out: Path, config_file: Path, voc: Path, device: str) -> lis
         return [dep_keys[d] for d in deps]
 
     task_section = {"cls": "transfer", "seg": "transfer", "det": "det"}
+    if "det" in run["tasks"]:
+        # selective search once, cached beside the data, before the per-init detection jobs
+        d = out / "transfer" / "proposals"
+        jobs.append(Job("det-proposals", "transfer", ["transfer", "det", "--proposals-only", "--out", str(d), *base], d,
+                        _key(cfg["det"]["proposals"], data_key), est_seconds=60, threads=run["threads"]))
+        dep_keys["det-proposals"] = jobs[-1].key
     for task in run["tasks"]:
         for label, (arg, deps) in inits.items():
+            if task == "det":
+                deps = (*deps, "det-proposals")
             slug = label.replace(" ", "-").replace("(", "").replace(")", "")
             d = out / "transfer" / task / slug
             jobs.append(Job(f"{task}/{slug}", "transfer", ["transfer", task, "--init", arg, "--out", str(d), *base],

@@ -18,7 +18,8 @@ from .results import ResultsTable, format_table
 METRICS = ["mAP", "mAP_11pt", "mAP_allpoint"]
 
 
-def main(cfg: DetConfig, data_cfg: DataConfig, root, out_dir, *, device: str = "cpu", log=print) -> ResultsTable:
+def main(cfg: DetConfig, data_cfg: DataConfig, root, out_dir, *, device: str = "cpu", log=print,
+         proposals_only: bool = False) -> ResultsTable | None:
     """Proposals for every split, lr selection on val, seeds on test, results rows with task "det"."""
     from cebench.logs import progress  # noqa: F401  (progress bars inside load_proposals)
 
@@ -37,6 +38,9 @@ def main(cfg: DetConfig, data_cfg: DataConfig, root, out_dir, *, device: str = "
     t0 = time.perf_counter()
     load_proposals(root, ids, cfg.proposals, split="all")
     prop_seconds = time.perf_counter() - t0
+    if proposals_only:  # the pipeline computes them once before the per-init jobs start
+        log(f"[det] proposals for {len(ids)} images ready ({prop_seconds:.1f}s)")
+        return None
     specs = resolve_inits(cfg.inits)
     plan = SeedPlan(seeds=list(cfg.seeds), lrs=list(cfg.lrs), select_seeds=list(cfg.select_seeds),
                     train_split=data_cfg.train_split, val_split=data_cfg.val_split,
@@ -98,7 +102,8 @@ def _cmd(args) -> int:
     if args.seeds:
         cfg = replace(cfg, seeds=[int(s) for s in args.seeds.split(",")])
     root = voc_root(data_cfg, args.data)
-    main(cfg, data_cfg, root, out_dir(args, "runs/det"), device=str(choose_device(args.device)))
+    main(cfg, data_cfg, root, out_dir(args, "runs/det"), device=str(choose_device(args.device)),
+         proposals_only=args.proposals_only)
     return 0
 
 
@@ -111,6 +116,7 @@ def register_det(transfer_subparsers, common) -> None:
                    help="an initialisation row (repeatable): random, imagenet, ce=PATH, ae=PATH, supervised=PATH, "
                         "or any NAME=PATH; default: the config's det.inits")
     p.add_argument("--seeds", default="", help="comma-separated seeds (default: the config's det.seeds)")
+    p.add_argument("--proposals-only", action="store_true", help="compute (or check) the cached proposals and stop")
     p.set_defaults(func=_cmd)
     from .det_bench import register_bench
 
