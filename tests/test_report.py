@@ -1,0 +1,54 @@
+"""The report: paper numbers beside ours, % scaling, ordering, unavailable rows, CSV columns."""
+
+import json
+import math
+
+import pandas as pd
+
+from cebench.benchmarks.report import build_table1, build_table2, table2_markdown, write_report
+
+
+def _rows():
+    return [
+        {"init": "random", "task": "cls", "metric": "mAP", "mean": 0.5, "std": 0.02, "seeds": 3, "status": "ok"},
+        {"init": "context encoder", "task": "cls", "metric": "mAP", "mean": 0.6, "std": 0.01, "seeds": 3, "status": "ok"},
+        {"init": "supervised", "task": "seg", "metric": "mean IU", "mean": 0.25, "std": 0.0, "seeds": 3, "status": "ok"},
+        {"init": "imagenet", "task": "cls", "metric": "mAP", "mean": math.nan, "std": math.nan, "seeds": 0,
+         "status": "unavailable", "reason": "place alexnet-owt-7be5be79.pth in TORCH_HOME"},
+        {"init": "random", "task": "svm", "metric": "svm conv3 mAP", "mean": 0.3, "std": 0.01, "seeds": 2, "status": "ok"},
+    ]
+
+
+def test_table2_scales_to_percent_and_adds_paper():
+    t2 = build_table2(_rows())
+    assert list(t2["init"]) == ["random", "context encoder", "imagenet", "supervised (demo labels)"]
+    ce = t2[t2["init"] == "context encoder"].iloc[0]
+    assert ce["mean"] == 60.0 and abs(ce["std"] - 1.0) < 1e-9 and ce["paper"] == 56.5
+    assert math.isnan(t2[t2["init"] == "supervised (demo labels)"].iloc[0]["paper"])  # no paper row for it
+    md = table2_markdown(t2)
+    assert "| context encoder | 60.0 ± 1.0 (n=3) | 56.5 |" in md
+    assert "unavailable" in md
+
+
+def test_table1_keeps_paper_rows(tmp_path):
+    csv = tmp_path / "table1.csv"
+    pd.DataFrame([{"method": "CE (L2)", "l1_pct": 10.0, "l2_pct": 2.0, "psnr_db": 18.0, "n_images": 5}]).to_csv(csv, index=False)
+    t1 = build_table1(csv)
+    assert (t1["source"] == "paper").sum() == 3
+    assert t1[t1["source"] == "ours"].iloc[0]["method"] == "CE (L2)"
+
+
+def test_write_report_files(tmp_path):
+    tr = tmp_path / "transfer" / "cls" / "random"
+    tr.mkdir(parents=True)
+    (tr / "results.json").write_text(json.dumps({"rows": _rows()}))
+    info = {"config": "x.yaml", "wall_minutes": 1.5, "machine": {"cpu": "cpu", "cpu_count": 2, "torch": "2"},
+            "jobs": {"pretrain/ce": {"status": "done", "seconds": 3.0}}, "demo": True}
+    rep = write_report(tmp_path, inpaint_dir=tmp_path / "none", transfer_dirs=[tr], retrieval_dir=tmp_path / "none",
+                       pretrain_dirs={}, run_info=info)
+    t2 = pd.read_csv(rep / "table2.csv")
+    assert list(t2.columns) == ["init", "task", "metric", "mean", "std", "seeds", "paper"]
+    svm = pd.read_csv(rep / "svm.csv")
+    assert list(svm["metric"]) == ["svm conv3 mAP"] and svm["mean"].iloc[0] == 30.0
+    md = (rep / "results.md").read_text()
+    assert "Table 2" in md and "pretrain/ce" in md and "imagenet` unavailable" in md
