@@ -111,3 +111,16 @@ def denormalize(x):
     mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(-1, 1, 1)
     std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(-1, 1, 1)
     return x * std + mean
+
+
+def require_images(folder) -> list[Path]:
+    """The images of a user's folder, or a DatasetMissingError saying what is missing where."""
+    from .errors import DatasetMissingError
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetMissingError(f"{folder}: image folder not found")
+    paths = list_images(folder)
+    if not paths:
+        raise DatasetMissingError(f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)}) found in this folder")
+    return paths

@@ -15,7 +15,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from cebench.errors import DatasetMissingError
-from cebench.images import list_images, open_rgb
+from cebench.images import open_rgb, require_images
 
 
 class PretrainImages(Dataset):
@@ -80,13 +80,7 @@ def voc_split_paths(voc_root, split: str, with_labels: bool = False):
 
 
 def folder_paths(folder) -> list[Path]:
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DatasetMissingError(f"{folder}: image folder not found")
-    paths = list_images(folder)
-    if not paths:
-        raise DatasetMissingError(f"{folder}: no images ({', '.join(('.jpg', '.png', '...'))}) found")
-    return paths
+    return require_images(folder)
 
 
 def step_batches(n: int, batch: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[list[int]]:

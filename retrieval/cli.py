@@ -135,16 +135,12 @@ def retrieve(images_dir, queries: list[str], features: list[str], out_png, *, ch
 
     from cebench.features.extract import extract_features, load_features, load_features_meta, save_features
     from cebench.features.index import FeatureIndex
-    from cebench.images import list_images
+    from cebench.images import require_images
 
     from .figure import retrieval_figure
 
     images_dir = Path(images_dir)
-    if not images_dir.is_dir():
-        raise CebenchError(f"{images_dir}: image folder not found")
-    images = list_images(images_dir)
-    if not images:
-        raise CebenchError(f"{images_dir}: no images (png, jpg, ...) in this folder")
+    images = require_images(images_dir)
     unknown = [f for f in features if f not in FEATURES]
     if unknown:
         raise CebenchError(f"unknown feature type(s) {unknown}; choose from {', '.join(FEATURES)}")
