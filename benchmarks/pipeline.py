@@ -173,21 +173,30 @@ def plan(cfg: dict, out: Path, config_file: Path, voc: Path, device: str) -> lis
 def check_real_data(cfg: dict) -> None:
     """The paper config fails early with everything that is missing, not after hours of pretraining."""
     data = cfg["data"]
-    if not data["root"]:
-        return
+    if not data["root"] and data["demo"]:
+        return  # the built-in demo tree
     from cebench.data.voc import find_voc_root
 
     problems = []
+    if not data["root"]:
+        problems.append("data.root is empty: extract VOCtrainval_06-Nov-2007.tar and VOCtest_06-Nov-2007.tar "
+                        "and pass data.root=/path/to/VOCdevkit")
     for key in ("root", "seg_root"):
         if data[key]:
             try:
                 find_voc_root(data[key])
             except CebenchError as exc:
                 problems.append(f"data.{key}: {exc}")
-    if data["pretrain_images"] and not Path(data["pretrain_images"]).is_dir():
-        problems.append(f"data.pretrain_images: folder {data['pretrain_images']} not found (ImageNet train or Paris StreetView images)")
+    if "seg" in cfg["run"]["tasks"] and not data["seg_root"]:
+        problems.append("data.seg_root is empty: extract VOCtrainval_11-May-2012.tar and pass "
+                        "data.seg_root=/path/to/VOCdevkit/VOC2012")
+    if not data["pretrain_images"]:
+        problems.append("data.pretrain_images is empty: pass a folder of pretraining images "
+                        "(ImageNet train or Paris StreetView), e.g. data.pretrain_images=/data/imagenet/train")
+    elif not Path(data["pretrain_images"]).is_dir():
+        problems.append(f"data.pretrain_images: folder {data['pretrain_images']} not found")
     if problems:
-        raise CebenchError("missing data: " + " | ".join(problems))
+        raise CebenchError("missing data for this config: " + " | ".join(problems))
 
 
 def main(config_path: Path, overrides, out: Path, *, device: str = "auto", force=(), dry_run: bool = False) -> Path:

@@ -103,3 +103,12 @@ def test_help_lists_working_commands():
     res = _cebench(["--help"], timeout=60)
     for cmd in ("run", "data", "pretrain", "inpaint-eval", "inpaint", "transfer", "retrieve", "bench"):
         assert cmd in res.stdout
+
+
+def test_paper_config_lists_all_missing_data_at_once(tmp_path):
+    res = _cebench(["run", "--config", "paper", "--out", str(tmp_path)], timeout=120)
+    assert res.returncode == 2
+    msg = res.stderr.strip()
+    assert len(msg.splitlines()) == 1
+    assert "data.root" in msg and "data.seg_root" in msg and "data.pretrain_images" in msg
+    assert "VOCtest_06-Nov-2007.tar" in msg and not (tmp_path / "data").exists()  # nothing generated
