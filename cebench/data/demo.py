@@ -29,7 +29,7 @@ from PIL import Image
 from cebench.errors import CebenchError, ConfigError
 from cebench.data.voc import CLASSES_FILE, voc_palette
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 MARKER_NAME = ".cebench_demo.json"
 YEAR = "2007"
 
@@ -57,6 +57,10 @@ _TEXTURES = {
     "crescent": "waves",
 }
 
+# colour_mode="random": each object's two colours are drawn from this palette, so a class is told by
+# its shape and texture pattern alone (a fixed colour per class lets colour histograms solve the task)
+_PALETTE = tuple({c for pair in _CLASS_COLOURS.values() for c in pair})
+
 # Backgrounds: real photographs shipped by installed packages (no network).
 _SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry",
                    "camera", "brick", "grass", "gravel", "coins")
@@ -78,6 +82,7 @@ class DemoDataConfig:
     difficult_min_side: float = 0.1  # ... as are objects whose visible box side is below this fraction
     replace_hiding: float = 0.85  # chance that an object hiding an earlier one (< difficult_visible left) moves
     jpeg_quality: int = 92
+    colour_mode: str = "random"  # random: colours drawn per object (class = shape + texture) | class: fixed per class
     workers: int = 2  # generation processes (output does not depend on it)
 
     def __post_init__(self):
@@ -86,6 +91,8 @@ class DemoDataConfig:
             raise ConfigError(f"demo data: unknown classes {unknown}; valid: {sorted(_CLASS_COLOURS)}")
         if self.image_size < 16 or self.max_objects < 1 or min(self.n_pretrain, self.n_trainval, self.n_test) < 0:
             raise ConfigError(f"demo data: invalid sizes in {self}")
+        if self.colour_mode not in ("random", "class"):
+            raise ConfigError(f"demo data: colour_mode must be random or class, got {self.colour_mode!r}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"demo data: val_fraction must be in (0, 1), got {self.val_fraction}")
 
@@ -229,7 +236,12 @@ def _render(index: int, cfg: DemoDataConfig, classes_of_image: np.ndarray, photo
             remaining = [np.count_nonzero((obj_map == j + 1) & ~m) / full_areas[j] for j in range(k)]
             if not strict or all(f >= cfg.difficult_visible for f in remaining):
                 break
-        c0, c1 = (np.array(col, np.float32) for col in _CLASS_COLOURS[name])
+        if cfg.colour_mode == "class":
+            c0, c1 = (np.array(col, np.float32) for col in _CLASS_COLOURS[name])
+        else:
+            palette = sorted(_PALETTE)
+            i0, i1 = rng.choice(len(palette), size=2, replace=False)
+            c0, c1 = np.array(palette[i0], np.float32), np.array(palette[i1], np.float32)
         jitter = rng.uniform(0.85, 1.15)
         t = _texture(_TEXTURES[name], u[win], v[win], period=max(4.0, s / 7), phase=rng.random())
         colour = (c0 + (c1 - c0) * t[..., None]) * jitter
