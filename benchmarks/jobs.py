@@ -113,6 +113,7 @@ class Scheduler:
                 info = done_info(j)
                 self.results[j.name] = JobResult(j.name, "cached", info.get("seconds", 0.0), str(j.out_dir / "log.txt"))
                 pending.remove(j)
+                self._print_line(j.name, self.results[j.name])
         running: dict[str, tuple[Job, subprocess.Popen, float, object]] = {}
         previous = signal.signal(signal.SIGTERM, _terminate_on_sigterm)
         t0 = time.time()

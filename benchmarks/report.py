@@ -34,8 +34,16 @@ INIT_ORDER = ["random", "autoencoder", "context encoder", "supervised (demo labe
 TABLE1_ORDER = ["mean colour", "Telea (OpenCV)", "NN (HOG)", "NN (pixels)", "CE (L2)", "CE (L2+adv)"]
 
 
+def _portable(text: str) -> str:
+    """No path of this machine in a report that may be committed: home -> ~, cwd -> relative."""
+    import os
+
+    text = text.replace(os.getcwd() + os.sep, "")
+    return text.replace(str(Path.home()), "~")
+
+
 def _atomic_csv(df: pd.DataFrame, path: Path) -> None:
-    atomic_write_text(path, df.to_csv(index=False, float_format="%.4g"))
+    atomic_write_text(path, _portable(df.to_csv(index=False, float_format="%.4g")))
 
 
 def _copy(src: Path, dst: Path) -> bool:
@@ -198,9 +206,17 @@ def write_report(out: Path, *, inpaint_dir: Path, transfer_dirs: list[Path], ret
     for d in transfer_dirs:
         for f in sorted(d.glob("fig_*.png")):
             figs[f.name] = _copy(f, rep / f.name)
+    det_figs = [d / "det_detections.png" for d in transfer_dirs if d.parent.name == "det"]
+    det_figs.sort(key=lambda p: p.parent.name != "context-encoder")  # the CE init's detections first
+    for f in det_figs:
+        if _copy(f, rep / "fig_detections.png"):
+            figs["fig_detections.png"] = True
+            break
 
     md = ["# Context Encoders benchmark: results", ""]
-    md.append(f"Config: `{run_info.get('config')}`; total wall time {run_info.get('wall_minutes', float('nan')):.1f} min "
+    full = run_info.get("uncached_wall_minutes")
+    full_txt = f" (the run that computed every stage: {full:.1f} min)" if full else ""
+    md.append(f"Config: `{run_info.get('config')}`; wall time of this invocation {run_info.get('wall_minutes', float('nan')):.1f} min{full_txt} "
               f"on {run_info.get('machine', {}).get('cpu', '?')} ({run_info.get('machine', {}).get('cpu_count', '?')} cores), "
               f"torch {run_info.get('machine', {}).get('torch', '?')}.")
     if run_info.get("demo"):
@@ -238,6 +254,6 @@ def write_report(out: Path, *, inpaint_dir: Path, transfer_dirs: list[Path], ret
     for name, t in run_info.get("jobs", {}).items():
         md.append(f"| {name} | {t['status']} | {t['seconds']:.0f} |")
     md.append("")
-    atomic_write_text(rep / "results.md", "\n".join(md))
-    atomic_write_text(rep / "run.json", json.dumps(run_info, indent=2, default=str))
+    atomic_write_text(rep / "results.md", _portable("\n".join(md)))
+    atomic_write_text(rep / "run.json", _portable(json.dumps(run_info, indent=2, default=str)))
     return rep
