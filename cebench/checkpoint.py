@@ -7,14 +7,13 @@ so loading into the wrong architecture fails with the exact keys that differ.
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 
 import torch
 
+from .config import atomic_target
 from .errors import CheckpointError
 
 _PREFIXES = ("module.", "_orig_mod.")
@@ -23,18 +22,8 @@ _PREFIXES = ("module.", "_orig_mod.")
 def save_checkpoint(path, state: dict) -> Path:
     """Write `state` to `path` via a temp file in the same folder and os.replace (never half-written)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_target(path) as tmp:
         torch.save(state, tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
 
 
