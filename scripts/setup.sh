@@ -8,7 +8,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 STAMP=.venv/.cebench-installed
 if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
-  .venv/bin/python -m pip install --quiet --upgrade pip 2>/dev/null || true
   # torch/torchvision first and exactly pinned: pip takes them from the local wheel cache when present.
   .venv/bin/python -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
   .venv/bin/python -m pip install --quiet -e ".[test]"
