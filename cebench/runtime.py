@@ -11,6 +11,7 @@ import contextlib
 import datetime
 import os
 import random
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -161,3 +162,21 @@ def save_on_master(fn, *args, **kwargs):
 def cleanup(rt: Runtime | None = None) -> None:
     if is_dist():
         dist.destroy_process_group()
+
+
+def timed_steps(step, steps: int, warmup: int, device) -> float:
+    """Seconds for `steps` calls of `step()` after `warmup` untimed ones (CUDA synchronised around)."""
+    dev = torch.device(device)
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(warmup):
+        step()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync()
+    return time.perf_counter() - t0

@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import platform
 import resource
-import time
 from pathlib import Path
 
 import torch
 
 from cebench.config import atomic_write_text
+from cebench.runtime import timed_steps
 
 from .losses import gan_d_loss, gan_g_loss, joint
 from .masks import center_mask
@@ -56,12 +56,8 @@ def bench_one(build, device, batch: int, steps: int, warmup: int = 1, amp: bool 
     labels = torch.randint(-1, 2, (batch, 20), device=device).float()
     rss0 = _rss_mb()
     ctx = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if amp else (lambda: torch.autocast(dev.type, enabled=False))
-    t0 = None
-    for i in range(warmup + steps):
-        if i == warmup:
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
+
+    def train_step():
         with ctx():
             losses, out = obj(x, mask, labels)
         loss = losses["loss"]
@@ -77,9 +73,8 @@ def bench_one(build, device, batch: int, steps: int, warmup: int = 1, amp: bool 
         opt.zero_grad()
         loss.backward()
         opt.step()
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    dt = time.perf_counter() - t0
+
+    dt = timed_steps(train_step, steps, warmup, dev)
     peak = (torch.cuda.max_memory_allocated() / 2**20) if dev.type == "cuda" else max(_rss_mb() - rss0, 0.0)
     return {"img_per_s": round(batch * steps / dt, 2), "batch": batch, "steps": steps, "seconds": round(dt, 3),
             "peak_mem_mb": round(peak, 1), "memory": "cuda max allocated" if dev.type == "cuda" else "RSS growth",
@@ -127,10 +122,3 @@ def bench_pretrain(out_path, device: str = "auto", archs=None, batch: int | None
                 result["gpu"] = torch.cuda.get_device_name()
     atomic_write_text(Path(out_path), json.dumps(result, indent=2))
     return result
-
-
-def register_bench(bench_subparsers, common) -> None:
-    p = bench_subparsers.add_parser("pretrain", parents=[common], help="training img/s and peak memory per architecture")
-    p.add_argument("--arch", action="append", default=None, help="only these architectures (repeatable)")
-    p.set_defaults(func=lambda a: (print(json.dumps(bench_pretrain(Path(a.out or "runs/bench") / "bench_pretrain.json",
-                                                                   a.device, a.arch), indent=2)) or 0))

@@ -186,12 +186,9 @@ def test_proposals_selective_search_and_grid(tmp_path):
 
 def test_bench_det_quick_and_registered(monkeypatch):
     from cebench.transfer import bench
-    from cebench.transfer.det_bench import bench_det, register_bench
+    from cebench.transfer.det_bench import bench_det
 
     out = bench_det("cpu", quick=True)
     assert out["train_images_per_s"] > 0 and out["infer_images_per_s"] > 0
     assert out["proposals_images_per_s"]["64px_1proc"] > 0
-    monkeypatch.setattr(bench, "BENCHES", list(bench.BENCHES))  # restored after the test
-    register_bench()
-    register_bench()
     assert [n for n, _ in bench.BENCHES].count("det") == 1

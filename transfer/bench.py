@@ -1,13 +1,12 @@
 """`cebench bench transfer`: training and inference images/s of each transfer task.
 
-`BENCHES` is the list of (name, function) measured; the detection engineer appends theirs
-(`BENCHES.append(("det", bench_det))` in a det module, or passes `extra=`) — each function takes
+`BENCHES` is the list of (name, function) measured (classification, segmentation, detection; more
+can be passed as `extra=`) — each function takes
 (device, quick) and returns {"train_images_per_s", "infer_images_per_s", ...}.
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import torch
@@ -15,7 +14,10 @@ import torch.nn.functional as F
 
 from cebench.pretrain.models import AlexNetConfig, build_encoder
 
+from cebench.runtime import timed_steps
+
 from .classification import ClsNet, bce_ignore_difficult
+from .det_bench import bench_det
 from .results import write_json
 from .segmentation import FCN32
 
@@ -25,30 +27,18 @@ def _throughput(model, make_batch, loss_of, device, steps: int, batch: int) -> t
     x, y = make_batch(batch)
     x, y = x.to(device), y.to(device)
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    model.train()
-    for i in range(steps + 2):
-        if i == 2:
-            sync()
-            t0 = time.perf_counter()
+    def train_step():
         loss = loss_of(model(x), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
-    sync()
-    train = steps * batch / (time.perf_counter() - t0)
+
+    model.train()
+    train = steps * batch / timed_steps(train_step, steps, 2, device)
     model.eval()
     with torch.no_grad():
-        for i in range(steps + 2):
-            if i == 2:
-                sync()
-                t0 = time.perf_counter()
-            model(x)
-        sync()
-    return train, steps * batch / (time.perf_counter() - t0)
+        infer = steps * batch / timed_steps(lambda: model(x), steps, 2, device)
+    return train, infer
 
 
 def bench_cls(device, quick=False, arch=None) -> dict:
@@ -70,15 +60,12 @@ def bench_seg(device, quick=False, arch=None) -> dict:
     return {"train_images_per_s": tr, "infer_images_per_s": inf, "input": s, "batch": 32}
 
 
-BENCHES = [("cls", bench_cls), ("seg", bench_seg)]
+BENCHES = [("cls", bench_cls), ("seg", bench_seg), ("det", bench_det)]
 
 
 def bench_transfer(out_path=None, device="auto", quick: bool = False, extra=()) -> dict:
     from cebench.runtime import choose_device
 
-    from . import det_bench
-
-    det_bench.register_bench()  # the detection engineer's ("det", bench_det)
     dev = choose_device(device)
     out = {"device": str(dev), "threads": torch.get_num_threads()}
     for name, fn in [*BENCHES, *extra]:

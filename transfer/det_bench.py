@@ -2,19 +2,19 @@
 images/s (selective search, fast mode, one process and a process pool).
 
 `bench_det(device, quick)` follows `transfer.bench`'s convention (returns a dict with
-`train_images_per_s` and `infer_images_per_s`); `register_bench()` adds it to `transfer.bench.BENCHES`.
+`train_images_per_s` and `infer_images_per_s`); `transfer.bench.BENCHES` lists it.
 """
 
 from __future__ import annotations
 
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from cebench.pretrain.models import AlexNetConfig, build_encoder
+from cebench.runtime import timed_steps
 
 from .det_model import FastRCNN, _rois_with_index, sample_rois
 
@@ -37,15 +37,7 @@ def det_throughput(device, arch: AlexNetConfig, size: tuple[int, int], *, num_cl
     props = [_random_boxes(proposals, h, w, g) for _ in range(max(images_per_batch, eval_batch))]
     x = torch.randn(images_per_batch, 3, h, w, device=device)
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    model.train()
-    for i in range(steps + 2):
-        if i == 2:
-            sync()
-            t0 = time.perf_counter()
+    def train_step():
         picks = [sample_rois(props[k], gts[k], torch.randint(0, num_classes, (3,), generator=g), num=rois_per_image,
                              generator=g) for k in range(images_per_batch)]
         rois = _rois_with_index([p[0] for p in picks], device)
@@ -55,17 +47,13 @@ def det_throughput(device, arch: AlexNetConfig, size: tuple[int, int], *, num_cl
         opt.zero_grad()
         loss.backward()
         opt.step()
-    sync()
-    train = steps * images_per_batch / (time.perf_counter() - t0)
+
+    model.train()
+    train = steps * images_per_batch / timed_steps(train_step, steps, 2, device)
     model.eval()
     xe = torch.randn(eval_batch, 3, h, w, device=device)
-    for i in range(steps + 2):
-        if i == 2:
-            sync()
-            t0 = time.perf_counter()
-        model.detect(xe, props[:eval_batch], [(h, w)] * eval_batch)
-    sync()
-    infer = steps * eval_batch / (time.perf_counter() - t0)
+    infer = steps * eval_batch / timed_steps(lambda: model.detect(xe, props[:eval_batch], [(h, w)] * eval_batch),
+                                             steps, 2, device)
     return {"train_images_per_s": train, "infer_images_per_s": infer, "image": [h, w], "proposals": proposals,
             "images_per_batch": images_per_batch, "rois_per_image": rois_per_image}
 
@@ -111,12 +99,4 @@ def bench_det(device, quick: bool = False, arch=None) -> dict:
     return out
 
 
-def register_bench() -> None:
-    """Add ("det", bench_det) to `transfer.bench.BENCHES` once."""
-    from . import bench
-
-    if all(name != "det" for name, _ in bench.BENCHES):
-        bench.BENCHES.append(("det", bench_det))
-
-
-__all__ = ["bench_det", "det_throughput", "proposal_throughput", "register_bench"]
+__all__ = ["bench_det", "det_throughput", "proposal_throughput"]

@@ -118,9 +118,6 @@ def register_det(transfer_subparsers, common) -> None:
     p.add_argument("--seeds", default="", help="comma-separated seeds (default: the config's det.seeds)")
     p.add_argument("--proposals-only", action="store_true", help="compute (or check) the cached proposals and stop")
     p.set_defaults(func=_cmd)
-    from .det_bench import register_bench
-
-    register_bench()  # `cebench bench transfer` gains the detection numbers
 
 
 __all__ = ["main", "register_det", "METRICS"]
