@@ -79,11 +79,13 @@ def build_table1(inpaint_csv: Path) -> pd.DataFrame:
         ours["order"] = ours["method"].map(lambda m: TABLE1_ORDER.index(m) if m in TABLE1_ORDER else 99)
         for _, r in ours.sort_values("order").iterrows():
             rows.append({"method": r["method"], "l1_pct": r["l1_pct"], "l2_pct": r["l2_pct"],
-                         "psnr_db": r["psnr_db"], "source": "ours",
+                         "psnr_db": r["psnr_db"], "psnr_pooled_db": r.get("psnr_pooled_db"),
+                         "sharpness": r.get("sharpness"), "source": "ours",
                          "paper_row": TABLE1_MATCH.get(r["method"], "")})
     for name, (l1, l2, psnr) in TABLE1.items():
         rows.append({"method": name, "l1_pct": l1, "l2_pct": l2, "psnr_db": psnr, "source": "paper", "paper_row": name})
-    return pd.DataFrame(rows, columns=["method", "l1_pct", "l2_pct", "psnr_db", "source", "paper_row"])
+    return pd.DataFrame(rows, columns=["method", "l1_pct", "l2_pct", "psnr_db", "psnr_pooled_db", "sharpness",
+                                       "source", "paper_row"])
 
 
 def _pct(v):
@@ -183,7 +185,8 @@ def write_report(out: Path, *, inpaint_dir: Path, transfer_dirs: list[Path], ret
     rep.mkdir(parents=True, exist_ok=True)
 
     t1 = build_table1(inpaint_dir / "table1.csv")
-    _atomic_csv(t1[t1["source"] == "ours"][["method", "l1_pct", "l2_pct", "psnr_db"]], rep / "table1.csv")
+    _atomic_csv(t1[t1["source"] == "ours"][["method", "l1_pct", "l2_pct", "psnr_db", "psnr_pooled_db", "sharpness"]],
+                rep / "table1.csv")
 
     rows: list[dict] = []
     for d in transfer_dirs:
@@ -228,9 +231,9 @@ def write_report(out: Path, *, inpaint_dir: Path, transfer_dirs: list[Path], ret
     if protocol.is_file():
         md += ["Protocol: " + " ".join(protocol.read_text().split()), ""]
     show = t1.copy()
-    for c in ("l1_pct", "l2_pct", "psnr_db"):
-        show[c] = show[c].map(lambda v: f"{v:.2f}")
-    md += [_md_table(show[["source", "method", "l1_pct", "l2_pct", "psnr_db"]]), ""]
+    for c in ("l1_pct", "l2_pct", "psnr_db", "psnr_pooled_db", "sharpness"):
+        show[c] = show[c].map(lambda v: "" if v is None or pd.isna(v) else f"{v:.2f}")
+    md += [_md_table(show[["source", "method", "l1_pct", "l2_pct", "psnr_db", "psnr_pooled_db", "sharpness"]]), ""]
     md += ["## Table 2: transfer (mean ± std over seeds; n = seeds)", "",
            "cls = classification mAP, det = detection mAP, seg = segmentation mean IU (%).", "",
            table2_markdown(t2), ""]

@@ -76,7 +76,7 @@ def init_runtime(device: str = "auto", amp: str = "auto", channels_last: bool | 
         from .errors import ConfigError
 
         raise ConfigError(f"amp must be auto, bf16 or none, got {amp!r}")
-    use_cl = dev.type == "cuda" if channels_last is None else channels_last
+    use_cl = True if channels_last is None else channels_last  # faster on cuDNN and on oneDNN (CPU) alike
     return Runtime(dev, rank, world_size, local_rank, distributed, amp_dtype, use_cl)
 
 
@@ -85,6 +85,14 @@ def autocast_context(rt: Runtime):
     if rt.amp_dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=rt.device.type, dtype=rt.amp_dtype)
+
+
+def place_model(model: torch.nn.Module, device, channels_last: bool = True) -> torch.nn.Module:
+    """Model to `device`, its 4-D weights in channels_last: convolutions then run in NHWC, which oneDNN
+    (CPU) and cuDNN (GPU) both execute faster for these AlexNets (demo AlexNet training on one CPU thread:
+    about 1.1-1.25x, `cebench bench`). Inputs may stay contiguous; the output format follows the weights."""
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
 def seed_everything(seed: int, rank: int = 0) -> None:
@@ -100,7 +108,7 @@ def set_cpu_threads(n: int | None) -> None:
 
 
 def to_channels_last(x, rt: Runtime):
-    """Model or 4-D tensor to channels_last when the runtime uses it (GPU), else unchanged."""
+    """Model or 4-D tensor to channels_last when the runtime uses it (the default), else unchanged."""
     if not rt.channels_last:
         return x
     if isinstance(x, torch.nn.Module):

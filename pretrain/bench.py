@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from cebench.config import atomic_write_text
-from cebench.runtime import timed_steps
+from cebench.runtime import place_model, timed_steps
 
 from .losses import gan_d_loss, gan_g_loss, joint
 from .masks import center_mask
@@ -43,13 +43,12 @@ def _rss_mb() -> float:
 
 def bench_one(build, device, batch: int, steps: int, warmup: int = 1, amp: bool = False) -> dict:
     obj, disc, size = build()
-    obj, dev = obj.to(device), torch.device(device)
+    obj, dev = place_model(obj, device), torch.device(device)
     if dev.type == "cuda":
-        obj = obj.to(memory_format=torch.channels_last)
         torch.cuda.reset_peak_memory_stats()
     opt = torch.optim.Adam(obj.parameters(), 2e-4, betas=(0.5, 0.999))
     if disc is not None:
-        disc = disc.to(device)
+        disc = place_model(disc, device)
         opt_d = torch.optim.Adam(disc.parameters(), 2e-5, betas=(0.5, 0.999))
     x = torch.rand(batch, 3, size, size, device=device)
     mask = center_mask(batch, size, device)

@@ -1,7 +1,8 @@
 """Pretraining images: a VOC split (the demo tree or real VOC) or any folder of images.
 
-Augmentation is the official one (short side to `load_size`, random `crop` crop, horizontal flip) and
-is a pure function of (seed, epoch, index), so a run is identical whatever the worker count and after
+Augmentation is the official one (short side to `load_size`, random `crop` crop, horizontal flip), plus an
+optional colour transform (`colour`: "rgb" as is, "permute" a random channel order per image, "gray"
+ITU-R 601 luminance in all three channels) that takes colour away as a shortcut; it is a pure function of (seed, epoch, index), so a run is identical whatever the worker count and after
 a resume. Images come out as uint8 [3, crop, crop]; the trainer scales them to [0, 1] on the device.
 """
 
@@ -22,14 +23,16 @@ class PretrainImages(Dataset):
     """(uint8 image [3,c,c], labels float [C] (empty without labels), index)."""
 
     def __init__(self, paths, crop: int, load_size: int = 0, flip: bool = True, labels=None, seed: int = 0,
-                 cache: bool = False, random: bool = True):
+                 cache: bool = False, random: bool = True, colour: str = "rgb"):
         self.paths = [Path(p) for p in paths]
         if not self.paths:
             raise DatasetMissingError("no pretraining images found")
         self.crop, self.load_size, self.flip, self.seed = crop, load_size or crop, flip, seed
         self.labels = None if labels is None else torch.as_tensor(np.asarray(labels), dtype=torch.float32)
         self.cache = {} if cache else None
-        self.random = random
+        if colour not in ("rgb", "permute", "gray"):
+            raise ValueError(f"colour must be rgb, permute or gray, got {colour!r}")
+        self.random, self.colour = random, colour
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -64,6 +67,11 @@ class PretrainImages(Dataset):
         out = arr[y0:y0 + c, x0:x0 + c]
         if flip:
             out = out[:, ::-1]
+        if self.colour == "permute" and self.random:
+            out = out[:, :, rng.permutation(3)]
+        elif self.colour == "gray":  # [c,c,3] -> luminance repeated in 3 channels
+            lum = out.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+            out = np.repeat(np.clip(np.rint(lum), 0, 255).astype(np.uint8)[:, :, None], 3, axis=2)
         x = torch.from_numpy(out.copy()).permute(2, 0, 1)
         lab = self.labels[i] if self.labels is not None else torch.zeros(0)
         return x, lab, i

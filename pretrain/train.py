@@ -64,6 +64,7 @@ class PretrainConfig:
     load_size: int = 0                 # short side before the random crop (0: = crop); official 350
     crop_size: int = 0                 # 0: the network's input size; official 128
     flip: bool = True
+    colour: str = "rgb"                # rgb | permute (random channel order) | gray (luminance): colour shortcut off
     cache_images: bool = True          # keep decoded images in memory (small datasets)
     workers: int = 0
     threads: int = 1
@@ -116,14 +117,15 @@ def _dataset(cfg: PretrainConfig, data_cfg: DataConfig, data_override, input_siz
     else:
         root = voc_root(data_cfg, data_override)
         paths, labels, classes = voc_split_paths(root, data_cfg.pretrain_split, with_labels=needs_labels)
-    ds = PretrainImages(paths, crop, cfg.load_size, cfg.flip, labels, cfg.seed, cache=cfg.cache_images)
+    ds = PretrainImages(paths, crop, cfg.load_size, cfg.flip, labels, cfg.seed, cache=cfg.cache_images,
+                        colour=cfg.colour)
     val = None
     if cfg.eval_images and root is not None:
         try:
             vpaths, vlabels, _ = voc_split_paths(root, data_cfg.val_split, with_labels=needs_labels)
             n = min(cfg.eval_images, len(vpaths))
             val = PretrainImages(vpaths[:n], crop, cfg.load_size, False, None if vlabels is None else vlabels[:n],
-                                 cache=cfg.cache_images, random=False)
+                                 cache=cfg.cache_images, random=False, colour=cfg.colour)
         except Exception as exc:  # noqa: BLE001 - monitoring only
             log.warning("no held-out evaluation: %s", exc)
     return ds, val, root, len(classes)
@@ -173,7 +175,7 @@ def main(cfg: PretrainConfig, data_cfg: DataConfig | None = None, out_dir=".", d
 
 def _train(cfg, data_cfg, built: Built, ds, val, out: Path, rt) -> Path:
     obj = to_channels_last(built.objective.to(rt.device), rt)
-    disc = built.disc.to(rt.device) if built.disc is not None else None
+    disc = to_channels_last(built.disc.to(rt.device), rt) if built.disc is not None else None
     opt_g = torch.optim.Adam(obj.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999), weight_decay=cfg.weight_decay)
     opt_d = (torch.optim.Adam(disc.parameters(), lr=cfg.lr * cfg.lr_d_factor, betas=(cfg.beta1, 0.999))
              if disc is not None else None)

@@ -8,15 +8,20 @@ import pytest
 import torch
 
 from cebench.logs import JsonlLogger, read_jsonl
-from cebench.runtime import autocast_context, init_runtime, seed_everything, to_channels_last, unwrap_model
+from cebench.runtime import (autocast_context, init_runtime, place_model, seed_everything, to_channels_last,
+                             unwrap_model)
 
 
 def test_single_process_runtime():
     rt = init_runtime("cpu")
     assert rt.device.type == "cpu" and rt.world_size == 1 and rt.is_main and not rt.distributed
-    assert rt.amp_dtype is None and not rt.channels_last
+    assert rt.amp_dtype is None and rt.channels_last
     x = torch.randn(2, 3, 4, 4)
-    assert to_channels_last(x, rt) is x
+    assert to_channels_last(x, rt).is_contiguous(memory_format=torch.channels_last)
+    assert to_channels_last(x, init_runtime("cpu", channels_last=False)) is x
+    conv = place_model(torch.nn.Conv2d(3, 5, 3), "cpu")
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(conv(x), torch.nn.functional.conv2d(x, conv.weight.contiguous(), conv.bias))
     with autocast_context(rt):
         assert (x @ torch.ones(4, 4)).dtype == torch.float32
     rt16 = init_runtime("cpu", amp="bf16")

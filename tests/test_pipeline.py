@@ -64,7 +64,7 @@ def test_tiny_pipeline_kill_resume_and_report(tmp_path):
         assert (rep / name).is_file() and (rep / name).stat().st_size > 0, name
     with open(rep / "table1.csv") as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == ["method", "l1_pct", "l2_pct", "psnr_db"]
+    assert list(rows[0]) == ["method", "l1_pct", "l2_pct", "psnr_db", "psnr_pooled_db", "sharpness"]
     assert {r["method"] for r in rows} >= {"CE (L2)", "CE (L2+adv)", "NN (HOG)", "NN (pixels)", "Telea (OpenCV)"}
     assert all(float(r["psnr_db"]) > 0 for r in rows)
     with open(rep / "table2.csv") as fh:

@@ -10,7 +10,7 @@ from PIL import Image
 
 from cebench.data.sources import DataConfig, voc_root
 from cebench.errors import BadImageError, CheckpointError
-from cebench.pretrain.inpaint_eval import score
+from cebench.pretrain.inpaint_eval import score, sharpness
 
 os.environ["CEBENCH_NO_PROGRESS"] = "1"
 torch.set_num_threads(1)
@@ -36,6 +36,20 @@ def test_score_protocol():
     assert s["psnr_db"] == pytest.approx(10 * np.log10(1 / 0.25), abs=0.05)
     f[:, :, 0, 0] = 1.0  # outside the hole: not scored
     assert score(f, t, 2, 4)["l1_pct"] == s["l1_pct"]
+
+
+def test_sharpness_ratio():
+    g = torch.Generator().manual_seed(0)
+    truth = torch.rand(4, 3, 16, 16, generator=g)
+    assert sharpness(truth, truth) == pytest.approx(1.0)
+    blurred = torch.nn.functional.avg_pool2d(truth, 3, stride=1, padding=1, count_include_pad=False)
+    assert sharpness(blurred, truth) < 0.6  # box blur of noise keeps well under half the edge energy
+    flat = truth.mean(dim=(2, 3), keepdim=True).expand_as(truth)
+    assert sharpness(flat, truth) == 0.0
+    # hand case: a vertical step edge of height 1 in a 3x3 patch -> |dx| sums 2 over 4 positions, |dy| 0
+    step = torch.tensor([[0.0, 1.0, 1.0]] * 3).expand(1, 3, 3, 3)
+    assert sharpness(step, torch.ones_like(step) * step) == pytest.approx(1.0)
+    assert sharpness(step * 0.5, step) == pytest.approx(0.5)
 
 
 @pytest.fixture(scope="module")

@@ -106,7 +106,12 @@ def test_frozen_backbone_unchanged_by_feature_extraction():
     enc = build_encoder(AlexNetConfig())
     enc.train()
     before = {k: v.clone() for k, v in enc.state_dict().items()}
-    feats = layer_features(enc, torch.randint(0, 255, (10, 3, 64, 64), dtype=torch.uint8), "conv4", SvmConfig(), "cpu")
+    images = torch.randint(0, 255, (10, 3, 64, 64), dtype=torch.uint8)
+    both = layer_features(enc, images, ["conv2", "conv4"], SvmConfig(), "cpu")
+    feats = both["conv4"]
     assert feats.shape == (10, 96 * 4) and np.allclose(np.linalg.norm(feats, axis=1), 1.0, atol=1e-5)
+    assert both["conv2"].shape == (10, 64 * 4)
+    # one pass for several layers gives each layer's features exactly as a pass for that layer alone
+    np.testing.assert_allclose(layer_features(enc, images, ["conv4"], SvmConfig(), "cpu")["conv4"], feats, atol=1e-6)
     for k, v in enc.state_dict().items():
         assert torch.equal(v, before[k]), k  # BN running stats included

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from cebench.pretrain.models import AlexNetConfig, build_encoder
 
-from cebench.runtime import timed_steps
+from cebench.runtime import place_model, timed_steps
 
 from .classification import ClsNet, bce_ignore_difficult
 from .det_bench import bench_det
@@ -43,7 +43,7 @@ def _throughput(model, make_batch, loss_of, device, steps: int, batch: int) -> t
 
 def bench_cls(device, quick=False, arch=None) -> dict:
     arch = arch or AlexNetConfig.demo()
-    model = ClsNet(build_encoder(arch), 20).to(device)
+    model = place_model(ClsNet(build_encoder(arch), 20), device)
     s = arch.input_size
     mk = lambda b: (torch.randn(b, 3, s, s), torch.randint(-1, 2, (b, 20)).float())  # noqa: E731
     tr, inf = _throughput(model, mk, bce_ignore_difficult, device, 3 if quick else 20, 32)
@@ -52,7 +52,7 @@ def bench_cls(device, quick=False, arch=None) -> dict:
 
 def bench_seg(device, quick=False, arch=None) -> dict:
     arch = arch or AlexNetConfig.demo()
-    model = FCN32(build_encoder(arch), 21).to(device)
+    model = place_model(FCN32(build_encoder(arch), 21), device)
     s = arch.input_size
     mk = lambda b: (torch.randn(b, 3, s, s), torch.randint(0, 21, (b, s, s)))  # noqa: E731
     loss = lambda out, y: F.cross_entropy(out, y, ignore_index=255)  # noqa: E731

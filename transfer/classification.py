@@ -9,6 +9,7 @@ VOC2007 11-point metric, mAP.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from cebench.runtime import place_model
 
 from .common import TaskContext, encoder_for_job, pick_device
 from .data import flip_rot_perm, load_split, scale_crop, to_input
@@ -117,7 +120,8 @@ def cls_task(job, ctx: TaskContext) -> dict:
     out_size = encoder.cfg.input_size
     num_classes = fit["labels"].shape[1]
     model = ClsNet(encoder, num_classes, head=cfg.head, fc_dim=cfg.fc_dim, fc_layers=cfg.fc_layers,
-                   dropout=cfg.dropout).to(device)
+                   dropout=cfg.dropout)
+    model = place_model(model, device)
     opt, sched = make_optimizer(model, cfg.optim, job.lr, cfg.iterations, backbone=model.encoder)
     batches = TensorBatches((fit["images"], fit["labels"]), cfg.batch_size, seed=job.seed,
                             augment=make_augment(cfg, out_size), device=device)
@@ -127,8 +131,6 @@ def cls_task(job, ctx: TaskContext) -> dict:
         return {"loss": bce_ignore_difficult(m(x), y)}
 
     stats = train_one_epoch(model, batches.take(cfg.iterations), loss_fn, opt, sched, grad_clip=cfg.optim.grad_clip)
-    import time
-
     t0 = time.perf_counter()
     scores = predict_scores(model, ev["images"], cfg, out_size, device, seed=job.seed)
     infer_s = time.perf_counter() - t0

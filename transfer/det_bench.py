@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from cebench.pretrain.models import AlexNetConfig, build_encoder
-from cebench.runtime import timed_steps
+from cebench.runtime import place_model, timed_steps
 
 from .det_model import FastRCNN, _rois_with_index, sample_rois
 
@@ -31,7 +31,7 @@ def det_throughput(device, arch: AlexNetConfig, size: tuple[int, int], *, num_cl
     device = torch.device(device)
     g = torch.Generator().manual_seed(0)
     h, w = size
-    model = FastRCNN(build_encoder(arch), num_classes, fc_dim=fc_dim).to(device)
+    model = place_model(FastRCNN(build_encoder(arch), num_classes, fc_dim=fc_dim), device)
     opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
     gts = [_random_boxes(3, h, w, g) for _ in range(images_per_batch)]
     props = [_random_boxes(proposals, h, w, g) for _ in range(max(images_per_batch, eval_batch))]

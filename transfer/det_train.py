@@ -19,6 +19,7 @@ import torch
 
 from cebench.config import config_hash, config_to_dict
 from cebench.errors import ConfigError
+from cebench.runtime import place_model
 
 from .det_data import DetDataset, check_voc_tree, collate, hflip
 from .det_eval import evaluate_detections
@@ -176,7 +177,7 @@ def fit_and_score(cfg: DetConfig, root, init_name: str, checkpoint, seed: int, l
                     cache_images=cfg.cache_images)
     model = build_model(cfg, init_name, checkpoint, seed, fit)
     model.set_target_stats(*target_stats(fit, cfg.fg_thresh))
-    model.to(device)
+    model = place_model(model, device)
     opt, sched = make_optimizer(model, cfg.optim, lr, cfg.iterations, backbone=model.encoder)
     gen = torch.Generator().manual_seed(seed + 7919)
     train = train_one_epoch(model, batches(fit, cfg, cfg.iterations, seed), make_loss_fn(cfg, gen, device), opt,

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cebench.runtime import place_model
+
 from .common import TaskContext, encoder_for_job, pick_device
 from .data import flip_rot_perm, load_split, scale_crop, to_input
 from .engine import OptimConfig, TensorBatches, make_optimizer, train_one_epoch
@@ -107,7 +109,7 @@ def seg_task(job, ctx: TaskContext) -> dict:
     ev = load_split(ctx.root, job.eval_split, kind="seg", load_size=cfg.load_size, cache_dir=ctx.cache_dir)
     encoder = encoder_for_job(job, ctx, to_input(fit["images"][: ctx.magic_images]))
     k = len(fit["classes"])
-    model = FCN32(encoder, k, fc_dim=cfg.fc_dim, fc6_kernel=cfg.fc6_kernel, dropout=cfg.dropout).to(device)
+    model = place_model(FCN32(encoder, k, fc_dim=cfg.fc_dim, fc6_kernel=cfg.fc6_kernel, dropout=cfg.dropout), device)
     opt, sched = make_optimizer(model, cfg.optim, job.lr, cfg.iterations, backbone=model.encoder)
     batches = TensorBatches((fit["images"], fit["masks"]), cfg.batch_size, seed=job.seed,
                             augment=make_augment(cfg, encoder.cfg.input_size), device=device)

@@ -37,15 +37,22 @@ class SvmConfig:
     knn: bool = True
 
 
-def layer_features(encoder, images_u8: torch.Tensor, layer: str, cfg: SvmConfig, device) -> np.ndarray:
+def layer_features(encoder, images_u8: torch.Tensor, layers, cfg: SvmConfig, device) -> dict[str, np.ndarray]:
+    """{layer: [N, C_l * grid^2] L2-normalised} for every layer, from one forward pass per batch."""
     encoder.eval()
+    layers = list(layers)
     loader = DataLoader(TensorDataset(images_u8, torch.arange(images_u8.shape[0])), batch_size=cfg.batch_size)
 
-    def fn(x):
-        y = encoder.forward_intermediates(to_input(x), (layer,))[layer]
-        return F.adaptive_avg_pool2d(y, cfg.grid)
+    def fn(x):  # [B, 3, H, W] -> [B, sum_l C_l * grid^2], the layers side by side
+        ys = encoder.forward_intermediates(to_input(x), layers)
+        return torch.cat([F.adaptive_avg_pool2d(ys[n], cfg.grid).flatten(1) for n in layers], dim=1)
 
-    return extract_features(fn, loader, device=device, l2_normalize=True, pool=None).feats
+    feats = torch.from_numpy(np.asarray(extract_features(fn, loader, device=device, l2_normalize=False,
+                                                         pool=None).feats))
+    with torch.no_grad():  # each layer's width in the concatenation, from one image
+        probe = encoder.forward_intermediates(to_input(images_u8[:1].to(device)), layers)
+    widths = [probe[n].shape[1] * cfg.grid ** 2 for n in layers]
+    return {n: F.normalize(f, dim=1).numpy() for n, f in zip(layers, feats.split(widths, dim=1))}
 
 
 def svm_scores(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, cfg: SvmConfig, seed: int = 0):
@@ -99,9 +106,10 @@ def svm_task(job, ctx: TaskContext) -> dict:
     encoder = encoder_for_job(job, ctx, to_input(tr["images"][: ctx.magic_images])).to(device)
     ytr, yte = tr["labels"].numpy(), te["labels"].numpy()
     metrics, details = {}, {}
+    ftr = layer_features(encoder, tr["images"], cfg.layers, cfg, device)
+    fte = layer_features(encoder, te["images"], cfg.layers, cfg, device)
     for layer in cfg.layers:
-        xtr = layer_features(encoder, tr["images"], layer, cfg, device)
-        xte = layer_features(encoder, te["images"], layer, cfg, device)
+        xtr, xte = ftr[layer], fte[layer]
         s, costs = svm_scores(xtr, ytr, xte, cfg, seed=job.seed)
         metrics[f"svm {layer} mAP"] = mean_ap(classification_ap(s, yte, cfg.use_07_metric))
         details[f"svm {layer} C"] = costs
