@@ -114,3 +114,13 @@ def test_fcn32_shapes_and_bilinear_upsampling():
     # the bilinear kernel up-samples a constant to a constant (away from the border)
     up = torch.nn.functional.conv_transpose2d(torch.ones(1, 2, 4, 4), bilinear_kernel(2, 32), stride=16, padding=8)
     assert up.shape[-1] == 64 and torch.allclose(up[0, :, 16:48, 16:48], torch.ones(2, 32, 32))
+
+
+def test_fcn32_per_class_upscore_equals_dense_bilinear_at_init():
+    """The per-class (grouped) up-convolution starts as FCN's dense diagonal bilinear one."""
+    net = FCN32(build_encoder(AlexNetConfig()), 5)
+    assert net.upscore.weight.shape == (5, 1, 2 * net.stride, 2 * net.stride)
+    scores = torch.randn(3, 5, 4, 4)
+    dense = torch.nn.functional.conv_transpose2d(scores, bilinear_kernel(5, 2 * net.stride), stride=net.stride,
+                                                 padding=net.stride // 2)
+    torch.testing.assert_close(net.upscore(scores), dense)
