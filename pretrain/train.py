@@ -151,6 +151,8 @@ def main(cfg: PretrainConfig, data_cfg: DataConfig | None = None, out_dir=".", d
         from .cli import METHODS as builders
     if cfg.method not in builders:
         raise ConfigError(f"unknown method {cfg.method!r}; choose one of {', '.join(builders)}")
+    if cfg.colour not in ("rgb", "permute", "gray"):
+        raise ConfigError(f"colour must be rgb, permute or gray, got {cfg.colour!r}")
     data_cfg = data_cfg or DataConfig()
     out = Path(out_dir)
     final = out / "checkpoint.pt"

@@ -94,3 +94,32 @@ def test_cli_pretrain_supervised_and_inpaint(tmp_path, tiny_data):
         assert args.func(args) == 0
         ck = torch.load(tmp_path / method / "checkpoint.pt", weights_only=True)
         assert ck["arch"]["name"] == method and ck["step"] == 3
+
+
+def test_colour_options_of_pretraining_images(tmp_path):
+    """gray: ITU-R 601 luminance in 3 equal channels; permute: a per-image, per-epoch channel order."""
+    import numpy as np
+    from PIL import Image
+
+    from cebench.pretrain.data import PretrainImages
+
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 200, 100, 10
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    paths = [tmp_path / "a.png"]
+    gray = PretrainImages(paths, 8, colour="gray", flip=False)[0][0]
+    assert torch.equal(gray[0], gray[1]) and torch.equal(gray[1], gray[2])
+    assert int(gray[0, 0, 0]) == round(0.299 * 200 + 0.587 * 100 + 0.114 * 10)  # 120.3 -> 120
+    perm = PretrainImages(paths, 8, colour="permute", flip=False)
+    seen = set()
+    for epoch in range(12):
+        perm.set_epoch(epoch)
+        x = perm[0][0]
+        assert sorted(int(v) for v in x[:, 0, 0]) == [10, 100, 200]  # same values, some order
+        seen.add(tuple(int(v) for v in x[:, 0, 0]))
+        assert torch.equal(x, perm[0][0])  # a pure function of (seed, epoch, index)
+    assert len(seen) > 1
+    assert torch.equal(PretrainImages(paths, 8, colour="rgb", flip=False)[0][0][:, 0, 0], torch.tensor([200, 100, 10],
+                                                                                                     dtype=torch.uint8))
+    with pytest.raises(ValueError, match="colour"):
+        PretrainImages(paths, 8, colour="sepia")
