@@ -40,8 +40,9 @@ def _check_finite(losses: dict, step: int, method: str) -> None:
 
 def train_one_epoch(objective, disc, opt_g, opt_d, loader, masker, state: TrainState, rt: Runtime, *,
                     seed: int, method: str, w_rec: float = 0.999, w_adv: float = 0.001,
-                    on_step=None, stop_at: int | None = None) -> dict:
+                    on_step=None, stop_at: int | None = None, lr_scale=None) -> dict:
     """One pass over `loader` (or until `stop_at` steps). G and D alternate when `disc` is given.
+    `lr_scale(step)` (optional) multiplies each param group's base lr before the step.
 
     Returns the mean of every loss term over the steps run; `on_step(state, losses, outputs, x, mask)`
     runs after each step (logging, samples, checkpoints)."""
@@ -57,6 +58,11 @@ def train_one_epoch(objective, disc, opt_g, opt_d, loader, masker, state: TrainS
         s = step_seed(seed, state.step, rt.rank)
         torch.manual_seed(s)
         gen.manual_seed(s)
+        if lr_scale is not None:
+            f = lr_scale(state.step)
+            for opt in (opt_g, opt_d):
+                for group in (opt.param_groups if opt is not None else ()):
+                    group["lr"] = group.setdefault("base_lr", group["lr"]) * f  # base_lr rides in the checkpoint
         x = to_channels_last(x.to(rt.device, non_blocking=True).float().div_(255), rt)
         labels = labels.to(rt.device, non_blocking=True)
         mask = masker(x.shape[0], gen)

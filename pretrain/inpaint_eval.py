@@ -50,6 +50,7 @@ class InpaintEvalConfig:
     steps: int = 1500             # training steps of each inpainting net when no checkpoint is given
     batch_size: int = 64
     lr: float = 2e-4
+    lr_schedule: str = "constant"  # constant (paper) | cosine (decays to 0 by the last step)
     w_adv: float = 0.001          # adversarial weight of CE (L2+adv); the reconstruction gets 1 - w_adv
     lr_d_factor: float = 0.1      # discriminator lr = lr * lr_d_factor
     load_size: int = 0            # short side before the random crop in training (official 350; 0 = net size)
@@ -160,7 +161,7 @@ def _train_net(cfg: InpaintEvalConfig, data_cfg, out: Path, method: str, device,
     from . import train
 
     pcfg = train.PretrainConfig(method=method, inpaint_net=cfg.inpaint_net, mask="center", steps=cfg.steps,
-                                batch_size=cfg.batch_size, lr=cfg.lr, load_size=cfg.load_size,
+                                batch_size=cfg.batch_size, lr=cfg.lr, lr_schedule=cfg.lr_schedule, load_size=cfg.load_size,
                                 w_rec=1.0 - cfg.w_adv, w_adv=cfg.w_adv, lr_d_factor=cfg.lr_d_factor,
                                 max_minutes=cfg.max_minutes, threads=cfg.threads, seed=cfg.seed,
                                 overlap=cfg.overlap, overlap_weight=cfg.overlap_weight, eval_images=0,

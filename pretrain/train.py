@@ -8,6 +8,7 @@ resume, the step loop (`engine.train_one_epoch`), checkpoints, metrics and sampl
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 import time
@@ -54,6 +55,7 @@ class PretrainConfig:
     decoder_widths: tuple[int, ...] = (64, 32, 16)  # up-convolution widths (the last one outputs RGB)
     decoder_layers: int = 4            # paper: 5 up-convolutions; the 64 px demo needs 4 (4 -> 64 px)
     lr: float = 2e-4
+    lr_schedule: str = "constant"      # constant (paper) | cosine (to 0 at the last step: short CPU schedules)
     beta1: float = 0.5
     lr_d_factor: float = 0.1           # D lr = lr * lr_d_factor (official: G 10x D)
     weight_decay: float = 0.0
@@ -151,6 +153,8 @@ def main(cfg: PretrainConfig, data_cfg: DataConfig | None = None, out_dir=".", d
         from .cli import METHODS as builders
     if cfg.method not in builders:
         raise ConfigError(f"unknown method {cfg.method!r}; choose one of {', '.join(builders)}")
+    if cfg.lr_schedule not in ("constant", "cosine"):
+        raise ConfigError(f"lr_schedule must be constant or cosine, got {cfg.lr_schedule!r}")
     if cfg.colour not in ("rgb", "permute", "gray"):
         raise ConfigError(f"colour must be rgb, permute or gray, got {cfg.colour!r}")
     data_cfg = data_cfg or DataConfig()
@@ -243,7 +247,7 @@ def _train(cfg, data_cfg, built: Built, ds, val, out: Path, rt) -> Path:
     for epoch, loader in _iter_epochs(ds, cfg, rt, state, steps_per_epoch, stop_at):
         means = train_one_epoch(obj_ddp, disc_ddp, opt_g, opt_d, loader, masker, state, rt, seed=cfg.seed,
                                 method=cfg.method, w_rec=cfg.w_rec, w_adv=cfg.w_adv, on_step=on_step,
-                                stop_at=stop_at)
+                                stop_at=stop_at, lr_scale=lr_scale(cfg.lr_schedule, total))
         if val_loader is not None and (state.step % steps_per_epoch == 0 or state.step >= total):
             means.update(evaluate(unwrap_model(obj), val_loader, masker, rt, seed=cfg.seed))
         logger.log(epoch=epoch, step=state.step, **{f"epoch_{k}": v for k, v in means.items()})
@@ -267,6 +271,14 @@ def _train(cfg, data_cfg, built: Built, ds, val, out: Path, rt) -> Path:
 # --------------------------------------------------------------------------------------------------
 # Method constructors (collected in cli.METHODS)
 # --------------------------------------------------------------------------------------------------
+
+
+def lr_scale(schedule: str, total: int):
+    """step -> factor on the base lr (None for constant). A pure function of the step, so a resumed run
+    sets the same rates as an uninterrupted one without any scheduler state."""
+    if schedule == "constant":
+        return None
+    return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
 
 
 def _alexnet_arch(cfg: PretrainConfig, name: str) -> dict:

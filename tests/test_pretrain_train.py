@@ -1,6 +1,7 @@
 """Trainer: kill-and-resume equals an uninterrupted run, non-finite loss error, CLI end to end."""
 
 import json
+import math
 import os
 
 import pytest
@@ -29,10 +30,11 @@ def small(method="ce", **kw):
     return T.PretrainConfig(**base)
 
 
-@pytest.mark.parametrize("method", ["ce", "ce-adv"])
-def test_kill_and_resume_is_bit_exact(tmp_path, tiny_data, method):
+@pytest.mark.parametrize("method,schedule", [("ce", "constant"), ("ce-adv", "cosine")])
+def test_kill_and_resume_is_bit_exact(tmp_path, tiny_data, method, schedule):
     # batch 16 on 200 images: 12 steps per epoch, so 14 steps cross an epoch boundary
-    kw = dict(steps=14, batch_size=16, ckpt_every=3, mask="region" if method == "ce" else "center")
+    kw = dict(steps=14, batch_size=16, ckpt_every=3, mask="region" if method == "ce" else "center",
+              lr_schedule=schedule)
     cfg = small(method, **kw)
     full = T.main(cfg, tiny_data, tmp_path / "full", device="cpu")
     with pytest.raises(T.Interrupted):
@@ -47,6 +49,10 @@ def test_kill_and_resume_is_bit_exact(tmp_path, tiny_data, method):
     if method == "ce-adv":
         for k in a["disc"]:
             assert torch.equal(a["disc"][k], b["disc"][k]), k
+    if schedule == "cosine":  # the last step ran at lr 2e-4 * (1 + cos(pi * 13 / 14)) / 2, D at a tenth
+        want = 2e-4 * 0.5 * (1 + math.cos(math.pi * 13 / 14))
+        assert b["optimizer"]["param_groups"][0]["lr"] == pytest.approx(want)
+        assert b["optimizer_d"]["param_groups"][0]["lr"] == pytest.approx(want * 0.1)
     # a second call with a finished checkpoint returns at once
     assert T.main(cfg, tiny_data, tmp_path / "cut", device="cpu") == resumed
 
@@ -123,3 +129,11 @@ def test_colour_options_of_pretraining_images(tmp_path):
                                                                                                      dtype=torch.uint8))
     with pytest.raises(ValueError, match="colour"):
         PretrainImages(paths, 8, colour="sepia")
+
+
+def test_lr_schedule_values_and_bad_name(tmp_path, tiny_data):
+    assert T.lr_scale("constant", 10) is None
+    f = T.lr_scale("cosine", 10)
+    assert f(0) == 1.0 and f(5) == pytest.approx(0.5) and f(10) == pytest.approx(0.0) and f(12) == pytest.approx(0.0)
+    with pytest.raises(T.ConfigError, match="lr_schedule"):
+        T.main(small(lr_schedule="linear"), tiny_data, tmp_path, device="cpu")
