@@ -133,6 +133,20 @@ def plan(cfg: dict, out: Path, config_file: Path, voc: Path, device: str) -> lis
     def init_key(deps):
         return [dep_keys[d] for d in deps]
 
+    if run["retrieval"]:
+        # planned before the transfer jobs so it starts once the pretrainings are done: the short
+        # SVM jobs, not this 3-minute one, are then what is left at the end when a core may sit idle
+        d = out / "retrieval"
+        args = ["retrieval-bench", "--out", str(d), *base]
+        deps = []
+        for method in run["methods"]:
+            args += ["--checkpoint", f"{display.get(method, method)}={ckpt[method]}"]
+            deps.append(f"pretrain/{method}")
+        if cfg["encoder"]["checkpoint"]:
+            label = cfg["name"] or Path(cfg["encoder"]["checkpoint"]).stem
+            args += ["--checkpoint", f"{label}={cfg['encoder']['checkpoint']}"]
+        jobs.append(Job("retrieval", "retrieval", args, d, _key(cfg["retrieval"], data_key, init_key(deps)),
+                        deps=tuple(deps), est_seconds=60, threads=run["threads"]))
     task_section = {"cls": "transfer", "seg": "transfer", "det": "det"}
     if "det" in run["tasks"]:
         # selective search once, cached beside the data, before the per-init detection jobs
@@ -156,18 +170,6 @@ def plan(cfg: dict, out: Path, config_file: Path, voc: Path, device: str) -> lis
             jobs.append(Job(f"svm/{slug}", "svm", ["transfer", "svm", "--init", arg, "--out", str(d), *base],
                             d, _key(cfg["transfer"], data_key, arg, init_key(deps)), deps=deps, est_seconds=60,
                             threads=run["threads"]))
-    if run["retrieval"]:
-        d = out / "retrieval"
-        args = ["retrieval-bench", "--out", str(d), *base]
-        deps = []
-        for method in run["methods"]:
-            args += ["--checkpoint", f"{display.get(method, method)}={ckpt[method]}"]
-            deps.append(f"pretrain/{method}")
-        if cfg["encoder"]["checkpoint"]:
-            label = cfg["name"] or Path(cfg["encoder"]["checkpoint"]).stem
-            args += ["--checkpoint", f"{label}={cfg['encoder']['checkpoint']}"]
-        jobs.append(Job("retrieval", "retrieval", args, d, _key(cfg["retrieval"], data_key, init_key(deps)),
-                        deps=tuple(deps), est_seconds=60, threads=run["threads"]))
     return jobs
 
 
