@@ -34,6 +34,7 @@ class EncoderPlugin:
 @dataclass
 class RunSection:
     methods: tuple[str, ...] = ("ce", "ae", "supervised")   # feature-learning pretrainings (transfer inits)
+    supervised_steps: int = 0     # steps of the supervised upper bound (0: pretrain.steps, like the others)
     inpaint: bool = True          # train the inpainting nets (L2, L2+adv) and evaluate Table 1
     tasks: tuple[str, ...] = ("cls", "seg", "det")
     svm: bool = True
@@ -109,8 +110,10 @@ def plan(cfg: dict, out: Path, config_file: Path, voc: Path, device: str) -> lis
     ckpt = {}
     for method in run["methods"]:
         d = out / "pretrain" / method
-        jobs.append(Job(f"pretrain/{method}", "pretrain", ["pretrain", "--method", method, "--out", str(d), *base],
-                        d, _key(cfg["pretrain"], data_key, method), est_seconds=est_pre, threads=run["threads"]))
+        extra = [f"steps={run['supervised_steps']}"] if method == "supervised" and run["supervised_steps"] else []
+        jobs.append(Job(f"pretrain/{method}", "pretrain", ["pretrain", "--method", method, "--out", str(d), *base,
+                                                           *extra],
+                        d, _key(cfg["pretrain"], data_key, method, extra), est_seconds=est_pre, threads=run["threads"]))
         ckpt[method] = d / "checkpoint.pt"
     if run["inpaint"]:
         # one job trains both inpainting nets (L2, L2+adv; centre masks) and scores Table 1

@@ -93,10 +93,14 @@ def test_run_rejects_bad_override_in_one_line(tmp_path):
 
 
 def test_dry_run_lists_jobs(tmp_path):
-    res = _cebench(["run", "--config", "tiny", "--out", str(tmp_path), "--dry-run", "data.demo_dir=" + str(tmp_path / "d")],
-                   timeout=300)
+    res = _cebench(["run", "--config", "tiny", "--out", str(tmp_path), "--dry-run", "data.demo_dir=" + str(tmp_path / "d"),
+                    "run.methods=[ce, supervised]", "run.supervised_steps=3"], timeout=300)
     assert res.returncode == 0, res.stderr
     assert "pretrain/ce:" in res.stdout and "cls/random:" in res.stdout and "det/context-encoder:" in res.stdout
+    lines = {line.split(":", 1)[0]: line for line in res.stdout.splitlines() if ": cebench " in line}
+    assert lines["pretrain/supervised"].endswith(" steps=3") and "steps=" not in lines["pretrain/ce"]
+    names = list(lines)
+    assert names.index("retrieval") < names.index("cls/random")  # starts as soon as the pretrainings end
 
 
 def test_help_lists_working_commands():
