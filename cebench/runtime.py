@@ -88,9 +88,10 @@ def autocast_context(rt: Runtime):
 
 
 def place_model(model: torch.nn.Module, device, channels_last: bool = True) -> torch.nn.Module:
-    """Model to `device`, its 4-D weights in channels_last: convolutions then run in NHWC, which oneDNN
-    (CPU) and cuDNN (GPU) both execute faster for these AlexNets (demo AlexNet training on one CPU thread:
-    about 1.1-1.25x, `cebench bench`). Inputs may stay contiguous; the output format follows the weights."""
+    """Model to `device`, its 4-D weights in channels_last: convolutions then run in NHWC, the format
+    cuDNN (GPU) prefers; on this project's CPU an interleaved micro-benchmark of the demo AlexNet's
+    training step gave 1.1-1.25x, within the run-to-run spread of `cebench bench` there. Inputs may stay
+    contiguous; the output format follows the weights."""
     model = model.to(device)
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
