@@ -142,12 +142,10 @@ def plan(cfg: dict, out: Path, config_file: Path, voc: Path, device: str) -> lis
         d = out / "retrieval"
         args = ["retrieval-bench", "--out", str(d), *base]
         deps = []
-        for method in run["methods"]:
-            args += ["--checkpoint", f"{display.get(method, method)}={ckpt[method]}"]
-            deps.append(f"pretrain/{method}")
-        if cfg["encoder"]["checkpoint"]:
-            label = cfg["name"] or Path(cfg["encoder"]["checkpoint"]).stem
-            args += ["--checkpoint", f"{label}={cfg['encoder']['checkpoint']}"]
+        for label, (arg, init_deps) in inits.items():  # every checkpoint row (random and imagenet built in)
+            if label not in ("random", "imagenet"):
+                args += ["--checkpoint", arg]
+                deps += init_deps
         jobs.append(Job("retrieval", "retrieval", args, d, _key(cfg["retrieval"], data_key, init_key(deps)),
                         deps=tuple(deps), est_seconds=60, threads=run["threads"]))
     task_section = {"cls": "transfer", "seg": "transfer", "det": "det"}

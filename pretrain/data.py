@@ -19,6 +19,9 @@ from cebench.errors import DatasetMissingError
 from cebench.images import open_rgb, require_images
 
 
+COLOURS = ("rgb", "permute", "gray")  # the `colour` options (see the module docstring)
+
+
 class PretrainImages(Dataset):
     """(uint8 image [3,c,c], labels float [C] (empty without labels), index)."""
 
@@ -30,8 +33,8 @@ class PretrainImages(Dataset):
         self.crop, self.load_size, self.flip, self.seed = crop, load_size or crop, flip, seed
         self.labels = None if labels is None else torch.as_tensor(np.asarray(labels), dtype=torch.float32)
         self.cache = {} if cache else None
-        if colour not in ("rgb", "permute", "gray"):
-            raise ValueError(f"colour must be rgb, permute or gray, got {colour!r}")
+        if colour not in COLOURS:
+            raise ValueError(f"colour must be one of {', '.join(COLOURS)}, got {colour!r}")
         self.random, self.colour = random, colour
         self.epoch = 0
 

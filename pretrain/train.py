@@ -25,7 +25,7 @@ from cebench.logs import JsonlLogger, get_logger, progress
 from cebench.runtime import (barrier, cleanup, init_runtime, seed_everything, set_cpu_threads, to_channels_last,
                              unwrap_model, wrap_ddp)
 
-from .data import PretrainImages, folder_paths, make_loader, step_batches, voc_split_paths
+from .data import COLOURS, PretrainImages, folder_paths, make_loader, step_batches, voc_split_paths
 from .engine import TrainState, evaluate, train_one_epoch
 from .masks import Masker, voc_silhouettes
 from .models import (AlexNetConfig, ContextEncoder, Discriminator, InpaintingCE, InpaintNetConfig,
@@ -153,10 +153,10 @@ def main(cfg: PretrainConfig, data_cfg: DataConfig | None = None, out_dir=".", d
         from .cli import METHODS as builders
     if cfg.method not in builders:
         raise ConfigError(f"unknown method {cfg.method!r}; choose one of {', '.join(builders)}")
-    if cfg.lr_schedule not in ("constant", "cosine"):
-        raise ConfigError(f"lr_schedule must be constant or cosine, got {cfg.lr_schedule!r}")
-    if cfg.colour not in ("rgb", "permute", "gray"):
-        raise ConfigError(f"colour must be rgb, permute or gray, got {cfg.colour!r}")
+    if cfg.lr_schedule not in SCHEDULES:
+        raise ConfigError(f"lr_schedule must be one of {', '.join(SCHEDULES)}, got {cfg.lr_schedule!r}")
+    if cfg.colour not in COLOURS:
+        raise ConfigError(f"colour must be one of {', '.join(COLOURS)}, got {cfg.colour!r}")
     data_cfg = data_cfg or DataConfig()
     out = Path(out_dir)
     final = out / "checkpoint.pt"
@@ -271,6 +271,9 @@ def _train(cfg, data_cfg, built: Built, ds, val, out: Path, rt) -> Path:
 # --------------------------------------------------------------------------------------------------
 # Method constructors (collected in cli.METHODS)
 # --------------------------------------------------------------------------------------------------
+
+
+SCHEDULES = ("constant", "cosine")
 
 
 def lr_scale(schedule: str, total: int):
