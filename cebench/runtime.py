@@ -169,7 +169,11 @@ def save_on_master(fn, *args, **kwargs):
 
 
 def cleanup(rt: Runtime | None = None) -> None:
+    """Tear the process group down once every rank is done: without the barrier a rank that
+    finishes first can destroy its Gloo context while the other's last collective is still in
+    flight, and the process aborts at exit ("terminate called without an active exception")."""
     if is_dist():
+        dist.barrier()
         dist.destroy_process_group()
 
 
