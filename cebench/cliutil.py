@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cebench.errors import ConfigError
+
 
 def split_overrides(overrides, *sections: str) -> dict[str, list[str]]:
     """Route `data.demo=tiny` to section "data" (prefix removed); everything else to "" (the stage)."""
@@ -22,3 +24,11 @@ def out_dir(args, default: str) -> Path:
     path = Path(args.out or default)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def parse_seeds(text: str) -> list[int]:
+    """`--seeds 0,1,2` -> [0, 1, 2]; `--seeds ,` -> [] (lr selection on val only, no test runs)."""
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds {text!r}: expected comma-separated integers, e.g. 0,1,2") from None

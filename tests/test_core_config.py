@@ -77,3 +77,13 @@ def test_bundled_configs_parse():
     for name in ("tiny", "demo", "paper"):
         data = read_yaml(resolve_config(name))
         assert {"data", "pretrain", "transfer"} <= set(data)
+
+
+def test_parse_seeds_shared_by_transfer_clis():
+    from cebench.cliutil import parse_seeds
+
+    assert parse_seeds("0,1,2") == [0, 1, 2]
+    assert parse_seeds(" 3 , 4") == [3, 4]
+    assert parse_seeds(",") == []  # lr selection on val only
+    with pytest.raises(ConfigError, match=r"--seeds 'x,1': expected comma-separated integers"):
+        parse_seeds("x,1")

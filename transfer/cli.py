@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cebench.cliutil import out_dir as make_out_dir, split_overrides
+from cebench.cliutil import out_dir as make_out_dir, parse_seeds, split_overrides
 from cebench.config import config_hash, config_to_dict, load_config, save_config
 from cebench.data.sources import DataConfig, voc_root
 from cebench.errors import ConfigError
@@ -86,10 +86,7 @@ def _run(args) -> int:
     ov = split_overrides(args.overrides, "data")
     cfg = load_config(TransferConfig, args.config, ov[""], section="transfer")
     if args.seeds:
-        try:
-            cfg.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-        except ValueError:
-            raise ConfigError(f"--seeds {args.seeds!r}: expected comma-separated integers, e.g. 0,1,2") from None
+        cfg.seeds = parse_seeds(args.seeds)
     data_cfg = load_config(DataConfig, args.config, ov["data"], section="data")
     out = make_out_dir(args, f"runs/transfer/{args.task}")
     main(args.task, cfg, data_cfg, args.init or ["random"], out, args.device, data=args.data)
@@ -116,7 +113,7 @@ def add_init_args(q) -> None:
     q.add_argument("--init", action="append", metavar="NAME[=CKPT]",
                    help="initialisation, repeatable: random | imagenet | 'context encoder=CKPT' | "
                         "autoencoder=CKPT | supervised=CKPT | ANY_NAME=CKPT (default: random)")
-    q.add_argument("--seeds", default=None, help="comma-separated seeds (default: transfer.seeds of the config)")
+    q.add_argument("--seeds", default=None, help="comma-separated seeds (default: transfer.seeds of the config); ',' = lr selection on val only")
 
 
 __all__ = ["register", "main", "TASKS", "add_init_args"]

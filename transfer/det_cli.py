@@ -91,7 +91,7 @@ def main(cfg: DetConfig, data_cfg: DataConfig, root, out_dir, *, device: str = "
 
 
 def _cmd(args) -> int:
-    from cebench.cliutil import out_dir, split_overrides
+    from cebench.cliutil import out_dir, parse_seeds, split_overrides
     from cebench.runtime import choose_device
 
     ov = split_overrides(args.overrides, "data")
@@ -100,7 +100,7 @@ def _cmd(args) -> int:
     if args.init:
         cfg = replace(cfg, inits=list(args.init))
     if args.seeds:
-        cfg = replace(cfg, seeds=[int(s) for s in args.seeds.split(",")])
+        cfg = replace(cfg, seeds=parse_seeds(args.seeds))
     root = voc_root(data_cfg, args.data)
     main(cfg, data_cfg, root, out_dir(args, "runs/det"), device=str(choose_device(args.device)),
          proposals_only=args.proposals_only)
@@ -115,7 +115,7 @@ def register_det(transfer_subparsers, common) -> None:
     p.add_argument("--init", action="append", default=None, metavar="NAME[=CHECKPOINT]",
                    help="an initialisation row (repeatable): random, imagenet, ce=PATH, ae=PATH, supervised=PATH, "
                         "or any NAME=PATH; default: the config's det.inits")
-    p.add_argument("--seeds", default="", help="comma-separated seeds (default: the config's det.seeds)")
+    p.add_argument("--seeds", default="", help="comma-separated seeds (default: the config's det.seeds); ',' = lr selection on val only")
     p.add_argument("--proposals-only", action="store_true", help="compute (or check) the cached proposals and stop")
     p.set_defaults(func=_cmd)
 
