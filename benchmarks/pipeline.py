@@ -174,6 +174,21 @@ def plan(cfg: dict, out: Path, config_file: Path, voc: Path, device: str) -> lis
     return jobs
 
 
+def transfer_protocol(cfg: dict) -> dict:
+    """Per fine-tuned task: iterations, batch, lr grid and seeds, as the report states them."""
+    tr, det = cfg["transfer"], cfg["det"]
+    out = {}
+    for task in cfg["run"]["tasks"]:
+        if task == "det":
+            out[task] = {"iterations": det["iterations"], "batch": f"{det['images_per_batch']} images x "
+                         f"{det['rois_per_image']} RoIs", "lrs": det["lrs"], "seeds": det["seeds"],
+                         "select_seeds": det["select_seeds"]}
+        else:
+            out[task] = {"iterations": tr[task]["iterations"], "batch": f"{tr[task]['batch_size']} images",
+                         "lrs": tr[task]["lrs"], "seeds": tr["seeds"], "select_seeds": tr["select_seeds"]}
+    return out
+
+
 def check_real_data(cfg: dict) -> None:
     """The paper config fails early with everything that is missing, not after hours of pretraining."""
     data = cfg["data"]
@@ -242,6 +257,7 @@ def _main(config_path: Path, overrides, out: Path, *, device: str, force, dry_ru
         "config": str(config_path), "overrides": list(overrides), "machine": machine_info(),
         "wall_minutes": wall, "uncached_wall_minutes": full, "demo": not cfg["data"]["root"],
         "jobs": {n: {"status": r.status, "seconds": r.seconds} for n, r in results.items()},
+        "transfer_protocol": transfer_protocol(cfg),
     }
     pretrain_dirs = {m: out / "pretrain" / m for m in cfg["run"]["methods"]}
     if cfg["run"]["inpaint"]:

@@ -100,10 +100,13 @@ def build_table2(transfer_rows: list[dict]) -> pd.DataFrame:
             continue
         init = INIT_DISPLAY.get(r["init"], r["init"])
         paper = TABLE2.get(init, {}).get(r["task"])
+        val = (r.get("val_scores") or {}).get(f"{r['lr']:g}") if r.get("lr") is not None else None
         rows.append({"init": init, "task": r["task"], "metric": r.get("metric", TASK_METRIC[r["task"]]),
                      "mean": _pct(r.get("mean")), "std": _pct(r.get("std")), "seeds": r.get("seeds", 0),
-                     "paper": paper, "status": r.get("status", "ok"), "note": r.get("reason", "")})
-    df = pd.DataFrame(rows, columns=["init", "task", "metric", "mean", "std", "seeds", "paper", "status", "note"])
+                     "paper": paper, "lr": r.get("lr"), "val": _pct(val), "status": r.get("status", "ok"),
+                     "note": r.get("reason", "")})
+    df = pd.DataFrame(rows, columns=["init", "task", "metric", "mean", "std", "seeds", "paper", "lr", "val", "status",
+                                     "note"])
     if len(df):
         df["o"] = df["init"].map(lambda i: INIT_ORDER.index(i) if i in INIT_ORDER else len(INIT_ORDER))
         df["t"] = df["task"].map(lambda t: list(TASK_METRIC).index(t))
@@ -133,6 +136,26 @@ def table2_markdown(df: pd.DataFrame) -> str:
             row[f"{task} paper"] = "-" if paper is None else f"{paper:.1f}"
         out.append(row)
     return _md_table(pd.DataFrame(out))
+
+
+def protocol_lines(protocol: dict, t2: pd.DataFrame) -> list[str]:
+    """How long each task fine-tuned and which lr each init got on val: a schedule too short for the
+    supervised row to separate makes the orderings above mean little, so the table says it."""
+    out = []
+    for task, p in protocol.items():
+        out.append(f"- {task}: {p['iterations']} iterations x {p['batch']}, lr from {p['lrs']} chosen per init on "
+                   f"val (fit on train, select seeds {p['select_seeds']}), then seeds {p['seeds']} fit on trainval, "
+                   f"scored on test")
+    ok = t2[(t2["status"] == "ok") & t2["lr"].notna()] if len(t2) else t2
+    ok = ok[[m == TASK_METRIC.get(t) for t, m in zip(ok["task"], ok["metric"])]].drop_duplicates(["init", "task"])
+    if len(ok):
+        out += ["", "lr chosen on val (val score at that lr, %):", "",
+                _md_table(ok.assign(chosen=[f"{lr:g} ({v:.1f})" if v == v and v is not None else f"{lr:g}"
+                                            for lr, v in zip(ok["lr"], ok["val"])])
+                          .pivot(index="init", columns="task", values="chosen").fillna("-")
+                          .sort_index(key=lambda ix: [INIT_ORDER.index(i) if i in INIT_ORDER else 99 for i in ix])
+                          .reset_index())]
+    return out + [""] if out else []
 
 
 def build_svm_table(transfer_rows: list[dict]) -> pd.DataFrame:
@@ -194,7 +217,7 @@ def write_report(out: Path, *, inpaint_dir: Path, transfer_dirs: list[Path], ret
         if p.is_file():
             rows += json.loads(p.read_text()).get("rows", [])
     t2 = build_table2(rows)
-    _atomic_csv(t2[["init", "task", "metric", "mean", "std", "seeds", "paper"]], rep / "table2.csv")
+    _atomic_csv(t2[["init", "task", "metric", "mean", "std", "seeds", "paper", "lr", "val"]], rep / "table2.csv")
     svm = build_svm_table(rows)
     _atomic_csv(svm, rep / "svm.csv")
 
@@ -219,7 +242,8 @@ def write_report(out: Path, *, inpaint_dir: Path, transfer_dirs: list[Path], ret
     md = ["# Context Encoders benchmark: results", ""]
     full = run_info.get("uncached_wall_minutes")
     full_txt = f" (the run that computed every stage: {full:.1f} min)" if full else ""
-    md.append(f"Config: `{run_info.get('config')}`; wall time of this invocation {run_info.get('wall_minutes', float('nan')):.1f} min{full_txt} "
+    ov = " ".join(run_info.get("overrides") or [])
+    md.append(f"Config: `{run_info.get('config')}`{f' with `{ov}`' if ov else ''}; wall time of this invocation {run_info.get('wall_minutes', float('nan')):.1f} min{full_txt} "
               f"on {run_info.get('machine', {}).get('cpu', '?')} ({run_info.get('machine', {}).get('cpu_count', '?')} cores), "
               f"torch {run_info.get('machine', {}).get('torch', '?')}.")
     if run_info.get("demo"):
@@ -237,6 +261,7 @@ def write_report(out: Path, *, inpaint_dir: Path, transfer_dirs: list[Path], ret
     md += ["## Table 2: transfer (mean ± std over seeds; n = seeds)", "",
            "cls = classification mAP, det = detection mAP, seg = segmentation mean IU (%).", "",
            table2_markdown(t2), ""]
+    md += protocol_lines(run_info.get("transfer_protocol") or {}, t2)
     unavailable = t2[t2["status"] == "unavailable"] if len(t2) else t2
     for _, r in unavailable.drop_duplicates("init").iterrows():
         md.append(f"- `{r['init']}` unavailable: {r['note']}")

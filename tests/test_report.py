@@ -11,7 +11,8 @@ from cebench.benchmarks.report import build_table1, build_table2, table2_markdow
 def _rows():
     return [
         {"init": "random", "task": "cls", "metric": "mAP", "mean": 0.5, "std": 0.02, "seeds": 3, "status": "ok"},
-        {"init": "context encoder", "task": "cls", "metric": "mAP", "mean": 0.6, "std": 0.01, "seeds": 3, "status": "ok"},
+        {"init": "context encoder", "task": "cls", "metric": "mAP", "mean": 0.6, "std": 0.01, "seeds": 3, "status": "ok",
+         "lr": 0.003, "val_scores": {"0.001": 0.5, "0.003": 0.55}},
         {"init": "supervised", "task": "seg", "metric": "mean IU", "mean": 0.25, "std": 0.0, "seeds": 3, "status": "ok"},
         {"init": "imagenet", "task": "cls", "metric": "mAP", "mean": math.nan, "std": math.nan, "seeds": 0,
          "status": "unavailable", "reason": "place alexnet-owt-7be5be79.pth in TORCH_HOME"},
@@ -43,12 +44,19 @@ def test_write_report_files(tmp_path):
     tr.mkdir(parents=True)
     (tr / "results.json").write_text(json.dumps({"rows": _rows()}))
     info = {"config": "x.yaml", "wall_minutes": 1.5, "machine": {"cpu": "cpu", "cpu_count": 2, "torch": "2"},
-            "jobs": {"pretrain/ce": {"status": "done", "seconds": 3.0}}, "demo": True}
+            "jobs": {"pretrain/ce": {"status": "done", "seconds": 3.0}}, "demo": True, "overrides": ["det.iterations=9"],
+            "transfer_protocol": {"cls": {"iterations": 600, "batch": "32 images", "lrs": [0.001, 0.003],
+                                          "seeds": [0, 1, 2], "select_seeds": [100]}}}
     rep = write_report(tmp_path, inpaint_dir=tmp_path / "none", transfer_dirs=[tr], retrieval_dir=tmp_path / "none",
                        pretrain_dirs={}, run_info=info)
     t2 = pd.read_csv(rep / "table2.csv")
-    assert list(t2.columns) == ["init", "task", "metric", "mean", "std", "seeds", "paper"]
+    assert list(t2.columns) == ["init", "task", "metric", "mean", "std", "seeds", "paper", "lr", "val"]
+    assert t2.set_index("init").loc["context encoder", "lr"] == 0.003
+    assert t2.set_index("init").loc["context encoder", "val"] == 55.0
     svm = pd.read_csv(rep / "svm.csv")
     assert list(svm["metric"]) == ["svm conv3 mAP"] and svm["mean"].iloc[0] == 30.0
     md = (rep / "results.md").read_text()
     assert "Table 2" in md and "pretrain/ce" in md and "imagenet` unavailable" in md
+    assert "with `det.iterations=9`" in md
+    assert "- cls: 600 iterations x 32 images, lr from [0.001, 0.003] chosen per init on val" in md
+    assert "| context encoder | 0.003 (55.0) |" in md  # chosen lr and its val score
