@@ -37,6 +37,23 @@ def weighted_l2(pred: Tensor, target: Tensor, weights: Tensor | None) -> Tensor:
     return (sq * weights).sum() / (weights.sum().clamp_min(1.0) * pred.shape[1])
 
 
+def patch_standardize(x: Tensor, patch: int, eps: float = 1e-2) -> tuple[Tensor, Tensor, Tensor]:
+    """Standardise each non-overlapping `patch` x `patch` square of x [B,C,H,W] over its pixels and
+    channels together (MAE's norm_pix_loss target). Returns (standardised x, mean, std); mean and std
+    are [B,1,H,W], constant on each patch. `eps` is added to the variance (MAE: 1e-6) so that flat
+    patches (solid paint, sky, where JPEG noise is all there is) are not blown up to unit contrast:
+    1e-2 is a standard deviation of 0.1 in ImageNet-normalised units, about 6 grey levels."""
+    b, c, h, w = x.shape
+    if h % patch or w % patch:
+        raise ValueError(f"patch {patch} does not divide the image size {h}x{w}")
+    xf = x.float()
+    mean = F.avg_pool2d(xf.mean(1, keepdim=True), patch)                 # [B,1,H/p,W/p]
+    var = (F.avg_pool2d((xf * xf).mean(1, keepdim=True), patch) - mean * mean).clamp_min(0.0)
+    mean = mean.repeat_interleave(patch, 2).repeat_interleave(patch, 3)  # [B,1,H,W]
+    std = (var + eps).sqrt().repeat_interleave(patch, 2).repeat_interleave(patch, 3)
+    return (xf - mean) / std, mean, std
+
+
 def gan_d_loss(d_real: Tensor, d_fake: Tensor) -> Tensor:
     """Discriminator BCE: real -> 1, fake -> 0 (logits)."""
     return 0.5 * (F.binary_cross_entropy_with_logits(d_real.float(), torch.ones_like(d_real, dtype=torch.float32))

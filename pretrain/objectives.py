@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from cebench.images import IMAGENET_MEAN, denormalize, normalize
 
-from .losses import multilabel_bce, overlap_weights, weighted_l2
+from .losses import multilabel_bce, overlap_weights, patch_standardize, weighted_l2
 from .masks import center_box
 from .models import ContextEncoder, InpaintingCE, SupervisedNet
 
@@ -23,21 +23,34 @@ from .models import ContextEncoder, InpaintingCE, SupervisedNet
 class ReconstructionObjective(nn.Module):
     """Feature-learning context encoder (method ce / ce-adv) and autoencoder (ae: mask None).
 
-    region: "masked" (paper: L2 over the hole + overlap band) or "all" (released code: whole image)."""
+    region: "masked" (paper: L2 over the hole + overlap band) or "all" (released code: whole image).
+    target_patch: 0 (paper: the target is the image) or p > 0: the target is the image with every
+    p x p patch standardised (MAE's normalised-pixel loss): the brightness and contrast of a patch are
+    free, so the L2 is paid on edges and texture instead of on the low-frequency fill that a blurry
+    code already gets right. The displayed prediction is mapped back with the true patch statistics."""
 
-    def __init__(self, net: ContextEncoder, region: str = "masked", overlap: int = 4, overlap_weight: float = 10.0):
+    def __init__(self, net: ContextEncoder, region: str = "masked", overlap: int = 4, overlap_weight: float = 10.0,
+                 target_patch: int = 0):
         super().__init__()
         if region not in ("masked", "all"):
             raise ValueError(f"region must be 'masked' or 'all', got {region!r}")
+        if target_patch < 0 or (target_patch and net.encoder.cfg.input_size % target_patch):
+            raise ValueError(f"target_patch must be 0 or divide the input size, got {target_patch}")
         self.net, self.region, self.overlap, self.overlap_weight = net, region, overlap, overlap_weight
+        self.target_patch = target_patch
 
     def forward(self, x01: Tensor, mask: Tensor | None = None, labels: Tensor | None = None):
         x = normalize(x01)
-        pred = self.net(x, mask)  # [B,3,S,S] normalised
+        pred = self.net(x, mask)  # [B,3,S,S] normalised (patch-standardised with target_patch)
         weights = None
         if mask is not None and self.region == "masked":
             weights = overlap_weights(mask, self.overlap, self.overlap_weight)
-        rec = weighted_l2(pred, x, weights)
+        if self.target_patch:
+            target, mean, std = patch_standardize(x, self.target_patch)
+            rec = weighted_l2(pred, target, weights)
+            pred = pred * std + mean  # back to image space for the samples and the adversary
+        else:
+            rec = weighted_l2(pred, x, weights)
         comp = pred if mask is None else pred * mask + x * (1 - mask)
         out = {"pred": denormalize(comp.detach()).clamp(0, 1), "fake": comp, "real": x}
         return {"loss": rec, "rec": rec}, out

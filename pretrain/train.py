@@ -47,6 +47,7 @@ class PretrainConfig:
     mask_file: str = ""
     region_split: str = "trainval"     # VOC split whose segmentation masks give the region shapes
     loss_region: str = "masked"        # masked (paper) | all (released random-region code)
+    target_patch: int = 0              # ce/ae: 0 = image target (paper); p = per-patch standardised target (MAE)
     overlap: int = 4                   # px band weighted overlap_weight (official 4 px, x10)
     overlap_weight: float = 10.0
     w_rec: float = 0.999               # joint loss with the adversary
@@ -292,11 +293,15 @@ def _alexnet_arch(cfg: PretrainConfig, name: str) -> dict:
 def build_ce(cfg: PretrainConfig, num_classes=1, silhouettes=None, device="cpu", probe=False, adversarial=False,
              autoencoder=False) -> Built:
     mask = "none" if autoencoder else cfg.mask
+    if cfg.target_patch < 0 or (cfg.target_patch and cfg.encoder.input_size % cfg.target_patch):
+        raise ConfigError(f"pretrain.target_patch={cfg.target_patch} must be 0 or divide the encoder input size "
+                          f"{cfg.encoder.input_size}")
     if probe:
         return Built(torch.nn.Identity(), None, mask, cfg.encoder.input_size, {})
     net = ContextEncoder(cfg.encoder, dropout=cfg.dropout, decoder_widths=cfg.decoder_widths,
                          decoder_layers=cfg.decoder_layers)
-    obj = ReconstructionObjective(net, cfg.loss_region if not autoencoder else "all", cfg.overlap, cfg.overlap_weight)
+    obj = ReconstructionObjective(net, cfg.loss_region if not autoencoder else "all", cfg.overlap, cfg.overlap_weight,
+                                  target_patch=cfg.target_patch)
     # the discriminator of the inpainting net (inpaint_net.disc_widths); it resizes the image to its size
     disc = Discriminator(widths=cfg.inpaint_net.disc_widths) if adversarial else None
     name = "ae" if autoencoder else ("ce-adv" if adversarial else "ce")
