@@ -182,10 +182,11 @@ def transfer_protocol(cfg: dict) -> dict:
         if task == "det":
             out[task] = {"iterations": det["iterations"], "batch": f"{det['images_per_batch']} images x "
                          f"{det['rois_per_image']} RoIs", "lrs": det["lrs"], "seeds": det["seeds"],
-                         "select_seeds": det["select_seeds"]}
+                         "select_seeds": det["select_seeds"], "magic": det["magic"]}
         else:
             out[task] = {"iterations": tr[task]["iterations"], "batch": f"{tr[task]['batch_size']} images",
-                         "lrs": tr[task]["lrs"], "seeds": tr["seeds"], "select_seeds": tr["select_seeds"]}
+                         "lrs": tr[task]["lrs"], "seeds": tr["seeds"], "select_seeds": tr["select_seeds"],
+                         "magic": tr["magic"]}
     return out
 
 

@@ -138,6 +138,10 @@ def table2_markdown(df: pd.DataFrame) -> str:
     return _md_table(pd.DataFrame(out))
 
 
+_MAGIC = {"all": "every row (within-layer for random, between-layer for loaded weights)",
+          "random": "random row only", "none": "none"}
+
+
 def protocol_lines(protocol: dict, t2: pd.DataFrame) -> list[str]:
     """How long each task fine-tuned and which lr each init got on val: a schedule too short for the
     supervised row to separate makes the orderings above mean little, so the table says it."""
@@ -145,7 +149,7 @@ def protocol_lines(protocol: dict, t2: pd.DataFrame) -> list[str]:
     for task, p in protocol.items():
         out.append(f"- {task}: {p['iterations']} iterations x {p['batch']}, lr from {p['lrs']} chosen per init on "
                    f"val (fit on train, select seeds {p['select_seeds']}), then seeds {p['seeds']} fit on trainval, "
-                   f"scored on test")
+                   f"scored on test; data-dependent init: {_MAGIC.get(p.get('magic'), p.get('magic', '?'))}")
     ok = t2[(t2["status"] == "ok") & t2["lr"].notna()] if len(t2) else t2
     ok = ok[[m == TASK_METRIC.get(t) for t, m in zip(ok["task"], ok["metric"])]].drop_duplicates(["init", "task"])
     if len(ok):
