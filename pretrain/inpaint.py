@@ -40,6 +40,12 @@ def load_inpainter(path, device="cpu"):
         net = InpaintingCE(InpaintNetConfig.from_dict(arch["inpaint_net"]))
         obj = InpaintObjective(net, arch.get("overlap", 4), arch.get("overlap_weight", 10.0))
     elif name in ("ce", "ce-adv"):
+        patch = int((ck.get("config") or {}).get("target_patch", 0) or 0)
+        if patch:
+            raise CheckpointError(f"{path}: this context encoder was trained with target_patch={patch}: it predicts "
+                                  f"per-patch standardised pixels, not an image (a hidden patch's brightness and "
+                                  f"contrast are unknown), so it cannot inpaint; use an inpaint or inpaint-adv "
+                                  f"checkpoint, or a ce trained with target_patch=0")
         net = ContextEncoder(AlexNetConfig.from_dict(arch["encoder"]), dropout=arch.get("dropout", 0.5),
                              decoder_widths=tuple(arch.get("decoder_widths", (64, 64, 32, 32))),
                              decoder_layers=arch.get("decoder_layers", 5))

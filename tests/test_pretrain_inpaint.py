@@ -107,3 +107,20 @@ def test_inpaint_user_command(eval_run, tmp_path):
         inpaint_file(tmp_path / "bad.jpg", ckpt, tmp_path / "x.png", device="cpu")
     with pytest.raises(CheckpointError):
         inpaint_file(tmp_path / "in.jpg", tmp_path / "in.jpg", tmp_path / "x.png", device="cpu")
+
+
+def test_inpaint_refuses_a_patch_standardised_ce(tmp_path):
+    """A CE trained with target_patch predicts standardised patches, not pixels: a clear error, not a fill."""
+    from cebench.checkpoint import save_checkpoint
+    from cebench.pretrain.inpaint import load_inpainter
+    from cebench.pretrain.models import AlexNetConfig, ContextEncoder
+
+    net = ContextEncoder(AlexNetConfig(), decoder_widths=(16, 8, 8), decoder_layers=4)
+    arch = {"name": "ce", "encoder": AlexNetConfig().to_dict(), "dropout": 0.5, "decoder_widths": [16, 8, 8],
+            "decoder_layers": 4}
+    for patch in (0, 8):
+        save_checkpoint(tmp_path / f"ce{patch}.pt", {"model": net.state_dict(), "arch": arch, "step": 1,
+                                                     "config": {"target_patch": patch}})
+    assert load_inpainter(tmp_path / "ce0.pt").target_patch == 0  # the paper's target: an image, it inpaints
+    with pytest.raises(CheckpointError, match="target_patch=8"):
+        load_inpainter(tmp_path / "ce8.pt")
