@@ -69,7 +69,7 @@ def test_tiny_pipeline_kill_resume_and_report(tmp_path):
     assert all(float(r["psnr_db"]) > 0 for r in rows)
     with open(rep / "table2.csv") as fh:
         t2 = list(csv.DictReader(fh))
-    assert list(t2[0]) == ["init", "task", "metric", "mean", "std", "seeds", "paper"]
+    assert list(t2[0]) == ["init", "task", "metric", "mean", "std", "seeds", "paper", "lr", "val"]
     assert {r["task"] for r in t2} == {"cls", "seg", "det"}
     assert {"random", "context encoder"} <= {r["init"] for r in t2}
     for r in t2:
