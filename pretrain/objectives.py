@@ -34,10 +34,15 @@ class ReconstructionObjective(nn.Module):
         super().__init__()
         if region not in ("masked", "all"):
             raise ValueError(f"region must be 'masked' or 'all', got {region!r}")
-        if target_patch < 0 or (target_patch and net.encoder.cfg.input_size % target_patch):
-            raise ValueError(f"target_patch must be 0 or divide the input size, got {target_patch}")
+        self.check_target_patch(target_patch, net.encoder.cfg.input_size)
         self.net, self.region, self.overlap, self.overlap_weight = net, region, overlap, overlap_weight
         self.target_patch = target_patch
+
+    @staticmethod
+    def check_target_patch(target_patch: int, input_size: int) -> None:
+        """ValueError unless target_patch is 0 or a divisor of the input size (the patches tile the image)."""
+        if target_patch < 0 or (target_patch and input_size % target_patch):
+            raise ValueError(f"target_patch={target_patch} must be 0 or divide the input size {input_size}")
 
     def forward(self, x01: Tensor, mask: Tensor | None = None, labels: Tensor | None = None):
         x = normalize(x01)

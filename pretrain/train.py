@@ -293,9 +293,10 @@ def _alexnet_arch(cfg: PretrainConfig, name: str) -> dict:
 def build_ce(cfg: PretrainConfig, num_classes=1, silhouettes=None, device="cpu", probe=False, adversarial=False,
              autoencoder=False) -> Built:
     mask = "none" if autoencoder else cfg.mask
-    if cfg.target_patch < 0 or (cfg.target_patch and cfg.encoder.input_size % cfg.target_patch):
-        raise ConfigError(f"pretrain.target_patch={cfg.target_patch} must be 0 or divide the encoder input size "
-                          f"{cfg.encoder.input_size}")
+    try:  # before the probe returns, so a bad value stops the run before any data is read
+        ReconstructionObjective.check_target_patch(cfg.target_patch, cfg.encoder.input_size)
+    except ValueError as exc:
+        raise ConfigError(f"pretrain.{exc}") from None
     if probe:
         return Built(torch.nn.Identity(), None, mask, cfg.encoder.input_size, {})
     net = ContextEncoder(cfg.encoder, dropout=cfg.dropout, decoder_widths=cfg.decoder_widths,

@@ -137,3 +137,12 @@ def test_lr_schedule_values_and_bad_name(tmp_path, tiny_data):
     assert f(0) == 1.0 and f(5) == pytest.approx(0.5) and f(10) == pytest.approx(0.0) and f(12) == pytest.approx(0.0)
     with pytest.raises(T.ConfigError, match="lr_schedule"):
         T.main(small(lr_schedule="linear"), tiny_data, tmp_path, device="cpu")
+
+
+def test_bad_target_patch_is_a_config_error():
+    from cebench.errors import ConfigError
+    from cebench.pretrain.train import PretrainConfig, build_ce
+
+    with pytest.raises(ConfigError, match="pretrain.target_patch=7 must be 0 or divide the input size 64"):
+        build_ce(PretrainConfig(target_patch=7), probe=True)
+    assert build_ce(PretrainConfig(target_patch=8), probe=True).input_size == 64
