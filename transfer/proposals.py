@@ -31,7 +31,7 @@ import numpy as np
 from cebench.config import config_hash
 from cebench.errors import CebenchError, ConfigError, DatasetMissingError
 
-PROPOSAL_VERSION = 1
+PROPOSAL_VERSION = 2  # 2: selective search seeded (v1 caches hold boxes in a run-dependent order)
 
 
 @dataclass
@@ -40,6 +40,7 @@ class ProposalConfig:
     mode: str = "fast"                 # selective search strategy: fast | quality | single
     min_side: int = 64                 # upscale smaller images to this short side before segmenting
     max_proposals: int = 2000          # keep the first N (selective search's own ranking)
+    seed: int = 0                      # seed of selective search's pseudo-random ranking (see seed_c_rand)
     min_box: float = 4.0               # drop boxes with a side below this many (original) pixels
     grid_scales: tuple[float, ...] = (0.15, 0.25, 0.35, 0.5, 0.7, 0.9)  # grid: box side / image side
     grid_aspects: tuple[float, ...] = (0.5, 1.0, 2.0)
@@ -70,6 +71,22 @@ def has_selective_search() -> bool:
 
 
 # --------------------------------------------------------------------------------------------- methods
+def seed_c_rand(seed: int) -> bool:
+    """Seed the C library's `rand()`, which OpenCV's selective search draws its ranking from
+    (`rank = rand() / RAND_MAX * level`). Unseeded, the order of the boxes - hence which RoIs Fast R-CNN
+    samples and which boxes `max_proposals` keeps - depended on how many images the process had
+    segmented before, i.e. on how the pool split the work: detection was not reproducible. False when
+    no C library is found (the caller then falls back to a canonical order)."""
+    import ctypes
+
+    try:  # the process's own symbols (libc among them); ctypes.util.find_library would spawn
+        srand = ctypes.CDLL(None).srand  # `ldconfig`, which deadlocked in the forked pool workers
+    except (OSError, AttributeError, TypeError):  # pragma: no cover - e.g. Windows
+        return False
+    srand(ctypes.c_uint(seed & 0xFFFFFFFF))
+    return True
+
+
 def selective_search(rgb: np.ndarray, cfg: ProposalConfig) -> np.ndarray:
     """rgb uint8 [H,W,3] -> boxes float32 [N,4] xyxy (original pixels)."""
     import cv2
@@ -86,8 +103,11 @@ def selective_search(rgb: np.ndarray, cfg: ProposalConfig) -> np.ndarray:
     ss.setBaseImage(img)
     {"fast": ss.switchToSelectiveSearchFast, "quality": ss.switchToSelectiveSearchQuality,
      "single": ss.switchToSingleStrategy}[cfg.mode]()
+    seeded = seed_c_rand(cfg.seed)
     rects = np.asarray(ss.process(), dtype=np.float32).reshape(-1, 4)  # x, y, w, h
     boxes = np.concatenate([rects[:, :2], rects[:, :2] + rects[:, 2:]], 1) / scale
+    if not seeded:  # pragma: no cover - deterministic, though the ranking is lost
+        boxes = boxes[np.lexsort(boxes.T[::-1])]
     return boxes
 
 
