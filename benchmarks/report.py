@@ -1,7 +1,7 @@
 """The report: the paper's tables reproduced beside our numbers, figures, machine and timings.
 
 Reads what the stages wrote (inpainting table, transfer results file, retrieval table, training
-logs) and writes `report/`: results.md, table1.csv, table2.csv, svm.csv, retrieval.csv,
+logs) and writes `report/`: results.md, table1.csv, table2.csv, paired.csv, svm.csv, retrieval.csv,
 fig_inpainting.png, fig_retrieval.png, fig_curves.png, run.json (machine, versions, stage times).
 """
 
@@ -114,6 +114,46 @@ def build_table2(transfer_rows: list[dict]) -> pd.DataFrame:
     return df
 
 
+# The paper's orderings, each as (better, worse): what the paired differences test
+ORDERINGS = [("context encoder", "random"), ("context encoder", "autoencoder"), ("autoencoder", "random"),
+             ("supervised (demo labels)", "context encoder"), ("imagenet", "context encoder")]
+
+
+def build_paired(transfer_rows: list[dict]) -> pd.DataFrame:
+    """Seed-paired differences (points) for the paper's orderings, per fine-tuned task's main metric."""
+    from cebench.transfer.results import paired_difference
+
+    per = {(INIT_DISPLAY.get(r["init"], r["init"]), r["task"]): r.get("per_seed") or {} for r in transfer_rows
+           if r.get("task") in TASK_METRIC and r.get("metric", TASK_METRIC[r["task"]]) == TASK_METRIC[r["task"]]
+           and r.get("status", "ok") == "ok"}
+    rows = []
+    for task in TASK_METRIC:
+        for a, b in ORDERINGS:
+            if (a, task) not in per or (b, task) not in per:
+                continue
+            d = paired_difference(per[(a, task)], per[(b, task)])
+            if not d["n"]:
+                continue
+            rows.append({"task": task, "comparison": f"{a} - {b}", "n": d["n"], "mean_diff": _pct(d["mean_diff"]),
+                         "ci95_low": _pct(d["ci95"][0]), "ci95_high": _pct(d["ci95"][1]), "wins": d["wins"],
+                         "t": d["t"], "p": d["p"], "diffs": " ".join(f"{100 * x:+.1f}" for x in d["diffs"])})
+    return pd.DataFrame(rows, columns=["task", "comparison", "n", "mean_diff", "ci95_low", "ci95_high", "wins", "t",
+                                       "p", "diffs"])
+
+
+def paired_markdown(df: pd.DataFrame) -> str:
+    if not len(df):
+        return "_no seed-paired rows_"
+    show = pd.DataFrame({
+        "task": df["task"], "comparison": df["comparison"],
+        "mean diff (95% CI)": [f"{m:+.1f} ({lo:+.1f}, {hi:+.1f})" if lo == lo else f"{m:+.1f}"
+                               for m, lo, hi in zip(df["mean_diff"], df["ci95_low"], df["ci95_high"])],
+        "wins": [f"{w}/{n}" for w, n in zip(df["wins"], df["n"])],
+        "paired t, p": [f"{t:.2f}, {p:.3f}" if t == t else "-" for t, p in zip(df["t"], df["p"])],
+        "per seed": df["diffs"]})
+    return _md_table(show)
+
+
 def table2_markdown(df: pd.DataFrame) -> str:
     """Paper layout: one row per init, one column per task, ours (mean ± std, n seeds) | paper."""
     if not len(df):
@@ -222,6 +262,8 @@ def write_report(out: Path, *, inpaint_dir: Path, transfer_dirs: list[Path], ret
             rows += json.loads(p.read_text()).get("rows", [])
     t2 = build_table2(rows)
     _atomic_csv(t2[["init", "task", "metric", "mean", "std", "seeds", "paper", "lr", "val"]], rep / "table2.csv")
+    paired = build_paired(rows)
+    _atomic_csv(paired, rep / "paired.csv")
     svm = build_svm_table(rows)
     _atomic_csv(svm, rep / "svm.csv")
 
@@ -266,6 +308,9 @@ def write_report(out: Path, *, inpaint_dir: Path, transfer_dirs: list[Path], ret
            "cls = classification mAP, det = detection mAP, seg = segmentation mean IU (%).", "",
            table2_markdown(t2), ""]
     md += protocol_lines(run_info.get("transfer_protocol") or {}, t2)
+    md += ["Seed-paired differences for the paper's orderings (points; seed k of one init against seed k of "
+           "the other; two-sided paired t-test; a positive mean whose interval excludes 0 is an ordering the "
+           "seeds support):", "", paired_markdown(paired), ""]
     unavailable = t2[t2["status"] == "unavailable"] if len(t2) else t2
     for _, r in unavailable.drop_duplicates("init").iterrows():
         md.append(f"- `{r['init']}` unavailable: {r['note']}")

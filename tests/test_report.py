@@ -5,14 +5,16 @@ import math
 
 import pandas as pd
 
-from cebench.benchmarks.report import build_table1, build_table2, table2_markdown, write_report
+from cebench.benchmarks.report import build_paired, build_table1, build_table2, table2_markdown, write_report
+from cebench.transfer.results import paired_difference
 
 
 def _rows():
     return [
-        {"init": "random", "task": "cls", "metric": "mAP", "mean": 0.5, "std": 0.02, "seeds": 3, "status": "ok"},
+        {"init": "random", "task": "cls", "metric": "mAP", "mean": 0.5, "std": 0.02, "seeds": 3, "status": "ok",
+         "per_seed": {"0": 0.4, "1": 0.6, "2": 0.5}},
         {"init": "context encoder", "task": "cls", "metric": "mAP", "mean": 0.6, "std": 0.01, "seeds": 3, "status": "ok",
-         "lr": 0.003, "val_scores": {"0.001": 0.5, "0.003": 0.55}},
+         "lr": 0.003, "val_scores": {"0.001": 0.5, "0.003": 0.55}, "per_seed": {"0": 0.5, "1": 0.6, "2": 0.7}},
         {"init": "supervised", "task": "seg", "metric": "mean IU", "mean": 0.25, "std": 0.0, "seeds": 3, "status": "ok"},
         {"init": "imagenet", "task": "cls", "metric": "mAP", "mean": math.nan, "std": math.nan, "seeds": 0,
          "status": "unavailable", "reason": "place alexnet-owt-7be5be79.pth in TORCH_HOME"},
@@ -61,3 +63,32 @@ def test_write_report_files(tmp_path):
     assert "- cls: 600 iterations x 32 images, lr from [0.001, 0.003] chosen per init on val" in md
     assert "data-dependent init: every row (within-layer for random, between-layer for loaded weights)" in md
     assert "| context encoder | 0.003 (55.0) |" in md  # chosen lr and its val score
+    paired = pd.read_csv(rep / "paired.csv")
+    assert list(paired["comparison"]) == ["context encoder - random"] and paired["wins"].iloc[0] == 2
+    assert "| cls | context encoder - random | +10.0 (" in md and "| 2/3 |" in md
+
+
+def test_paired_difference_hand_case_and_scipy():
+    """diffs 0.1, 0.0, 0.2: mean 0.1, sd 0.1, t = sqrt(3); with 2 df P(|T| > t) = 1 - t / sqrt(t^2 + 2)."""
+    from scipy import stats
+
+    a = {"0": 0.5, "1": 0.6, "2": 0.7, "9": 0.9}       # seed 9 has no partner: left out
+    b = {"0": 0.4, "1": 0.6, "2": 0.5, "5": None}
+    d = paired_difference(a, b)
+    assert d["n"] == 3 and d["seeds"] == ["0", "1", "2"] and d["wins"] == 2  # a tie is not a win
+    assert math.isclose(d["mean_diff"], 0.1) and math.isclose(d["std_diff"], 0.1)
+    assert math.isclose(d["t"], math.sqrt(3)) and math.isclose(d["p"], 1 - math.sqrt(3) / math.sqrt(5))
+    ref = stats.ttest_rel([0.5, 0.6, 0.7], [0.4, 0.6, 0.5])
+    assert math.isclose(d["t"], ref.statistic) and math.isclose(d["p"], ref.pvalue)
+    half = stats.t.ppf(0.975, 2) * 0.1 / math.sqrt(3)
+    assert math.isclose(d["ci95"][0], 0.1 - half) and math.isclose(d["ci95"][1], 0.1 + half)
+    one = paired_difference({"0": 0.5}, {"0": 0.25})
+    assert one["n"] == 1 and one["mean_diff"] == 0.25 and math.isnan(one["p"])
+
+
+def test_paired_table_for_the_paper_orderings():
+    p = build_paired(_rows())
+    assert list(p["comparison"]) == ["context encoder - random"]  # the only ordering with both rows
+    r = p.iloc[0]
+    assert r["task"] == "cls" and r["n"] == 3 and r["wins"] == 2 and math.isclose(r["mean_diff"], 10.0)
+    assert r["diffs"] == "+10.0 +0.0 +20.0"

@@ -116,6 +116,18 @@ def test_fcn32_shapes_and_bilinear_upsampling():
     assert up.shape[-1] == 64 and torch.allclose(up[0, :, 16:48, 16:48], torch.ones(2, 32, 32))
 
 
+def test_fcn_on_conv5_halves_the_stride():
+    """feature=conv5 drops pool5: an 8x8 score map at stride 8 on the 64 px demo input, same output size."""
+    enc = build_encoder(AlexNetConfig())
+    net = FCN32(enc, 5, feature="conv5").eval()
+    assert net.stride == 8 and net.upscore.weight.shape == (5, 1, 16, 16)
+    x = torch.randn(2, 3, 64, 64)
+    assert enc.forward_intermediates(x, ("conv5",))["conv5"].shape[-1] == 8
+    assert net(x).shape == (2, 5, 64, 64)
+    with pytest.raises(ValueError, match="pool5' or 'conv5"):
+        FCN32(enc, 5, feature="conv4")
+
+
 def test_fcn32_per_class_upscore_equals_dense_bilinear_at_init():
     """The per-class (grouped) up-convolution starts as FCN's dense diagonal bilinear one."""
     net = FCN32(build_encoder(AlexNetConfig()), 5)

@@ -90,6 +90,31 @@ class ResultsTable:
         return pd.DataFrame([{c: r.get(c) for c in COLUMNS} for r in rows], columns=COLUMNS)
 
 
+def paired_difference(a: dict, b: dict) -> dict:
+    """Seed-paired comparison of two rows' `per_seed` values ({seed: value}): a - b on the seeds both
+    have (the same seed gives both inits the same head init, data order and augmentations, so the
+    pair removes that share of the spread). Two-sided paired t-test and the 95% interval of the mean
+    difference; with one common seed only the difference itself."""
+    from scipy import stats
+
+    common = sorted(set(k for k, v in a.items() if v is not None and math.isfinite(v)) &
+                    set(k for k, v in b.items() if v is not None and math.isfinite(v)), key=str)
+    d = np.array([a[k] - b[k] for k in common], dtype=np.float64)
+    out = {"seeds": [str(k) for k in common], "n": int(d.size), "diffs": d.tolist(),
+           "mean_diff": float(d.mean()) if d.size else math.nan, "wins": int((d > 0).sum()),
+           "std_diff": math.nan, "t": math.nan, "p": math.nan, "ci95": (math.nan, math.nan)}
+    if d.size >= 2:
+        sd = float(d.std(ddof=1))
+        out["std_diff"] = sd
+        if sd > 0:
+            se = sd / math.sqrt(d.size)
+            out["t"] = float(d.mean() / se)
+            out["p"] = float(2 * stats.t.sf(abs(out["t"]), d.size - 1))
+            h = float(stats.t.ppf(0.975, d.size - 1)) * se
+            out["ci95"] = (out["mean_diff"] - h, out["mean_diff"] + h)
+    return out
+
+
 def format_table(df: pd.DataFrame, scale: float = 100.0) -> str:
     """Markdown-ish table: one line per row with mean +- std (xscale) and the seed count."""
     lines = [f"{'task':<6} {'metric':<14} {'init':<22} {'mean +- std':>16} seeds"]
@@ -114,4 +139,4 @@ def write_json(path, data: dict) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, default=_json_default))
 
 
-__all__ = ["ResultsTable", "summarize", "format_table", "write_json", "COLUMNS"]
+__all__ = ["ResultsTable", "summarize", "paired_difference", "format_table", "write_json", "COLUMNS"]

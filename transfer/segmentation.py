@@ -34,6 +34,7 @@ class SegConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     fc_dim: int = 256             # fc6/fc7 channels (paper 4096)
     fc6_kernel: int = 3           # paper 7 (FCN) on 227-px AlexNet; 3 on the 4x4 demo pool5
+    feature: str = "pool5"        # trunk layer under fc6: pool5 (FCN-32s) | conv5 (pool5 dropped: half the stride)
     dropout: float = 0.5
     load_size: int = 64
     scale: list[float] = field(default_factory=lambda: [1.0, 1.0])
@@ -57,15 +58,18 @@ def bilinear_kernel(channels: int, k: int) -> Tensor:
 
 class FCN32(nn.Module):
     def __init__(self, encoder: nn.Module, num_classes: int, *, fc_dim: int = 256, fc6_kernel: int = 3,
-                 dropout: float = 0.5):
+                 dropout: float = 0.5, feature: str = "pool5"):
         super().__init__()
+        if feature not in ("pool5", "conv5"):
+            raise ValueError(f"seg feature must be 'pool5' or 'conv5', got {feature!r}")
         self.encoder = encoder
+        self.feature = feature
         c = encoder.out_channels
         self.fc6 = nn.Conv2d(c, fc_dim, fc6_kernel, padding=fc6_kernel // 2)
         self.fc7 = nn.Conv2d(fc_dim, fc_dim, 1)
         self.drop = nn.Dropout2d(dropout)
         self.score = nn.Conv2d(fc_dim, num_classes, 1)
-        s = encoder.feature_stride("pool5")
+        s = encoder.feature_stride(feature)
         self.stride = s
         self.upscore = nn.ConvTranspose2d(num_classes, num_classes, 2 * s, stride=s, padding=s // 2, bias=False,
                                           groups=num_classes)  # weight [K, 1, 2s, 2s]
@@ -76,7 +80,7 @@ class FCN32(nn.Module):
             nn.init.zeros_(self.score.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        f = self.encoder.forward_features(x)                 # [B, C5, n, n]
+        f = self.encoder.forward_intermediates(x, (self.feature,))[self.feature]  # [B, C5, n, n]
         h = self.drop(F.relu(self.fc6(f)))
         h = self.drop(F.relu(self.fc7(h)))
         y = self.upscore(self.score(h))                       # [B, K, n*s, n*s]
@@ -114,7 +118,8 @@ def seg_task(job, ctx: TaskContext) -> dict:
     ev = load_split(ctx.root, job.eval_split, kind="seg", load_size=cfg.load_size, cache_dir=ctx.cache_dir)
     encoder = encoder_for_job(job, ctx, to_input(fit["images"][: ctx.magic_images]))
     k = len(fit["classes"])
-    model = place_model(FCN32(encoder, k, fc_dim=cfg.fc_dim, fc6_kernel=cfg.fc6_kernel, dropout=cfg.dropout), device)
+    model = place_model(FCN32(encoder, k, fc_dim=cfg.fc_dim, fc6_kernel=cfg.fc6_kernel, dropout=cfg.dropout,
+                                      feature=cfg.feature), device)
     opt, sched = make_optimizer(model, cfg.optim, job.lr, cfg.iterations, backbone=model.encoder)
     batches = TensorBatches((fit["images"], fit["masks"]), cfg.batch_size, seed=job.seed,
                             augment=make_augment(cfg, encoder.cfg.input_size), device=device)
