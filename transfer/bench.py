@@ -50,17 +50,22 @@ def bench_cls(device, quick=False, arch=None) -> dict:
     return {"train_images_per_s": tr, "infer_images_per_s": inf, "input": s, "batch": 32}
 
 
-def bench_seg(device, quick=False, arch=None) -> dict:
+def bench_seg(device, quick=False, arch=None, feature: str = "pool5") -> dict:
     arch = arch or AlexNetConfig.demo()
-    model = place_model(FCN32(build_encoder(arch), 21), device)
+    model = place_model(FCN32(build_encoder(arch), 21, feature=feature), device)
     s = arch.input_size
     mk = lambda b: (torch.randn(b, 3, s, s), torch.randint(0, 21, (b, s, s)))  # noqa: E731
     loss = lambda out, y: F.cross_entropy(out, y, ignore_index=255)  # noqa: E731
     tr, inf = _throughput(model, mk, loss, device, 3 if quick else 20, 32)
-    return {"train_images_per_s": tr, "infer_images_per_s": inf, "input": s, "batch": 32}
+    return {"train_images_per_s": tr, "infer_images_per_s": inf, "input": s, "batch": 32, "feature": feature}
 
 
-BENCHES = [("cls", bench_cls), ("seg", bench_seg), ("det", bench_det)]
+def bench_seg_conv5(device, quick=False, arch=None) -> dict:
+    """The demo's segmentation head: on conv5 (stride 8), pool5 dropped."""
+    return bench_seg(device, quick, arch, feature="conv5")
+
+
+BENCHES = [("cls", bench_cls), ("seg", bench_seg), ("seg_conv5", bench_seg_conv5), ("det", bench_det)]
 
 
 def bench_transfer(out_path=None, device="auto", quick: bool = False, extra=()) -> dict:
