@@ -124,8 +124,13 @@ def test_fcn_on_conv5_halves_the_stride():
     x = torch.randn(2, 3, 64, 64)
     assert enc.forward_intermediates(x, ("conv5",))["conv5"].shape[-1] == 8
     assert net(x).shape == (2, 5, 64, 64)
-    with pytest.raises(ValueError, match="pool5' or 'conv5"):
+    with pytest.raises(ValueError, match="seg feature must be one of"):
         FCN32(enc, 5, feature="conv4")
+    from cebench.errors import ConfigError
+    from cebench.transfer.segmentation import SegConfig
+
+    with pytest.raises(ConfigError, match="transfer.seg.feature must be one of pool5, conv5, got 'conv4'"):
+        SegConfig(feature="conv4")
 
 
 def test_fcn32_per_class_upscore_equals_dense_bilinear_at_init():

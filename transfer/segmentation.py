@@ -2,7 +2,8 @@
 
 fc6 / fc7 convolutionalised (fc6 a `fc6_kernel` conv on pool5, fc7 1x1, dropout), a 1x1 score layer
 over K = 1 + C classes (background first), and one learned up-convolution of stride = the pool5
-stride, initialised bilinear. It is per class (each class's scores upsampled by its own kernel,
+stride, initialised bilinear (`feature="conv5"` puts fc6 on conv5 instead, pool5 dropped: half the
+stride, for small inputs whose pool5 grid is too coarse). It is per class (each class's scores upsampled by its own kernel,
 groups = K): FCN-32s itself keeps this layer fixed at the bilinear kernel, which maps each class to
 itself, so per-class learned kernels cover it, and they cost about a third of a dense K x K one on CPU,
 where the dense up-convolution was the largest single cost of a demo training step. Outputs are resized to the input when the stride does not
@@ -18,12 +19,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cebench.errors import ConfigError
 from cebench.runtime import place_model
 
 from .common import TaskContext, encoder_for_job, pick_device
 from .data import flip_rot_perm, load_split, scale_crop, to_input
 from .engine import OptimConfig, TensorBatches, make_optimizer, train_one_epoch
 from .metrics import confusion_matrix, iou_per_class, mean_iu, pixel_accuracy
+
+
+SEG_FEATURES = ("pool5", "conv5")  # the trunk layer under fc6
 
 
 @dataclass
@@ -44,6 +49,10 @@ class SegConfig:
     eval_batch: int = 128
     ignore_index: int = 255
 
+    def __post_init__(self):
+        if self.feature not in SEG_FEATURES:
+            raise ConfigError(f"transfer.seg.feature must be one of {', '.join(SEG_FEATURES)}, got {self.feature!r}")
+
 
 def bilinear_kernel(channels: int, k: int) -> Tensor:
     """[C, C, k, k] bilinear up-sampling weights (each channel to itself), as FCN initialises them."""
@@ -60,8 +69,8 @@ class FCN32(nn.Module):
     def __init__(self, encoder: nn.Module, num_classes: int, *, fc_dim: int = 256, fc6_kernel: int = 3,
                  dropout: float = 0.5, feature: str = "pool5"):
         super().__init__()
-        if feature not in ("pool5", "conv5"):
-            raise ValueError(f"seg feature must be 'pool5' or 'conv5', got {feature!r}")
+        if feature not in SEG_FEATURES:
+            raise ValueError(f"seg feature must be one of {SEG_FEATURES}, got {feature!r}")
         self.encoder = encoder
         self.feature = feature
         c = encoder.out_channels
@@ -119,7 +128,7 @@ def seg_task(job, ctx: TaskContext) -> dict:
     encoder = encoder_for_job(job, ctx, to_input(fit["images"][: ctx.magic_images]))
     k = len(fit["classes"])
     model = place_model(FCN32(encoder, k, fc_dim=cfg.fc_dim, fc6_kernel=cfg.fc6_kernel, dropout=cfg.dropout,
-                                      feature=cfg.feature), device)
+                              feature=cfg.feature), device)
     opt, sched = make_optimizer(model, cfg.optim, job.lr, cfg.iterations, backbone=model.encoder)
     batches = TensorBatches((fit["images"], fit["masks"]), cfg.batch_size, seed=job.seed,
                             augment=make_augment(cfg, encoder.cfg.input_size), device=device)
