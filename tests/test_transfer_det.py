@@ -199,7 +199,8 @@ def test_selective_search_order_is_reproducible():
     again = selective_search(a, cfg)
     assert len(first) > 10 and np.array_equal(first, again)
     other_seed = selective_search(a, ProposalConfig(mode="fast", min_side=64, seed=7))
-    # another seed (glibc takes 0 and 1 as the same): the same set of boxes in another order (the ranking is the only random part)
+    # another seed (glibc takes 0 and 1 as the same): the same set of boxes in another order
+    # (the ranking is the only random part)
     assert set(map(tuple, other_seed.tolist())) == set(map(tuple, first.tolist()))
     assert not np.array_equal(other_seed, first)
 

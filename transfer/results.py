@@ -97,8 +97,10 @@ def paired_difference(a: dict, b: dict) -> dict:
     difference; with one common seed only the difference itself."""
     from scipy import stats
 
-    common = sorted(set(k for k, v in a.items() if v is not None and math.isfinite(v)) &
-                    set(k for k, v in b.items() if v is not None and math.isfinite(v)), key=str)
+    def finite(row: dict) -> set:
+        return {k for k, v in row.items() if v is not None and math.isfinite(v)}
+
+    common = sorted(finite(a) & finite(b), key=str)
     d = np.array([a[k] - b[k] for k in common], dtype=np.float64)
     out = {"seeds": [str(k) for k in common], "n": int(d.size), "diffs": d.tolist(),
            "mean_diff": float(d.mean()) if d.size else math.nan, "wins": int((d > 0).sum()),
