@@ -1,13 +1,14 @@
 """Semantic segmentation with an FCN-32s head on the AlexNet trunk (`cebench transfer seg`).
 
-fc6 / fc7 convolutionalised (fc6 a `fc6_kernel` conv on pool5, fc7 1x1, dropout), a 1x1 score layer
-over K = 1 + C classes (background first), and one learned up-convolution of stride = the pool5
-stride, initialised bilinear (`feature="conv5"` puts fc6 on conv5 instead, pool5 dropped: half the
-stride, for small inputs whose pool5 grid is too coarse). It is per class (each class's scores
-upsampled by its own kernel, groups = K): FCN-32s itself keeps this layer fixed at the bilinear kernel, which maps each class to
-itself, so per-class learned kernels cover it, and they cost about a third of a dense K x K one on CPU,
-where the dense up-convolution was the largest single cost of a demo training step. Outputs are resized to the input when the stride does not
-divide it. Loss: pixel cross-entropy ignoring 255. Metric: mean IU from the confusion matrix.
+fc6 / fc7 convolutionalised (fc6 a `fc6_kernel` conv on pool5, fc7 1x1, dropout), a 1x1 score layer over
+K = 1 + C classes (background first), and one learned up-convolution of stride = the pool5 stride,
+initialised bilinear (`feature="conv5"` puts fc6 on conv5 instead, pool5 dropped: half the stride, for
+small inputs whose pool5 grid is too coarse). It is per class (each class's scores upsampled by its own
+kernel, groups = K): FCN-32s itself keeps this layer fixed at the bilinear kernel, which maps each class
+to itself, so per-class learned kernels cover it, and they cost about a third of a dense K x K one on
+CPU, where the dense up-convolution was the largest single cost of a demo training step. Outputs are
+resized to the input when the stride does not divide it. Loss: pixel cross-entropy ignoring 255. Metric:
+mean IU from the confusion matrix.
 """
 
 from __future__ import annotations
