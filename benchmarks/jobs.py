@@ -9,7 +9,6 @@ jobs (which themselves resume from their `last` checkpoints where they have one)
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import signal
@@ -21,6 +20,7 @@ from pathlib import Path
 
 from cebench.config import atomic_write_text
 from cebench.errors import CebenchError
+from cebench.locks import file_lock
 
 DONE = ".done.json"
 
@@ -75,18 +75,13 @@ def _env(job: Job) -> dict:
 @contextlib.contextmanager
 def exclusive(out_dir: Path):
     """One pipeline per output folder: a second `cebench run` on the same folder fails at once."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fh = open(out_dir / ".run.lock", "w")
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.close()
-        raise CebenchError(f"{out_dir}: another `cebench run` is using this folder; wait for it or use another --out")
-    try:
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(file_lock(out_dir / ".run.lock", wait=False))
+        except BlockingIOError:
+            raise CebenchError(f"{out_dir}: another `cebench run` is using this folder; "
+                               "wait for it or use another --out") from None
         yield
-    finally:
-        fcntl.flock(fh, fcntl.LOCK_UN)
-        fh.close()
 
 
 def _terminate_on_sigterm(signum, frame):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import time
 import dataclasses
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -14,6 +16,7 @@ from PIL import Image
 from cebench.data.demo import DEMO_PRESETS, MARKER_NAME, DemoDataConfig, generate_demo
 from cebench.data.voc import VOCDetection, VOCIndex
 from cebench.errors import CebenchError
+from cebench.locks import file_lock
 
 SMALL = DemoDataConfig(n_pretrain=12, n_trainval=16, n_test=8, workers=1)
 
@@ -146,3 +149,31 @@ def test_cli_demo_and_check(tmp_path, capsys):
     args = parser.parse_args(["data", "check", str(tmp_path)])
     assert args.func(args) == 0
     assert "OK" in capsys.readouterr().out
+
+
+def _generate_in_child(out, barrier):
+    barrier.wait()
+    generate_demo(out, SMALL)
+
+
+def test_side_by_side_generators_share_one_tree(tmp_path):
+    """Two stage commands started at once on a fresh data folder: the second waits for the first's tree.
+
+    Without the lock the second deleted the first's temporary folder as stale (and later its finished
+    tree), and the first failed with a missing image."""
+    ctx = multiprocessing.get_context("fork")
+    out = tmp_path / "shared"
+    with file_lock(out / "VOCdevkit" / ".VOC2007.lock"):
+        barrier = ctx.Barrier(2)
+        procs = [ctx.Process(target=_generate_in_child, args=(out, barrier)) for _ in range(2)]
+        for p in procs:
+            p.start()
+        time.sleep(1.0)  # both children are past the barrier and blocked on the lock we hold
+        assert all(p.is_alive() for p in procs)
+        assert not list((out / "VOCdevkit").glob(".VOC2007.tmp-*"))
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert not list((out / "VOCdevkit").glob(".VOC2007.tmp-*"))
+    ref, got = _files(generate_demo(tmp_path / "ref", SMALL)), _files(out / "VOCdevkit" / "VOC2007")
+    assert ref.keys() == got.keys() and all(ref[k] == got[k] for k in ref)

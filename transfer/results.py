@@ -9,8 +9,6 @@ with `status="unavailable"` and the reason.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import math
 import os
@@ -20,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from cebench.config import atomic_write_text
+from cebench.locks import file_lock
 
 COLUMNS = ["init", "task", "metric", "mean", "std", "seeds", "status"]
 
@@ -30,17 +29,6 @@ def summarize(values) -> tuple[float, float, int]:
     if v.size == 0:
         return math.nan, math.nan, 0
     return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0, int(v.size)
-
-
-@contextlib.contextmanager
-def _locked(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 class ResultsTable:
@@ -75,7 +63,7 @@ class ResultsTable:
         return json.loads(path.read_text()).get("rows", [])
 
     def save(self) -> pd.DataFrame:
-        with _locked(self.json_path):
+        with file_lock(self.json_path.with_name(self.json_path.name + ".lock")):
             merged = {(r["init"], r["task"], r["metric"]): r for r in self.read(self.json_path)}
             merged.update(self.rows)
             rows = sorted(merged.values(), key=lambda r: (r["task"], r["metric"], r["init"]))

@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from cebench.errors import CebenchError, ConfigError
+from cebench.locks import file_lock
 from cebench.data.voc import CLASSES_FILE, voc_palette
 
 GENERATOR_VERSION = 2
@@ -384,6 +385,13 @@ def generate_demo(out_dir, cfg: DemoDataConfig | None = None, *, force: bool = F
     """
     cfg = cfg or DemoDataConfig()
     devkit = Path(out_dir) / "VOCdevkit"
+    # two stage commands started side by side on a fresh data folder both land here: the second waits for
+    # the first's tree instead of deleting its temporary folder as stale and then its finished tree
+    with file_lock(devkit / f".VOC{YEAR}.lock"):
+        return _generate_locked(devkit, cfg, force)
+
+
+def _generate_locked(devkit: Path, cfg: DemoDataConfig, force: bool) -> Path:
     voc = devkit / f"VOC{YEAR}"
     key = content_key(cfg)
     if voc.exists():
