@@ -66,21 +66,23 @@ def test_two_process_gloo_ddp(tmp_path):
     script.write_text(textwrap.dedent(r"""
         import sys, torch
         from cebench.runtime import init_runtime, wrap_ddp, all_reduce_sum, all_gather_cat, cleanup, seed_everything
+        def run(rt):  # the DDP wrapper dies with this frame, before cleanup (see cleanup's docstring)
+            seed_everything(0)
+            model = wrap_ddp(torch.nn.Linear(4, 1), rt)
+            x = torch.full((2, 4), float(rt.rank + 1))
+            model(x).sum().backward()
+            g = model.module.weight.grad.clone()
+            total = all_reduce_sum(torch.tensor([float(rt.rank + 1)]), rt)
+            gathered = all_gather_cat(torch.tensor([rt.rank]))
+            return f"rank={rt.rank} world={rt.world_size} total={total.item()} grad={g[0,0].item():.3f} gathered={gathered.tolist()}"
         rt = init_runtime("cpu")
-        seed_everything(0)
-        model = wrap_ddp(torch.nn.Linear(4, 1), rt)
-        x = torch.full((2, 4), float(rt.rank + 1))
-        model(x).sum().backward()
-        g = model.module.weight.grad.clone()
-        total = all_reduce_sum(torch.tensor([float(rt.rank + 1)]), rt)
-        gathered = all_gather_cat(torch.tensor([rt.rank]))
-        print(f"\nrank={rt.rank} world={rt.world_size} total={total.item()} grad={g[0,0].item():.3f} gathered={gathered.tolist()}", flush=True)
+        print("\n" + run(rt), flush=True)
         cleanup(rt)
     """))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(_free_port()), str(script)]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
     lines = sorted(l for l in out.stdout.splitlines() if l.startswith("rank="))
     assert len(lines) == 2
     # DDP averages gradients: d/dw sum(w.x) = 2*x per rank -> mean of 2*1 and 2*2 = 3
