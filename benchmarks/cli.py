@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     from cebench.transfer import cli as transfer_cli
 
     from . import bench as bench_cli
-    from . import pipeline_cli
+    from . import pipeline_cli, replicates
 
     parser = argparse.ArgumentParser(
         prog="cebench",
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     common = common_parser()
-    for module in (pipeline_cli, data_cli, pretrain_cli, transfer_cli, retrieval_cli, bench_cli):
+    for module in (pipeline_cli, replicates, data_cli, pretrain_cli, transfer_cli, retrieval_cli, bench_cli):
         module.register(sub, common)
     return parser
 

@@ -259,6 +259,9 @@ def _main(config_path: Path, overrides, out: Path, *, device: str, force, dry_ru
         "wall_minutes": wall, "uncached_wall_minutes": full, "demo": not cfg["data"]["root"],
         "jobs": {n: {"status": r.status, "seconds": r.seconds} for n, r in results.items()},
         "transfer_protocol": transfer_protocol(cfg),
+        # what makes two runs independent replicates (`cebench replicates` refuses two identical ones)
+        "replicate": {"data": cfg["data"]["root"] or f"demo:{data_cfg.demo}", "demo_seed": data_cfg.demo_seed,
+                      "pretrain_seed": cfg.get("pretrain", {}).get("seed")},
     }
     pretrain_dirs = {m: out / "pretrain" / m for m in cfg["run"]["methods"]}
     if cfg["run"]["inpaint"]:

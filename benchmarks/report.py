@@ -119,24 +119,38 @@ ORDERINGS = [("context encoder", "random"), ("context encoder", "autoencoder"), 
              ("supervised (demo labels)", "context encoder"), ("imagenet", "context encoder")]
 
 
-def build_paired(transfer_rows: list[dict]) -> pd.DataFrame:
-    """Seed-paired differences (points) for the paper's orderings, per fine-tuned task's main metric."""
+def per_seed_values(transfer_rows: list[dict]) -> dict[tuple[str, str], dict]:
+    """{(init display name, task): {seed: value}} for each fine-tuned task's main metric (ok rows)."""
+    return {(INIT_DISPLAY.get(r["init"], r["init"]), r["task"]): r.get("per_seed") or {} for r in transfer_rows
+            if r.get("task") in TASK_METRIC and r.get("metric", TASK_METRIC[r["task"]]) == TASK_METRIC[r["task"]]
+            and r.get("status", "ok") == "ok"}
+
+
+def build_per_seed(transfer_rows: list[dict]) -> pd.DataFrame:
+    """Long table (init, task, metric, seed, value in points): what `cebench replicates` combines."""
+    rows = [{"init": init, "task": task, "metric": TASK_METRIC[task], "seed": str(seed), "value": _pct(v)}
+            for (init, task), vals in per_seed_values(transfer_rows).items() for seed, v in vals.items()]
+    return pd.DataFrame(rows, columns=["init", "task", "metric", "seed", "value"])
+
+
+def paired_rows(per: dict[tuple[str, str], dict]):
+    """(task, better, worse, paired_difference) for each of the paper's orderings both inits have."""
     from cebench.transfer.results import paired_difference
 
-    per = {(INIT_DISPLAY.get(r["init"], r["init"]), r["task"]): r.get("per_seed") or {} for r in transfer_rows
-           if r.get("task") in TASK_METRIC and r.get("metric", TASK_METRIC[r["task"]]) == TASK_METRIC[r["task"]]
-           and r.get("status", "ok") == "ok"}
-    rows = []
     for task in TASK_METRIC:
         for a, b in ORDERINGS:
-            if (a, task) not in per or (b, task) not in per:
-                continue
-            d = paired_difference(per[(a, task)], per[(b, task)])
-            if not d["n"]:
-                continue
-            rows.append({"task": task, "comparison": f"{a} - {b}", "n": d["n"], "mean_diff": _pct(d["mean_diff"]),
-                         "ci95_low": _pct(d["ci95"][0]), "ci95_high": _pct(d["ci95"][1]), "wins": d["wins"],
-                         "t": d["t"], "p": d["p"], "diffs": " ".join(f"{100 * x:+.1f}" for x in d["diffs"])})
+            if (a, task) in per and (b, task) in per:
+                d = paired_difference(per[(a, task)], per[(b, task)])
+                if d["n"]:
+                    yield task, a, b, d
+
+
+def build_paired(transfer_rows: list[dict]) -> pd.DataFrame:
+    """Seed-paired differences (points) for the paper's orderings, per fine-tuned task's main metric."""
+    rows = [{"task": task, "comparison": f"{a} - {b}", "n": d["n"], "mean_diff": _pct(d["mean_diff"]),
+             "ci95_low": _pct(d["ci95"][0]), "ci95_high": _pct(d["ci95"][1]), "wins": d["wins"],
+             "t": d["t"], "p": d["p"], "diffs": " ".join(f"{100 * x:+.1f}" for x in d["diffs"])}
+            for task, a, b, d in paired_rows(per_seed_values(transfer_rows))]
     return pd.DataFrame(rows, columns=["task", "comparison", "n", "mean_diff", "ci95_low", "ci95_high", "wins", "t",
                                        "p", "diffs"])
 
@@ -264,6 +278,7 @@ def write_report(out: Path, *, inpaint_dir: Path, transfer_dirs: list[Path], ret
     _atomic_csv(t2[["init", "task", "metric", "mean", "std", "seeds", "paper", "lr", "val"]], rep / "table2.csv")
     paired = build_paired(rows)
     _atomic_csv(paired, rep / "paired.csv")
+    _atomic_csv(build_per_seed(rows), rep / "per_seed.csv")
     svm = build_svm_table(rows)
     _atomic_csv(svm, rep / "svm.csv")
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-REPORT_FILES = ["results.md", "table1.csv", "table2.csv", "svm.csv", "retrieval.csv", "run.json",
-                "fig_inpainting.png", "fig_retrieval.png", "fig_curves.png"]
+REPORT_FILES = ["results.md", "table1.csv", "table2.csv", "paired.csv", "per_seed.csv", "svm.csv", "retrieval.csv",
+                "run.json", "fig_inpainting.png", "fig_retrieval.png", "fig_curves.png"]
 
 
 def _cebench(args, **kw):
@@ -78,6 +78,7 @@ def test_tiny_pipeline_kill_resume_and_report(tmp_path):
     assert "Table 1" in md and "Table 2" in md and "56.5" in md  # the paper's CE cls number beside ours
     info = json.loads((rep / "run.json").read_text())
     assert info["machine"]["torch"] and info["jobs"]
+    assert info["replicate"] == {"data": "demo:tiny", "demo_seed": 0, "pretrain_seed": 0}
 
     third = _cebench(["run", "--config", "tiny", "--out", str(out)], timeout=300)
     assert third.returncode == 0

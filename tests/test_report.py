@@ -66,6 +66,11 @@ def test_write_report_files(tmp_path):
     paired = pd.read_csv(rep / "paired.csv")
     assert list(paired["comparison"]) == ["context encoder - random"] and paired["wins"].iloc[0] == 2
     assert "| cls | context encoder - random | +10.0 (" in md and "| 2/3 |" in md
+    per = pd.read_csv(rep / "per_seed.csv", dtype={"seed": str})  # main metric of fine-tuned rows only, in points
+    assert list(per.columns) == ["init", "task", "metric", "seed", "value"]
+    assert sorted(zip(per["init"], per["seed"], per["value"])) == [
+        ("context encoder", "0", 50.0), ("context encoder", "1", 60.0), ("context encoder", "2", 70.0),
+        ("random", "0", 40.0), ("random", "1", 60.0), ("random", "2", 50.0)]
 
 
 def test_paired_difference_hand_case_and_scipy():

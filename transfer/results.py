@@ -105,6 +105,37 @@ def paired_difference(a: dict, b: dict) -> dict:
     return out
 
 
+def combine_paired(parts: list[dict]) -> dict:
+    """Fixed-effect combination of independent replicates' seed-paired differences.
+
+    parts: `paired_difference` results, one per replicate (e.g. one per independently generated dataset,
+    each with its own pretraining). Each replicate with n >= 2 and a nonzero spread is weighted by the
+    inverse of its squared standard error; the combined mean's 95% interval and two-sided p use a t
+    distribution with the pooled degrees of freedom sum(n_r - 1), since each standard error is itself
+    estimated from few seeds. Cochran's Q (chi-square, k - 1 df) tests whether the replicates disagree
+    more than their own seed spread allows: a small p_q means the effect depends on the replicate and
+    the combined mean hides it.
+    """
+    from scipy import stats
+
+    used = [p for p in parts if p["n"] >= 2 and p["std_diff"] == p["std_diff"] and p["std_diff"] > 0]
+    out = {"replicates": len(used), "n": int(sum(p["n"] for p in used)), "wins": int(sum(p["wins"] for p in used)),
+           "mean_diff": math.nan, "se": math.nan, "df": 0, "t": math.nan, "p": math.nan,
+           "ci95": (math.nan, math.nan), "q": math.nan, "p_q": math.nan}
+    if not used:
+        return out
+    d = np.array([p["mean_diff"] for p in used])
+    w = np.array([p["n"] / p["std_diff"] ** 2 for p in used])  # 1 / se_r^2
+    mean, se, df = float((w * d).sum() / w.sum()), float(1.0 / math.sqrt(w.sum())), int(sum(p["n"] - 1 for p in used))
+    t = mean / se
+    h = float(stats.t.ppf(0.975, df)) * se
+    out.update(mean_diff=mean, se=se, df=df, t=t, p=float(2 * stats.t.sf(abs(t), df)), ci95=(mean - h, mean + h))
+    if len(used) >= 2:
+        q = float((w * (d - mean) ** 2).sum())
+        out.update(q=q, p_q=float(stats.chi2.sf(q, len(used) - 1)))
+    return out
+
+
 def format_table(df: pd.DataFrame, scale: float = 100.0) -> str:
     """Markdown-ish table: one line per row with mean +- std (xscale) and the seed count."""
     lines = [f"{'task':<6} {'metric':<14} {'init':<22} {'mean +- std':>16} seeds"]
@@ -129,4 +160,4 @@ def write_json(path, data: dict) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, default=_json_default))
 
 
-__all__ = ["ResultsTable", "summarize", "paired_difference", "format_table", "write_json", "COLUMNS"]
+__all__ = ["ResultsTable", "summarize", "paired_difference", "combine_paired", "format_table", "write_json", "COLUMNS"]

@@ -1,0 +1,138 @@
+"""`cebench replicates`: does an ordering of Table 2 hold up across independent replicates of the benchmark?
+
+A replicate is a whole `cebench run` on its own data and pretraining (e.g. the demo with another
+`data.demo_seed`: new pretraining images, new labelled images, new checkpoints). Within a run the seeds
+are paired (same head init, data order and augmentations for every init); across runs everything is
+independent. This command reads each run's `report/per_seed.csv`, prints the seed-paired difference of
+every paper ordering per replicate, and their fixed-effect combination with a heterogeneity test
+(`transfer.results.combine_paired`). Nothing is rerun.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from cebench.config import atomic_write_text
+from cebench.errors import CebenchError
+
+from .report import _atomic_csv, _md_table, paired_rows
+
+COLUMNS = ["task", "comparison", "replicate", "n", "mean_diff", "ci95_low", "ci95_high", "wins", "p", "q", "p_q"]
+
+
+def replicate_name(report_dir: Path) -> str:
+    report_dir = Path(report_dir)
+    return report_dir.parent.name if report_dir.name == "report" else report_dir.name
+
+
+def load_replicate(report_dir) -> tuple[dict[tuple[str, str], dict], dict | None]:
+    """({(init, task): {seed: value in points}}, the run's replicate identity or None) of one report folder."""
+    report_dir = Path(report_dir)
+    path = report_dir / "per_seed.csv"
+    if not path.is_file():
+        raise CebenchError(f"{path}: missing; point at a report folder written by `cebench run` (rerun it on its run "
+                           "folder to rewrite the report: every stage is cached)")
+    try:
+        df = pd.read_csv(path, dtype={"seed": str})
+    except (ValueError, pd.errors.ParserError) as exc:
+        raise CebenchError(f"{path}: not a per-seed table ({exc})") from None
+    missing = {"init", "task", "seed", "value"} - set(df.columns)
+    if missing:
+        raise CebenchError(f"{path}: not a per-seed table (no column {', '.join(sorted(missing))})")
+    per: dict[tuple[str, str], dict] = {}
+    for r in df.itertuples(index=False):
+        per.setdefault((r.init, r.task), {})[r.seed] = float(r.value)
+    identity = None
+    run_json = report_dir / "run.json"
+    if run_json.is_file():
+        identity = json.loads(run_json.read_text()).get("replicate")
+    return per, identity
+
+
+def build_replicates(replicates: dict[str, dict[tuple[str, str], dict]]) -> pd.DataFrame:
+    """One row per (task, ordering, replicate) and a `combined` row per (task, ordering) with Cochran's Q."""
+    from cebench.transfer.results import combine_paired
+
+    by_key: dict[tuple[str, str], list[tuple[str, dict]]] = {}
+    for name, per in replicates.items():
+        for task, a, b, d in paired_rows(per):
+            by_key.setdefault((task, f"{a} - {b}"), []).append((name, d))
+    rows = []
+    for (task, comparison), parts in by_key.items():
+        for name, d in parts:
+            rows.append({"task": task, "comparison": comparison, "replicate": name, "n": d["n"],
+                         "mean_diff": d["mean_diff"], "ci95_low": d["ci95"][0], "ci95_high": d["ci95"][1],
+                         "wins": d["wins"], "p": d["p"], "q": None, "p_q": None})
+        c = combine_paired([d for _, d in parts])
+        rows.append({"task": task, "comparison": comparison, "replicate": f"combined ({c['replicates']})",
+                     "n": c["n"], "mean_diff": c["mean_diff"], "ci95_low": c["ci95"][0], "ci95_high": c["ci95"][1],
+                     "wins": c["wins"], "p": c["p"], "q": c["q"], "p_q": c["p_q"]})
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def replicates_markdown(df: pd.DataFrame) -> str:
+    if not len(df):
+        return "_no ordering has paired seeds in these reports_"
+
+    def num(v, fmt):
+        return "-" if v is None or v != v else format(v, fmt)
+
+    show = pd.DataFrame({
+        "task": df["task"], "comparison": df["comparison"], "replicate": df["replicate"],
+        "mean diff (95% CI)": [f"{num(m, '+.1f')} ({num(lo, '+.1f')}, {num(hi, '+.1f')})"
+                               for m, lo, hi in zip(df["mean_diff"], df["ci95_low"], df["ci95_high"])],
+        "wins": [f"{w}/{n}" for w, n in zip(df["wins"], df["n"])],
+        "p": [num(p, ".3f") for p in df["p"]],
+        "heterogeneity Q, p": [f"{num(q, '.2f')}, {num(pq, '.3f')}" if q is not None and q == q else ""
+                               for q, pq in zip(df["q"], df["p_q"])]})
+    return _md_table(show)
+
+
+def main(report_dirs: list[str], out: Path) -> pd.DataFrame:
+    if len(report_dirs) < 2:
+        raise CebenchError("replicates: give at least two report folders (one per independent run)")
+    replicates, identities = {}, {}
+    for d in report_dirs:
+        name = replicate_name(Path(d))
+        if name in replicates:
+            raise CebenchError(f"{d}: a second replicate named {name!r}; give each run its own folder name")
+        replicates[name], ident = load_replicate(d)
+        if ident is not None:
+            key = json.dumps(ident, sort_keys=True)
+            if key in identities:
+                raise CebenchError(f"{d}: same data and pretraining seed as {identities[key]} ({key}); "
+                                   "a replicate needs its own data.demo_seed or pretrain.seed")
+            identities[key] = d
+    df = build_replicates(replicates)
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_csv(df, out / "replicates.csv")
+    md = ["# Table 2 orderings across independent replicates", "",
+          "Points; each replicate's rows are its seed-paired differences (paired t-test); `combined` is their "
+          "fixed-effect (inverse-variance) mean with a t interval on the pooled degrees of freedom, and Cochran's "
+          "Q tests whether the replicates disagree beyond their seed spread.", "",
+          "Replicates: " + ", ".join(f"`{n}`" for n in replicates), "", replicates_markdown(df), ""]
+    atomic_write_text(out / "replicates.md", "\n".join(md))
+    print("\n".join(md))
+    return df
+
+
+def _cmd(args) -> int:
+    main(args.reports, Path(args.out or "runs/replicates"))
+    return 0
+
+
+def register(subparsers, common) -> None:
+    p = subparsers.add_parser(
+        "replicates", help="combine Table 2's paired differences over independent runs (e.g. other data seeds)",
+        description="Read report/per_seed.csv of two or more `cebench run` folders that differ in their data or "
+        "pretraining seed (e.g. `cebench run --out runs/demo-data1 data.demo_seed=1`), and write "
+        "replicates.md / replicates.csv: each paper ordering per replicate and combined.")
+    p.add_argument("reports", nargs="+", metavar="REPORT", help="report folders (RUN/report or a copy such as results/demo)")
+    p.add_argument("--out", default=None, help="output folder (default runs/replicates)")
+    p.set_defaults(func=_cmd)
+
+
+__all__ = ["build_replicates", "load_replicate", "main", "replicates_markdown"]
