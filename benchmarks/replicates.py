@@ -18,7 +18,7 @@ import pandas as pd
 from cebench.config import atomic_write_text
 from cebench.errors import CebenchError
 
-from .report import _atomic_csv, _md_table, paired_rows
+from .report import atomic_csv, md_table, paired_rows
 
 COLUMNS = ["task", "comparison", "replicate", "n", "mean_diff", "ci95_low", "ci95_high", "wins", "p", "q", "p_q"]
 
@@ -88,7 +88,7 @@ def replicates_markdown(df: pd.DataFrame) -> str:
         "p": [num(p, ".3f") for p in df["p"]],
         "heterogeneity Q, p": [f"{num(q, '.2f')}, {num(pq, '.3f')}" if q is not None and q == q else ""
                                for q, pq in zip(df["q"], df["p_q"])]})
-    return _md_table(show)
+    return md_table(show)
 
 
 def main(report_dirs: list[str], out: Path) -> pd.DataFrame:
@@ -108,7 +108,7 @@ def main(report_dirs: list[str], out: Path) -> pd.DataFrame:
             identities[key] = d
     df = build_replicates(replicates)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_csv(df, out / "replicates.csv")
+    atomic_csv(df, out / "replicates.csv")
     md = ["# Table 2 orderings across independent replicates", "",
           "Points; each replicate's rows are its seed-paired differences (paired t-test); `combined` is their "
           "fixed-effect (inverse-variance) mean with a t interval on the pooled degrees of freedom, and Cochran's "

@@ -42,8 +42,8 @@ def _portable(text: str) -> str:
     return text.replace(str(Path.home()), "~")
 
 
-def _atomic_csv(df: pd.DataFrame, path: Path) -> None:
-    atomic_write_text(path, _portable(df.to_csv(index=False, float_format="%.4g")))
+def atomic_csv(df: pd.DataFrame, path: Path, float_format: str = "%.4g") -> None:
+    atomic_write_text(path, _portable(df.to_csv(index=False, float_format=float_format)))
 
 
 def _copy(src: Path, dst: Path) -> bool:
@@ -63,7 +63,7 @@ def _fmt(mean, std=None, seeds=None) -> str:
     return f"{mean:.1f} ± {std:.1f}"
 
 
-def _md_table(df: pd.DataFrame) -> str:
+def md_table(df: pd.DataFrame) -> str:
     cols = list(df.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, row in df.iterrows():
@@ -165,7 +165,7 @@ def paired_markdown(df: pd.DataFrame) -> str:
         "wins": [f"{w}/{n}" for w, n in zip(df["wins"], df["n"])],
         "paired t, p": [f"{t:.2f}, {p:.3f}" if t == t else "-" for t, p in zip(df["t"], df["p"])],
         "per seed": df["diffs"]})
-    return _md_table(show)
+    return md_table(show)
 
 
 def table2_markdown(df: pd.DataFrame) -> str:
@@ -189,7 +189,7 @@ def table2_markdown(df: pd.DataFrame) -> str:
             row[f"{task} ours"] = ours
             row[f"{task} paper"] = "-" if paper is None else f"{paper:.1f}"
         out.append(row)
-    return _md_table(pd.DataFrame(out))
+    return md_table(pd.DataFrame(out))
 
 
 _MAGIC = {"all": "every row (within-layer for random, between-layer for loaded weights)",
@@ -208,7 +208,7 @@ def protocol_lines(protocol: dict, t2: pd.DataFrame) -> list[str]:
     ok = ok[[m == TASK_METRIC.get(t) for t, m in zip(ok["task"], ok["metric"])]].drop_duplicates(["init", "task"])
     if len(ok):
         out += ["", "lr chosen on val (val score at that lr, %):", "",
-                _md_table(ok.assign(chosen=[f"{lr:g} ({v:.1f})" if v == v and v is not None else f"{lr:g}"
+                md_table(ok.assign(chosen=[f"{lr:g} ({v:.1f})" if v == v and v is not None else f"{lr:g}"
                                             for lr, v in zip(ok["lr"], ok["val"])])
                           .pivot(index="init", columns="task", values="chosen").fillna("-")
                           .sort_index(key=lambda ix: [INIT_ORDER.index(i) if i in INIT_ORDER else 99 for i in ix])
@@ -266,7 +266,7 @@ def write_report(out: Path, *, inpaint_dir: Path, transfer_dirs: list[Path], ret
     rep.mkdir(parents=True, exist_ok=True)
 
     t1 = build_table1(inpaint_dir / "table1.csv")
-    _atomic_csv(t1[t1["source"] == "ours"][["method", "l1_pct", "l2_pct", "psnr_db", "psnr_pooled_db", "sharpness"]],
+    atomic_csv(t1[t1["source"] == "ours"][["method", "l1_pct", "l2_pct", "psnr_db", "psnr_pooled_db", "sharpness"]],
                 rep / "table1.csv")
 
     rows: list[dict] = []
@@ -275,15 +275,15 @@ def write_report(out: Path, *, inpaint_dir: Path, transfer_dirs: list[Path], ret
         if p.is_file():
             rows += json.loads(p.read_text()).get("rows", [])
     t2 = build_table2(rows)
-    _atomic_csv(t2[["init", "task", "metric", "mean", "std", "seeds", "paper", "lr", "val"]], rep / "table2.csv")
+    atomic_csv(t2[["init", "task", "metric", "mean", "std", "seeds", "paper", "lr", "val"]], rep / "table2.csv")
     paired = build_paired(rows)
-    _atomic_csv(paired, rep / "paired.csv")
-    _atomic_csv(build_per_seed(rows), rep / "per_seed.csv")
+    atomic_csv(paired, rep / "paired.csv")
+    atomic_csv(build_per_seed(rows), rep / "per_seed.csv", float_format="%.10g")  # what replicates recombine
     svm = build_svm_table(rows)
-    _atomic_csv(svm, rep / "svm.csv")
+    atomic_csv(svm, rep / "svm.csv")
 
     retr = pd.read_csv(retrieval_dir / "retrieval.csv") if (retrieval_dir / "retrieval.csv").is_file() else pd.DataFrame()
-    _atomic_csv(retr, rep / "retrieval.csv")
+    atomic_csv(retr, rep / "retrieval.csv")
 
     figs = {
         "fig_inpainting.png": _copy(inpaint_dir / "fig_inpainting.png", rep / "fig_inpainting.png"),
@@ -318,7 +318,7 @@ def write_report(out: Path, *, inpaint_dir: Path, transfer_dirs: list[Path], ret
     show = t1.copy()
     for c in ("l1_pct", "l2_pct", "psnr_db", "psnr_pooled_db", "sharpness"):
         show[c] = show[c].map(lambda v: "" if v is None or pd.isna(v) else f"{v:.2f}")
-    md += [_md_table(show[["source", "method", "l1_pct", "l2_pct", "psnr_db", "psnr_pooled_db", "sharpness"]]), ""]
+    md += [md_table(show[["source", "method", "l1_pct", "l2_pct", "psnr_db", "psnr_pooled_db", "sharpness"]]), ""]
     md += ["## Table 2: transfer (mean ± std over seeds; n = seeds)", "",
            "cls = classification mAP, det = detection mAP, seg = segmentation mean IU (%).", "",
            table2_markdown(t2), ""]
@@ -333,11 +333,11 @@ def write_report(out: Path, *, inpaint_dir: Path, transfer_dirs: list[Path], ret
     if len(svm):
         s = svm.copy()
         s["value"] = [_fmt(m, sd, n) for m, sd, n in zip(s["mean"], s["std"], s["seeds"])]
-        md += [_md_table(s[["init", "task", "metric", "value", "seeds"]]), ""]
+        md += [md_table(s[["init", "task", "metric", "value", "seeds"]]), ""]
     else:
         md += ["_not run_", ""]
     md += ["## Patch retrieval (precision@k and mAP, %)", ""]
-    md += [_md_table(retr.round(2)) if len(retr) else "_not run_", ""]
+    md += [md_table(retr.round(2)) if len(retr) else "_not run_", ""]
     md += ["## Figures", ""]
     for name, ok in figs.items():
         if ok:
