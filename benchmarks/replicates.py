@@ -91,6 +91,20 @@ def replicates_markdown(df: pd.DataFrame) -> str:
     return md_table(show)
 
 
+def _refuse_repeats(replicates: dict[str, dict], dirs: dict[str, str]) -> None:
+    """Two fine-tuning results equal to 10 digits come from one run (e.g. a 3-seed report and the 8-seed
+    report of the same run), whatever run.json says or lacks: counting them twice would fake evidence."""
+    seen: dict[tuple, str] = {}
+    for name, per in replicates.items():
+        for (init, task), vals in per.items():
+            for seed, v in vals.items():
+                key = (init, task, seed, v)
+                if key in seen and seen[key] != name:
+                    raise CebenchError(f"{dirs[name]}: repeats {init} {task} seed {seed} = {v:g} of {dirs[seen[key]]}; "
+                                       "these are one run, not independent replicates")
+                seen[key] = name
+
+
 def main(report_dirs: list[str], out: Path) -> pd.DataFrame:
     if len(report_dirs) < 2:
         raise CebenchError("replicates: give at least two report folders (one per independent run)")
@@ -106,6 +120,7 @@ def main(report_dirs: list[str], out: Path) -> pd.DataFrame:
                 raise CebenchError(f"{d}: same data and pretraining seed as {identities[key]} ({key}); "
                                    "a replicate needs its own data.demo_seed or pretrain.seed")
             identities[key] = d
+    _refuse_repeats(replicates, dict(zip(replicates, report_dirs)))
     df = build_replicates(replicates)
     out.mkdir(parents=True, exist_ok=True)
     atomic_csv(df, out / "replicates.csv")

@@ -75,6 +75,8 @@ def test_replicates_command(tmp_path, capsys):
 
     with pytest.raises(CebenchError, match="same data and pretraining seed"):
         replicates_main([r0, _report(tmp_path / "again", {"random": [1, 2]}, ident)], tmp_path / "out2")
+    with pytest.raises(CebenchError, match="repeats random cls seed 1 = 42 of"):  # no run.json, same numbers
+        replicates_main([r0, _report(tmp_path / "subset", {"random": [39, 42]}, None)], tmp_path / "out2")
     with pytest.raises(CebenchError, match="at least two"):
         replicates_main([r0], tmp_path / "out3")
     capsys.readouterr()
