@@ -17,8 +17,9 @@ import pandas as pd
 
 from cebench.config import atomic_write_text
 from cebench.errors import CebenchError
+from cebench.transfer.results import combine_paired, summarize
 
-from .report import atomic_csv, md_table, paired_rows
+from .report import INIT_ORDER, TASK_METRIC, atomic_csv, md_table, paired_rows
 
 COLUMNS = ["task", "comparison", "replicate", "n", "mean_diff", "ci95_low", "ci95_high", "wins", "p", "q", "p_q"]
 
@@ -54,8 +55,6 @@ def load_replicate(report_dir) -> tuple[dict[tuple[str, str], dict], dict | None
 
 def build_replicates(replicates: dict[str, dict[tuple[str, str], dict]]) -> pd.DataFrame:
     """One row per (task, ordering, replicate) and a `combined` row per (task, ordering) with Cochran's Q."""
-    from cebench.transfer.results import combine_paired
-
     by_key: dict[tuple[str, str], list[tuple[str, dict]]] = {}
     for name, per in replicates.items():
         for task, a, b, d in paired_rows(per):
@@ -71,6 +70,21 @@ def build_replicates(replicates: dict[str, dict[tuple[str, str], dict]]) -> pd.D
                      "n": c["n"], "mean_diff": c["mean_diff"], "ci95_low": c["ci95"][0], "ci95_high": c["ci95"][1],
                      "wins": c["wins"], "p": c["p"], "q": c["q"], "p_q": c["p_q"]})
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def levels_markdown(replicates: dict[str, dict[tuple[str, str], dict]]) -> str:
+    """Each init's mean ± std over seeds, one column per replicate: how far the level moves with the data."""
+    keys = sorted({k for per in replicates.values() for k in per},
+                  key=lambda k: (list(TASK_METRIC).index(k[1]) if k[1] in TASK_METRIC else 99,
+                                 INIT_ORDER.index(k[0]) if k[0] in INIT_ORDER else 99, k[0]))
+    rows = []
+    for init, task in keys:
+        row = {"task": task, "init": init}
+        for name, per in replicates.items():
+            m, sd, n = summarize((per.get((init, task)) or {}).values())
+            row[name] = f"{m:.1f} ± {sd:.1f} ({n})" if n else "-"
+        rows.append(row)
+    return md_table(pd.DataFrame(rows, columns=["task", "init", *replicates]))
 
 
 def replicates_markdown(df: pd.DataFrame) -> str:
@@ -128,7 +142,8 @@ def main(report_dirs: list[str], out: Path) -> pd.DataFrame:
           "Points; each replicate's rows are its seed-paired differences (paired t-test); `combined` is their "
           "fixed-effect (inverse-variance) mean with a t interval on the pooled degrees of freedom, and Cochran's "
           "Q tests whether the replicates disagree beyond their seed spread.", "",
-          "Replicates: " + ", ".join(f"`{n}`" for n in replicates), "", replicates_markdown(df), ""]
+          "Replicates: " + ", ".join(f"`{n}`" for n in replicates), "", replicates_markdown(df), "",
+          "Each init per replicate (mean ± std over seeds, n):", "", levels_markdown(replicates), ""]
     atomic_write_text(out / "replicates.md", "\n".join(md))
     print("\n".join(md))
     return df

@@ -71,6 +71,7 @@ def test_replicates_command(tmp_path, capsys):
     assert list(ae["replicate"]) == ["demo", "combined (1)"]
     md = (tmp_path / "out" / "replicates.md").read_text()
     assert "| cls | context encoder - random | combined (2) |" in md and "`demo-data1`" in md
+    assert "| cls | autoencoder | 41.3 ± 1.5 (3) | - |" in md  # levels: one column per replicate
     assert pd.read_csv(tmp_path / "out" / "replicates.csv").shape[0] == len(df)
 
     with pytest.raises(CebenchError, match="same data and pretraining seed"):
