@@ -19,7 +19,7 @@ from cebench.config import atomic_write_text
 from cebench.errors import CebenchError
 from cebench.transfer.results import combine_paired, summarize
 
-from .report import INIT_ORDER, TASK_METRIC, atomic_csv, md_table, paired_rows
+from .report import TASK_METRIC, atomic_csv, init_rank, md_table, paired_rows
 
 COLUMNS = ["task", "comparison", "replicate", "n", "mean_diff", "ci95_low", "ci95_high", "wins", "p", "q", "p_q"]
 
@@ -75,8 +75,7 @@ def build_replicates(replicates: dict[str, dict[tuple[str, str], dict]]) -> pd.D
 def levels_markdown(replicates: dict[str, dict[tuple[str, str], dict]]) -> str:
     """Each init's mean ± std over seeds, one column per replicate: how far the level moves with the data."""
     keys = sorted({k for per in replicates.values() for k in per},
-                  key=lambda k: (list(TASK_METRIC).index(k[1]) if k[1] in TASK_METRIC else 99,
-                                 INIT_ORDER.index(k[0]) if k[0] in INIT_ORDER else 99, k[0]))
+                  key=lambda k: (list(TASK_METRIC).index(k[1]) if k[1] in TASK_METRIC else 99, init_rank(k[0]), k[0]))
     rows = []
     for init, task in keys:
         row = {"task": task, "init": init}
@@ -160,7 +159,8 @@ def register(subparsers, common) -> None:
         description="Read report/per_seed.csv of two or more `cebench run` folders that differ in their data or "
         "pretraining seed (e.g. `cebench run --out runs/demo-data1 data.demo_seed=1`), and write "
         "replicates.md / replicates.csv: each paper ordering per replicate and combined.")
-    p.add_argument("reports", nargs="+", metavar="REPORT", help="report folders (RUN/report or a copy such as results/demo)")
+    p.add_argument("reports", nargs="+", metavar="REPORT",
+                   help="report folders (RUN/report or a copy such as results/demo)")
     p.add_argument("--out", default=None, help="output folder (default runs/replicates)")
     p.set_defaults(func=_cmd)
 

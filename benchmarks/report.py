@@ -31,6 +31,11 @@ INIT_DISPLAY = {
     "imagenet": "imagenet",
 }
 INIT_ORDER = ["random", "autoencoder", "context encoder", "supervised (demo labels)", "imagenet"]
+
+
+def init_rank(init: str) -> int:
+    """Table position of an init (display name): the paper's order, any other learner after them."""
+    return INIT_ORDER.index(init) if init in INIT_ORDER else len(INIT_ORDER)
 TABLE1_ORDER = ["mean colour", "Telea (OpenCV)", "NN (HOG)", "NN (pixels)", "CE (L2)", "CE (L2+adv)"]
 
 
@@ -108,7 +113,7 @@ def build_table2(transfer_rows: list[dict]) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=["init", "task", "metric", "mean", "std", "seeds", "paper", "lr", "val", "status",
                                      "note"])
     if len(df):
-        df["o"] = df["init"].map(lambda i: INIT_ORDER.index(i) if i in INIT_ORDER else len(INIT_ORDER))
+        df["o"] = df["init"].map(init_rank)
         df["t"] = df["task"].map(lambda t: list(TASK_METRIC).index(t))
         df = df.sort_values(["t", "o", "init"]).drop(columns=["o", "t"]).reset_index(drop=True)
     return df
@@ -172,7 +177,7 @@ def table2_markdown(df: pd.DataFrame) -> str:
     """Paper layout: one row per init, one column per task, ours (mean ± std, n seeds) | paper."""
     if not len(df):
         return "_no transfer results_"
-    inits = sorted(df["init"].unique(), key=lambda i: INIT_ORDER.index(i) if i in INIT_ORDER else 99)
+    inits = sorted(df["init"].unique(), key=init_rank)
     out = []
     for init in inits:
         row = {"initialisation": init}
@@ -211,7 +216,7 @@ def protocol_lines(protocol: dict, t2: pd.DataFrame) -> list[str]:
                 md_table(ok.assign(chosen=[f"{lr:g} ({v:.1f})" if v == v and v is not None else f"{lr:g}"
                                             for lr, v in zip(ok["lr"], ok["val"])])
                           .pivot(index="init", columns="task", values="chosen").fillna("-")
-                          .sort_index(key=lambda ix: [INIT_ORDER.index(i) if i in INIT_ORDER else 99 for i in ix])
+                          .sort_index(key=lambda ix: [init_rank(i) for i in ix])
                           .reset_index())]
     return out + [""] if out else []
 

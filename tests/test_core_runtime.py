@@ -66,7 +66,7 @@ def test_two_process_gloo_ddp(tmp_path):
     script.write_text(textwrap.dedent(r"""
         import sys, torch
         from cebench.runtime import init_runtime, wrap_ddp, all_reduce_sum, all_gather_cat, cleanup, seed_everything
-        def run(rt):  # the DDP wrapper dies with this frame, before cleanup (see cleanup's docstring)
+        def run(rt):  # the DDP wrapper is dropped with this frame; cleanup's collection frees it (see its docstring)
             seed_everything(0)
             model = wrap_ddp(torch.nn.Linear(4, 1), rt)
             x = torch.full((2, 4), float(rt.rank + 1))

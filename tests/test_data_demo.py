@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import multiprocessing
 import time
-import dataclasses
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
