@@ -148,7 +148,14 @@ def plan(cfg: dict, out: Path, config_file: Path, voc: Path, device: str) -> lis
                 deps += init_deps
         jobs.append(Job("retrieval", "retrieval", args, d, _key(cfg["retrieval"], data_key, init_key(deps)),
                         deps=tuple(deps), est_seconds=60, threads=run["threads"]))
-    task_section = {"cls": "transfer", "seg": "transfer", "det": "det"}
+    def stage_config(task):
+        """What a stage reads: det its own section; cls / seg / svm the shared transfer keys and their
+        own sub-section, so changing one task's protocol re-runs that task only."""
+        if task == "det":
+            return cfg["det"]
+        tr = cfg["transfer"]
+        return {**{k: v for k, v in tr.items() if k not in ("cls", "seg", "svm")}, task: tr[task]}
+
     if "det" in run["tasks"]:
         # selective search once, cached beside the data, before the per-init detection jobs
         d = out / "transfer" / "proposals"
@@ -162,14 +169,14 @@ def plan(cfg: dict, out: Path, config_file: Path, voc: Path, device: str) -> lis
             slug = label.replace(" ", "-").replace("(", "").replace(")", "")
             d = out / "transfer" / task / slug
             jobs.append(Job(f"{task}/{slug}", "transfer", ["transfer", task, "--init", arg, "--out", str(d), *base],
-                            d, _key(cfg[task_section[task]], cfg["transfer"], data_key, arg, init_key(deps)),
+                            d, _key(stage_config(task), data_key, arg, init_key(deps)),
                             deps=deps, est_seconds=est_tr, threads=run["threads"]))
     if run["svm"]:
         for label, (arg, deps) in inits.items():
             slug = label.replace(" ", "-").replace("(", "").replace(")", "")
             d = out / "transfer" / "svm" / slug
             jobs.append(Job(f"svm/{slug}", "svm", ["transfer", "svm", "--init", arg, "--out", str(d), *base],
-                            d, _key(cfg["transfer"], data_key, arg, init_key(deps)), deps=deps, est_seconds=60,
+                            d, _key(stage_config("svm"), data_key, arg, init_key(deps)), deps=deps, est_seconds=60,
                             threads=run["threads"]))
     return jobs
 
@@ -182,11 +189,12 @@ def transfer_protocol(cfg: dict) -> dict:
         if task == "det":
             out[task] = {"iterations": det["iterations"], "batch": f"{det['images_per_batch']} images x "
                          f"{det['rois_per_image']} RoIs", "lrs": det["lrs"], "seeds": det["seeds"],
-                         "select_seeds": det["select_seeds"], "magic": det["magic"]}
+                         "select_seeds": det["select_seeds"], "magic": det["magic"],
+                         "trunk_lr_mult": det["optim"].get("backbone_lr_mult", 1.0)}
         else:
             out[task] = {"iterations": tr[task]["iterations"], "batch": f"{tr[task]['batch_size']} images",
                          "lrs": tr[task]["lrs"], "seeds": tr["seeds"], "select_seeds": tr["select_seeds"],
-                         "magic": tr["magic"]}
+                         "magic": tr["magic"], "trunk_lr_mult": tr[task]["optim"].get("backbone_lr_mult", 1.0)}
     return out
 
 

@@ -206,8 +206,10 @@ def protocol_lines(protocol: dict, t2: pd.DataFrame) -> list[str]:
     supervised row to separate makes the orderings above mean little, so the table says it."""
     out = []
     for task, p in protocol.items():
-        out.append(f"- {task}: {p['iterations']} iterations x {p['batch']}, lr from {p['lrs']} chosen per init on "
-                   f"val (fit on train, select seeds {p['select_seeds']}), then seeds {p['seeds']} fit on trainval, "
+        mult = p.get("trunk_lr_mult", 1.0)
+        trunk = f" (the trunk at {mult:g}x it)" if mult != 1.0 else ""
+        out.append(f"- {task}: {p['iterations']} iterations x {p['batch']}, lr from {p['lrs']}{trunk} chosen per init "
+                   f"on val (fit on train, select seeds {p['select_seeds']}), then seeds {p['seeds']} fit on trainval, "
                    f"scored on test; data-dependent init: {_MAGIC.get(p.get('magic'), p.get('magic', '?'))}")
     ok = t2[(t2["status"] == "ok") & t2["lr"].notna()] if len(t2) else t2
     ok = ok[[m == TASK_METRIC.get(t) for t, m in zip(ok["task"], ok["metric"])]].drop_duplicates(["init", "task"])

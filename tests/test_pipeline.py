@@ -117,3 +117,31 @@ def test_paper_config_lists_all_missing_data_at_once(tmp_path):
     assert len(msg.splitlines()) == 1
     assert "data.root" in msg and "data.seg_root" in msg and "data.pretrain_images" in msg
     assert "VOCtest_06-Nov-2007.tar" in msg and not (tmp_path / "data").exists()  # nothing generated
+
+
+def test_transfer_protocol_states_the_trunk_lr_multiplier():
+    """The report's protocol lines come from the resolved config: each task's lr grid and the trunk's multiplier."""
+    from cebench.benchmarks.cli import resolve_config
+    from cebench.benchmarks.pipeline import resolve, transfer_protocol
+
+    cfg = resolve(resolve_config("demo"), ["transfer.seg.optim.backbone_lr_mult=0.25", "det.lrs=[0.5]"])
+    p = transfer_protocol(cfg)
+    assert p["seg"]["trunk_lr_mult"] == 0.25 and p["cls"]["trunk_lr_mult"] == cfg["transfer"]["cls"]["optim"]["backbone_lr_mult"]
+    assert p["det"]["lrs"] == [0.5] and p["det"]["trunk_lr_mult"] == cfg["det"]["optim"]["backbone_lr_mult"]
+
+
+def test_changing_one_task_protocol_replans_that_task_only(tmp_path):
+    """A stage's cache key covers the config it reads: a new seg lr grid re-runs the seg stages, not the
+    classification, detection or SVM ones (each of which re-ran before, even with every job cached)."""
+    from cebench.benchmarks.cli import resolve_config
+    from cebench.benchmarks.pipeline import plan, resolve
+
+    def keys(*overrides):
+        cfg = resolve(resolve_config("demo"), list(overrides))
+        return {j.name: j.key for j in plan(cfg, tmp_path, resolve_config("demo"), tmp_path / "voc", "cpu")}
+
+    base, seg, det = keys(), keys("transfer.seg.lrs=[0.5]"), keys("det.lrs=[0.5]")
+    assert {n for n in base if base[n] != seg[n]} == {n for n in base if n.startswith("seg/")} != set()
+    assert {n for n in base if base[n] != det[n]} == {n for n in base if n.startswith("det/")} != set()
+    shared = keys("transfer.magic=none")  # read by every cls / seg / svm stage
+    assert {n.split("/")[0] for n in base if base[n] != shared[n]} == {"cls", "seg", "svm"}

@@ -48,7 +48,10 @@ def test_write_report_files(tmp_path):
     info = {"config": "x.yaml", "wall_minutes": 1.5, "machine": {"cpu": "cpu", "cpu_count": 2, "torch": "2"},
             "jobs": {"pretrain/ce": {"status": "done", "seconds": 3.0}}, "demo": True, "overrides": ["det.iterations=9"],
             "transfer_protocol": {"cls": {"iterations": 600, "batch": "32 images", "lrs": [0.001, 0.003],
-                                          "seeds": [0, 1, 2], "select_seeds": [100], "magic": "all"}}}
+                                          "seeds": [0, 1, 2], "select_seeds": [100], "magic": "all"},
+                                  "seg": {"iterations": 600, "batch": "32 images", "lrs": [0.01, 0.03],
+                                          "seeds": [0, 1, 2], "select_seeds": [100], "magic": "all",
+                                          "trunk_lr_mult": 0.1}}}
     rep = write_report(tmp_path, inpaint_dir=tmp_path / "none", transfer_dirs=[tr], retrieval_dir=tmp_path / "none",
                        pretrain_dirs={}, run_info=info)
     t2 = pd.read_csv(rep / "table2.csv")
@@ -61,6 +64,7 @@ def test_write_report_files(tmp_path):
     assert "Table 2" in md and "pretrain/ce" in md and "imagenet` unavailable" in md
     assert "with `det.iterations=9`" in md
     assert "- cls: 600 iterations x 32 images, lr from [0.001, 0.003] chosen per init on val" in md
+    assert "- seg: 600 iterations x 32 images, lr from [0.01, 0.03] (the trunk at 0.1x it) chosen per init on val" in md
     assert "data-dependent init: every row (within-layer for random, between-layer for loaded weights)" in md
     assert "| context encoder | 0.003 (55.0) |" in md  # chosen lr and its val score
     paired = pd.read_csv(rep / "paired.csv")
