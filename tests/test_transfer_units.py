@@ -1,4 +1,5 @@
 import json
+import math
 
 import numpy as np
 import pytest
@@ -141,3 +142,29 @@ def test_fcn32_per_class_upscore_equals_dense_bilinear_at_init():
     dense = torch.nn.functional.conv_transpose2d(scores, bilinear_kernel(5, 2 * net.stride), stride=net.stride,
                                                  padding=net.stride // 2)
     torch.testing.assert_close(net.upscore(scores), dense)
+
+
+def test_trunk_lr_multiplier_scales_the_trunk_step_only():
+    """backbone_lr_mult puts the trunk in its own group: with SGD (no momentum, no decay) one step moves each
+    parameter by lr * grad, the trunk's by lr * mult * grad; under one-cycle the trunk's peak is mult x the head's."""
+    from cebench.transfer.engine import OptimConfig, make_optimizer
+
+    torch.manual_seed(0)
+    net = FCN32(build_encoder(AlexNetConfig()), 3, feature="conv5")
+    torch.nn.init.normal_(net.score.weight, std=0.01)  # zero-init score would leave the trunk without a gradient
+    cfg = OptimConfig(optimizer="sgd", schedule="constant", momentum=0.0, weight_decay=0.0, backbone_lr_mult=0.1)
+    opt, _ = make_optimizer(net, cfg, 0.5, 10, backbone=net.encoder)
+    trunk_ids = {id(p) for p in net.encoder.parameters()}
+    assert [len(g["params"]) for g in opt.param_groups] == [
+        sum(id(p) not in trunk_ids for p in net.parameters()), len(trunk_ids)]
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    net(torch.randn(2, 3, 64, 64)).square().mean().backward()
+    grads = {n: p.grad.detach().clone() for n, p in net.named_parameters() if p.grad is not None}
+    opt.step()
+    trunk = [n for n in grads if n.startswith("encoder.") and grads[n].abs().sum() > 0]
+    assert trunk and "fc6.weight" in grads
+    for n in grads:
+        lr = 0.05 if n.startswith("encoder.") else 0.5
+        torch.testing.assert_close(dict(net.named_parameters())[n].detach(), before[n] - lr * grads[n])
+    _, sched = make_optimizer(net, OptimConfig(backbone_lr_mult=0.1), 1e-2, 100, backbone=net.encoder)
+    assert sched.optimizer.param_groups[0]["max_lr"] == 1e-2 and math.isclose(sched.optimizer.param_groups[1]["max_lr"], 1e-3)
