@@ -4,8 +4,8 @@ A replicate is a whole `cebench run` on its own data and pretraining (e.g. the d
 `data.demo_seed`: new pretraining images, new labelled images, new checkpoints). Within a run the seeds
 are paired (same head init, data order and augmentations for every init); across runs everything is
 independent. This command reads each run's `report/per_seed.csv`, prints the seed-paired difference of
-every paper ordering per replicate, and their fixed-effect combination with a heterogeneity test
-(`transfer.results.combine_paired`). Nothing is rerun.
+every paper ordering per replicate, and their fixed-effect combination with a heterogeneity test and
+a random-effects combination beside it (`transfer.results.combine_paired`). Nothing is rerun.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ from cebench.transfer.results import combine_paired, summarize
 
 from .report import TASK_METRIC, atomic_csv, init_rank, md_table, paired_rows
 
-COLUMNS = ["task", "comparison", "replicate", "n", "mean_diff", "ci95_low", "ci95_high", "wins", "p", "q", "p_q"]
+COLUMNS = ["task", "comparison", "replicate", "n", "mean_diff", "ci95_low", "ci95_high", "wins", "p", "q", "p_q",
+           "tau2", "re_mean_diff", "re_ci95_low", "re_ci95_high", "re_p"]
+RANDOM_EFFECT_NONE = {"tau2": None, "re_mean_diff": None, "re_ci95_low": None, "re_ci95_high": None, "re_p": None}
 
 
 def replicate_name(report_dir: Path) -> str:
@@ -64,11 +66,13 @@ def build_replicates(replicates: dict[str, dict[tuple[str, str], dict]]) -> pd.D
         for name, d in parts:
             rows.append({"task": task, "comparison": comparison, "replicate": name, "n": d["n"],
                          "mean_diff": d["mean_diff"], "ci95_low": d["ci95"][0], "ci95_high": d["ci95"][1],
-                         "wins": d["wins"], "p": d["p"], "q": None, "p_q": None})
+                         "wins": d["wins"], "p": d["p"], "q": None, "p_q": None, **RANDOM_EFFECT_NONE})
         c = combine_paired([d for _, d in parts])
         rows.append({"task": task, "comparison": comparison, "replicate": f"combined ({c['replicates']})",
                      "n": c["n"], "mean_diff": c["mean_diff"], "ci95_low": c["ci95"][0], "ci95_high": c["ci95"][1],
-                     "wins": c["wins"], "p": c["p"], "q": c["q"], "p_q": c["p_q"]})
+                     "wins": c["wins"], "p": c["p"], "q": c["q"], "p_q": c["p_q"], "tau2": c["tau2"],
+                     "re_mean_diff": c["re_mean_diff"], "re_ci95_low": c["re_ci95"][0],
+                     "re_ci95_high": c["re_ci95"][1], "re_p": c["re_p"]})
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -100,7 +104,10 @@ def replicates_markdown(df: pd.DataFrame) -> str:
         "wins": [f"{w}/{n}" for w, n in zip(df["wins"], df["n"])],
         "p": [num(p, ".3f") for p in df["p"]],
         "heterogeneity Q, p": [f"{num(q, '.2f')}, {num(pq, '.3f')}" if q is not None and q == q else ""
-                               for q, pq in zip(df["q"], df["p_q"])]})
+                               for q, pq in zip(df["q"], df["p_q"])],
+        "random effects (95% CI), p": [
+            f"{num(m, '+.1f')} ({num(lo, '+.1f')}, {num(hi, '+.1f')}), {num(p, '.3f')}" if m is not None and m == m else ""
+            for m, lo, hi, p in zip(df["re_mean_diff"], df["re_ci95_low"], df["re_ci95_high"], df["re_p"])]})
     return md_table(show)
 
 
@@ -140,7 +147,10 @@ def main(report_dirs: list[str], out: Path) -> pd.DataFrame:
     md = ["# Table 2 orderings across independent replicates", "",
           "Points; each replicate's rows are its seed-paired differences (paired t-test); `combined` is their "
           "fixed-effect (inverse-variance) mean with a t interval on the pooled degrees of freedom, and Cochran's "
-          "Q tests whether the replicates disagree beyond their seed spread.", "",
+          "Q tests whether the replicates disagree beyond their seed spread. The random effects column treats "
+          "the replicates as draws of the data (DerSimonian-Laird between-replicate variance, Hartung-Knapp "
+          "interval on k - 1 df): where Q is small it matches the fixed effect, where the replicates disagree it "
+          "is what a new data set can expect, and with 3 replicates its interval is wide.", "",
           "Replicates: " + ", ".join(f"`{n}`" for n in replicates), "", replicates_markdown(df), "",
           "Each init per replicate (mean ± std over seeds, n):", "", levels_markdown(replicates), ""]
     atomic_write_text(out / "replicates.md", "\n".join(md))

@@ -27,6 +27,15 @@ def test_combine_paired_hand_case():
     half = stats.t.ppf(0.975, 2) / math.sqrt(2)
     assert math.isclose(c["ci95"][0], 3 - half) and math.isclose(c["ci95"][1], 3 + half)
     assert math.isclose(c["q"], 2.0) and math.isclose(c["p_q"], math.erfc(1.0))
+    # random effects: DerSimonian-Laird tau2 = (Q - (k-1)) / (sum w - sum w^2 / sum w) = (2 - 1) / (2 - 1) = 1;
+    # weights 1 / (1 + 1) each, mean 3; Hartung-Knapp factor (0.5 + 0.5) / 1 = 1, se sqrt(1 / 1) = 1, t = 3
+    # on 1 df (Cauchy): P(|T| > 3) = 1 - 2 atan(3) / pi
+    assert math.isclose(c["tau2"], 1.0) and math.isclose(c["re_mean_diff"], 3.0) and math.isclose(c["re_se"], 1.0)
+    assert math.isclose(c["re_p"], 1 - 2 * math.atan(3) / math.pi)
+    assert math.isclose(c["re_ci95"][1] - 3, stats.t.ppf(0.975, 1))
+    # replicates that agree within their seed spread (Q < k - 1): tau2 = 0 and the means coincide
+    e = combine_paired([a, paired_difference({"0": 1.5, "1": 3.5}, {"0": 0.0, "1": 0.0})])
+    assert e["tau2"] == 0.0 and math.isclose(e["re_mean_diff"], e["mean_diff"])
 
 
 def test_combine_one_replicate_is_the_paired_t_test_and_unequal_weights():

@@ -115,13 +115,20 @@ def combine_paired(parts: list[dict]) -> dict:
     estimated from few seeds. Cochran's Q (chi-square, k - 1 df) tests whether the replicates disagree
     more than their own seed spread allows: a small p_q means the effect depends on the replicate and
     the combined mean hides it.
+
+    Random effects beside it (`re_*`): DerSimonian-Laird's between-replicate variance tau2, weights
+    1 / (se_r^2 + tau2), and the Hartung-Knapp interval on k - 1 df with its variance factor floored at 1
+    (never narrower than the weights alone claim). The fixed effect speaks for these replicates; the
+    random effect for a new draw of the data, and with 3 replicates its interval is wide.
     """
     from scipy import stats
 
     used = [p for p in parts if p["n"] >= 2 and p["std_diff"] == p["std_diff"] and p["std_diff"] > 0]
     out = {"replicates": len(used), "n": int(sum(p["n"] for p in used)), "wins": int(sum(p["wins"] for p in used)),
            "mean_diff": math.nan, "se": math.nan, "df": 0, "t": math.nan, "p": math.nan,
-           "ci95": (math.nan, math.nan), "q": math.nan, "p_q": math.nan}
+           "ci95": (math.nan, math.nan), "q": math.nan, "p_q": math.nan,
+           "tau2": math.nan, "re_mean_diff": math.nan, "re_se": math.nan, "re_p": math.nan,
+           "re_ci95": (math.nan, math.nan)}
     if not used:
         return out
     d = np.array([p["mean_diff"] for p in used])
@@ -131,8 +138,17 @@ def combine_paired(parts: list[dict]) -> dict:
     h = float(stats.t.ppf(0.975, df)) * se
     out.update(mean_diff=mean, se=se, df=df, t=t, p=float(2 * stats.t.sf(abs(t), df)), ci95=(mean - h, mean + h))
     if len(used) >= 2:
+        k = len(used)
         q = float((w * (d - mean) ** 2).sum())
-        out.update(q=q, p_q=float(stats.chi2.sf(q, len(used) - 1)))
+        out.update(q=q, p_q=float(stats.chi2.sf(q, k - 1)))
+        tau2 = max(0.0, (q - (k - 1)) / float(w.sum() - (w ** 2).sum() / w.sum()))
+        wr = 1.0 / (1.0 / w + tau2)
+        re = float((wr * d).sum() / wr.sum())
+        hk = max(1.0, float((wr * (d - re) ** 2).sum()) / (k - 1))
+        re_se = math.sqrt(hk / float(wr.sum()))
+        h = float(stats.t.ppf(0.975, k - 1)) * re_se
+        out.update(tau2=tau2, re_mean_diff=re, re_se=re_se, re_ci95=(re - h, re + h),
+                   re_p=float(2 * stats.t.sf(abs(re / re_se), k - 1)))
     return out
 
 
