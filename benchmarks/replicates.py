@@ -21,9 +21,9 @@ from cebench.transfer.results import combine_paired, summarize
 
 from .report import TASK_METRIC, atomic_csv, init_rank, md_table, paired_rows
 
+# a replicate's own row leaves the combination's columns (q ... re_p) empty: the frame fills them with NaN
 COLUMNS = ["task", "comparison", "replicate", "n", "mean_diff", "ci95_low", "ci95_high", "wins", "p", "q", "p_q",
            "tau2", "re_mean_diff", "re_ci95_low", "re_ci95_high", "re_p"]
-RANDOM_EFFECT_NONE = {"tau2": None, "re_mean_diff": None, "re_ci95_low": None, "re_ci95_high": None, "re_p": None}
 
 
 def replicate_name(report_dir: Path) -> str:
@@ -66,7 +66,7 @@ def build_replicates(replicates: dict[str, dict[tuple[str, str], dict]]) -> pd.D
         for name, d in parts:
             rows.append({"task": task, "comparison": comparison, "replicate": name, "n": d["n"],
                          "mean_diff": d["mean_diff"], "ci95_low": d["ci95"][0], "ci95_high": d["ci95"][1],
-                         "wins": d["wins"], "p": d["p"], "q": None, "p_q": None, **RANDOM_EFFECT_NONE})
+                         "wins": d["wins"], "p": d["p"]})
         c = combine_paired([d for _, d in parts])
         rows.append({"task": task, "comparison": comparison, "replicate": f"combined ({c['replicates']})",
                      "n": c["n"], "mean_diff": c["mean_diff"], "ci95_low": c["ci95"][0], "ci95_high": c["ci95"][1],
@@ -97,17 +97,19 @@ def replicates_markdown(df: pd.DataFrame) -> str:
     def num(v, fmt):
         return "-" if v is None or v != v else format(v, fmt)
 
+    def interval(m, lo, hi):
+        return f"{num(m, '+.1f')} ({num(lo, '+.1f')}, {num(hi, '+.1f')})"
+
     show = pd.DataFrame({
         "task": df["task"], "comparison": df["comparison"], "replicate": df["replicate"],
-        "mean diff (95% CI)": [f"{num(m, '+.1f')} ({num(lo, '+.1f')}, {num(hi, '+.1f')})"
-                               for m, lo, hi in zip(df["mean_diff"], df["ci95_low"], df["ci95_high"])],
+        "mean diff (95% CI)": [interval(m, lo, hi) for m, lo, hi in zip(df["mean_diff"], df["ci95_low"], df["ci95_high"])],
         "wins": [f"{w}/{n}" for w, n in zip(df["wins"], df["n"])],
         "p": [num(p, ".3f") for p in df["p"]],
         "heterogeneity Q, p": [f"{num(q, '.2f')}, {num(pq, '.3f')}" if q is not None and q == q else ""
                                for q, pq in zip(df["q"], df["p_q"])],
-        "random effects (95% CI), p": [
-            f"{num(m, '+.1f')} ({num(lo, '+.1f')}, {num(hi, '+.1f')}), {num(p, '.3f')}" if m is not None and m == m else ""
-            for m, lo, hi, p in zip(df["re_mean_diff"], df["re_ci95_low"], df["re_ci95_high"], df["re_p"])]})
+        "random effects (95% CI), p": [f"{interval(m, lo, hi)}, {num(p, '.3f')}" if m is not None and m == m else ""
+                                       for m, lo, hi, p in zip(df["re_mean_diff"], df["re_ci95_low"],
+                                                               df["re_ci95_high"], df["re_p"])]})
     return md_table(show)
 
 

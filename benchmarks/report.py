@@ -31,12 +31,12 @@ INIT_DISPLAY = {
     "imagenet": "imagenet",
 }
 INIT_ORDER = ["random", "autoencoder", "context encoder", "supervised (demo labels)", "imagenet"]
+TABLE1_ORDER = ["mean colour", "Telea (OpenCV)", "NN (HOG)", "NN (pixels)", "CE (L2)", "CE (L2+adv)"]
 
 
 def init_rank(init: str) -> int:
     """Table position of an init (display name): the paper's order, any other learner after them."""
     return INIT_ORDER.index(init) if init in INIT_ORDER else len(INIT_ORDER)
-TABLE1_ORDER = ["mean colour", "Telea (OpenCV)", "NN (HOG)", "NN (pixels)", "CE (L2)", "CE (L2+adv)"]
 
 
 def _portable(text: str) -> str:
