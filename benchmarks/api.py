@@ -14,10 +14,10 @@ import re
 from pathlib import Path
 
 import pandas as pd
-
-from cebench.errors import ConfigError
 from cebench.pretrain.compat import load_encoder, save_encoder, state_digest, to_alexnet_encoder
 from cebench.pretrain.loading import save_encoder_checkpoint
+
+from cebench.errors import ConfigError
 
 __all__ = ["evaluate", "save_encoder", "load_encoder", "TASKS", "TABLES"]
 

@@ -196,7 +196,8 @@ def _geometry(module, what: str) -> tuple[dict, list[nn.Conv2d], list[nn.Module]
     if tuple(module.layer_names) != LAYER_NAMES:
         raise CebenchError(f"{what}: layer_names must be {LAYER_NAMES}, got {tuple(module.layer_names)}")
     named = list(module.convs())
-    if [n for n, _ in named] != [f"conv{i}" for i in range(1, 6)] or not all(isinstance(c, nn.Conv2d) for _, c in named):
+    names_ok = [n for n, _ in named] == [f"conv{i}" for i in range(1, 6)]
+    if not names_ok or not all(isinstance(c, nn.Conv2d) for _, c in named):
         raise CebenchError(f"{what}: convs() must return [('conv1', Conv2d), ..., ('conv5', Conv2d)], got "
                            f"{[(n, type(c).__name__) for n, c in named]}")
     geo = [_square(c, n, what) for n, c in named]
@@ -204,7 +205,8 @@ def _geometry(module, what: str) -> tuple[dict, list[nn.Conv2d], list[nn.Module]
         raise CebenchError(f"{what}: conv1 takes {geo[0]['cin']} input channels; the suite feeds RGB (3)")
     for i in range(1, 5):
         if geo[i]["cin"] != geo[i - 1]["cout"]:
-            raise CebenchError(f"{what}: conv{i + 1} takes {geo[i]['cin']} channels but conv{i} gives {geo[i - 1]['cout']}")
+            raise CebenchError(f"{what}: conv{i + 1} takes {geo[i]['cin']} channels but conv{i} gives "
+                               f"{geo[i - 1]['cout']}")
     g2 = geo[1]
     if g2["stride"] != 1 or g2["padding"] != g2["kernel"] // 2:
         raise CebenchError(f"{what}: conv2 needs stride 1 and padding kernel//2 ({g2['kernel'] // 2}), has "
@@ -231,7 +233,7 @@ def _geometry(module, what: str) -> tuple[dict, list[nn.Conv2d], list[nn.Module]
 
 def _copy_weights(enc: AlexNetEncoder, convs: list[nn.Conv2d], norms: list[nn.Module]) -> None:
     with torch.no_grad():
-        for i, (conv, norm) in enumerate(zip(convs, norms), 1):
+        for i, (conv, norm) in enumerate(zip(convs, norms, strict=True), 1):
             mine = getattr(enc, f"conv{i}")
             mine.weight.copy_(conv.weight.detach().to("cpu", torch.float32))
             if conv.bias is None:

@@ -1,13 +1,14 @@
 """Installing cebench: the version, the dependency ranges against the pins, and a built wheel that
 works outside the repository.
 
-The wheel goes into a fresh venv. Its third-party packages are this interpreter's, seen through a
-folder of symlinks named in a .pth file (everything but cebench itself, pip and setuptools), so no
-5 GB torch is copied and nothing is downloaded (pip runs with --no-index). pip never changes those
-packages: they lie outside the new venv's prefix (pip refuses to uninstall there; pip itself runs from there too), each install is a
---dry-run first whose install set must be cebench alone, and the test checks that the torch
-distribution it links to is unchanged afterwards. CEBENCH_WHEEL_FULL_INSTALL=1 installs every
-dependency into the venv from the package index instead (minutes, ~6 GB), for a release check.
+The wheel goes into a fresh venv (made without pip). Its other packages, pip included, are this
+interpreter's, seen through a folder of symlinks named in a .pth file (everything but the editable
+cebench and .pth files), so no 5 GB torch is copied and nothing is downloaded (pip runs with
+--no-index and no config file). pip never changes those packages: they lie outside the new venv's
+prefix (pip refuses to uninstall there), each install is a --dry-run first whose install set must be
+cebench alone, and the test checks that the torch distribution it links to is unchanged afterwards.
+CEBENCH_WHEEL_FULL_INSTALL=1 installs every dependency into the venv from the package index instead
+(minutes, ~6 GB), for a release check.
 """
 
 import json
@@ -195,7 +196,8 @@ def _fake_dist(site: Path, name: str, version: str, requires=()) -> None:
     """Installed-distribution metadata only: what pip's resolver reads of an installed package."""
     d = site / f"{name}-{version}.dist-info"
     d.mkdir(parents=True)
-    lines = ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}", *[f"Requires-Dist: {r}" for r in requires]]
+    lines = ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}",
+             *[f"Requires-Dist: {r}" for r in requires]]
     (d / "METADATA").write_text("\n".join(lines) + "\n")
     (d / "INSTALLER").write_text("pip\n")
     (d / "RECORD").write_text("")
