@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from cebench.cache import cache_root
 from cebench.config import atomic_write_text, config_hash, config_to_dict, load_config, parse_overrides, read_yaml, save_config
 from cebench.data.sources import DataConfig, demo_root, voc_root
 from cebench.errors import CebenchError, ConfigError
@@ -100,9 +101,11 @@ def _demo_content(cfg: dict) -> dict:
     return content_key(replace(preset, seed=cfg["data"]["demo_seed"])) if preset else {}
 
 
-def plan(cfg: dict, out: Path, config_file: Path, voc: Path, device: str) -> list[Job]:
+def plan(cfg: dict, out: Path, config_file: Path, voc: Path, device: str, cache: Path | None = None) -> list[Job]:
     run = cfg["run"]
     base = ["--config", str(config_file), "--data", str(voc), "--device", device]
+    # one cache folder for the run's derived files (proposals, decoded splits), shared by its transfer jobs
+    cache_args = ["--cache", str(cache if cache is not None else cache_root(None, out))]
     data_key = _key(cfg["data"], _demo_content(cfg))
     jobs: list[Job] = []
     est_pre, est_tr = 60 * run["minutes_pretrain"], 60 * run["minutes_transfer"]
@@ -157,9 +160,10 @@ def plan(cfg: dict, out: Path, config_file: Path, voc: Path, device: str) -> lis
         return {**{k: v for k, v in tr.items() if k not in ("cls", "seg", "svm")}, task: tr[task]}
 
     if "det" in run["tasks"]:
-        # selective search once, cached beside the data, before the per-init detection jobs
+        # selective search once, in the run's cache folder (never the data), before the per-init detection jobs
         d = out / "transfer" / "proposals"
-        jobs.append(Job("det-proposals", "transfer", ["transfer", "det", "--proposals-only", "--out", str(d), *base], d,
+        jobs.append(Job("det-proposals", "transfer", ["transfer", "det", "--proposals-only", "--out", str(d), *base,
+                                                      *cache_args], d,
                         _key(cfg["det"]["proposals"], data_key), est_seconds=60, threads=run["threads"]))
         dep_keys["det-proposals"] = jobs[-1].key
     for task in run["tasks"]:
@@ -168,14 +172,16 @@ def plan(cfg: dict, out: Path, config_file: Path, voc: Path, device: str) -> lis
                 deps = (*deps, "det-proposals")
             slug = label.replace(" ", "-").replace("(", "").replace(")", "")
             d = out / "transfer" / task / slug
-            jobs.append(Job(f"{task}/{slug}", "transfer", ["transfer", task, "--init", arg, "--out", str(d), *base],
+            jobs.append(Job(f"{task}/{slug}", "transfer", ["transfer", task, "--init", arg, "--out", str(d), *base,
+                                                           *cache_args],
                             d, _key(stage_config(task), data_key, arg, init_key(deps)),
                             deps=deps, est_seconds=est_tr, threads=run["threads"]))
     if run["svm"]:
         for label, (arg, deps) in inits.items():
             slug = label.replace(" ", "-").replace("(", "").replace(")", "")
             d = out / "transfer" / "svm" / slug
-            jobs.append(Job(f"svm/{slug}", "svm", ["transfer", "svm", "--init", arg, "--out", str(d), *base],
+            jobs.append(Job(f"svm/{slug}", "svm", ["transfer", "svm", "--init", arg, "--out", str(d), *base,
+                                                   *cache_args],
                             d, _key(stage_config("svm"), data_key, arg, init_key(deps)), deps=deps, est_seconds=60,
                             threads=run["threads"]))
     return jobs
@@ -227,13 +233,15 @@ def check_real_data(cfg: dict) -> None:
         raise CebenchError("missing data for this config: " + " | ".join(problems))
 
 
-def main(config_path: Path, overrides, out: Path, *, device: str = "auto", force=(), dry_run: bool = False) -> Path:
+def main(config_path: Path, overrides, out: Path, *, device: str = "auto", force=(), dry_run: bool = False,
+         cache=None) -> Path:
+    """`cache`: the run's cache folder (--cache; default $CEBENCH_CACHE, else OUT/cache)."""
     out.mkdir(parents=True, exist_ok=True)
     with exclusive(out):
-        return _main(config_path, overrides, out, device=device, force=force, dry_run=dry_run)
+        return _main(config_path, overrides, out, device=device, force=force, dry_run=dry_run, cache=cache)
 
 
-def _main(config_path: Path, overrides, out: Path, *, device: str, force, dry_run: bool) -> Path:
+def _main(config_path: Path, overrides, out: Path, *, device: str, force, dry_run: bool, cache=None) -> Path:
     t0 = time.time()
     cfg = resolve(config_path, overrides)
     out.mkdir(parents=True, exist_ok=True)
@@ -246,7 +254,7 @@ def _main(config_path: Path, overrides, out: Path, *, device: str, force, dry_ru
     print(f"[run] config {config_path} -> {config_file}", flush=True)
     voc = voc_root(data_cfg)
     print(f"[run] data: {voc} ({time.time() - t0:.1f}s)", flush=True)
-    jobs = plan(cfg, out, config_file, voc, device)
+    jobs = plan(cfg, out, config_file, voc, device, cache_root(cache, out))
     bad = [s for s in force if s not in STAGES]
     if bad:
         raise CebenchError(f"--force {bad[0]}: unknown stage; stages are {', '.join(STAGES)}")

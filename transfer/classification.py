@@ -113,8 +113,10 @@ def cls_task(job, ctx: TaskContext) -> dict:
     """One classification job: fit on job.fit_split with job.lr, score on job.eval_split."""
     cfg: ClsConfig = ctx.cfg
     device = pick_device(ctx.device)
-    fit = load_split(ctx.root, job.fit_split, kind="cls", load_size=cfg.load_size, cache_dir=ctx.cache_dir)
-    ev = load_split(ctx.root, job.eval_split, kind="cls", load_size=cfg.load_size, cache_dir=ctx.cache_dir)
+    fit = load_split(ctx.root, job.fit_split, kind="cls", load_size=cfg.load_size, cache_dir=ctx.cache_dir,
+                     classes=ctx.classes)
+    ev = load_split(ctx.root, job.eval_split, kind="cls", load_size=cfg.load_size, cache_dir=ctx.cache_dir,
+                     classes=ctx.classes)
     magic = to_input(fit["images"][: ctx.magic_images])
     encoder = encoder_for_job(job, ctx, magic)
     out_size = encoder.cfg.input_size

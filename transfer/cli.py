@@ -15,9 +15,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from cebench.cliutil import out_dir as make_out_dir, parse_seeds, split_overrides
+from cebench.cache import cache_root
+from cebench.cliutil import add_cache_arg, out_dir as make_out_dir, parse_seeds, split_overrides
 from cebench.config import config_hash, config_to_dict, load_config, save_config
 from cebench.data.sources import DataConfig, voc_root
+from cebench.data.voc import describe_classes, resolve_classes
 from cebench.errors import ConfigError
 
 from .classification import cls_task
@@ -49,8 +51,9 @@ def _arch_for(cfg: TransferConfig, inits: list[InitSpec]):
 
 
 def main(task: str, cfg: TransferConfig, data_cfg: DataConfig, inits, out_dir, device: str = "auto", *,
-         data: str | None = None, log=print) -> pd.DataFrame:
-    """Run `task` (cls | seg | svm) for every init over cfg.seeds -> the results table (also on disk)."""
+         data: str | None = None, log=print, cache=None) -> pd.DataFrame:
+    """Run `task` (cls | seg | svm) for every init over cfg.seeds -> the results table (also on disk).
+    `cache`: the cache folder (--cache; default $CEBENCH_CACHE, else out_dir/cache)."""
     if task not in TASKS:
         raise ConfigError(f"unknown transfer task {task!r}; choose one of {', '.join(TASKS)}")
     attr, task_fn, primary = TASKS[task]
@@ -58,9 +61,13 @@ def main(task: str, cfg: TransferConfig, data_cfg: DataConfig, inits, out_dir, d
     out_dir.mkdir(parents=True, exist_ok=True)
     specs = resolve_inits(inits)
     root = voc_root(data_cfg, data, segmentation=(task == "seg"))
+    classes, source = resolve_classes(root, data_cfg.classes or None)
+    log(f"[{task}] {describe_classes(classes, source)}")
+    given = classes if data_cfg.classes else None  # passed on only when configured (jobs resolve the same)
     sub = getattr(cfg, attr)
-    ctx = TaskContext(cfg=sub, root=str(root), cache_dir=cfg.cache_dir or str(out_dir / "cache"), device=device,
-                      arch=_arch_for(cfg, specs), magic=cfg.magic, magic_images=cfg.magic_images)
+    split_cache = cfg.cache_dir or str(cache_root(cache, out_dir) / "splits")
+    ctx = TaskContext(cfg=sub, root=str(root), cache_dir=split_cache, device=device,
+                      arch=_arch_for(cfg, specs), magic=cfg.magic, magic_images=cfg.magic_images, classes=given)
     save_config({"transfer": config_to_dict(cfg), "data": config_to_dict(data_cfg), "task": task,
                  "root": str(root), "inits": [vars(s) for s in specs]}, out_dir)
     lrs = list(getattr(sub, "lrs", [0.0]))
@@ -70,7 +77,7 @@ def main(task: str, cfg: TransferConfig, data_cfg: DataConfig, inits, out_dir, d
     if task == "svm":  # no learning rate: fit on trainval (C by CV inside), score on test
         plan = replace(plan, lrs=[0.0])
     key = config_hash({"task": task, "sub": config_to_dict(sub), "arch": str(ctx.arch), "magic": cfg.magic,
-                       "root": str(root)})
+                       "root": str(root), **({"classes": list(given)} if given else {})})
     metrics = [primary] if primary else [f"{kind} {layer} mAP" for layer in sub.layers
                                          for kind in (("svm", "knn") if sub.knn else ("svm",))]
     t0 = time.time()
@@ -89,7 +96,7 @@ def _run(args) -> int:
         cfg.seeds = parse_seeds(args.seeds)
     data_cfg = load_config(DataConfig, args.config, ov["data"], section="data")
     out = make_out_dir(args, f"runs/transfer/{args.task}")
-    main(args.task, cfg, data_cfg, args.init or ["random"], out, args.device, data=args.data)
+    main(args.task, cfg, data_cfg, args.init or ["random"], out, args.device, data=args.data, cache=args.cache)
     return 0
 
 
@@ -103,6 +110,7 @@ def register(subparsers, common) -> None:
     for task, text in helps.items():
         q = sub.add_parser(task, parents=[common], help=text, description=text)
         add_init_args(q)
+        add_cache_arg(q)
         q.set_defaults(func=_run, task=task)
     from . import det_cli
 

@@ -18,11 +18,12 @@ class TaskContext:
 
     cfg: object                 # the task's config dataclass (ClsConfig / SegConfig / SvmConfig)
     root: str                   # VOCyyyy folder
-    cache_dir: str              # in-memory split cache (.pt files)
+    cache_dir: str              # decoded-split cache folder (.pt files; never inside the data)
     device: str = "cpu"
     arch: object = "demo"       # architecture of the random row: preset name or AlexNetConfig dict
     magic: str = "random"       # random | all | none (see build_init)
     magic_images: int = 64
+    classes: tuple | None = None  # data.classes resolved once by the command; None = the tree's own list
 
 
 def resolve_inits(items) -> list[InitSpec]:

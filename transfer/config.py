@@ -18,7 +18,7 @@ class TransferConfig:
     magic_images: int = 64
     workers: int = 1              # job processes inside one command (the pipeline parallelises inits)
     threads: int = 1              # torch threads per job process
-    cache_dir: str = ""           # in-memory split cache ("" = <out>/cache)
+    cache_dir: str = ""           # decoded-split cache ("" = <the command's cache folder>/splits, see cebench.cache)
     cls: ClsConfig = field(default_factory=ClsConfig)
     seg: SegConfig = field(default_factory=SegConfig)
     svm: SvmConfig = field(default_factory=SvmConfig)

@@ -7,8 +7,11 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from cebench.cache import cache_root
+from cebench.cliutil import add_cache_arg
 from cebench.config import atomic_write_text, load_config, save_config
 from cebench.data.sources import DataConfig, voc_root
+from cebench.data.voc import describe_classes, resolve_classes
 
 from .det_data import check_voc_tree
 from .det_train import TASK, DetConfig, DetContext, det_task, job_key, validate
@@ -19,8 +22,9 @@ METRICS = ["mAP", "mAP_11pt", "mAP_allpoint"]
 
 
 def main(cfg: DetConfig, data_cfg: DataConfig, root, out_dir, *, device: str = "cpu", log=print,
-         proposals_only: bool = False) -> ResultsTable | None:
-    """Proposals for every split, lr selection on val, seeds on test, results rows with task "det"."""
+         proposals_only: bool = False, cache=None) -> ResultsTable | None:
+    """Proposals for every split, lr selection on val, seeds on test, results rows with task "det".
+    `cache`: the cache folder (--cache; default $CEBENCH_CACHE, else out_dir/cache)."""
     from cebench.logs import progress  # noqa: F401  (progress bars inside load_proposals)
 
     from .common import resolve_inits
@@ -28,9 +32,14 @@ def main(cfg: DetConfig, data_cfg: DataConfig, root, out_dir, *, device: str = "
 
     validate(cfg)
     root, out_dir = Path(root), Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     splits = [data_cfg.train_split, data_cfg.val_split, data_cfg.trainval_split, data_cfg.test_split]
     check_voc_tree(root, splits)
+    classes, source = resolve_classes(root, data_cfg.classes or None)
+    log(f"[det] {describe_classes(classes, source)}")
+    given = classes if data_cfg.classes else None  # passed on only when configured (jobs resolve the same)
+    if not cfg.proposals.cache_dir:
+        cfg = replace(cfg, proposals=replace(cfg.proposals, cache_dir=str(cache_root(cache, out_dir) / "proposals")))
+    out_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out_dir)
     from cebench.data.voc import read_split
 
@@ -49,9 +58,9 @@ def main(cfg: DetConfig, data_cfg: DataConfig, root, out_dir, *, device: str = "
         from .cli import _arch_for
 
         cfg = replace(cfg, arch=_arch_for(cfg, specs))
-    ctx = DetContext(cfg=cfg, root=str(root), device=str(device))
+    ctx = DetContext(cfg=cfg, root=str(root), device=str(device), classes=given)
     table = run_seeds(det_task, TASK, specs, plan, ctx, out_dir, metrics=METRICS, primary="mAP",
-                      key=job_key(cfg, root), workers=cfg.workers, threads=cfg.threads, log=log)
+                      key=job_key(cfg, root, given), workers=cfg.workers, threads=cfg.threads, log=log)
     df = table.save()
     log(format_table(df[df.task == TASK]))
     # speeds and the figure from the final jobs' JSON
@@ -78,12 +87,10 @@ def main(cfg: DetConfig, data_cfg: DataConfig, root, out_dir, *, device: str = "
                 figure_src = (spec.name, ok[0])
     atomic_write_text(out_dir / "det_summary.json", json.dumps(summary, indent=2, default=str))
     if figure_src is not None and figure_src[1].get("examples"):
-        from cebench.data.voc import read_classes
-
         from .det_figure import draw_detections
 
         name, rec = figure_src
-        png = draw_detections(root, rec["examples"], read_classes(root), out_dir / "det_detections.png",
+        png = draw_detections(root, rec["examples"], classes, out_dir / "det_detections.png",
                               title=f"Fast R-CNN detections, {name} init (seed {rec['seed']}, lr {rec['lr']:g}); "
                                     f"dashed: ground truth")
         log(f"[det] figure: {png}")
@@ -103,7 +110,7 @@ def _cmd(args) -> int:
         cfg = replace(cfg, seeds=parse_seeds(args.seeds))
     root = voc_root(data_cfg, args.data)
     main(cfg, data_cfg, root, out_dir(args, "runs/det"), device=str(choose_device(args.device)),
-         proposals_only=args.proposals_only)
+         proposals_only=args.proposals_only, cache=args.cache)
     return 0
 
 
@@ -117,6 +124,7 @@ def register_det(transfer_subparsers, common) -> None:
                         "or any NAME=PATH; default: the config's det.inits")
     p.add_argument("--seeds", default="", help="comma-separated seeds (default: the config's det.seeds); ',' = lr selection on val only")
     p.add_argument("--proposals-only", action="store_true", help="compute (or check) the cached proposals and stop")
+    add_cache_arg(p)
     p.set_defaults(func=_cmd)
 
 

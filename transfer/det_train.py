@@ -74,6 +74,7 @@ class DetContext:
     cfg: DetConfig
     root: str
     device: str = "cpu"
+    classes: tuple | None = None  # data.classes resolved by the command; None = the tree's own list
 
 
 # --------------------------------------------------------------------------------------------- pieces
@@ -166,15 +167,15 @@ def build_model(cfg: DetConfig, init_name: str, checkpoint, seed: int, ds: DetDa
 
 
 def fit_and_score(cfg: DetConfig, root, init_name: str, checkpoint, seed: int, lr: float, fit_split: str,
-                  eval_split: str, device="cpu", keep_first: int = 0, log=None) -> dict:
+                  eval_split: str, device="cpu", keep_first: int = 0, log=None, classes=None) -> dict:
     """ONE detection run: build the init, fine-tune on `fit_split`, score on `eval_split`."""
     device = torch.device(device)
     props = load_proposals(root, _split_ids(root, fit_split) + _split_ids(root, eval_split), cfg.proposals,
                            progress=False)
     fit = DetDataset(root, fit_split, props, scale=cfg.scale, max_size=cfg.max_size, train=True,
-                     use_difficult=cfg.use_difficult, cache_images=cfg.cache_images)
+                     use_difficult=cfg.use_difficult, cache_images=cfg.cache_images, classes=classes)
     ev = DetDataset(root, eval_split, props, scale=cfg.scale, max_size=cfg.max_size, train=False,
-                    cache_images=cfg.cache_images)
+                    cache_images=cfg.cache_images, classes=classes)
     model = build_model(cfg, init_name, checkpoint, seed, fit)
     model.set_target_stats(*target_stats(fit, cfg.fg_thresh))
     model = place_model(model, device)
@@ -193,7 +194,7 @@ def det_task(job, ctx: DetContext) -> dict:
     """The task function of `seeds.run_seeds` (module level, picklable): one (init, seed, lr) job."""
     keep = ctx.cfg.figure_images if job.phase == "final" else 0
     out = fit_and_score(ctx.cfg, ctx.root, job.init.kind, job.init.checkpoint, job.seed, job.lr, job.fit_split,
-                        job.eval_split, ctx.device, keep_first=keep)
+                        job.eval_split, ctx.device, keep_first=keep, classes=ctx.classes)
     out.pop("model")
     return out
 
@@ -205,12 +206,16 @@ def _split_ids(root, split: str) -> list[str]:
     return read_split(root, split)
 
 
-def job_key(cfg: DetConfig, root) -> str:
+def job_key(cfg: DetConfig, root, classes=None) -> str:
     """Config hash for job caching: everything that changes a job's result (not parallelism)."""
     d = config_to_dict(cfg)
     for k in ("inits", "seeds", "lrs", "select_seeds", "workers", "threads"):
         d.pop(k, None)
+    for k in ("cache_dir", "workers"):  # where proposals are cached and how many compute them: not the result
+        d["proposals"].pop(k, None)
     d["root"] = str(Path(root).resolve())
+    if classes:
+        d["classes"] = list(classes)
     return config_hash(d)
 
 

@@ -124,8 +124,10 @@ def seg_task(job, ctx: TaskContext) -> dict:
     """One segmentation job: fit on job.fit_split with job.lr, mean IU on job.eval_split."""
     cfg: SegConfig = ctx.cfg
     device = pick_device(ctx.device)
-    fit = load_split(ctx.root, job.fit_split, kind="seg", load_size=cfg.load_size, cache_dir=ctx.cache_dir)
-    ev = load_split(ctx.root, job.eval_split, kind="seg", load_size=cfg.load_size, cache_dir=ctx.cache_dir)
+    fit = load_split(ctx.root, job.fit_split, kind="seg", load_size=cfg.load_size, cache_dir=ctx.cache_dir,
+                     classes=ctx.classes)
+    ev = load_split(ctx.root, job.eval_split, kind="seg", load_size=cfg.load_size, cache_dir=ctx.cache_dir,
+                     classes=ctx.classes)
     encoder = encoder_for_job(job, ctx, to_input(fit["images"][: ctx.magic_images]))
     k = len(fit["classes"])
     model = place_model(FCN32(encoder, k, fc_dim=cfg.fc_dim, fc6_kernel=cfg.fc6_kernel, dropout=cfg.dropout,

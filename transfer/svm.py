@@ -101,8 +101,10 @@ def knn_scores(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, cfg: SvmConfig
 def svm_task(job, ctx: TaskContext) -> dict:
     cfg: SvmConfig = ctx.cfg
     device = pick_device(ctx.device)
-    tr = load_split(ctx.root, job.fit_split, kind="cls", load_size=cfg.load_size, cache_dir=ctx.cache_dir)
-    te = load_split(ctx.root, job.eval_split, kind="cls", load_size=cfg.load_size, cache_dir=ctx.cache_dir)
+    tr = load_split(ctx.root, job.fit_split, kind="cls", load_size=cfg.load_size, cache_dir=ctx.cache_dir,
+                     classes=ctx.classes)
+    te = load_split(ctx.root, job.eval_split, kind="cls", load_size=cfg.load_size, cache_dir=ctx.cache_dir,
+                     classes=ctx.classes)
     encoder = encoder_for_job(job, ctx, to_input(tr["images"][: ctx.magic_images])).to(device)
     ytr, yte = tr["labels"].numpy(), te["labels"].numpy()
     metrics, details = {}, {}
