@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cebench.data.voc import (annotation_class_names, describe_classes, find_voc_root,
+from cebench.data.voc import (VOC_CLASSES, annotation_class_names, describe_classes, find_voc_root,
                               parse_annotation, resolve_classes)
 from cebench.errors import CebenchError
 from cebench.images import inspect_image, list_images
@@ -96,6 +96,9 @@ def _check_voc(report: CheckReport, voc: Path, classes_cfg=None) -> None:
     report.classes, report.class_source = classes, source
     extra = sorted(set(annotation_class_names(voc)) - set(classes) - {""})
     cindex = {c: i for i, c in enumerate((*classes, *extra))}  # extra names parse, and are reported once
+    # with the classes read from the annotations, the names outside the VOC list are said once
+    flagged = np.asarray([c not in VOC_CLASSES if source == "annotations" else i >= len(classes)
+                          for i, c in enumerate(cindex)], dtype=bool)
     sizes = _check_images(report, list_images(voc / "JPEGImages", recursive=False))
     images = {p.stem for p in (voc / "JPEGImages").glob("*.jpg")}
 
@@ -109,7 +112,7 @@ def _check_voc(report: CheckReport, voc: Path, classes_cfg=None) -> None:
             report.add(xml, str(exc).split(": ", 1)[-1])
             anns[xml.stem] = None
             continue
-        if (ann["labels"] >= len(classes)).any():
+        if flagged[ann["raw_labels"]].any():
             outside_files.append(xml)
         known = ann["labels"] < len(classes)
         anns[xml.stem] = {"labels": ann["labels"][known], "difficult": ann["difficult"][known]}
@@ -137,8 +140,9 @@ def _check_voc(report: CheckReport, voc: Path, classes_cfg=None) -> None:
                                   f"are clipped to it when loaded (this file: {clipped[0][1]})", "warning")
     if outside_files:
         if source == "annotations":
+            names = [c for c in classes if c not in VOC_CLASSES]
             report.add(voc / "Annotations", f"{len(outside_files)} annotations use classes outside the VOC list: "
-                                            f"{_short_list(extra)} - they will be read from the annotations "
+                                            f"{_short_list(names)} - they will be read from the annotations "
                                             f"(or set data.classes)", "warning")
         else:
             report.add(outside_files[0], f"{len(outside_files)} annotations use classes not in {source}: "
