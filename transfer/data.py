@@ -56,7 +56,7 @@ def load_split(root, split: str, *, kind: str, load_size: int, cache_dir=None, c
     `classes`: data.classes (None = the tree's own class list)."""
     index = VOCIndex(root, split, kind="segmentation" if kind == "seg" else "main", classes=classes)
     if len(index) == 0:
-        raise DatasetMissingError(f"{index.root}: split {split!r} is empty")
+        raise DatasetMissingError(f"{index.split_file}: split {split!r} is empty (no image ids)")
     path = _cache_file(cache_dir, index, kind, load_size) if cache_dir else None
     cached = _load(path) if path is not None else None
     if cached is not None:

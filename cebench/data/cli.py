@@ -54,7 +54,7 @@ def cmd_demo(args) -> int:
 def cmd_check(args) -> int:
     from cebench.data.check import check_dataset, format_report
 
-    classes = [c for c in (args.classes or "").split(",") if c.strip()] or None
+    classes = [c for c in (getattr(args, "classes", None) or "").split(",") if c.strip()] or None
     report = check_dataset(args.root, classes=classes)
     print(format_report(report, max_issues=args.max_issues))
     return 0 if report.ok else 1

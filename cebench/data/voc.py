@@ -288,7 +288,9 @@ def read_segmentation(png_path) -> np.ndarray:
             rgb = np.asarray(im.convert("RGB"), dtype=np.int64)
     except FileNotFoundError:
         raise CebenchError(f"{png_path}: segmentation file missing") from None
-    except OSError as exc:
+    except IsADirectoryError:
+        raise CebenchError(f"{png_path}: is a folder, expected a segmentation PNG") from None
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
         raise CebenchError(f"{png_path}: unreadable segmentation ({exc})") from None
     pal = np.asarray(voc_palette(), dtype=np.int64).reshape(256, 3)
     code = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
@@ -310,15 +312,18 @@ class VOCIndex:
         self.classes, self.class_source = resolve_classes(self.root, classes)
         self.class_index = {c: i for i, c in enumerate(self.classes)}
         self.ids = read_split(self.root, split, kind)
-        missing = [i for i in self.ids if not (self.root / "JPEGImages" / f"{i}.jpg").is_file()]
+        missing = [i for i in self.ids if not (self.root / "JPEGImages" / f"{i}.jpg").exists()]
         if missing:  # e.g. a truncated split file: one line that ends mid-id
-            sub = "Segmentation" if kind == "segmentation" else "Main"
-            raise DatasetMissingError(f"{self.root / 'ImageSets' / sub / f'{split}.txt'}: {len(missing)} id(s) "
-                                      f"without an image JPEGImages/<id>.jpg, e.g. {missing[0]!r}")
+            raise DatasetMissingError(f"{self.split_file}: {len(missing)} id(s) without an image "
+                                      f"JPEGImages/<id>.jpg, e.g. {missing[0]!r}")
         self._ann: dict[int, dict] = {}
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    @property
+    def split_file(self) -> Path:
+        return self.root / "ImageSets" / ("Segmentation" if self.kind == "segmentation" else "Main") / f"{self.split}.txt"
 
     @property
     def num_classes(self) -> int:
