@@ -20,9 +20,9 @@ from cebench.config import atomic_write_text
 
 def _benches():
     # the one mapping from a benchmark name to the function that runs it
-    from cebench.pretrain.bench import bench_pretrain
-    from cebench.retrieval.bench import bench_retrieval
-    from cebench.transfer.bench import bench_transfer
+    from cebench.pretrain.throughput import bench_pretrain
+    from cebench.retrieval.throughput import bench_retrieval
+    from cebench.transfer.throughput import bench_transfer
 
     return {"pretrain": bench_pretrain, "transfer": bench_transfer, "retrieval": bench_retrieval}
 

@@ -184,7 +184,7 @@ def test_every_reader_is_driven_by_a_valid_file_first(env, tmp_path, capsys):
     from cebench.config import read_yaml
     from cebench.data.voc import VOCIndex, read_segmentation
     from cebench.images import open_rgb
-    from cebench.transfer.proposals import read_proposal_file
+    from cebench.transfer.det.proposals import read_proposal_file
 
     assert load_checkpoint(env.ckpt)["arch"]["name"] == "ce"
     assert open_rgb(env.jpg).size == open_rgb(env.png).size == (64, 48)
