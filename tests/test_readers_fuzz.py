@@ -178,6 +178,23 @@ def test_bad_file_gives_one_line_naming_it(env, tmp_path, capsys, reader, varian
     assert written in ([], ["config.yaml"]), written  # the resolved config at most: no result, no cache entry
 
 
+@pytest.mark.parametrize("content", ["state_dict", "tensor", "list"])
+@pytest.mark.parametrize("command", ["det", "inpaint"])
+def test_a_torch_file_that_is_not_a_cebench_checkpoint(env, tmp_path, capsys, content, command):
+    """A valid torch file of the wrong kind (a bare state_dict, a tensor, a list) is named in one line too."""
+    net = ContextEncoder(AlexNetConfig.demo(), decoder_widths=(32, 32, 16, 16), decoder_layers=4)
+    obj = {"state_dict": net.state_dict(), "tensor": torch.zeros(3), "list": [1, 2]}[content]
+    path = tmp_path / "foreign.pt"
+    torch.save(obj, path)
+    out = tmp_path / "out"
+    argv = (_transfer("det", "iterations=2", "workers=1", "arch=auto", "--init", f"mine={path}")(env, path, out)
+            if command == "det" else _inpaint(lambda e, f: e.jpg, lambda e, f: f)(env, path, out))
+    capsys.readouterr()
+    assert cli_main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {path}: "), lines
+
+
 def test_every_reader_is_driven_by_a_valid_file_first(env, tmp_path, capsys):
     """The unspoiled files go through the same readers (so each case above fails on the spoiled file)."""
     from cebench.checkpoint import load_checkpoint

@@ -43,10 +43,16 @@ def _arch_for(cfg: TransferConfig, inits: list[InitSpec]):
     if cfg.arch != "auto":
         return cfg.arch
     from cebench.checkpoint import load_checkpoint
+    from cebench.errors import CheckpointError
 
     for spec in inits:
         if spec.checkpoint and spec.kind != "imagenet":
-            return dict(load_checkpoint(spec.checkpoint)["arch"]["encoder"])
+            arch = load_checkpoint(spec.checkpoint).get("arch")
+            if not isinstance(arch, dict) or not isinstance(arch.get("encoder"), dict):
+                raise CheckpointError(f"{spec.checkpoint}: no AlexNet encoder in this checkpoint (arch has no "
+                                      f"'encoder' entry; a bare state_dict? save it with "
+                                      f"cebench.pretrain.loading.save_encoder_checkpoint)")
+            return dict(arch["encoder"])
     return "demo"
 
 

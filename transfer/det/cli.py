@@ -39,6 +39,12 @@ def main(cfg: DetConfig, data_cfg: DataConfig, root, out_dir, *, device: str = "
     given = classes if data_cfg.classes else None  # passed on only when configured (jobs resolve the same)
     if not cfg.proposals.cache_dir:
         cfg = replace(cfg, proposals=replace(cfg.proposals, cache_dir=str(cache_root(cache, out_dir) / "proposals")))
+    if not proposals_only:  # the checkpoints are read before hours of selective search, not after
+        specs = resolve_inits(cfg.inits)
+        if cfg.arch == "auto":  # the random row takes the architecture of the first checkpoint
+            from ..cli import _arch_for
+
+            cfg = replace(cfg, arch=_arch_for(cfg, specs))
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out_dir)
     from cebench.data.voc import read_split
@@ -50,14 +56,9 @@ def main(cfg: DetConfig, data_cfg: DataConfig, root, out_dir, *, device: str = "
     if proposals_only:  # the pipeline computes them once before the per-init jobs start
         log(f"[det] proposals for {len(ids)} images ready ({prop_seconds:.1f}s)")
         return None
-    specs = resolve_inits(cfg.inits)
     plan = SeedPlan(seeds=list(cfg.seeds), lrs=list(cfg.lrs), select_seeds=list(cfg.select_seeds),
                     train_split=data_cfg.train_split, val_split=data_cfg.val_split,
                     trainval_split=data_cfg.trainval_split, test_split=data_cfg.test_split)
-    if cfg.arch == "auto":  # the random row takes the architecture of the first checkpoint
-        from ..cli import _arch_for
-
-        cfg = replace(cfg, arch=_arch_for(cfg, specs))
     ctx = DetContext(cfg=cfg, root=str(root), device=str(device), classes=given)
     table = run_seeds(det_task, TASK, specs, plan, ctx, out_dir, metrics=METRICS, primary="mAP",
                       key=job_key(cfg, root, given), workers=cfg.workers, threads=cfg.threads, log=log)
