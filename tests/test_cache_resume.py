@@ -13,10 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from cebench.transfer.data import _load as _load_split_entry
 from cebench.transfer.det.proposals import _load_npz
+from PIL import Image
 
 N_IMAGES = 16
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cebench.benchmarks.cli import main as cli_main
 from PIL import Image
 
-from cebench.benchmarks.cli import main as cli_main
 from cebench.data.check import check_dataset, format_report
-from cebench.data.voc import VOC_CLASSES, VOCIndex, parse_annotation, resolve_classes
+from cebench.data.voc import VOCIndex, parse_annotation, resolve_classes
 from cebench.errors import CebenchError
 
 torch.set_num_threads(1)
@@ -25,7 +25,7 @@ W, H = 192, 108  # 1920x1080 at a tenth: the aspect of camera and phone data set
 
 def _obj(box, *, full: bool, name: str = "raccoon") -> str:
     fields = "<pose>Unspecified</pose><truncated>0</truncated><difficult>0</difficult>" if full else ""
-    b = "".join(f"<{t}>{v}</{t}>" for t, v in zip(("xmin", "ymin", "xmax", "ymax"), box))
+    b = "".join(f"<{t}>{v}</{t}>" for t, v in zip(("xmin", "ymin", "xmax", "ymax"), box, strict=True))
     return f"<object><name>{name}</name>{fields}<bndbox>{b}</bndbox></object>"
 
 
@@ -34,7 +34,8 @@ def _xml(i: str, variant: int, boxes) -> str:
     size = f"<size><width>{W}</width><height>{H}</height><depth>3</depth></size>"
     head = f"<folder>VOC2007</folder><filename>{i}.jpg</filename>"
     if variant == 0:  # complete, as the VOC devkit writes it
-        return f"<annotation>{head}{size}<segmented>0</segmented>{''.join(_obj(b, full=True) for b in boxes)}</annotation>"
+        objs = "".join(_obj(b, full=True) for b in boxes)
+        return f"<annotation>{head}{size}<segmented>0</segmented>{objs}</annotation>"
     if variant == 1:  # no <truncated>/<difficult>/<pose>/<segmented>
         return f"<annotation>{head}{size}{''.join(_obj(b, full=False) for b in boxes)}</annotation>"
     if variant == 2:  # <size> after the objects

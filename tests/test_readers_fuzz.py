@@ -11,20 +11,20 @@ det.proposals.file). The retrieval feature cache is read by the retrieval stage 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
 import torch
+from cebench.benchmarks.cli import main as cli_main
+from cebench.pretrain.models import AlexNetConfig, ContextEncoder
 from PIL import Image
 
-from cebench.benchmarks.cli import main as cli_main
 from cebench.checkpoint import save_checkpoint
 from cebench.data.demo import DEMO_PRESETS, generate_demo
 from cebench.data.voc import read_split
-from cebench.pretrain.models import AlexNetConfig, ContextEncoder
 
 torch.set_num_threads(1)
 VARIANTS = ("random", "truncated", "empty", "folder")
@@ -197,11 +197,12 @@ def test_a_torch_file_that_is_not_a_cebench_checkpoint(env, tmp_path, capsys, co
 
 def test_every_reader_is_driven_by_a_valid_file_first(env, tmp_path, capsys):
     """The unspoiled files go through the same readers (so each case above fails on the spoiled file)."""
+    from cebench.transfer.det.proposals import read_proposal_file
+
     from cebench.checkpoint import load_checkpoint
     from cebench.config import read_yaml
     from cebench.data.voc import VOCIndex, read_segmentation
     from cebench.images import open_rgb
-    from cebench.transfer.det.proposals import read_proposal_file
 
     assert load_checkpoint(env.ckpt)["arch"]["name"] == "ce"
     assert open_rgb(env.jpg).size == open_rgb(env.png).size == (64, 48)

@@ -18,8 +18,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cebench.data.voc import (VOC_CLASSES, annotation_class_names, describe_classes, find_voc_root,
-                              parse_annotation, resolve_classes)
+from cebench.data.voc import (
+    VOC_CLASSES,
+    annotation_class_names,
+    describe_classes,
+    find_voc_root,
+    parse_annotation,
+    resolve_classes,
+)
 from cebench.errors import CebenchError
 from cebench.images import inspect_image, list_images
 

@@ -255,7 +255,7 @@ def parse_annotation(xml_path, class_index: dict[str, int], image_path=None) -> 
         labels=np.asarray(labels, dtype=np.int64).reshape(-1)[keep],
         difficult=np.asarray(difficult, dtype=bool).reshape(-1)[keep],
         truncated=np.asarray(truncated, dtype=bool).reshape(-1)[keep],
-        pose=[p for p, k in zip(pose, keep) if k],
+        pose=[p for p, k in zip(pose, keep, strict=True) if k],
         segmented=segmented,
         width=width,
         height=height,
@@ -323,7 +323,8 @@ class VOCIndex:
 
     @property
     def split_file(self) -> Path:
-        return self.root / "ImageSets" / ("Segmentation" if self.kind == "segmentation" else "Main") / f"{self.split}.txt"
+        sub = "Segmentation" if self.kind == "segmentation" else "Main"
+        return self.root / "ImageSets" / sub / f"{self.split}.txt"
 
     @property
     def num_classes(self) -> int:
