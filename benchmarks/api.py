@@ -38,9 +38,13 @@ def _config_path(config) -> Path:
     from .cli import resolve_config
 
     try:
-        return resolve_config(str(config))
+        path = resolve_config(str(config))
     except argparse.ArgumentTypeError as exc:
         raise ConfigError(str(exc)) from None
+    from cebench.config import read_yaml
+
+    read_yaml(path)  # a missing, empty or unreadable file: one ConfigError naming it, before any work
+    return path
 
 
 def _check_name(name: str) -> str:

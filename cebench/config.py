@@ -136,7 +136,7 @@ def read_yaml(path) -> dict:
     if path.is_dir():
         raise ConfigError(f"{path}: is a folder, expected a YAML config file (or one of tiny, demo, paper)")
     if not path.is_file():
-        raise ConfigError(f"{path}: config file not found (give a YAML file or one of tiny, demo, paper)")
+        raise ConfigError(f"{path}: config file not found (neither one of tiny, demo, paper nor an existing YAML file)")
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError:
