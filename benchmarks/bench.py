@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from cebench.config import atomic_write_text
+from cebench.io import atomic_write_json, atomic_write_text
 
 
 def _benches():
@@ -94,7 +94,7 @@ def run_bench(which: str, out_dir: Path, device: str = "auto", quick: bool = Fal
         print(f"[bench] {name} done in {time.time() - t0:.1f}s", flush=True)
     data["machine"] = machine_info()
     data["date"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    atomic_write_text(path, json.dumps(data, indent=2, default=str))
+    atomic_write_json(path, data)
     atomic_write_text(out_dir / "bench.md", summary_markdown(data))
     print(f"[bench] wrote {path} and {out_dir / 'bench.md'}")
     return data

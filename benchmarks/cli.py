@@ -12,7 +12,7 @@ import importlib.resources
 import sys
 from pathlib import Path
 
-from cebench.errors import CebenchError, ConfigError
+from cebench.errors import CebenchError
 
 CONFIG_NAMES = ("tiny", "demo", "paper")
 

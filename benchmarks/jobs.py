@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cebench.config import atomic_write_text
+from cebench.io import atomic_write_json
 from cebench.errors import CebenchError
 from cebench.locks import file_lock
 
@@ -124,8 +124,9 @@ class Scheduler:
                     fh.close()
                     secs = time.time() - start
                     if rc == 0:
-                        atomic_write_text(job.out_dir / DONE, json.dumps({"key": job.key, "seconds": round(secs, 1),
-                                                                          "finished": time.strftime("%Y-%m-%d %H:%M:%S")}))
+                        atomic_write_json(job.out_dir / DONE, {"key": job.key, "seconds": round(secs, 1),
+                                                               "finished": time.strftime("%Y-%m-%d %H:%M:%S")},
+                                          indent=None)
                         self.results[name] = JobResult(name, "done", secs, str(job.out_dir / "log.txt"))
                     else:
                         self.results[name] = JobResult(name, "failed", secs, str(job.out_dir / "log.txt"))

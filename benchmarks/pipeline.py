@@ -12,14 +12,15 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from cebench.config import atomic_write_text, config_hash, config_to_dict, load_config, parse_overrides, read_yaml, save_config
-from cebench.data.sources import DataConfig, demo_root, voc_root
+from cebench.config import config_hash, config_to_dict, load_config, parse_overrides, read_yaml, save_config
+from cebench.data.sources import DataConfig, voc_root
 from cebench.errors import CebenchError, ConfigError
+from cebench.io import atomic_write_json
 
 from . import report
 from .bench import machine_info
@@ -260,7 +261,7 @@ def _main(config_path: Path, overrides, out: Path, *, device: str, force, dry_ru
     wall = (time.time() - t0) / 60
     wall_file = out / "wall.json"  # the wall time of the last run that computed every job (no cache)
     if results and all(r.status == "done" for r in results.values()):
-        atomic_write_text(wall_file, json.dumps({"wall_minutes": round(wall, 2)}))
+        atomic_write_json(wall_file, {"wall_minutes": round(wall, 2)}, indent=None)
     full = json.loads(wall_file.read_text())["wall_minutes"] if wall_file.is_file() else None
     info = {
         "config": str(config_path), "overrides": list(overrides), "machine": machine_info(),

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cebench.config import atomic_write_text
+from cebench.io import atomic_write_text
 from cebench.errors import CebenchError
 from cebench.transfer.results import combine_paired, summarize
 

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 
 import pandas as pd
 
-from cebench.config import atomic_write_text
+from cebench.io import atomic_copy, atomic_save_figure, atomic_write_text
 from cebench.logs import read_jsonl
 
 from .paper import TABLE1, TABLE1_MATCH, TABLE2, TASK_METRIC
@@ -49,15 +48,6 @@ def _portable(text: str) -> str:
 
 def atomic_csv(df: pd.DataFrame, path: Path, float_format: str = "%.4g") -> None:
     atomic_write_text(path, _portable(df.to_csv(index=False, float_format=float_format)))
-
-
-def _copy(src: Path, dst: Path) -> bool:
-    if src.is_file():
-        tmp = dst.with_name(f".{dst.name}.tmp")
-        shutil.copyfile(src, tmp)
-        tmp.replace(dst)
-        return True
-    return False
 
 
 def _fmt(mean, std=None, seeds=None) -> str:
@@ -260,10 +250,8 @@ def plot_curves(pretrain_dirs: dict[str, Path], path: Path) -> bool:
         ax.tick_params(labelsize=7)
     fig.suptitle("pretraining curves", fontsize=10)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    atomic_save_figure(fig, path, dpi=110)
     plt.close(fig)
-    tmp.replace(path)
     return True
 
 
@@ -293,17 +281,17 @@ def write_report(out: Path, *, inpaint_dir: Path, transfer_dirs: list[Path], ret
     atomic_csv(retr, rep / "retrieval.csv")
 
     figs = {
-        "fig_inpainting.png": _copy(inpaint_dir / "fig_inpainting.png", rep / "fig_inpainting.png"),
-        "fig_retrieval.png": _copy(retrieval_dir / "fig_retrieval.png", rep / "fig_retrieval.png"),
+        "fig_inpainting.png": atomic_copy(inpaint_dir / "fig_inpainting.png", rep / "fig_inpainting.png"),
+        "fig_retrieval.png": atomic_copy(retrieval_dir / "fig_retrieval.png", rep / "fig_retrieval.png"),
         "fig_curves.png": plot_curves(pretrain_dirs, rep / "fig_curves.png"),
     }
     for d in transfer_dirs:
         for f in sorted(d.glob("fig_*.png")):
-            figs[f.name] = _copy(f, rep / f.name)
+            figs[f.name] = atomic_copy(f, rep / f.name)
     det_figs = [d / "det_detections.png" for d in transfer_dirs if d.parent.name == "det"]
     det_figs.sort(key=lambda p: p.parent.name != "context-encoder")  # the CE init's detections first
     for f in det_figs:
-        if _copy(f, rep / "fig_detections.png"):
+        if atomic_copy(f, rep / "fig_detections.png"):
             figs["fig_detections.png"] = True
             break
 

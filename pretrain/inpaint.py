@@ -25,6 +25,7 @@ from PIL import Image
 from cebench.checkpoint import load_checkpoint, load_state_strict
 from cebench.errors import BadImageError, CheckpointError
 from cebench.images import open_rgb
+from cebench.io import atomic_save_image
 
 from .masks import center_box
 from .models import AlexNetConfig, ContextEncoder, InpaintingCE, InpaintNetConfig
@@ -86,13 +87,8 @@ def inpaint_file(image, checkpoint, out, mask=None, device="auto", mode: str = "
         result = _tile_centre(obj, x, size, full, dev)
     else:
         result = _resize_fill(obj, x, hole, size, full, dev, mask)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     arr = (result[0].permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    Image.fromarray(arr).save(tmp, format="PNG")
-    tmp.replace(out)
-    return out
+    return atomic_save_image(Image.fromarray(arr), out, format="PNG")
 
 
 def _predict(obj, xs: torch.Tensor, ms: torch.Tensor, full: bool) -> torch.Tensor:

@@ -8,15 +8,16 @@ The protocol (written to protocol.txt and printed) is `PROTOCOL` below.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from cebench.config import atomic_write_text, save_config
+from cebench.config import save_config
 from cebench.data.sources import DataConfig, voc_root
 from cebench.errors import CebenchError
+from cebench.io import atomic_save_figure, atomic_write_csv, atomic_write_text
 from cebench.logs import get_logger
 from cebench.runtime import set_cpu_threads
 
@@ -186,10 +187,8 @@ def figure(path: Path, columns: dict, lo: int, side: int, rows: int) -> None:
             if r == 0:
                 ax.set_title(name, fontsize=8)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    atomic_save_figure(fig, path, dpi=110)
     plt.close(fig)
-    tmp.replace(path)
 
 
 def main(cfg: InpaintEvalConfig, data_cfg: DataConfig | None = None, out_dir=".", device: str = "auto",
@@ -237,7 +236,7 @@ def main(cfg: InpaintEvalConfig, data_cfg: DataConfig | None = None, out_dir="."
     rows = [{"method": name, **score(f, test, lo, side)} for name, f in fills.items()]
     table = pd.DataFrame(rows, columns=["method", "l1_pct", "l2_pct", "psnr_db", "n_images", "psnr_pooled_db",
                                         "sharpness"])
-    atomic_write_text(out / "table1.csv", table.to_csv(index=False, float_format="%.4f"))
+    atomic_write_csv(out / "table1.csv", table, float_format="%.4f")
     protocol = PROTOCOL.format(size=size, side=side, n=len(test), source=source, n_train=len(train_imgs))
     atomic_write_text(out / "protocol.txt", protocol + f"- CE checkpoints: {ce} ; {ce_adv}\n")
     masked = _holed(test, lo, side)

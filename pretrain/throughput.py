@@ -7,14 +7,12 @@ Peak memory: torch.cuda.max_memory_allocated on GPU, the process's peak RSS grow
 
 from __future__ import annotations
 
-import json
 import platform
 import resource
-from pathlib import Path
 
 import torch
 
-from cebench.config import atomic_write_text
+from cebench.io import atomic_write_json
 from cebench.runtime import place_model, timed_steps
 
 from .losses import gan_d_loss, gan_g_loss, joint
@@ -119,5 +117,5 @@ def bench_pretrain(out_path, device: str = "auto", archs=None, batch: int | None
                 result["results"][f"{name}@cpu-bf16"] = _run_isolated(name, dev, b, s, amp=True)
             if dev == "cuda":
                 result["gpu"] = torch.cuda.get_device_name()
-    atomic_write_text(Path(out_path), json.dumps(result, indent=2))
+    atomic_write_json(out_path, result)
     return result

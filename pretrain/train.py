@@ -9,8 +9,6 @@ resume, the step loop (`engine.train_one_epoch`), checkpoints, metrics and sampl
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +19,7 @@ from cebench.checkpoint import load_checkpoint, load_state_strict, save_checkpoi
 from cebench.config import config_to_dict, save_config
 from cebench.data.sources import DataConfig, voc_root
 from cebench.errors import CheckpointError, ConfigError
+from cebench.io import atomic_target
 from cebench.logs import JsonlLogger, get_logger, progress
 from cebench.runtime import (barrier, cleanup, init_runtime, seed_everything, set_cpu_threads, to_channels_last,
                              unwrap_model, wrap_ddp)
@@ -140,11 +139,8 @@ def _save_samples(path: Path, x, out, mask, n: int = 8) -> None:
     x = x[:n].float().cpu()
     shown = x if mask is None else x * (1 - mask[:n].cpu()) + 0.5 * mask[:n].cpu()
     grid = torch.cat([shown, out["pred"][:n].float().cpu(), x])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
-    os.close(fd)
-    save_image(grid, tmp, nrow=min(n, x.shape[0]))
-    os.replace(tmp, path)
+    with atomic_target(path) as tmp:
+        save_image(grid, tmp, nrow=min(n, x.shape[0]), format="png")
 
 
 def main(cfg: PretrainConfig, data_cfg: DataConfig | None = None, out_dir=".", device: str = "auto",

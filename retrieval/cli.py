@@ -133,7 +133,7 @@ def retrieve(images_dir, queries: list[str], features: list[str], out_png, *, ch
     write the neighbour grid of the query patches as a PNG."""
     from types import SimpleNamespace
 
-    from cebench.features.extract import extract_features, load_features, load_features_meta, save_features
+    from cebench.features.extract import extract_features, load_features_meta, save_features
     from cebench.features.index import FeatureIndex
     from cebench.images import require_images
 

@@ -8,8 +8,6 @@ a random ranking), as a CSV table.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,8 +19,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from cebench.features.extract import extract_features
 from cebench.features.hog import hog
 from cebench.features.index import FeatureIndex
+from cebench.io import atomic_write_csv, atomic_write_text
 
-from .patches import PatchSet, encoder_inputs, open_voc, split_queries, voc_patches
+from .patches import encoder_inputs, open_voc, split_queries, voc_patches
 
 
 @dataclass
@@ -160,21 +159,6 @@ def _features(fn, patches: torch.Tensor, device, batch_size: int, pool) -> np.nd
 # --------------------------------------------------------------------------------------------------
 
 
-def write_csv_atomic(df: pd.DataFrame, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        df.to_csv(tmp, index=False, float_format="%.4f")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
-
-
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -213,7 +197,7 @@ def run_retrieval(cfg: RetrievalConfig, voc_root, encoders: dict, out_dir, *,
             obj.cpu()
     df = pd.DataFrame(rows, columns=["method", "layer", "masked", "p_at_1", "p_at_10", "map", "chance",
                                      "dim", "n_queries", "n_database"])
-    write_csv_atomic(df, out_dir / "retrieval.csv")
+    atomic_write_csv(out_dir / "retrieval.csv", df, float_format="%.4f")
     if figure and len(df):
         from .figure import retrieval_figure
 
@@ -285,5 +269,5 @@ def main(cfg: RetrievalConfig, voc_root=None) -> pd.DataFrame:
     df = run_retrieval(cfg, voc_root, encoders, out_dir)
     save_config(cfg, out_dir)
     if notes:
-        (out_dir / "retrieval_notes.txt").write_text("\n".join(notes) + "\n")
+        atomic_write_text(out_dir / "retrieval_notes.txt", "\n".join(notes) + "\n")
     return df

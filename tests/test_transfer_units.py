@@ -7,7 +7,7 @@ import torch
 
 from cebench.errors import CheckpointError, ConfigError
 from cebench.pretrain.loading import save_encoder_checkpoint
-from cebench.pretrain.models import AlexNetConfig, AlexNetEncoder, build_encoder
+from cebench.pretrain.models import AlexNetConfig, build_encoder
 from cebench.transfer.inits import (InitUnavailable, build_init, magic_init, parse_init)
 from cebench.transfer.results import ResultsTable, summarize
 from cebench.transfer.protocol import select_lr

@@ -24,7 +24,7 @@ from .classification import cls_task
 from .common import TaskContext, resolve_inits
 from .config import TransferConfig
 from .inits import InitSpec
-from .results import ResultsTable, format_table
+from .results import format_table
 from .protocol import SeedPlan, run_seeds
 from .segmentation import seg_task
 from .svm import svm_task

@@ -20,18 +20,18 @@ import math
 import os
 import re
 import time
-import traceback
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import multiprocessing as mp
 
-from cebench.errors import CebenchError, NonFiniteLossError
+from cebench.errors import NonFiniteLossError
+from cebench.io import atomic_write_json
 
 from .inits import InitSpec, InitUnavailable
-from .results import ResultsTable, summarize, write_json
+from .results import ResultsTable, summarize
 
 
 @dataclass
@@ -85,7 +85,7 @@ def run_job(task_fn: Callable, job: Job, ctx, out_dir, threads: int = 0) -> dict
     except NonFiniteLossError as exc:
         rec.update(status="non-finite", reason=str(exc), metrics={})
     rec["seconds"] = time.perf_counter() - t0
-    write_json(path, rec)
+    atomic_write_json(path, rec)
     return rec
 
 

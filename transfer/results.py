@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from cebench.config import atomic_write_text
+from cebench.io import atomic_write_json, atomic_write_text
 from cebench.locks import file_lock
 
 COLUMNS = ["init", "task", "metric", "mean", "std", "seeds", "status"]
@@ -67,8 +66,7 @@ class ResultsTable:
             merged = {(r["init"], r["task"], r["metric"]): r for r in self.read(self.json_path)}
             merged.update(self.rows)
             rows = sorted(merged.values(), key=lambda r: (r["task"], r["metric"], r["init"]))
-            atomic_write_text(self.json_path, json.dumps({"rows": rows}, indent=2, default=_json_default,
-                                                         allow_nan=True))
+            atomic_write_json(self.json_path, {"rows": rows})
             df = self.frame(rows)
             atomic_write_text(self.csv_path, df.to_csv(index=False))
         return df
@@ -164,16 +162,4 @@ def format_table(df: pd.DataFrame, scale: float = 100.0) -> str:
     return "\n".join(lines)
 
 
-def _json_default(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
-
-
-def write_json(path, data: dict) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, default=_json_default))
-
-
-__all__ = ["ResultsTable", "summarize", "paired_difference", "combine_paired", "format_table", "write_json", "COLUMNS"]
+__all__ = ["ResultsTable", "summarize", "paired_difference", "combine_paired", "format_table", "COLUMNS"]

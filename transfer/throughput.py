@@ -7,18 +7,17 @@ can be passed as `extra=`) — each function takes
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from cebench.pretrain.models import AlexNetConfig, build_encoder
 
+from cebench.io import atomic_write_json
 from cebench.runtime import place_model, timed_steps
 
 from .classification import ClsNet, bce_ignore_difficult
 from .det.throughput import bench_det
-from .results import write_json
 from .segmentation import FCN32
 
 
@@ -78,7 +77,7 @@ def bench_transfer(out_path=None, device="auto", quick: bool = False, extra=()) 
         if dev.type == "cuda" and not quick and name in ("cls", "seg"):
             out[f"{name}_paper_arch"] = fn(dev, quick, AlexNetConfig.paper())
     if out_path is not None:
-        write_json(Path(out_path), out)
+        atomic_write_json(out_path, out)
     return out
 
 

@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from cebench.io import atomic_directory
 
 POOLS = (None, "avg", "max", "avgmax")
 
@@ -125,23 +124,11 @@ def save_features(path, feats: Features, meta: dict | None = None) -> Path:
     """Write a directory `path` with feats.npy, indices.npy (and meta.json) atomically: the
     directory is written under a temporary name and renamed into place."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp"))
-    try:
+    with atomic_directory(path) as tmp:
         np.save(tmp / "feats.npy", np.asarray(feats.feats, dtype=np.float32))
         np.save(tmp / "indices.npy", np.asarray(feats.indices, dtype=np.int64))
         if meta is not None:
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
-        old = None
-        if path.exists():
-            old = path.with_name(path.name + f".old{os.getpid()}")
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 

@@ -7,7 +7,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from cebench.config import atomic_write_text, load_config, save_config
+from cebench.config import load_config, save_config
+from cebench.io import atomic_write_json
 from cebench.data.sources import DataConfig, voc_root
 
 from .data import check_voc_tree
@@ -76,7 +77,7 @@ def main(cfg: DetConfig, data_cfg: DataConfig, root, out_dir, *, device: str = "
                 "infer_images_per_s": sum(r["infer_images_per_s"] for r in ok) / len(ok)}
             if figure_src is None or spec.kind == "context encoder":
                 figure_src = (spec.name, ok[0])
-    atomic_write_text(out_dir / "det_summary.json", json.dumps(summary, indent=2, default=str))
+    atomic_write_json(out_dir / "det_summary.json", summary)
     if figure_src is not None and figure_src[1].get("examples"):
         from cebench.data.voc import read_classes
 

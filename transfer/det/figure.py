@@ -6,10 +6,11 @@ scores, labels), drawn over the images with the ground truth dashed.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
+
+from cebench.io import atomic_save_figure
 
 
 def draw_detections(root, examples: list[dict], classes, out_png, *, score_min: float = 0.3, title: str = "",
@@ -54,12 +55,8 @@ def draw_detections(root, examples: list[dict], classes, out_png, *, score_min: 
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_png.with_name(f".{out_png.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=130)
+    out_png = atomic_save_figure(fig, out_png, dpi=130)
     plt.close(fig)
-    os.replace(tmp, out_png)
     return out_png
 
 

@@ -19,7 +19,7 @@ atomically (temp + os.replace), computed in parallel over images with a process 
 
 from __future__ import annotations
 
-import json
+import io
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -30,6 +30,7 @@ import numpy as np
 
 from cebench.config import config_hash
 from cebench.errors import CebenchError, ConfigError, DatasetMissingError
+from cebench.io import atomic_write_bytes, atomic_write_json
 
 PROPOSAL_VERSION = 2  # 2: selective search seeded (v1 caches hold boxes in a run-dependent order)
 
@@ -149,10 +150,9 @@ def compute_one(path, cfg: ProposalConfig) -> np.ndarray:
 
 
 def _save_npz(path: Path, boxes: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.savez(f, boxes=boxes.astype(np.float32))
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    np.savez(buf, boxes=boxes.astype(np.float32))
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _worker(args) -> int:
@@ -186,9 +186,7 @@ def load_proposals(voc_root, ids, cfg: ProposalConfig, *, split: str = "", progr
     folder.mkdir(parents=True, exist_ok=True)
     settings = folder / "settings.json"
     if not settings.exists():
-        tmp = settings.with_name(f".settings.json.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(asdict(cfg), indent=1, default=list))
-        os.replace(tmp, settings)
+        atomic_write_json(settings, asdict(cfg), indent=1)
     todo = [(str(image_path(voc_root, i)), str(folder / f"{i}.npz")) for i in ids if not (folder / f"{i}.npz").exists()]
     if todo:
         compute_missing(todo, cfg, progress=progress)
