@@ -35,8 +35,10 @@ class Runtime:
         return self.rank == 0
 
 
-def choose_device(device: str = "auto", local_rank: int = 0) -> torch.device:
-    if device == "auto":
+def choose_device(device: str | torch.device = "auto", local_rank: int = 0) -> torch.device:
+    """The one device resolver: "auto" -> cuda:LOCAL_RANK, else mps, else cpu; "cuda" -> cuda:LOCAL_RANK;
+    any torch device string or torch.device as given (a clear error when CUDA is asked for and absent)."""
+    if device is None or device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", local_rank)
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():

@@ -26,6 +26,7 @@ from cebench.checkpoint import load_checkpoint, load_state_strict
 from cebench.errors import BadImageError, CheckpointError
 from cebench.images import open_rgb
 from cebench.io import atomic_save_image
+from cebench.runtime import choose_device
 
 from .masks import center_box
 from .models import AlexNetConfig, ContextEncoder, InpaintingCE, InpaintNetConfig
@@ -63,7 +64,7 @@ def _to_tensor(img: Image.Image) -> torch.Tensor:
 
 @torch.no_grad()
 def inpaint_file(image, checkpoint, out, mask=None, device="auto", mode: str = "resize") -> Path:
-    dev = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+    dev = choose_device(device)
     img = open_rgb(image)
     w, h = img.size
     if min(w, h) < 8:

@@ -19,7 +19,7 @@ from cebench.data.sources import DataConfig, voc_root
 from cebench.errors import CebenchError
 from cebench.io import atomic_save_figure, atomic_write_csv, atomic_write_text
 from cebench.logs import get_logger
-from cebench.runtime import set_cpu_threads
+from cebench.runtime import choose_device, set_cpu_threads
 
 from .data import PretrainImages, folder_paths, voc_split_paths
 from .masks import center_box
@@ -200,7 +200,7 @@ def main(cfg: InpaintEvalConfig, data_cfg: DataConfig | None = None, out_dir="."
     out.mkdir(parents=True, exist_ok=True)
     set_cpu_threads(cfg.threads)
     save_config(cfg, out)
-    dev = "cpu" if device == "auto" and not torch.cuda.is_available() else ("cuda" if device == "auto" else device)
+    dev = choose_device(device)
     size = cfg.inpaint_net.input_size
     lo, side = center_box(size, 0.5)
     # held-out and training images

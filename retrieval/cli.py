@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from cebench.errors import BadImageError, CebenchError
+from cebench.runtime import choose_device
 
 from .evaluate import HOGFeatures, RetrievalConfig, feature_variants
 from .patches import crop_patches, patch_positions, pil_to_uint8
@@ -120,12 +121,6 @@ def _database_batches(images: list[Path], size: int, stride: int, batch: int, bo
         yield allp, torch.arange(n, n + len(allp))
 
 
-def _device(name: str) -> torch.device:
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def retrieve(images_dir, queries: list[str], features: list[str], out_png, *, checkpoint=None, k: int = 8,
              patch_size: int = 64, stride: int | None = None, layer: str = "pool5", mask: bool = False,
              cache_dir=None, device: str = "auto", index_kind: str = "flat") -> Path:
@@ -145,7 +140,7 @@ def retrieve(images_dir, queries: list[str], features: list[str], out_png, *, ch
     if unknown:
         raise CebenchError(f"unknown feature type(s) {unknown}; choose from {', '.join(FEATURES)}")
     stride = stride or patch_size // 2
-    dev = _device(device)
+    dev = choose_device(device)
     qpatches = torch.cat([_query_patch(*parse_query(q), patch_size) for q in queries])
     cache_dir = Path(cache_dir) if cache_dir else Path(out_png).parent / ".cebench_retrieve_cache"
     cfg = RetrievalConfig(layers=[layer], masked=[mask])

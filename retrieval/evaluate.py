@@ -20,6 +20,7 @@ from cebench.features.extract import extract_features
 from cebench.features.hog import hog
 from cebench.features.index import FeatureIndex
 from cebench.io import atomic_write_csv, atomic_write_text
+from cebench.runtime import choose_device
 
 from .patches import encoder_inputs, open_voc, split_queries, voc_patches
 
@@ -159,18 +160,12 @@ def _features(fn, patches: torch.Tensor, device, batch_size: int, pool) -> np.nd
 # --------------------------------------------------------------------------------------------------
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def run_retrieval(cfg: RetrievalConfig, voc_root, encoders: dict, out_dir, *,
                   figure: bool = True) -> pd.DataFrame:
     """Retrieval table over `encoders` (name -> encoder with forward_intermediates, or a callable on
     [0,1] patches such as HOGFeatures). Writes retrieval.csv (and fig_retrieval.png) to out_dir."""
     out_dir = Path(out_dir)
-    device = _device(cfg.device)
+    device = choose_device(cfg.device)
     voc = open_voc(voc_root, cfg.split)
     ps = voc_patches(voc, cfg.patch_size, mode=cfg.patch_mode, stride=cfg.patch_stride,
                      count=cfg.patches_per_image, ignore=cfg.ignore, max_images=cfg.max_images, seed=cfg.seed)

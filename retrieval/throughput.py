@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from cebench.io import atomic_write_json
+from cebench.runtime import choose_device
 
 
 def _rate(fn, n: int, repeat: int = 2) -> float:
@@ -41,7 +42,7 @@ def bench_retrieval(out_path, device: str = "auto", quick: bool = False, *, n_pa
     if quick:
         n_patches, n_db, n_queries = 128, 2000, 100
     repeat = 1 if quick else 2
-    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    dev = choose_device(device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     g = torch.Generator().manual_seed(0)
     patches = torch.randint(0, 256, (n_patches, 3, patch_size, patch_size), dtype=torch.uint8, generator=g)

@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cebench.runtime import place_model
+from cebench.runtime import choose_device, place_model
 
-from .common import TaskContext, encoder_for_job, pick_device
+from .common import TaskContext, encoder_for_job
 from .data import flip_rot_perm, load_split, scale_crop, to_input
 from .engine import OptimConfig, TensorBatches, make_optimizer, train_one_epoch
 from .metrics import classification_ap, mean_ap
@@ -111,7 +111,7 @@ def predict_scores(model: nn.Module, images_u8: Tensor, cfg: ClsConfig, out_size
 def cls_task(job, ctx: TaskContext) -> dict:
     """One classification job: fit on job.fit_split with job.lr, score on job.eval_split."""
     cfg: ClsConfig = ctx.cfg
-    device = pick_device(ctx.device)
+    device = choose_device(ctx.device)
     fit = load_split(ctx.root, job.fit_split, kind="cls", load_size=cfg.load_size, cache_dir=ctx.cache_dir)
     ev = load_split(ctx.root, job.eval_split, kind="cls", load_size=cfg.load_size, cache_dir=ctx.cache_dir)
     magic = to_input(fit["images"][: ctx.magic_images])

@@ -45,8 +45,3 @@ def encoder_for_job(job, ctx: TaskContext, magic_batch: torch.Tensor | None):
     return build_init(job.init.kind, arch_cfg=ctx.arch, checkpoint=job.init.checkpoint,
                       data_for_magic_init=magic_batch, seed=job.seed, magic=ctx.magic)
 
-
-def pick_device(name: str) -> torch.device:
-    from cebench.runtime import choose_device
-
-    return choose_device(name)

@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cebench.errors import ConfigError
-from cebench.runtime import place_model
+from cebench.runtime import choose_device, place_model
 
-from .common import TaskContext, encoder_for_job, pick_device
+from .common import TaskContext, encoder_for_job
 from .data import flip_rot_perm, load_split, scale_crop, to_input
 from .engine import OptimConfig, TensorBatches, make_optimizer, train_one_epoch
 from .metrics import confusion_matrix, iou_per_class, mean_iu, pixel_accuracy
@@ -123,7 +123,7 @@ def confusion_on(model: nn.Module, images_u8: Tensor, masks: Tensor, num_classes
 def seg_task(job, ctx: TaskContext) -> dict:
     """One segmentation job: fit on job.fit_split with job.lr, mean IU on job.eval_split."""
     cfg: SegConfig = ctx.cfg
-    device = pick_device(ctx.device)
+    device = choose_device(ctx.device)
     fit = load_split(ctx.root, job.fit_split, kind="seg", load_size=cfg.load_size, cache_dir=ctx.cache_dir)
     ev = load_split(ctx.root, job.eval_split, kind="seg", load_size=cfg.load_size, cache_dir=ctx.cache_dir)
     encoder = encoder_for_job(job, ctx, to_input(fit["images"][: ctx.magic_images]))

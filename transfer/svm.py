@@ -18,8 +18,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from cebench.features.extract import extract_features
+from cebench.runtime import choose_device
 
-from .common import TaskContext, encoder_for_job, pick_device
+from .common import TaskContext, encoder_for_job
 from .data import load_split, to_input
 from .metrics import classification_ap, mean_ap
 
@@ -100,7 +101,7 @@ def knn_scores(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, cfg: SvmConfig
 
 def svm_task(job, ctx: TaskContext) -> dict:
     cfg: SvmConfig = ctx.cfg
-    device = pick_device(ctx.device)
+    device = choose_device(ctx.device)
     tr = load_split(ctx.root, job.fit_split, kind="cls", load_size=cfg.load_size, cache_dir=ctx.cache_dir)
     te = load_split(ctx.root, job.eval_split, kind="cls", load_size=cfg.load_size, cache_dir=ctx.cache_dir)
     encoder = encoder_for_job(job, ctx, to_input(tr["images"][: ctx.magic_images])).to(device)

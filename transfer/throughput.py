@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from cebench.pretrain.models import AlexNetConfig, build_encoder
 
 from cebench.io import atomic_write_json
-from cebench.runtime import place_model, timed_steps
+from cebench.runtime import choose_device, place_model, timed_steps
 
 from .classification import ClsNet, bce_ignore_difficult
 from .det.throughput import bench_det
@@ -68,8 +68,6 @@ BENCHES = [("cls", bench_cls), ("seg", bench_seg), ("seg_conv5", bench_seg_conv5
 
 
 def bench_transfer(out_path=None, device="auto", quick: bool = False, extra=()) -> dict:
-    from cebench.runtime import choose_device
-
     dev = choose_device(device)
     out = {"device": str(dev), "threads": torch.get_num_threads()}
     for name, fn in [*BENCHES, *extra]:
