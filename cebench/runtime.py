@@ -139,10 +139,6 @@ def is_dist() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def is_main_process() -> bool:
-    return not is_dist() or dist.get_rank() == 0
-
-
 def barrier(rt: Runtime | None = None) -> None:
     if is_dist():
         dist.barrier()
@@ -153,22 +149,6 @@ def all_reduce_sum(t: torch.Tensor, rt: Runtime | None = None) -> torch.Tensor:
         t = t.clone()
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
-
-
-def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
-    """Concatenate a tensor (same shape on every rank) from all ranks along dim 0."""
-    if not is_dist():
-        return t
-    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, t.contiguous())
-    return torch.cat(parts)
-
-
-def save_on_master(fn, *args, **kwargs):
-    """Run a side effect (saving a file) on rank 0 only."""
-    if is_main_process():
-        return fn(*args, **kwargs)
-    return None
 
 
 def cleanup(rt: Runtime | None = None) -> None:
