@@ -8,7 +8,7 @@ The protocol (written to protocol.txt and printed) is `PROTOCOL` below.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,9 @@ from cebench.runtime import choose_device, set_cpu_threads
 
 from .data import PretrainImages, folder_paths, voc_split_paths
 from .masks import center_box
-from .models import InpaintNetConfig
+from . import train
+from .config import PretrainConfig
+from .inpaint import load_inpainter
 
 log = get_logger("cebench.pretrain.inpaint_eval")
 
@@ -46,20 +48,20 @@ PROTOCOL = """Inpainting evaluation protocol (cebench, after Pathak et al. 2016,
 
 
 @dataclass
+class InpaintTrainConfig(PretrainConfig):
+    """How the two inpainting nets are trained (when no checkpoint is given): the pretraining config with
+    the inpainting defaults. `method` is set per net (inpaint for CE (L2), inpaint-adv for CE (L2+adv),
+    whose joint loss is w_rec * L2 + w_adv * adversarial); the net is `inpaint_net`."""
+
+    method: str = "inpaint"
+    mask: str = "center"
+    steps: int = 1500
+    eval_images: int = 0               # no held-out loss curve
+
+
+@dataclass
 class InpaintEvalConfig:
-    inpaint_net: InpaintNetConfig = field(default_factory=InpaintNetConfig)
-    steps: int = 1500             # training steps of each inpainting net when no checkpoint is given
-    batch_size: int = 64
-    lr: float = 2e-4
-    lr_schedule: str = "constant"  # constant (paper) | cosine (decays to 0 by the last step)
-    w_adv: float = 0.001          # adversarial weight of CE (L2+adv); the reconstruction gets 1 - w_adv
-    lr_d_factor: float = 0.1      # discriminator lr = lr * lr_d_factor
-    load_size: int = 0            # short side before the random crop in training (official 350; 0 = net size)
-    max_minutes: float = 0.0
-    threads: int = 1
-    seed: int = 0
-    overlap: int = 4
-    overlap_weight: float = 10.0
+    train: InpaintTrainConfig = field(default_factory=InpaintTrainConfig)
     n_test: int = 0               # held-out images scored (0 = all)
     nn_max_images: int = 0        # training images searched by the NN baselines (0 = all)
     figure_rows: int = 6
@@ -146,8 +148,6 @@ def mean_fill(test, train, lo, side) -> torch.Tensor:
 
 @torch.no_grad()
 def ce_fill(ckpt_path, test, lo, side, device="cpu", batch: int = 128) -> torch.Tensor:
-    from .inpaint import load_inpainter
-
     obj = load_inpainter(ckpt_path, device)
     if obj.net.cfg.input_size != test.shape[-1]:
         raise CebenchError(f"{ckpt_path}: net input {obj.net.cfg.input_size} px, eval images {test.shape[-1]} px")
@@ -159,15 +159,8 @@ def ce_fill(ckpt_path, test, lo, side, device="cpu", batch: int = 128) -> torch.
 
 
 def _train_net(cfg: InpaintEvalConfig, data_cfg, out: Path, method: str, device, data_override) -> Path:
-    from . import train
-
-    pcfg = train.PretrainConfig(method=method, inpaint_net=cfg.inpaint_net, mask="center", steps=cfg.steps,
-                                batch_size=cfg.batch_size, lr=cfg.lr, lr_schedule=cfg.lr_schedule, load_size=cfg.load_size,
-                                w_rec=1.0 - cfg.w_adv, w_adv=cfg.w_adv, lr_d_factor=cfg.lr_d_factor,
-                                max_minutes=cfg.max_minutes, threads=cfg.threads, seed=cfg.seed,
-                                overlap=cfg.overlap, overlap_weight=cfg.overlap_weight, eval_images=0,
-                                sample_every=max(cfg.steps // 4, 1), ckpt_every=max(cfg.steps // 10, 1))
-    return train.main(pcfg, data_cfg, out / f"train-{method}", device=device, data_override=data_override)
+    return train.main(replace(cfg.train, method=method), data_cfg, out / f"train-{method}", device=device,
+                      data_override=data_override)
 
 
 def figure(path: Path, columns: dict, lo: int, side: int, rows: int) -> None:
@@ -198,10 +191,10 @@ def main(cfg: InpaintEvalConfig, data_cfg: DataConfig | None = None, out_dir="."
     data_cfg = data_cfg or DataConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    set_cpu_threads(cfg.threads)
+    set_cpu_threads(cfg.train.threads)
     save_config(cfg, out)
     dev = choose_device(device)
-    size = cfg.inpaint_net.input_size
+    size = cfg.train.inpaint_net.input_size
     lo, side = center_box(size, 0.5)
     # held-out and training images
     root = None

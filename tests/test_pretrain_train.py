@@ -141,7 +141,7 @@ def test_lr_schedule_values_and_bad_name(tmp_path, tiny_data):
 
 def test_bad_target_patch_is_a_config_error():
     from cebench.errors import ConfigError
-    from cebench.pretrain.train import PretrainConfig, build_ce
+    from cebench.pretrain.methods import PretrainConfig, build_ce
 
     with pytest.raises(ConfigError, match="pretrain.target_patch=7 must be 0 or divide the input size 64"):
         build_ce(PretrainConfig(target_patch=7), probe=True)
