@@ -21,6 +21,7 @@ from cebench.config import config_hash, config_to_dict, load_config, parse_overr
 from cebench.data.sources import DataConfig, voc_root
 from cebench.errors import CebenchError, ConfigError
 from cebench.io import atomic_write_json
+from cebench.transfer.inits import canonical_name
 
 from . import report
 from .bench import machine_info
@@ -123,10 +124,9 @@ def plan(cfg: dict, out: Path, config_file: Path, voc: Path, device: str) -> lis
                         _key(cfg["inpaint"], data_key), est_seconds=2.5 * est_pre, threads=run["threads"]))
 
     # initialisations: name -> (init argument, dependency job)
-    display = {"ce": "context encoder", "ae": "autoencoder", "supervised": "supervised"}
     inits: dict[str, tuple[str, tuple[str, ...]]] = {"random": ("random", ())}
     for method in run["methods"]:
-        inits[display.get(method, method)] = (f"{display.get(method, method)}={ckpt[method]}", (f"pretrain/{method}",))
+        inits[canonical_name(method)] = (f"{canonical_name(method)}={ckpt[method]}", (f"pretrain/{method}",))
     if cfg["encoder"]["checkpoint"]:
         label = cfg["name"] or Path(cfg["encoder"]["checkpoint"]).stem
         inits[label] = (f"{label}={cfg['encoder']['checkpoint']}", ())

@@ -5,7 +5,7 @@ A replicate is a whole `cebench run` on its own data and pretraining (e.g. the d
 are paired (same head init, data order and augmentations for every init); across runs everything is
 independent. This command reads each run's `report/per_seed.csv`, prints the seed-paired difference of
 every paper ordering per replicate, and their fixed-effect combination with a heterogeneity test and
-a random-effects combination beside it (`transfer.results.combine_paired`). Nothing is rerun.
+a random-effects combination beside it (`transfer.stats.combine_paired`). Nothing is rerun.
 """
 
 from __future__ import annotations
@@ -17,9 +17,11 @@ import pandas as pd
 
 from cebench.io import atomic_write_text
 from cebench.errors import CebenchError
-from cebench.transfer.results import combine_paired, summarize
+from cebench.transfer.stats import combine_paired, summarize
 
-from .report import TASK_METRIC, atomic_csv, init_rank, md_table, paired_rows
+from cebench.transfer.inits import init_rank
+
+from .report import TASK_METRIC, atomic_csv, md_table, paired_rows
 
 # a replicate's own row leaves the combination's columns (q ... re_p) empty: the frame fills them with NaN
 COLUMNS = ["task", "comparison", "replicate", "n", "mean_diff", "ci95_low", "ci95_high", "wins", "p", "q", "p_q",

@@ -15,27 +15,12 @@ import pandas as pd
 
 from cebench.io import atomic_copy, atomic_save_figure, atomic_write_text
 from cebench.logs import read_jsonl
+from cebench.transfer.inits import init_rank, table_label
+from cebench.transfer.stats import paired_difference
 
 from .paper import TABLE1, TABLE1_MATCH, TABLE2, TASK_METRIC
 
-# transfer init names -> the names the tables use
-INIT_DISPLAY = {
-    "random": "random",
-    "ce": "context encoder",
-    "context encoder": "context encoder",
-    "ae": "autoencoder",
-    "autoencoder": "autoencoder",
-    "supervised": "supervised (demo labels)",
-    "supervised (demo labels)": "supervised (demo labels)",
-    "imagenet": "imagenet",
-}
-INIT_ORDER = ["random", "autoencoder", "context encoder", "supervised (demo labels)", "imagenet"]
 TABLE1_ORDER = ["mean colour", "Telea (OpenCV)", "NN (HOG)", "NN (pixels)", "CE (L2)", "CE (L2+adv)"]
-
-
-def init_rank(init: str) -> int:
-    """Table position of an init (display name): the paper's order, any other learner after them."""
-    return INIT_ORDER.index(init) if init in INIT_ORDER else len(INIT_ORDER)
 
 
 def _portable(text: str) -> str:
@@ -93,7 +78,7 @@ def build_table2(transfer_rows: list[dict]) -> pd.DataFrame:
     for r in transfer_rows:
         if r.get("task") not in TASK_METRIC:
             continue
-        init = INIT_DISPLAY.get(r["init"], r["init"])
+        init = table_label(r["init"])
         paper = TABLE2.get(init, {}).get(r["task"])
         val = (r.get("val_scores") or {}).get(f"{r['lr']:g}") if r.get("lr") is not None else None
         rows.append({"init": init, "task": r["task"], "metric": r.get("metric", TASK_METRIC[r["task"]]),
@@ -116,7 +101,7 @@ ORDERINGS = [("context encoder", "random"), ("context encoder", "autoencoder"), 
 
 def per_seed_values(transfer_rows: list[dict]) -> dict[tuple[str, str], dict]:
     """{(init display name, task): {seed: value}} for each fine-tuned task's main metric (ok rows)."""
-    return {(INIT_DISPLAY.get(r["init"], r["init"]), r["task"]): r.get("per_seed") or {} for r in transfer_rows
+    return {(table_label(r["init"]), r["task"]): r.get("per_seed") or {} for r in transfer_rows
             if r.get("task") in TASK_METRIC and r.get("metric", TASK_METRIC[r["task"]]) == TASK_METRIC[r["task"]]
             and r.get("status", "ok") == "ok"}
 
@@ -130,8 +115,6 @@ def build_per_seed(transfer_rows: list[dict]) -> pd.DataFrame:
 
 def paired_rows(per: dict[tuple[str, str], dict]):
     """(task, better, worse, paired_difference) for each of the paper's orderings both inits have."""
-    from cebench.transfer.results import paired_difference
-
     for task in TASK_METRIC:
         for a, b in ORDERINGS:
             if (a, task) in per and (b, task) in per:
@@ -219,7 +202,7 @@ def build_svm_table(transfer_rows: list[dict]) -> pd.DataFrame:
         task = r.get("task", "")
         if task in TASK_METRIC:
             continue
-        rows.append({"init": INIT_DISPLAY.get(r["init"], r["init"]), "task": task, "metric": r.get("metric", ""),
+        rows.append({"init": table_label(r["init"]), "task": task, "metric": r.get("metric", ""),
                      "mean": _pct(r.get("mean")), "std": _pct(r.get("std")), "seeds": r.get("seeds", 0),
                      "status": r.get("status", "ok")})
     return pd.DataFrame(rows, columns=["init", "task", "metric", "mean", "std", "seeds", "status"])

@@ -6,7 +6,7 @@ import math
 import pandas as pd
 
 from cebench.benchmarks.report import build_paired, build_table1, build_table2, table2_markdown, write_report
-from cebench.transfer.results import paired_difference
+from cebench.transfer.stats import paired_difference
 
 
 def _rows():

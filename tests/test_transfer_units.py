@@ -8,8 +8,10 @@ import torch
 from cebench.errors import CheckpointError, ConfigError
 from cebench.pretrain.loading import save_encoder_checkpoint
 from cebench.pretrain.models import AlexNetConfig, build_encoder
-from cebench.transfer.inits import (InitUnavailable, build_init, magic_init, parse_init)
-from cebench.transfer.results import ResultsTable, summarize
+from cebench.transfer.inits import (INIT_NAMES, INIT_ORDER, InitUnavailable, build_init, canonical_name, init_rank,
+                                    magic_init, parse_init, table_label)
+from cebench.transfer.results import ResultsTable
+from cebench.transfer.stats import summarize
 from cebench.transfer.protocol import select_lr
 from cebench.transfer.segmentation import FCN32, bilinear_kernel
 
@@ -82,6 +84,19 @@ def test_parse_init():
         parse_init("autoencoder")
     with pytest.raises(ConfigError, match="unknown"):
         parse_init("nonsense")
+
+
+def test_one_table_of_init_names():
+    # every alias parses to its row, every row has its table label, pretraining methods name their rows
+    for name, (label, aliases) in INIT_NAMES.items():
+        for alias in (name, *aliases):
+            assert canonical_name(alias.upper()) == name and table_label(alias) == label
+    assert [canonical_name(m) for m in ("ce", "ae", "supervised", "ce-adv")] == \
+        ["context encoder", "autoencoder", "supervised", "ce-adv"]
+    assert table_label("supervised") == "supervised (demo labels)" and table_label("SimCLR-ish") == "SimCLR-ish"
+    assert parse_init("supervised (demo labels)=s.pt").name == "supervised"
+    assert INIT_ORDER == ["random", "autoencoder", "context encoder", "supervised (demo labels)", "imagenet"]
+    assert init_rank("imagenet") == 4 and init_rank("SimCLR-ish") == 5
 
 
 def test_results_table_merges_and_summarises(tmp_path):

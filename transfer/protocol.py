@@ -31,7 +31,8 @@ from cebench.errors import NonFiniteLossError
 from cebench.io import atomic_write_json
 
 from .inits import InitSpec, InitUnavailable
-from .results import ResultsTable, summarize
+from .results import ResultsTable
+from .stats import summarize
 
 
 @dataclass
