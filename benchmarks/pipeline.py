@@ -22,6 +22,7 @@ from cebench.data.sources import DataConfig, voc_root
 from cebench.errors import CebenchError, ConfigError
 from cebench.io import atomic_write_json
 from cebench.transfer.inits import canonical_name
+from cebench.transfer.tasks import TASKS as TRANSFER_TASKS
 
 from . import report
 from .bench import machine_info
@@ -56,12 +57,14 @@ def _sections():
     from cebench.pretrain.inpaint_eval import InpaintEvalConfig
     from cebench.pretrain.train import PretrainConfig
     from cebench.retrieval.evaluate import RetrievalConfig
-    from cebench.transfer.det.train import DetConfig
     from cebench.transfer.config import TransferConfig
 
     return {"data": DataConfig, "pretrain": PretrainConfig, "inpaint": InpaintEvalConfig,
-            "transfer": TransferConfig, "det": DetConfig, "retrieval": RetrievalConfig,
-            "run": RunSection, "encoder": EncoderPlugin}
+            "transfer": TransferConfig, "retrieval": RetrievalConfig, "run": RunSection, "encoder": EncoderPlugin}
+
+
+MOVED = {"det": "the det section moved into the transfer section: transfer.det (its seeds, select_seeds, arch, "
+                "magic, workers and threads are transfer's own, shared by every task)"}
 
 
 def resolve(config_path: Path, overrides) -> dict:
@@ -69,6 +72,9 @@ def resolve(config_path: Path, overrides) -> dict:
     sections = _sections()
     raw = read_yaml(config_path)
     extra = sorted(set(raw) - set(sections) - {"name"})
+    for old in extra:
+        if old in MOVED:
+            raise ConfigError(f"{config_path}: {MOVED[old]}")
     if extra:
         raise ConfigError(f"{config_path}: unknown section(s) {extra}; valid: {sorted(sections)} and name")
     per: dict[str, list[str]] = {s: [] for s in sections}
@@ -78,6 +84,8 @@ def resolve(config_path: Path, overrides) -> dict:
         if key == "name":
             name = str(value)
             continue
+        if head in MOVED:
+            raise ConfigError(f"override {key}: {MOVED[head]}")
         if head not in sections or not rest:
             raise ConfigError(f"override {key}: use SECTION.key=value with SECTION one of {sorted(sections)} (or name=...)")
         per[head].append(f"{rest}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}")
@@ -150,18 +158,16 @@ def plan(cfg: dict, out: Path, config_file: Path, voc: Path, device: str) -> lis
         jobs.append(Job("retrieval", "retrieval", args, d, _key(cfg["retrieval"], data_key, init_key(deps)),
                         deps=tuple(deps), est_seconds=60, threads=run["threads"]))
     def stage_config(task):
-        """What a stage reads: det its own section; cls / seg / svm the shared transfer keys and their
-        own sub-section, so changing one task's protocol re-runs that task only."""
-        if task == "det":
-            return cfg["det"]
+        """What a task reads: the shared transfer keys and its own sub-section, so changing one task's
+        protocol re-runs that task only."""
         tr = cfg["transfer"]
-        return {**{k: v for k, v in tr.items() if k not in ("cls", "seg", "svm")}, task: tr[task]}
+        return {**{k: v for k, v in tr.items() if k not in TRANSFER_TASKS}, task: tr[task]}
 
     if "det" in run["tasks"]:
         # selective search once, cached beside the data, before the per-init detection jobs
         d = out / "transfer" / "proposals"
         jobs.append(Job("det-proposals", "transfer", ["transfer", "det", "--proposals-only", "--out", str(d), *base], d,
-                        _key(cfg["det"]["proposals"], data_key), est_seconds=60, threads=run["threads"]))
+                        _key(cfg["transfer"]["det"]["proposals"], data_key), est_seconds=60, threads=run["threads"]))
         dep_keys["det-proposals"] = jobs[-1].key
     for task in run["tasks"]:
         for label, (arg, deps) in inits.items():
@@ -184,18 +190,15 @@ def plan(cfg: dict, out: Path, config_file: Path, voc: Path, device: str) -> lis
 
 def transfer_protocol(cfg: dict) -> dict:
     """Per fine-tuned task: iterations, batch, lr grid and seeds, as the report states them."""
-    tr, det = cfg["transfer"], cfg["det"]
+    tr = cfg["transfer"]
     out = {}
     for task in cfg["run"]["tasks"]:
-        if task == "det":
-            out[task] = {"iterations": det["iterations"], "batch": f"{det['images_per_batch']} images x "
-                         f"{det['rois_per_image']} RoIs", "lrs": det["lrs"], "seeds": det["seeds"],
-                         "select_seeds": det["select_seeds"], "magic": det["magic"],
-                         "trunk_lr_mult": det["optim"].get("backbone_lr_mult", 1.0)}
-        else:
-            out[task] = {"iterations": tr[task]["iterations"], "batch": f"{tr[task]['batch_size']} images",
-                         "lrs": tr[task]["lrs"], "seeds": tr["seeds"], "select_seeds": tr["select_seeds"],
-                         "magic": tr["magic"], "trunk_lr_mult": tr[task]["optim"].get("backbone_lr_mult", 1.0)}
+        sub = tr[task]
+        batch = (f"{sub['images_per_batch']} images x {sub['rois_per_image']} RoIs" if task == "det"
+                 else f"{sub['batch_size']} images")
+        out[task] = {"iterations": sub["iterations"], "batch": batch, "lrs": sub["lrs"], "seeds": tr["seeds"],
+                     "select_seeds": tr["select_seeds"], "magic": tr["magic"],
+                     "trunk_lr_mult": sub["optim"].get("backbone_lr_mult", 1.0)}
     return out
 
 

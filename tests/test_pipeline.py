@@ -10,6 +10,8 @@ import time
 
 import pytest
 
+from cebench.errors import CebenchError
+
 REPORT_FILES = ["results.md", "table1.csv", "table2.csv", "paired.csv", "per_seed.csv", "svm.csv", "retrieval.csv",
                 "run.json", "fig_inpainting.png", "fig_retrieval.png", "fig_curves.png"]
 
@@ -123,10 +125,25 @@ def test_transfer_protocol_states_the_trunk_lr_multiplier():
     from cebench.benchmarks.cli import resolve_config
     from cebench.benchmarks.pipeline import resolve, transfer_protocol
 
-    cfg = resolve(resolve_config("demo"), ["transfer.seg.optim.backbone_lr_mult=0.25", "det.lrs=[0.5]"])
+    cfg = resolve(resolve_config("demo"), ["transfer.seg.optim.backbone_lr_mult=0.25", "transfer.det.lrs=[0.5]",
+                                           "transfer.seeds=[3,4]"])
     p = transfer_protocol(cfg)
     assert p["seg"]["trunk_lr_mult"] == 0.25 and p["cls"]["trunk_lr_mult"] == cfg["transfer"]["cls"]["optim"]["backbone_lr_mult"]
-    assert p["det"]["lrs"] == [0.5] and p["det"]["trunk_lr_mult"] == cfg["det"]["optim"]["backbone_lr_mult"]
+    assert p["det"]["lrs"] == [0.5] and p["det"]["trunk_lr_mult"] == cfg["transfer"]["det"]["optim"]["backbone_lr_mult"]
+    assert all(p[t]["seeds"] == [3, 4] for t in ("cls", "seg", "det"))  # one seeds list drives every task
+    assert p["det"]["batch"] == "2 images x 64 RoIs" and p["cls"]["batch"] == "32 images"
+
+
+def test_the_old_det_section_names_its_new_place(tmp_path):
+    from cebench.benchmarks.cli import resolve_config
+    from cebench.benchmarks.pipeline import resolve
+
+    with pytest.raises(CebenchError, match="transfer.det"):
+        resolve(resolve_config("tiny"), ["det.seeds=[0]"])
+    old = tmp_path / "old.yaml"
+    old.write_text("det: {iterations: 3}\n")
+    with pytest.raises(CebenchError, match="moved into the transfer section"):
+        resolve(old, [])
 
 
 def test_changing_one_task_protocol_replans_that_task_only(tmp_path):
@@ -139,8 +156,8 @@ def test_changing_one_task_protocol_replans_that_task_only(tmp_path):
         cfg = resolve(resolve_config("demo"), list(overrides))
         return {j.name: j.key for j in plan(cfg, tmp_path, resolve_config("demo"), tmp_path / "voc", "cpu")}
 
-    base, seg, det = keys(), keys("transfer.seg.lrs=[0.5]"), keys("det.lrs=[0.5]")
+    base, seg, det = keys(), keys("transfer.seg.lrs=[0.5]"), keys("transfer.det.lrs=[0.5]")
     assert {n for n in base if base[n] != seg[n]} == {n for n in base if n.startswith("seg/")} != set()
     assert {n for n in base if base[n] != det[n]} == {n for n in base if n.startswith("det/")} != set()
-    shared = keys("transfer.magic=none")  # read by every cls / seg / svm stage
-    assert {n.split("/")[0] for n in base if base[n] != shared[n]} == {"cls", "seg", "svm"}
+    shared = keys("transfer.magic=none")  # read by every transfer stage
+    assert {n.split("/")[0] for n in base if base[n] != shared[n]} == {"cls", "seg", "svm", "det"}

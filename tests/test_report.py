@@ -46,7 +46,7 @@ def test_write_report_files(tmp_path):
     tr.mkdir(parents=True)
     (tr / "results.json").write_text(json.dumps({"rows": _rows()}))
     info = {"config": "x.yaml", "wall_minutes": 1.5, "machine": {"cpu": "cpu", "cpu_count": 2, "torch": "2"},
-            "jobs": {"pretrain/ce": {"status": "done", "seconds": 3.0}}, "demo": True, "overrides": ["det.iterations=9"],
+            "jobs": {"pretrain/ce": {"status": "done", "seconds": 3.0}}, "demo": True, "overrides": ["transfer.det.iterations=9"],
             "transfer_protocol": {"cls": {"iterations": 600, "batch": "32 images", "lrs": [0.001, 0.003],
                                           "seeds": [0, 1, 2], "select_seeds": [100], "magic": "all"},
                                   "seg": {"iterations": 600, "batch": "32 images", "lrs": [0.01, 0.03],
@@ -62,7 +62,7 @@ def test_write_report_files(tmp_path):
     assert list(svm["metric"]) == ["svm conv3 mAP"] and svm["mean"].iloc[0] == 30.0
     md = (rep / "results.md").read_text()
     assert "Table 2" in md and "pretrain/ce" in md and "imagenet` unavailable" in md
-    assert "with `det.iterations=9`" in md
+    assert "with `transfer.det.iterations=9`" in md
     assert "- cls: 600 iterations x 32 images, lr from [0.001, 0.003] chosen per init on val" in md
     assert "- seg: 600 iterations x 32 images, lr from [0.01, 0.03] (the trunk at 0.1x it) chosen per init on val" in md
     assert "data-dependent init: every row (within-layer for random, between-layer for loaded weights)" in md

@@ -108,7 +108,7 @@ def predict_scores(model: nn.Module, images_u8: Tensor, cfg: ClsConfig, out_size
     return total / crops
 
 
-def cls_task(job, ctx: TaskContext) -> dict:
+def cls_task(job, ctx: TaskContext, log=None) -> dict:
     """One classification job: fit on job.fit_split with job.lr, score on job.eval_split."""
     cfg: ClsConfig = ctx.cfg
     device = choose_device(ctx.device)
@@ -129,7 +129,8 @@ def cls_task(job, ctx: TaskContext) -> dict:
         x, y = batch
         return {"loss": bce_ignore_difficult(m(x), y)}
 
-    stats = train_one_epoch(model, batches.take(cfg.iterations), loss_fn, opt, sched, grad_clip=cfg.optim.grad_clip)
+    stats = train_one_epoch(model, batches.take(cfg.iterations), loss_fn, opt, sched, grad_clip=cfg.optim.grad_clip,
+                            log=log, log_every=ctx.log_every)
     t0 = time.perf_counter()
     scores = predict_scores(model, ev["images"], cfg, out_size, device, seed=job.seed)
     infer_s = time.perf_counter() - t0

@@ -1,4 +1,5 @@
-"""What every transfer task shares: the run context, init resolution and the magic-init batch."""
+"""What every transfer task shares: the run context, init resolution, the random row's architecture and
+the seeded encoder of a job."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from cebench.checkpoint import load_checkpoint
+from cebench.errors import ConfigError
 from cebench.runtime import seed_everything
 
 from .inits import InitSpec, build_init, parse_init
@@ -15,13 +18,15 @@ from .inits import InitSpec, build_init, parse_init
 class TaskContext:
     """Picklable context of one task run (sent to every job process)."""
 
-    cfg: object                 # the task's config dataclass (ClsConfig / SegConfig / SvmConfig)
+    cfg: object                 # the task's config dataclass (ClsConfig / SegConfig / SvmConfig / DetConfig)
     root: str                   # VOCyyyy folder
     cache_dir: str              # in-memory split cache (.pt files)
     device: str = "cpu"
     arch: object = "demo"       # architecture of the random row: preset name or AlexNetConfig dict
     magic: str = "random"       # random | all | none (see build_init)
     magic_images: int = 64
+    log_every: int = 10         # training metrics every this many iterations (the job's .metrics.jsonl)
+    tensorboard: bool = False   # mirror them to TensorBoard (out/tensorboard/...)
 
 
 def resolve_inits(items) -> list[InitSpec]:
@@ -32,11 +37,19 @@ def resolve_inits(items) -> list[InitSpec]:
     seen = set()
     for s in specs:
         if s.name in seen:
-            from cebench.errors import ConfigError
-
             raise ConfigError(f"--init {s.name!r} given twice")
         seen.add(s.name)
     return specs
+
+
+def arch_for(arch, inits: list[InitSpec]):
+    """The random row's architecture: the preset, or with arch=auto that of the first checkpoint."""
+    if arch != "auto":
+        return arch
+    for spec in inits:
+        if spec.checkpoint and spec.kind != "imagenet":
+            return dict(load_checkpoint(spec.checkpoint)["arch"]["encoder"])
+    return "demo"
 
 
 def encoder_for_job(job, ctx: TaskContext, magic_batch: torch.Tensor | None):

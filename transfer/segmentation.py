@@ -120,7 +120,7 @@ def confusion_on(model: nn.Module, images_u8: Tensor, masks: Tensor, num_classes
     return conf
 
 
-def seg_task(job, ctx: TaskContext) -> dict:
+def seg_task(job, ctx: TaskContext, log=None) -> dict:
     """One segmentation job: fit on job.fit_split with job.lr, mean IU on job.eval_split."""
     cfg: SegConfig = ctx.cfg
     device = choose_device(ctx.device)
@@ -138,7 +138,8 @@ def seg_task(job, ctx: TaskContext) -> dict:
         x, y = batch
         return {"loss": F.cross_entropy(m(x), y, ignore_index=cfg.ignore_index)}
 
-    stats = train_one_epoch(model, batches.take(cfg.iterations), loss_fn, opt, sched, grad_clip=cfg.optim.grad_clip)
+    stats = train_one_epoch(model, batches.take(cfg.iterations), loss_fn, opt, sched, grad_clip=cfg.optim.grad_clip,
+                            log=log, log_every=ctx.log_every)
     t0 = time.perf_counter()
     conf = confusion_on(model, ev["images"], ev["masks"], k, cfg, device)
     infer_s = time.perf_counter() - t0

@@ -99,7 +99,8 @@ def knn_scores(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, cfg: SvmConfig
     return vote(te @ tr.t(), best_k), best_k
 
 
-def svm_task(job, ctx: TaskContext) -> dict:
+def svm_task(job, ctx: TaskContext, log=None) -> dict:
+    """One frozen-feature job (no training loop, so nothing for `log`): fit on trainval, score on test."""
     cfg: SvmConfig = ctx.cfg
     device = choose_device(ctx.device)
     tr = load_split(ctx.root, job.fit_split, kind="cls", load_size=cfg.load_size, cache_dir=ctx.cache_dir)
