@@ -16,6 +16,7 @@ import pandas as pd
 from cebench.io import atomic_copy, atomic_save_figure, atomic_write_text
 from cebench.logs import read_jsonl
 from cebench.transfer.inits import init_rank, table_label
+from cebench.transfer.results import ResultsTable
 from cebench.transfer.stats import paired_difference
 
 from .paper import TABLE1, TABLE1_MATCH, TABLE2, TASK_METRIC
@@ -208,30 +209,77 @@ def build_svm_table(transfer_rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["init", "task", "metric", "mean", "std", "seeds", "status"])
 
 
-def plot_curves(pretrain_dirs: dict[str, Path], path: Path) -> bool:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def pretrain_curves(pretrain_dirs: dict[str, Path]) -> dict[str, tuple[list, list, str]]:
+    """{method: (steps, loss, loss name)} from each pretraining's metrics.jsonl (per-step rows)."""
     series = {}
     for name, d in pretrain_dirs.items():
         rows = [r for r in read_jsonl(d / "metrics.jsonl") if "step" in r]
         keys = [k for k in ("loss", "loss_rec", "loss_total") if any(k in r for r in rows)]
         if rows and keys:
             series[name] = ([r["step"] for r in rows if keys[0] in r],
-                            [r[keys[0]] for r in rows if keys[0] in r], keys[0])
-    if not series:
+                            [float(r[keys[0]]) for r in rows if keys[0] in r], keys[0])
+    return series
+
+
+def finetune_curves(transfer_dirs: list[Path]) -> dict[str, dict[str, tuple[list, list, int]]]:
+    """{task: {init label: (steps, mean training loss over the seeds, seeds)}} from the final jobs' curves
+    (`jobs/<task>/<init>/final_*.metrics.jsonl`) at the lr each init was given on val."""
+    runs: dict[str, dict[str, list[list[dict]]]] = {}
+    for d in transfer_dirs:
+        chosen = {(r["init"], r["task"]): r.get("lr") for r in ResultsTable.read(d / "results.json")}
+        for curve in sorted(d.glob("jobs/*/*/final_*.metrics.jsonl")):
+            job = curve.with_name(curve.name.removesuffix(".metrics.jsonl") + ".json")
+            rec = json.loads(job.read_text()) if job.is_file() else {}
+            rows = [r for r in read_jsonl(curve) if "step" in r and "loss" in r]
+            if rec.get("status") != "ok" or not rows or chosen.get((rec["init"], rec["task"])) != rec["lr"]:
+                continue
+            runs.setdefault(rec["task"], {}).setdefault(table_label(rec["init"]), []).append(rows)
+    out = {}
+    for task in sorted(runs, key=lambda t: list(TASK_METRIC).index(t) if t in TASK_METRIC else 99):
+        out[task] = {}
+        for label in sorted(runs[task], key=init_rank):
+            seeds = runs[task][label]
+            n = min(len(r) for r in seeds)  # seeds of one init run the same iterations
+            out[task][label] = ([r["step"] for r in seeds[0][:n]],
+                                [sum(float(r[i]["loss"]) for r in seeds) / len(seeds) for i in range(n)], len(seeds))
+    return out
+
+
+def plot_curves(pretrain_dirs: dict[str, Path], transfer_dirs: list[Path], path: Path) -> bool:
+    """fig_curves.png: the pretraining losses (top row, one panel per method) and the fine-tuning losses
+    (bottom row, one panel per task, one line per init: the mean over its seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pre, fine = pretrain_curves(pretrain_dirs), finetune_curves(transfer_dirs)
+    rows = [r for r in (pre, fine) if r]
+    if not rows:
         return False
-    fig, axes = plt.subplots(1, len(series), figsize=(3.2 * len(series), 2.8), squeeze=False)
-    for ax, (name, (x, y, key)) in zip(axes[0], series.items()):
-        y = [float(v) for v in y]
-        ax.plot(x, y, lw=1)
-        ax.set_title(name, fontsize=9)
+    cols = max(len(r) for r in rows)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(3.2 * cols, 2.9 * len(rows)), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    r = 0
+    if pre:
+        for ax, (name, (x, y, key)) in zip(axes[r], pre.items()):
+            ax.axis("on")
+            ax.plot(x, y, lw=1)
+            ax.set_title(f"pretrain: {name}", fontsize=9)
+            ax.set_ylabel(key, fontsize=8)
+        r += 1
+    if fine:
+        for ax, (task, inits) in zip(axes[r], fine.items()):
+            ax.axis("on")
+            for label, (x, y, n) in inits.items():
+                ax.plot(x, y, lw=1, label=f"{label} ({n})")
+            ax.set_title(f"fine-tune: {task}", fontsize=9)
+            ax.set_ylabel("training loss (mean over seeds)", fontsize=8)
+            ax.legend(fontsize=6)
+    for ax in axes.ravel():
         ax.set_xlabel("step", fontsize=8)
-        ax.set_ylabel(key, fontsize=8)
         ax.tick_params(labelsize=7)
-    fig.suptitle("pretraining curves", fontsize=10)
     fig.tight_layout()
     atomic_save_figure(fig, path, dpi=110)
     plt.close(fig)
@@ -266,7 +314,7 @@ def write_report(out: Path, *, inpaint_dir: Path, transfer_dirs: list[Path], ret
     figs = {
         "fig_inpainting.png": atomic_copy(inpaint_dir / "fig_inpainting.png", rep / "fig_inpainting.png"),
         "fig_retrieval.png": atomic_copy(retrieval_dir / "fig_retrieval.png", rep / "fig_retrieval.png"),
-        "fig_curves.png": plot_curves(pretrain_dirs, rep / "fig_curves.png"),
+        "fig_curves.png": plot_curves(pretrain_dirs, transfer_dirs, rep / "fig_curves.png"),
     }
     for d in transfer_dirs:
         for f in sorted(d.glob("fig_*.png")):

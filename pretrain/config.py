@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from cebench.logs import LogConfig
+
 from .models import AlexNetConfig, InpaintNetConfig
 
 
@@ -43,7 +45,7 @@ class PretrainConfig:
     seed: int = 0
     amp: str = "auto"                  # auto (bf16 on GPU) | bf16 | none
     eval_images: int = 256             # held-out (val split) images for the loss curve (0: none)
-    log_every: int = 50
+    log: LogConfig = field(default_factory=LogConfig)  # metrics.jsonl every log.every steps (+ TensorBoard)
     sample_every: int = 400
     ckpt_every: int = 200
     stop_after: int = 0                # testing: exit after this many steps as if killed (0: off)

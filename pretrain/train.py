@@ -32,7 +32,7 @@ from .methods import METHODS, Built
 log = get_logger("cebench.pretrain")
 
 # keys that may differ between an interrupted run and its resumption
-_RESUME_FREE = ("max_minutes", "workers", "threads", "stop_after", "log_every", "sample_every", "ckpt_every")
+_RESUME_FREE = ("max_minutes", "workers", "threads", "stop_after", "log", "log_every", "sample_every", "ckpt_every")
 
 
 class Interrupted(Exception):
@@ -156,7 +156,8 @@ def _train(cfg, data_cfg, built: Built, ds, val, out: Path, rt) -> Path:
                  len(ds), total, steps_per_epoch, rt.device)
     obj_ddp = wrap_ddp(obj, rt)
     disc_ddp = wrap_ddp(disc, rt) if disc is not None else None
-    logger = JsonlLogger(out / "metrics.jsonl", enabled=rt.is_main)
+    logger = JsonlLogger(out / "metrics.jsonl", enabled=rt.is_main,
+                         tensorboard_dir=out / "tensorboard" if cfg.log.tensorboard else None)
     val_loader = make_loader(val, [list(range(i, min(i + cfg.batch_size, len(val))))
                                    for i in range(0, len(val), cfg.batch_size)]) if val is not None else None
     t0, bar = time.time(), progress(total=total, desc=f"pretrain {cfg.method}", initial=state.step)
@@ -170,7 +171,7 @@ def _train(cfg, data_cfg, built: Built, ds, val, out: Path, rt) -> Path:
 
     def on_step(st, losses, outs, x, mask):
         bar.update(1)
-        if st.step % cfg.log_every == 0 or st.step == stop_at:
+        if st.step % cfg.log.every == 0 or st.step == stop_at:
             rate = (st.step - start_step) * cfg.batch_size * rt.world_size / max(time.time() - t0, 1e-9)
             logger.log(step=st.step, epoch=st.epoch, **{k: float(v.detach()) for k, v in losses.items()},
                        img_per_s=round(rate, 1), minutes=round((time.time() - t0) / 60, 3))
@@ -195,6 +196,7 @@ def _train(cfg, data_cfg, built: Built, ds, val, out: Path, rt) -> Path:
                         cfg.method, cfg.max_minutes, state.step, total)
             break
     bar.close()
+    logger.close()
     if cfg.stop_after and state.step < total:
         if rt.is_main:
             save_checkpoint(last, snapshot(state.step))

@@ -101,3 +101,28 @@ def test_paired_table_for_the_paper_orderings():
     r = p.iloc[0]
     assert r["task"] == "cls" and r["n"] == 3 and r["wins"] == 2 and math.isclose(r["mean_diff"], 10.0)
     assert r["diffs"] == "+10.0 +0.0 +20.0"
+
+
+def test_fig_curves_shows_pretraining_and_fine_tuning(tmp_path):
+    """Each init's fine-tuning curve is the mean over its final jobs at the lr chosen on val (not the
+    select runs, not a final job left from another lr)."""
+    from cebench.benchmarks.report import finetune_curves, plot_curves
+    from cebench.logs import JsonlLogger
+
+    tr = tmp_path / "transfer" / "cls" / "ce"
+    rows = [{"init": "context encoder", "task": "cls", "metric": "mAP", "lr": 0.003, "status": "ok", "per_seed": {}}]
+    (tr / "jobs" / "cls" / "context_encoder").mkdir(parents=True)
+    (tr / "results.json").write_text(json.dumps({"rows": rows}))
+    for name, lr, losses in (("final_lr0.003_seed0", 0.003, [1.0, 0.5]), ("final_lr0.003_seed1", 0.003, [3.0, 1.5]),
+                             ("final_lr0.001_seed0", 0.001, [9.0, 9.0]), ("select_lr0.003_seed100", 0.003, [7.0, 7.0])):
+        job = tr / "jobs" / "cls" / "context_encoder" / f"{name}.json"
+        job.write_text(json.dumps({"init": "context encoder", "task": "cls", "lr": lr, "status": "ok"}))
+        log = JsonlLogger(job.with_suffix(".metrics.jsonl"))
+        for step, loss in zip((5, 10), losses):
+            log.log(step=step, loss=loss, lr=lr)
+    assert finetune_curves([tr]) == {"cls": {"context encoder": ([5, 10], [2.0, 1.0], 2)}}
+    pre = tmp_path / "pretrain" / "ce"
+    JsonlLogger(pre / "metrics.jsonl").log(step=1, loss=0.3)
+    assert plot_curves({"ce": pre}, [tr], tmp_path / "fig_curves.png")
+    assert (tmp_path / "fig_curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert not plot_curves({}, [], tmp_path / "none.png")

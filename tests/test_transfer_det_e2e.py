@@ -11,7 +11,8 @@ from cebench.errors import DatasetMissingError
 from cebench.logs import read_jsonl
 
 FAST = ["det.iterations=4", "seeds=[0,1]", "det.lrs=[0.001]", "workers=1", "det.magic_images=4", "det.fc_dim=32",
-        "det.eval_batch=8", "det.figure_images=2", "det.proposals.workers=1", "log.every=2"]
+        "det.eval_batch=8", "det.figure_images=2", "det.proposals.workers=1", "log.every=2",
+        "log.tensorboard=true"]
 
 
 def test_cli_tiny_end_to_end(tmp_path):
@@ -27,6 +28,7 @@ def test_cli_tiny_end_to_end(tmp_path):
     assert len(jobs) == 2 and all(json.loads(j.read_text())["status"] == "ok" for j in jobs)
     curve = read_jsonl(jobs[0].with_suffix(".metrics.jsonl"))  # the fine-tuning curve, every 2 of 4 iterations
     assert [r["step"] for r in curve] == [2, 4] and all({"loss", "cls", "box", "lr"} <= set(r) for r in curve)
+    assert list((out / "tensorboard" / "det" / "random").glob("final_lr0.001_seed0/events.out.tfevents.*"))
     assert (out / "det_detections.png").stat().st_size > 1000
     assert (out / "config.yaml").is_file() and (out / "det_summary.json").is_file()
     # cached: a second run reuses every job
