@@ -9,27 +9,26 @@ markdown summary beside it. GPU numbers are recorded when a GPU is at hand.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from pathlib import Path
 
 import torch
+import torchvision
 
 from cebench.io import atomic_write_json, atomic_write_text
+from cebench.pretrain.throughput import bench_pretrain
+from cebench.retrieval.throughput import bench_retrieval
+from cebench.transfer.throughput import bench_transfer
 
 
 def _benches():
     # the one mapping from a benchmark name to the function that runs it
-    from cebench.pretrain.throughput import bench_pretrain
-    from cebench.retrieval.throughput import bench_retrieval
-    from cebench.transfer.throughput import bench_transfer
-
     return {"pretrain": bench_pretrain, "transfer": bench_transfer, "retrieval": bench_retrieval}
 
 
 def machine_info() -> dict:
-    import os
-
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -47,8 +46,6 @@ def machine_info() -> dict:
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
     try:
-        import torchvision
-
         info["torchvision"] = torchvision.__version__
     except ImportError:
         pass

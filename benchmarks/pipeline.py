@@ -12,15 +12,28 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
 
-from cebench.config import config_hash, config_to_dict, load_config, parse_overrides, read_yaml, save_config
+from cebench.config import (
+    config_hash,
+    config_to_dict,
+    load_config,
+    parse_overrides,
+    read_yaml,
+    save_config,
+)
+from cebench.data.demo import DEMO_PRESETS, content_key
 from cebench.data.sources import DataConfig, voc_root
+from cebench.data.voc import find_voc_root
 from cebench.errors import CebenchError, ConfigError
 from cebench.io import atomic_write_json
+from cebench.pretrain.inpaint_eval import InpaintEvalConfig
+from cebench.pretrain.train import PretrainConfig
+from cebench.retrieval.evaluate import RetrievalConfig
+from cebench.transfer.config import TransferConfig
 from cebench.transfer.inits import canonical_name
 from cebench.transfer.tasks import TASKS as TRANSFER_TASKS
 
@@ -54,11 +67,6 @@ STAGES = ("pretrain", "inpaint", "transfer", "svm", "retrieval")
 
 def _sections():
     """The one mapping from a config section to the dataclass that validates it."""
-    from cebench.pretrain.inpaint_eval import InpaintEvalConfig
-    from cebench.pretrain.train import PretrainConfig
-    from cebench.retrieval.evaluate import RetrievalConfig
-    from cebench.transfer.config import TransferConfig
-
     return {"data": DataConfig, "pretrain": PretrainConfig, "inpaint": InpaintEvalConfig,
             "transfer": TransferConfig, "retrieval": RetrievalConfig, "run": RunSection, "encoder": EncoderPlugin}
 
@@ -87,7 +95,8 @@ def resolve(config_path: Path, overrides) -> dict:
         if head in MOVED:
             raise ConfigError(f"override {key}: {MOVED[head]}")
         if head not in sections or not rest:
-            raise ConfigError(f"override {key}: use SECTION.key=value with SECTION one of {sorted(sections)} (or name=...)")
+            raise ConfigError(f"override {key}: use SECTION.key=value with SECTION one of {sorted(sections)} "
+                              "(or name=...)")
         per[head].append(f"{rest}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}")
     resolved = {s: config_to_dict(load_config(cls, config_path, per[s], section=s)) for s, cls in sections.items()}
     resolved["name"] = name
@@ -102,10 +111,6 @@ def _demo_content(cfg: dict) -> dict:
     """What the demo tree's bytes depend on (so a changed generator reruns every stage)."""
     if cfg["data"]["root"]:
         return {}
-    from dataclasses import replace
-
-    from cebench.data.demo import DEMO_PRESETS, content_key
-
     preset = DEMO_PRESETS.get(cfg["data"]["demo"])
     return content_key(replace(preset, seed=cfg["data"]["demo_seed"])) if preset else {}
 
@@ -207,8 +212,6 @@ def check_real_data(cfg: dict) -> None:
     data = cfg["data"]
     if not data["root"] and data["demo"]:
         return  # the built-in demo tree
-    from cebench.data.voc import find_voc_root
-
     problems = []
     if not data["root"]:
         problems.append("data.root is empty: extract VOCtrainval_06-Nov-2007.tar and VOCtest_06-Nov-2007.tar "

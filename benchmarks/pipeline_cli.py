@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .pipeline import main
+
 
 def _cmd(args) -> int:
-    from .pipeline import main
-
     main(args.config, args.overrides, Path(args.out or f"runs/{args.config.stem}"), device=args.device,
          force=tuple(args.force), dry_run=args.dry_run)
     return 0

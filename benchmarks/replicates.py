@@ -15,11 +15,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from cebench.io import atomic_write_text
 from cebench.errors import CebenchError
-from cebench.transfer.stats import combine_paired, summarize
-
+from cebench.io import atomic_write_text
 from cebench.transfer.inits import init_rank
+from cebench.transfer.stats import combine_paired, summarize
 
 from .report import TASK_METRIC, atomic_csv, md_table, paired_rows
 
@@ -104,7 +103,8 @@ def replicates_markdown(df: pd.DataFrame) -> str:
 
     show = pd.DataFrame({
         "task": df["task"], "comparison": df["comparison"], "replicate": df["replicate"],
-        "mean diff (95% CI)": [interval(m, lo, hi) for m, lo, hi in zip(df["mean_diff"], df["ci95_low"], df["ci95_high"])],
+        "mean diff (95% CI)": [interval(m, lo, hi)
+                               for m, lo, hi in zip(df["mean_diff"], df["ci95_low"], df["ci95_high"])],
         "wins": [f"{w}/{n}" for w, n in zip(df["wins"], df["n"])],
         "p": [num(p, ".3f") for p in df["p"]],
         "heterogeneity Q, p": [f"{num(q, '.2f')}, {num(pq, '.3f')}" if q is not None and q == q else ""

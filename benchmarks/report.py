@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -26,8 +27,6 @@ TABLE1_ORDER = ["mean colour", "Telea (OpenCV)", "NN (HOG)", "NN (pixels)", "CE 
 
 def _portable(text: str) -> str:
     """No path of this machine in a report that may be committed: home -> ~, cwd -> relative."""
-    import os
-
     text = text.replace(os.getcwd() + os.sep, "")
     return text.replace(str(Path.home()), "~")
 
@@ -308,7 +307,8 @@ def write_report(out: Path, *, inpaint_dir: Path, transfer_dirs: list[Path], ret
     svm = build_svm_table(rows)
     atomic_csv(svm, rep / "svm.csv")
 
-    retr = pd.read_csv(retrieval_dir / "retrieval.csv") if (retrieval_dir / "retrieval.csv").is_file() else pd.DataFrame()
+    retr_csv = retrieval_dir / "retrieval.csv"
+    retr = pd.read_csv(retr_csv) if retr_csv.is_file() else pd.DataFrame()
     atomic_csv(retr, rep / "retrieval.csv")
 
     figs = {
@@ -330,9 +330,11 @@ def write_report(out: Path, *, inpaint_dir: Path, transfer_dirs: list[Path], ret
     full = run_info.get("uncached_wall_minutes")
     full_txt = f" (the run that computed every stage: {full:.1f} min)" if full else ""
     ov = " ".join(run_info.get("overrides") or [])
-    md.append(f"Config: `{run_info.get('config')}`{f' with `{ov}`' if ov else ''}; wall time of this invocation {run_info.get('wall_minutes', float('nan')):.1f} min{full_txt} "
-              f"on {run_info.get('machine', {}).get('cpu', '?')} ({run_info.get('machine', {}).get('cpu_count', '?')} cores), "
-              f"torch {run_info.get('machine', {}).get('torch', '?')}.")
+    machine = run_info.get("machine", {})
+    md.append(f"Config: `{run_info.get('config')}`{f' with `{ov}`' if ov else ''}; wall time of this invocation "
+              f"{run_info.get('wall_minutes', float('nan')):.1f} min{full_txt} "
+              f"on {machine.get('cpu', '?')} ({machine.get('cpu_count', '?')} cores), "
+              f"torch {machine.get('torch', '?')}.")
     if run_info.get("demo"):
         md += ["", "Demo scale: built-in synthetic VOC-format data at 64 px, minutes of CPU pretraining. "
                "The paper's numbers come from ImageNet/Paris StreetView pretraining for days on a GPU and real "

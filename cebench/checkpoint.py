@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from .io import atomic_torch_save
 from .errors import CheckpointError
+from .io import atomic_torch_save
 
 _PREFIXES = ("module.", "_orig_mod.")
 

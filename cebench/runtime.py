@@ -18,6 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from .errors import CebenchError, ConfigError
 
 
 @dataclass
@@ -46,8 +49,6 @@ def choose_device(device: str | torch.device = "auto", local_rank: int = 0) -> t
         return torch.device("cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        from .errors import CebenchError
-
         raise CebenchError("device=cuda requested but no CUDA device is available")
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", local_rank)
@@ -76,8 +77,6 @@ def init_runtime(device: str = "auto", amp: str = "auto", channels_last: bool | 
     elif amp in ("none", "fp32", "off"):
         amp_dtype = None
     else:
-        from .errors import ConfigError
-
         raise ConfigError(f"amp must be auto, bf16 or none, got {amp!r}")
     use_cl = True if channels_last is None else channels_last  # faster on cuDNN and on oneDNN (CPU) alike
     return Runtime(dev, rank, world_size, local_rank, distributed, amp_dtype, use_cl)
@@ -123,8 +122,6 @@ def to_channels_last(x, rt: Runtime):
 def wrap_ddp(model: torch.nn.Module, rt: Runtime, **kwargs) -> torch.nn.Module:
     if not rt.distributed:
         return model
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
     ids = [rt.device.index] if rt.device.type == "cuda" else None
     return DDP(model, device_ids=ids, **kwargs)
 

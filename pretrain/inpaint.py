@@ -53,7 +53,8 @@ def load_inpainter(path, device="cpu"):
                              decoder_layers=arch.get("decoder_layers", 5))
         obj = ReconstructionObjective(net)
     else:
-        raise CheckpointError(f"{path}: not an inpainting checkpoint (method {name!r}; need inpaint, inpaint-adv, ce or ce-adv)")
+        raise CheckpointError(f"{path}: not an inpainting checkpoint (method {name!r}; need inpaint, inpaint-adv, "
+                              "ce or ce-adv)")
     load_state_strict(net, ck["model"], path)
     return obj.to(device).eval()
 

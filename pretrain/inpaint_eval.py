@@ -12,20 +12,23 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from cebench.config import save_config
 from cebench.data.sources import DataConfig, voc_root
 from cebench.errors import CebenchError
+from cebench.features.hog import hog
+from cebench.features.index import FeatureIndex
 from cebench.io import atomic_save_figure, atomic_write_csv, atomic_write_text
 from cebench.logs import get_logger
 from cebench.runtime import choose_device, set_cpu_threads
 
-from .data import PretrainImages, folder_paths, voc_split_paths
-from .masks import center_box
 from . import train
 from .config import PretrainConfig
+from .data import PretrainImages, folder_paths, voc_split_paths
 from .inpaint import load_inpainter
+from .masks import center_box
 
 log = get_logger("cebench.pretrain.inpaint_eval")
 
@@ -108,8 +111,6 @@ def _holed(x: torch.Tensor, lo: int, side: int) -> torch.Tensor:
 
 
 def nn_fill(test, train, lo, side, features) -> torch.Tensor:
-    from cebench.features.index import FeatureIndex
-
     db = features(_holed(train, lo, side))
     q = features(_holed(test, lo, side))
     index = FeatureIndex(db.shape[1], kind="flat", metric="l2", use_gpu=False).add(db.numpy())
@@ -120,8 +121,6 @@ def nn_fill(test, train, lo, side, features) -> torch.Tensor:
 
 
 def hog_features(x: torch.Tensor) -> torch.Tensor:
-    from cebench.features.hog import hog
-
     return torch.cat([hog(x[i:i + 256], orientations=9, pixels_per_cell=(8, 8), cells_per_block=(2, 2))
                       for i in range(0, x.shape[0], 256)]).float()
 
@@ -186,8 +185,6 @@ def figure(path: Path, columns: dict, lo: int, side: int, rows: int) -> None:
 
 def main(cfg: InpaintEvalConfig, data_cfg: DataConfig | None = None, out_dir=".", device: str = "auto",
          data_override=None, images=None, ce=None, ce_adv=None):
-    import pandas as pd
-
     data_cfg = data_cfg or DataConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import torch
+from torchvision.utils import save_image
 
 from cebench.checkpoint import load_checkpoint, load_state_strict, save_checkpoint
 from cebench.config import config_to_dict, save_config
@@ -20,12 +21,27 @@ from cebench.data.sources import DataConfig, voc_root
 from cebench.errors import CheckpointError, ConfigError
 from cebench.io import atomic_target
 from cebench.logs import JsonlLogger, get_logger, progress
-from cebench.runtime import (barrier, cleanup, init_runtime, seed_everything, set_cpu_threads, to_channels_last,
-                             unwrap_model, wrap_ddp)
+from cebench.runtime import (
+    barrier,
+    cleanup,
+    init_runtime,
+    seed_everything,
+    set_cpu_threads,
+    to_channels_last,
+    unwrap_model,
+    wrap_ddp,
+)
 
-from .data import COLOURS, PretrainImages, folder_paths, make_loader, step_batches, voc_split_paths
-from .engine import TrainState, evaluate, train_one_epoch
 from .config import PretrainConfig
+from .data import (
+    COLOURS,
+    PretrainImages,
+    folder_paths,
+    make_loader,
+    step_batches,
+    voc_split_paths,
+)
+from .engine import TrainState, evaluate, train_one_epoch
 from .masks import voc_silhouettes
 from .methods import METHODS, Built
 
@@ -78,8 +94,6 @@ def _dataset(cfg: PretrainConfig, data_cfg: DataConfig, data_override, input_siz
 
 
 def _save_samples(path: Path, x, out, mask, n: int = 8) -> None:
-    from torchvision.utils import save_image
-
     x = x[:n].float().cpu()
     shown = x if mask is None else x * (1 - mask[:n].cpu()) + 0.5 * mask[:n].cpu()
     grid = torch.cat([shown, out["pred"][:n].float().cpu(), x])

@@ -8,8 +8,13 @@ import time
 import numpy as np
 import torch
 
+from cebench.features.hog import hog
+from cebench.features.index import FeatureIndex, brute_force_search, faiss_gpu_available
 from cebench.io import atomic_write_json
+from cebench.pretrain.models import AlexNetConfig, build_encoder
 from cebench.runtime import choose_device
+
+from .patches import encoder_inputs
 
 
 def _rate(fn, n: int, repeat: int = 2) -> float:
@@ -32,12 +37,6 @@ def bench_retrieval(out_path, device: str = "auto", quick: bool = False, *, n_pa
     """Run the retrieval speed benchmark, write JSON atomically to out_path, return the dict."""
     from skimage.feature import hog as sk_hog
     from sklearn.neighbors import NearestNeighbors
-
-    from cebench.features.hog import hog
-    from cebench.features.index import FeatureIndex, brute_force_search, faiss_gpu_available
-    from cebench.pretrain.models import AlexNetConfig, build_encoder
-
-    from .patches import encoder_inputs
 
     if quick:
         n_patches, n_db, n_queries = 128, 2000, 100

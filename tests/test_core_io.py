@@ -9,8 +9,18 @@ import pytest
 import torch
 from PIL import Image
 
-from cebench.io import (atomic_copy, atomic_directory, atomic_save_figure, atomic_save_image, atomic_target,
-                        atomic_torch_save, atomic_write_bytes, atomic_write_csv, atomic_write_json, atomic_write_text)
+from cebench.io import (
+    atomic_copy,
+    atomic_directory,
+    atomic_save_figure,
+    atomic_save_image,
+    atomic_target,
+    atomic_torch_save,
+    atomic_write_bytes,
+    atomic_write_csv,
+    atomic_write_json,
+    atomic_write_text,
+)
 
 
 def _mode(path) -> int:

@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from cebench.logs import JsonlLogger, read_jsonl
-from cebench.runtime import (autocast_context, init_runtime, place_model, seed_everything, to_channels_last,
-                             unwrap_model)
+from cebench.runtime import autocast_context, init_runtime, place_model, seed_everything, to_channels_last, unwrap_model
 
 
 def test_single_process_runtime():
@@ -79,7 +78,8 @@ def test_two_process_gloo_ddp(tmp_path):
         cleanup(rt)
     """))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(_free_port()), str(script)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(_free_port()),
+           str(script)]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
     lines = sorted(l for l in out.stdout.splitlines() if l.startswith("rank="))

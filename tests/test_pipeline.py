@@ -95,7 +95,8 @@ def test_run_rejects_bad_override_in_one_line(tmp_path):
 
 
 def test_dry_run_lists_jobs(tmp_path):
-    res = _cebench(["run", "--config", "tiny", "--out", str(tmp_path), "--dry-run", "data.demo_dir=" + str(tmp_path / "d"),
+    res = _cebench(["run", "--config", "tiny", "--out", str(tmp_path), "--dry-run",
+                    "data.demo_dir=" + str(tmp_path / "d"),
                     "run.methods=[ce, supervised]", "run.supervised_steps=3"], timeout=300)
     assert res.returncode == 0, res.stderr
     assert "pretrain/ce:" in res.stdout and "cls/random:" in res.stdout and "det/context-encoder:" in res.stdout
@@ -128,7 +129,8 @@ def test_transfer_protocol_states_the_trunk_lr_multiplier():
     cfg = resolve(resolve_config("demo"), ["transfer.seg.optim.backbone_lr_mult=0.25", "transfer.det.lrs=[0.5]",
                                            "transfer.seeds=[3,4]"])
     p = transfer_protocol(cfg)
-    assert p["seg"]["trunk_lr_mult"] == 0.25 and p["cls"]["trunk_lr_mult"] == cfg["transfer"]["cls"]["optim"]["backbone_lr_mult"]
+    assert p["seg"]["trunk_lr_mult"] == 0.25
+    assert p["cls"]["trunk_lr_mult"] == cfg["transfer"]["cls"]["optim"]["backbone_lr_mult"]
     assert p["det"]["lrs"] == [0.5] and p["det"]["trunk_lr_mult"] == cfg["transfer"]["det"]["optim"]["backbone_lr_mult"]
     assert all(p[t]["seeds"] == [3, 4] for t in ("cls", "seg", "det"))  # one seeds list drives every task
     assert p["det"]["batch"] == "2 images x 64 RoIs" and p["cls"]["batch"] == "32 images"

@@ -26,7 +26,8 @@ def tiny_data(tmp_path_factory):
 
 
 def small(method="ce", **kw):
-    base = dict(method=method, steps=6, batch_size=8, ckpt_every=2, sample_every=3, eval_images=8, log=LogConfig(every=1))
+    base = dict(method=method, steps=6, batch_size=8, ckpt_every=2, sample_every=3, eval_images=8,
+                log=LogConfig(every=1))
     base.update(kw)
     return T.PretrainConfig(**base)
 

@@ -13,12 +13,15 @@ def _rows():
     return [
         {"init": "random", "task": "cls", "metric": "mAP", "mean": 0.5, "std": 0.02, "seeds": 3, "status": "ok",
          "per_seed": {"0": 0.4, "1": 0.6, "2": 0.5}},
-        {"init": "context encoder", "task": "cls", "metric": "mAP", "mean": 0.6, "std": 0.01, "seeds": 3, "status": "ok",
+        {"init": "context encoder", "task": "cls", "metric": "mAP", "mean": 0.6, "std": 0.01, "seeds": 3,
+         "status": "ok",
          "lr": 0.003, "val_scores": {"0.001": 0.5, "0.003": 0.55}, "per_seed": {"0": 0.5, "1": 0.6, "2": 0.7}},
-        {"init": "supervised", "task": "seg", "metric": "mean IU", "mean": 0.25, "std": 0.0, "seeds": 3, "status": "ok"},
+        {"init": "supervised", "task": "seg", "metric": "mean IU", "mean": 0.25, "std": 0.0, "seeds": 3,
+         "status": "ok"},
         {"init": "imagenet", "task": "cls", "metric": "mAP", "mean": math.nan, "std": math.nan, "seeds": 0,
          "status": "unavailable", "reason": "place alexnet-owt-7be5be79.pth in TORCH_HOME"},
-        {"init": "random", "task": "svm", "metric": "svm conv3 mAP", "mean": 0.3, "std": 0.01, "seeds": 2, "status": "ok"},
+        {"init": "random", "task": "svm", "metric": "svm conv3 mAP", "mean": 0.3, "std": 0.01, "seeds": 2,
+         "status": "ok"},
     ]
 
 
@@ -35,7 +38,8 @@ def test_table2_scales_to_percent_and_adds_paper():
 
 def test_table1_keeps_paper_rows(tmp_path):
     csv = tmp_path / "table1.csv"
-    pd.DataFrame([{"method": "CE (L2)", "l1_pct": 10.0, "l2_pct": 2.0, "psnr_db": 18.0, "n_images": 5}]).to_csv(csv, index=False)
+    ours = [{"method": "CE (L2)", "l1_pct": 10.0, "l2_pct": 2.0, "psnr_db": 18.0, "n_images": 5}]
+    pd.DataFrame(ours).to_csv(csv, index=False)
     t1 = build_table1(csv)
     assert (t1["source"] == "paper").sum() == 3
     assert t1[t1["source"] == "ours"].iloc[0]["method"] == "CE (L2)"
@@ -46,7 +50,8 @@ def test_write_report_files(tmp_path):
     tr.mkdir(parents=True)
     (tr / "results.json").write_text(json.dumps({"rows": _rows()}))
     info = {"config": "x.yaml", "wall_minutes": 1.5, "machine": {"cpu": "cpu", "cpu_count": 2, "torch": "2"},
-            "jobs": {"pretrain/ce": {"status": "done", "seconds": 3.0}}, "demo": True, "overrides": ["transfer.det.iterations=9"],
+            "jobs": {"pretrain/ce": {"status": "done", "seconds": 3.0}}, "demo": True,
+            "overrides": ["transfer.det.iterations=9"],
             "transfer_protocol": {"cls": {"iterations": 600, "batch": "32 images", "lrs": [0.001, 0.003],
                                           "seeds": [0, 1, 2], "select_seeds": [100], "magic": "all"},
                                   "seg": {"iterations": 600, "batch": "32 images", "lrs": [0.01, 0.03],

@@ -79,8 +79,8 @@ def make_vocdevkit(root, n=8):
 
 
 def test_detection_on_vocdevkit_layout(tmp_path):
-    from cebench.transfer.det.train import DetConfig, fit_and_score
     from cebench.transfer.det.proposals import ProposalConfig
+    from cebench.transfer.det.train import DetConfig, fit_and_score
 
     voc = make_vocdevkit(tmp_path)
     cfg = DetConfig(iterations=3, scale=96, max_size=200, fc_dim=32, magic_images=4,

@@ -8,12 +8,21 @@ import torch
 from cebench.errors import CheckpointError, ConfigError
 from cebench.pretrain.loading import save_encoder_checkpoint
 from cebench.pretrain.models import AlexNetConfig, build_encoder
-from cebench.transfer.inits import (INIT_NAMES, INIT_ORDER, InitUnavailable, build_init, canonical_name, init_rank,
-                                    magic_init, parse_init, table_label)
-from cebench.transfer.results import ResultsTable
-from cebench.transfer.stats import summarize
+from cebench.transfer.inits import (
+    INIT_NAMES,
+    INIT_ORDER,
+    InitUnavailable,
+    build_init,
+    canonical_name,
+    init_rank,
+    magic_init,
+    parse_init,
+    table_label,
+)
 from cebench.transfer.protocol import select_lr
+from cebench.transfer.results import ResultsTable
 from cebench.transfer.segmentation import FCN32, bilinear_kernel
+from cebench.transfer.stats import summarize
 
 torch.set_num_threads(1)
 
@@ -182,4 +191,5 @@ def test_trunk_lr_multiplier_scales_the_trunk_step_only():
         lr = 0.05 if n.startswith("encoder.") else 0.5
         torch.testing.assert_close(dict(net.named_parameters())[n].detach(), before[n] - lr * grads[n])
     _, sched = make_optimizer(net, OptimConfig(backbone_lr_mult=0.1), 1e-2, 100, backbone=net.encoder)
-    assert sched.optimizer.param_groups[0]["max_lr"] == 1e-2 and math.isclose(sched.optimizer.param_groups[1]["max_lr"], 1e-3)
+    groups = sched.optimizer.param_groups
+    assert groups[0]["max_lr"] == 1e-2 and math.isclose(groups[1]["max_lr"], 1e-3)

@@ -16,7 +16,7 @@ from .svm import SvmConfig
 class TransferConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     select_seeds: list[int] = field(default_factory=lambda: [100])  # seeds of the lr-selection runs (val)
-    arch: str = "demo"            # AlexNet preset of the random row: demo | paper | caffenet | auto (= first checkpoint's)
+    arch: str = "demo"            # random row's AlexNet: demo | paper | caffenet | auto (= first checkpoint's)
     magic: str = "random"         # data-dependent init: random (random row only) | all | none
     magic_images: int = 64        # images of the data-dependent init (det has its own: its images are larger)
     workers: int = 1              # job processes inside one command (the pipeline parallelises inits)

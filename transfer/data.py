@@ -17,8 +17,8 @@ from PIL import Image
 
 from cebench.data.voc import VOCIndex
 from cebench.errors import DatasetMissingError
-from cebench.io import atomic_torch_save
 from cebench.images import normalize
+from cebench.io import atomic_torch_save
 
 
 def _cache_file(cache_dir, root, split: str, kind: str, size: int) -> Path:

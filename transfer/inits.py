@@ -239,5 +239,6 @@ def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, forward=None) 
     model.train(was_training)
 
 
-__all__ = ["INITS", "INIT_NAMES", "INIT_ORDER", "ALIASES", "table_label", "init_rank", "InitSpec", "InitUnavailable", "parse_init", "build_init", "magic_init",
-           "recalibrate_batchnorm", "canonical_name", "arch_from", "ARCH_PRESETS"]
+__all__ = ["INITS", "INIT_NAMES", "INIT_ORDER", "ALIASES", "table_label", "init_rank", "InitSpec", "InitUnavailable",
+           "parse_init", "build_init", "magic_init", "recalibrate_batchnorm", "canonical_name", "arch_from",
+           "ARCH_PRESETS"]

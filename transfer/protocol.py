@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing as mp
 import os
 import re
 import time
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import multiprocessing as mp
+import torch
 
 from cebench.errors import NonFiniteLossError
 from cebench.io import atomic_write_json
@@ -62,8 +63,6 @@ def job_path(out_dir, job: TransferJob) -> Path:
 
 
 def _set_threads(threads: int) -> None:
-    import torch
-
     if threads:
         torch.set_num_threads(int(threads))
         os.environ.setdefault("OMP_NUM_THREADS", str(threads))
@@ -114,7 +113,8 @@ def _call(args):
     return run_job(task_fn, job, ctx, out_dir, threads)
 
 
-def run_jobs(task_fn: Callable, jobs: list[TransferJob], ctx, out_dir, *, workers: int = 1, threads: int = 1) -> list[dict]:
+def run_jobs(task_fn: Callable, jobs: list[TransferJob], ctx, out_dir, *, workers: int = 1,
+             threads: int = 1) -> list[dict]:
     """All jobs, in `workers` one-`threads` processes (spawned) or in this process when workers <= 1."""
     if workers <= 1 or len(jobs) <= 1:
         return [run_job(task_fn, j, ctx, out_dir, threads) for j in jobs]

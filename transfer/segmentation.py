@@ -28,7 +28,6 @@ from .data import flip_rot_perm, load_split, scale_crop, to_input
 from .engine import OptimConfig, TensorBatches, make_optimizer, train_one_epoch
 from .metrics import confusion_matrix, iou_per_class, mean_iu, pixel_accuracy
 
-
 SEG_FEATURES = ("pool5", "conv5")  # the trunk layer under fc6
 
 
@@ -110,7 +109,8 @@ def make_augment(cfg: SegConfig, out_size: int):
 
 
 @torch.no_grad()
-def confusion_on(model: nn.Module, images_u8: Tensor, masks: Tensor, num_classes: int, cfg: SegConfig, device) -> Tensor:
+def confusion_on(model: nn.Module, images_u8: Tensor, masks: Tensor, num_classes: int, cfg: SegConfig,
+                 device) -> Tensor:
     model.eval()
     conf = torch.zeros(num_classes, num_classes, dtype=torch.long)
     for i in range(0, images_u8.shape[0], cfg.eval_batch):

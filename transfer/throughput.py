@@ -7,13 +7,11 @@ can be passed as `extra=`) — each function takes
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 
-from cebench.pretrain.models import AlexNetConfig, build_encoder
-
 from cebench.io import atomic_write_json
+from cebench.pretrain.models import AlexNetConfig, build_encoder
 from cebench.runtime import choose_device, place_model, timed_steps
 
 from .classification import ClsNet, bce_ignore_difficult

@@ -25,10 +25,10 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from cebench.data.voc import CLASSES_FILE, voc_palette
 from cebench.errors import CebenchError, ConfigError
 from cebench.io import atomic_directory
 from cebench.locks import file_lock
-from cebench.data.voc import CLASSES_FILE, voc_palette
 
 GENERATOR_VERSION = 2
 MARKER_NAME = ".cebench_demo.json"
@@ -337,7 +337,8 @@ def _write_images(args) -> list[list[tuple[int, int]]]:
 
 
 def _plan(cfg: DemoDataConfig) -> dict[str, list[tuple[int, str, list[int]]]]:
-    """Split -> [(global index, image id, classes in drawing order, write SegmentationObject)]: object classes balanced per split."""
+    """Split -> [(global index, image id, classes in drawing order, write SegmentationObject)]: object classes
+    balanced per split."""
     rng = np.random.default_rng([cfg.seed, 104729])
     n_cls = len(cfg.classes)
     plan, index = {}, 0

@@ -202,5 +202,5 @@ class VOCIndex:
             np.zeros((0, self.num_classes), np.int8)
 
 
-__all__ = ["VOC_CLASSES", "voc_palette", "find_voc_root", "read_classes", "read_split", "parse_annotation", "read_segmentation",
-           "VOCIndex"]
+__all__ = ["VOC_CLASSES", "voc_palette", "find_voc_root", "read_classes", "read_split", "parse_annotation",
+           "read_segmentation", "VOCIndex"]

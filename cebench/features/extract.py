@@ -15,9 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
+from cebench.errors import CebenchError
 from cebench.io import atomic_directory
+from cebench.logs import progress as _progress
 
 POOLS = (None, "avg", "max", "avgmax")
 
@@ -52,8 +55,6 @@ def pool_features(y: torch.Tensor, pool: str | None) -> torch.Tensor:
 
 def _gather_all_ranks(feats: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """all_gather variable-length [n_r, D] / [n_r] from every rank (padded to the longest)."""
-    import torch.distributed as dist
-
     dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
     world = dist.get_world_size()
     n = torch.tensor([feats.shape[0]], device=dev)
@@ -93,8 +94,6 @@ def extract_features(fn, loader, *, device, amp_context=None, l2_normalize: bool
         fn.eval()
     it = loader
     if progress:
-        from cebench.logs import progress as _progress
-
         it = _progress(loader, desc="features")
     chunks, idx_chunks = [], []
     for batch in it:
@@ -136,8 +135,6 @@ def load_features(path, mmap: bool = True) -> Features:
     """Read what save_features wrote; with mmap the features stay on disk (np.memmap)."""
     path = Path(path)
     if not (path / "feats.npy").is_file() or not (path / "indices.npy").is_file():
-        from cebench.errors import CebenchError
-
         raise CebenchError(f"{path}: no saved features (feats.npy / indices.npy) found")
     feats = np.load(path / "feats.npy", mmap_mode="r" if mmap else None)
     indices = np.load(path / "indices.npy")

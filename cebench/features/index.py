@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cebench.errors import CebenchError
 from cebench.io import atomic_target
 
 KINDS = ("flat", "ivf", "hnsw")
@@ -175,8 +176,6 @@ class FeatureIndex:
         faiss = _faiss()
         path = Path(path)
         if not path.is_file():
-            from cebench.errors import CebenchError
-
             raise CebenchError(f"{path}: index file not found")
         cpu = faiss.read_index(str(path))
         metric = "ip" if cpu.metric_type == faiss.METRIC_INNER_PRODUCT else "l2"

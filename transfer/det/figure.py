@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cebench.data.voc import parse_annotation
+from cebench.images import open_rgb
 from cebench.io import atomic_save_figure
 
 
@@ -20,9 +22,6 @@ def draw_detections(root, examples: list[dict], classes, out_png, *, score_min: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
-
-    from cebench.data.voc import parse_annotation
-    from cebench.images import open_rgb
 
     root = Path(root)
     class_index = {c: i for i, c in enumerate(classes)}

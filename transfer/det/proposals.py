@@ -19,6 +19,7 @@ atomically (temp + os.replace), computed in parallel over images with a process 
 
 from __future__ import annotations
 
+import ctypes
 import io
 import os
 import time
@@ -27,10 +28,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from cebench.config import config_hash
 from cebench.errors import CebenchError, ConfigError, DatasetMissingError
+from cebench.images import open_rgb
 from cebench.io import atomic_write_bytes, atomic_write_json
+from cebench.logs import progress as pbar
 
 PROPOSAL_VERSION = 2  # 2: selective search seeded (v1 caches hold boxes in a run-dependent order)
 
@@ -78,8 +82,6 @@ def seed_c_rand(seed: int) -> bool:
     samples and which boxes `max_proposals` keeps - depended on how many images the process had
     segmented before, i.e. on how the pool split the work: detection was not reproducible. False when
     no C library is found (the caller then falls back to a canonical order)."""
-    import ctypes
-
     try:  # the process's own symbols (libc among them); ctypes.util.find_library would spawn
         srand = ctypes.CDLL(None).srand  # `ldconfig`, which deadlocked in the forked pool workers
     except (OSError, AttributeError, TypeError):  # pragma: no cover - e.g. Windows
@@ -141,8 +143,6 @@ def clean_boxes(boxes: np.ndarray, h: int, w: int, cfg: ProposalConfig) -> np.nd
 
 
 def compute_one(path, cfg: ProposalConfig) -> np.ndarray:
-    from cebench.images import open_rgb
-
     rgb = np.asarray(open_rgb(path))
     h, w = rgb.shape[:2]
     raw = grid_boxes(h, w, cfg) if cfg.method == "grid" else selective_search(rgb, cfg)
@@ -157,8 +157,6 @@ def _save_npz(path: Path, boxes: np.ndarray) -> None:
 
 def _worker(args) -> int:
     items, cfg = args
-    import torch
-
     torch.set_num_threads(1)
     for image_path, out_path in items:
         _save_npz(Path(out_path), compute_one(image_path, cfg))
@@ -195,8 +193,6 @@ def load_proposals(voc_root, ids, cfg: ProposalConfig, *, split: str = "", progr
 
 def compute_missing(todo, cfg: ProposalConfig, *, progress: bool = True) -> float:
     """Compute and cache proposals for [(image path, npz path)]; returns images/s."""
-    from cebench.logs import progress as pbar
-
     missing = [p for p, _ in todo if not Path(p).is_file()]
     if missing:
         raise DatasetMissingError(f"proposals: {len(missing)} image(s) missing, e.g. {missing[0]}")

@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-
 from torchvision.ops import box_iou
 
 from cebench.data.voc import read_split
@@ -28,7 +27,6 @@ from .data import DetDataset, check_voc_tree, collate, hflip
 from .metrics import evaluate_detections
 from .model import FastRCNN, _rois_with_index, encode_boxes, sample_rois
 from .proposals import ProposalConfig, load_proposals
-
 
 METRICS = ["mAP", "mAP_11pt", "mAP_allpoint"]
 
