@@ -19,8 +19,8 @@ from torch import Tensor, nn
 
 from cebench.runtime import choose_device, place_model
 
-from .common import TaskContext, encoder_for_job
-from .data import flip_rot_perm, load_split, scale_crop, to_input
+from .common import TaskContext, encoder_for_job, job_splits
+from .data import flip_rot_perm, scale_crop, to_input
 from .engine import OptimConfig, TensorBatches, make_optimizer, train_one_epoch
 from .metrics import classification_ap, mean_ap
 
@@ -112,8 +112,7 @@ def cls_task(job, ctx: TaskContext, log=None) -> dict:
     """One classification job: fit on job.fit_split with job.lr, score on job.eval_split."""
     cfg: ClsConfig = ctx.cfg
     device = choose_device(ctx.device)
-    fit = load_split(ctx.root, job.fit_split, kind="cls", load_size=cfg.load_size, cache_dir=ctx.cache_dir)
-    ev = load_split(ctx.root, job.eval_split, kind="cls", load_size=cfg.load_size, cache_dir=ctx.cache_dir)
+    fit, ev = job_splits(job, ctx, "cls")
     magic = to_input(fit["images"][: ctx.magic_images])
     encoder = encoder_for_job(job, ctx, magic)
     out_size = encoder.cfg.input_size

@@ -11,6 +11,7 @@ from cebench.checkpoint import load_checkpoint
 from cebench.errors import ConfigError
 from cebench.runtime import seed_everything
 
+from .data import load_split
 from .inits import InitSpec, build_init, parse_init
 
 
@@ -50,6 +51,12 @@ def arch_for(arch, inits: list[InitSpec]):
         if spec.checkpoint and spec.kind != "imagenet":
             return dict(load_checkpoint(spec.checkpoint)["arch"]["encoder"])
     return "demo"
+
+
+def job_splits(job, ctx: TaskContext, kind: str) -> tuple[dict, dict]:
+    """The job's fit and eval splits in memory (`data.load_split`, kind cls | seg) at the task's load_size."""
+    return tuple(load_split(ctx.root, split, kind=kind, load_size=ctx.cfg.load_size, cache_dir=ctx.cache_dir)
+                 for split in (job.fit_split, job.eval_split))
 
 
 def encoder_for_job(job, ctx: TaskContext, magic_batch: torch.Tensor | None):

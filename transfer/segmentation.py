@@ -23,8 +23,8 @@ from torch import Tensor, nn
 from cebench.errors import ConfigError
 from cebench.runtime import choose_device, place_model
 
-from .common import TaskContext, encoder_for_job
-from .data import flip_rot_perm, load_split, scale_crop, to_input
+from .common import TaskContext, encoder_for_job, job_splits
+from .data import flip_rot_perm, scale_crop, to_input
 from .engine import OptimConfig, TensorBatches, make_optimizer, train_one_epoch
 from .metrics import confusion_matrix, iou_per_class, mean_iu, pixel_accuracy
 
@@ -124,8 +124,7 @@ def seg_task(job, ctx: TaskContext, log=None) -> dict:
     """One segmentation job: fit on job.fit_split with job.lr, mean IU on job.eval_split."""
     cfg: SegConfig = ctx.cfg
     device = choose_device(ctx.device)
-    fit = load_split(ctx.root, job.fit_split, kind="seg", load_size=cfg.load_size, cache_dir=ctx.cache_dir)
-    ev = load_split(ctx.root, job.eval_split, kind="seg", load_size=cfg.load_size, cache_dir=ctx.cache_dir)
+    fit, ev = job_splits(job, ctx, "seg")
     encoder = encoder_for_job(job, ctx, to_input(fit["images"][: ctx.magic_images]))
     k = len(fit["classes"])
     model = place_model(FCN32(encoder, k, fc_dim=cfg.fc_dim, fc6_kernel=cfg.fc6_kernel, dropout=cfg.dropout,
