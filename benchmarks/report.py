@@ -264,7 +264,7 @@ def plot_curves(pretrain_dirs: dict[str, Path], transfer_dirs: list[Path], path:
     if pre:
         for ax, (name, (x, y, key)) in zip(axes[r], pre.items()):
             ax.axis("on")
-            ax.plot(x, y, lw=1)
+            ax.plot(x, y, lw=1, marker="o" if len(x) < 3 else None, ms=3)
             ax.set_title(f"pretrain: {name}", fontsize=9)
             ax.set_ylabel(key, fontsize=8)
         r += 1
@@ -272,7 +272,7 @@ def plot_curves(pretrain_dirs: dict[str, Path], transfer_dirs: list[Path], path:
         for ax, (task, inits) in zip(axes[r], fine.items()):
             ax.axis("on")
             for label, (x, y, n) in inits.items():
-                ax.plot(x, y, lw=1, label=f"{label} ({n})")
+                ax.plot(x, y, lw=1, marker="o" if len(x) < 3 else None, ms=3, label=f"{label} ({n})")
             ax.set_title(f"fine-tune: {task}", fontsize=9)
             ax.set_ylabel("training loss (mean over seeds)", fontsize=8)
             ax.legend(fontsize=6)
