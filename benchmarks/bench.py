@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torchvision
 
+from cebench import __version__
 from cebench.io import atomic_write_json, atomic_write_text
 from cebench.pretrain.throughput import bench_pretrain
 from cebench.retrieval.throughput import bench_retrieval
@@ -37,8 +38,6 @@ def machine_info() -> dict:
                 break
     except OSError:
         pass
-    from cebench import __version__
-
     info = {
         "cebench": __version__,
         "python": platform.python_version(),

@@ -12,6 +12,10 @@ import importlib.resources
 import sys
 from pathlib import Path
 
+import torch
+import torchvision
+
+from cebench import __version__
 from cebench.data import cli as data_cli
 from cebench.errors import CebenchError
 from cebench.pretrain import cli as pretrain_cli
@@ -51,11 +55,6 @@ def common_parser() -> argparse.ArgumentParser:
 
 def version_line() -> str:
     """`cebench X.Y.Z (torch ..., torchvision ..., CUDA ...)`: what a bug report needs."""
-    import torch
-    import torchvision
-
-    from cebench import __version__
-
     return (f"cebench {__version__} (torch {torch.__version__}, torchvision {torchvision.__version__}, "
             f"CUDA {torch.version.cuda or 'none (CPU build)'})")
 
