@@ -6,10 +6,10 @@ from pathlib import Path
 
 from cebench.cliutil import add_cache_arg
 
+from .pipeline import main
+
 
 def _cmd(args) -> int:
-    from .pipeline import main
-
     main(args.config, args.overrides, Path(args.out or f"runs/{args.config.stem}"), device=args.device,
          force=tuple(args.force), dry_run=args.dry_run, cache=args.cache)
     return 0

@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
 from cebench.transfer.data import _load as _load_split_entry
 from cebench.transfer.det.proposals import _load_npz
-from PIL import Image
 
 N_IMAGES = 16
 
@@ -50,8 +51,8 @@ def test_proposals_resume_after_sigkill(tmp_path):
     voc, cache = _tree(tmp_path / "data"), tmp_path / "cache"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CEBENCH_NO_PROGRESS": "1"}
     cmd = [sys.executable, "-m", "cebench.benchmarks.cli", "transfer", "det", "--proposals-only", "--config", "tiny",
-           "--data", str(voc), "--out", str(tmp_path / "out"), "--cache", str(cache), "proposals.workers=1",
-           "proposals.method=selective_search"]
+           "--data", str(voc), "--out", str(tmp_path / "out"), "--cache", str(cache), "det.proposals.workers=1",
+           "det.proposals.method=selective_search"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and len(_entries(cache)) < 3:
@@ -86,17 +87,18 @@ WRITERS = {
     "proposal entry": ("""
 from cebench.transfer.det.proposals import _save_npz
 _save_npz(path, np.ones((3, 4), np.float32))
-np.savez = lambda f, **kw: half(f)  # np.savez(file object, boxes=...)
+real_open = builtins.open
+builtins.open = lambda f, *a, **kw: half(real_open(f, "wb"))  # the open() of the temp file
 _save_npz(path, np.zeros((5, 4), np.float32))
 """, lambda p: np.array_equal(_load_npz(p), np.ones((3, 4), np.float32))),
     "decoded split": ("""
-from cebench.transfer.data import _save
-_save({"images": torch.ones(2, 3)}, path)
-torch.save = lambda obj, f: half(open(f, "wb"))
-_save({"images": torch.zeros(4, 3)}, path)
+from cebench.io import atomic_torch_save
+atomic_torch_save({"images": torch.ones(2, 3)}, path)
+torch.save = lambda obj, f: half(open(f, "wb"))  # torch writes the temp file itself (C++), so: torch.save
+atomic_torch_save({"images": torch.zeros(4, 3)}, path)
 """, lambda p: torch.equal(_load_split_entry(p)["images"], torch.ones(2, 3))),
     "results file": ("""
-from cebench.config import atomic_write_text
+from cebench.io import atomic_write_text
 atomic_write_text(path, "init,mAP\\nrandom,61.9\\n")
 real_open = builtins.open
 builtins.open = lambda f, *a, **kw: half(real_open(f, "wb"))  # the open() of the temp file

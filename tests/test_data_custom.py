@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cebench.benchmarks.cli import main as cli_main
 from PIL import Image
 
+from cebench.benchmarks.cli import main as cli_main
 from cebench.data.check import check_dataset, format_report
 from cebench.data.voc import VOCIndex, parse_annotation, resolve_classes
 from cebench.errors import CebenchError
@@ -150,19 +150,19 @@ def test_full_hd_image_without_size_and_boxes_outside(tmp_path):
         parse_annotation(xml, {"raccoon": 0})  # no image to read the size from
 
 
-def test_data_check_det_and_cls_at_the_tiny_config(raccoons, tmp_path, capsys):
+def test_data_check_det_and_cls_at_the_tiny_config(raccoons, tmp_path, capsys, caplog):
     before = tree_digest(raccoons.parent.parent)
+    caplog.set_level("INFO", logger="cebench")
     assert cli_main(["data", "check", str(raccoons.parent.parent)]) == 0
     out = capsys.readouterr().out
     assert out.count("outside the VOC list") == 1 and "classes (1, from annotations): raccoon" in out
 
     det_out, cache = tmp_path / "det", tmp_path / "cache"
     rc = cli_main(["transfer", "det", "--config", "tiny", "--data", str(raccoons), "--out", str(det_out),
-                   "--cache", str(cache), "--seeds", "0", "iterations=6", "magic_images=4", "eval_batch=8",
-                   "figure_images=2", "workers=1", "proposals.workers=1", "proposals.max_proposals=300"])
+                   "--cache", str(cache), "--seeds", "0", "det.iterations=6", "det.magic_images=4", "det.eval_batch=8",
+                   "det.figure_images=2", "workers=1", "det.proposals.workers=1", "det.proposals.max_proposals=300"])
     assert rc == 0
-    out = capsys.readouterr().out
-    assert out.count("classes (1, from annotations): raccoon") == 1
+    assert caplog.text.count("[det] classes (1, from annotations): raccoon") == 1  # the command's log
     rows = json.loads((det_out / "results.json").read_text())["rows"]
     det = {r["metric"]: r for r in rows if r["task"] == "det" and r["init"] == "random"}
     assert 0.0 <= det["mAP"]["mean"] <= 1.0 and det["mAP"]["seeds"] == 1
@@ -176,7 +176,7 @@ def test_data_check_det_and_cls_at_the_tiny_config(raccoons, tmp_path, capsys):
                    "--cache", str(cache), "--seeds", "0", "cls.iterations=4", "cls.batch_size=8", "cls.fc_dim=32",
                    "magic_images=8"])
     assert rc == 0
-    assert capsys.readouterr().out.count("classes (1, from annotations): raccoon") == 1
+    assert caplog.text.count("[cls] classes (1, from annotations): raccoon") == 1
     rows = json.loads((cls_out / "results.json").read_text())["rows"]
     cls = [r for r in rows if r["task"] == "cls" and r["metric"] == "mAP" and r["init"] == "random"]
     assert len(cls) == 1 and 0.0 <= cls[0]["mean"] <= 100.0

@@ -10,6 +10,7 @@ det.proposals.file). The retrieval feature cache is read by the retrieval stage 
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,13 +19,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cebench.benchmarks.cli import main as cli_main
-from cebench.pretrain.models import AlexNetConfig, ContextEncoder
 from PIL import Image
 
+from cebench.benchmarks.cli import main as cli_main
 from cebench.checkpoint import save_checkpoint
 from cebench.data.demo import DEMO_PRESETS, generate_demo
 from cebench.data.voc import read_split
+from cebench.pretrain.models import AlexNetConfig, ContextEncoder
 
 torch.set_num_threads(1)
 VARIANTS = ("random", "truncated", "empty", "folder")
@@ -133,8 +134,15 @@ READERS = {
                           lambda e, f, out: ["transfer", "cls", "--config", str(f), "--data", str(e.voc), "--out",
                                              str(out), "--seeds", "0"]),
     "proposals mat": Reader(lambda e, t: _mat(t / "props.mat", read_split(e.voc, "trainval")),
-                            _transfer("det", "iterations=2", "workers=1", f"proposals.file={'{FILE}'}")),
+                            _transfer("det", "det.iterations=2", "workers=1", f"det.proposals.file={'{FILE}'}")),
 }
+
+
+LOG_LINE = re.compile(r"^\[\d\d:\d\d:\d\d cebench[.\w]*\] ")  # cebench.logs' progress lines (info, not errors)
+
+
+def _not_log(err: str) -> list[str]:
+    return [line for line in err.strip().splitlines() if not LOG_LINE.match(line)]
 
 
 def _spoil(path: Path, variant: str, truncate) -> None:
@@ -169,7 +177,7 @@ def test_bad_file_gives_one_line_naming_it(env, tmp_path, capsys, reader, varian
             path.rmdir()
         path.write_bytes(original)
     err = capsys.readouterr().err
-    lines = err.strip().splitlines()
+    lines = _not_log(err)
     assert rc == 2, err
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert str(path) in lines[0], lines[0]
@@ -187,22 +195,21 @@ def test_a_torch_file_that_is_not_a_cebench_checkpoint(env, tmp_path, capsys, co
     path = tmp_path / "foreign.pt"
     torch.save(obj, path)
     out = tmp_path / "out"
-    argv = (_transfer("det", "iterations=2", "workers=1", "arch=auto", "--init", f"mine={path}")(env, path, out)
+    argv = (_transfer("det", "det.iterations=2", "workers=1", "arch=auto", "--init", f"mine={path}")(env, path, out)
             if command == "det" else _inpaint(lambda e, f: e.jpg, lambda e, f: f)(env, path, out))
     capsys.readouterr()
     assert cli_main(argv) == 2
-    lines = capsys.readouterr().err.strip().splitlines()
+    lines = _not_log(capsys.readouterr().err)
     assert len(lines) == 1 and lines[0].startswith(f"error: {path}: "), lines
 
 
 def test_every_reader_is_driven_by_a_valid_file_first(env, tmp_path, capsys):
     """The unspoiled files go through the same readers (so each case above fails on the spoiled file)."""
-    from cebench.transfer.det.proposals import read_proposal_file
-
     from cebench.checkpoint import load_checkpoint
     from cebench.config import read_yaml
     from cebench.data.voc import VOCIndex, read_segmentation
     from cebench.images import open_rgb
+    from cebench.transfer.det.proposals import read_proposal_file
 
     assert load_checkpoint(env.ckpt)["arch"]["name"] == "ce"
     assert open_rgb(env.jpg).size == open_rgb(env.png).size == (64, 48)

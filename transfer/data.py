@@ -17,10 +17,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from cebench.cache import ensure_outside, files_key
-from cebench.config import atomic_target
 from cebench.data.voc import VOCIndex
 from cebench.errors import DatasetMissingError
 from cebench.images import normalize
+from cebench.io import atomic_torch_save
 
 CACHE_VERSION = 2  # 2: keyed by the files read (was: by the data folder's path)
 
@@ -33,11 +33,6 @@ def _cache_file(cache_dir, index: VOCIndex, kind: str, size: int) -> Path:
         files += [index.image_path(i), index.segmentation_path(i) if kind == "seg" else index.annotation_path(i)]
     key = files_key(files, kind, size, index.classes, CACHE_VERSION)
     return ensure_outside(cache_dir, index.root) / f"{kind}-{index.split}-{size}-{key}.pt"
-
-
-def _save(obj, path: Path) -> None:
-    with atomic_target(path) as tmp:
-        torch.save(obj, tmp)
 
 
 def _load(path: Path) -> dict | None:
@@ -83,7 +78,7 @@ def load_split(root, split: str, *, kind: str, load_size: int, cache_dir=None, c
     if kind == "seg":
         out["masks"] = masks
     if path is not None:
-        _save(out, path)
+        atomic_torch_save(out, path)
     return out
 
 

@@ -6,13 +6,14 @@ import argparse
 import dataclasses
 import time
 
+from cebench.data.check import check_dataset, format_report
+from cebench.data.demo import DemoDataConfig, demo_config, generate_demo
+from cebench.data.voc import VOCIndex
 from cebench.errors import ConfigError
 
 
 def _parse_overrides(items: list[str]) -> dict:
     """`key=value` overrides for DemoDataConfig fields (ints, floats, comma tuples)."""
-    from cebench.data.demo import DemoDataConfig
-
     fields = {f.name: f for f in dataclasses.fields(DemoDataConfig)}
     defaults = DemoDataConfig()
     out = {}
@@ -33,9 +34,6 @@ def _parse_overrides(items: list[str]) -> dict:
 
 
 def cmd_demo(args) -> int:
-    from cebench.data.demo import demo_config, generate_demo
-    from cebench.data.voc import VOCIndex
-
     overrides = _parse_overrides(getattr(args, "overrides", None) or [])
     if args.seed is not None:
         overrides["seed"] = args.seed
@@ -52,8 +50,6 @@ def cmd_demo(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from cebench.data.check import check_dataset, format_report
-
     classes = [c for c in (getattr(args, "classes", None) or "").split(",") if c.strip()] or None
     report = check_dataset(args.root, classes=classes)
     print(format_report(report, max_issues=args.max_issues))

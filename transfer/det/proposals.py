@@ -22,7 +22,8 @@ rest, and a changed image gets a new entry.
 
 from __future__ import annotations
 
-import json
+import ctypes
+import io
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -30,10 +31,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from cebench.cache import cache_root, ensure_outside, files_key
-from cebench.config import atomic_target, config_hash
+from cebench.config import config_hash
 from cebench.errors import CebenchError, ConfigError, DatasetMissingError
+from cebench.images import open_rgb
+from cebench.io import atomic_write_bytes, atomic_write_json
+from cebench.logs import progress as pbar
 
 PROPOSAL_VERSION = 2  # 2: selective search seeded (v1 caches hold boxes in a run-dependent order)
 
@@ -81,8 +86,6 @@ def seed_c_rand(seed: int) -> bool:
     samples and which boxes `max_proposals` keeps - depended on how many images the process had
     segmented before, i.e. on how the pool split the work: detection was not reproducible. False when
     no C library is found (the caller then falls back to a canonical order)."""
-    import ctypes
-
     try:  # the process's own symbols (libc among them); ctypes.util.find_library would spawn
         srand = ctypes.CDLL(None).srand  # `ldconfig`, which deadlocked in the forked pool workers
     except (OSError, AttributeError, TypeError):  # pragma: no cover - e.g. Windows
@@ -144,8 +147,6 @@ def clean_boxes(boxes: np.ndarray, h: int, w: int, cfg: ProposalConfig) -> np.nd
 
 
 def compute_one(path, cfg: ProposalConfig) -> np.ndarray:
-    from cebench.images import open_rgb
-
     rgb = np.asarray(open_rgb(path))
     h, w = rgb.shape[:2]
     raw = grid_boxes(h, w, cfg) if cfg.method == "grid" else selective_search(rgb, cfg)
@@ -153,9 +154,9 @@ def compute_one(path, cfg: ProposalConfig) -> np.ndarray:
 
 
 def _save_npz(path: Path, boxes: np.ndarray) -> None:
-    with atomic_target(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, boxes=boxes.astype(np.float32))
+    buf = io.BytesIO()
+    np.savez(buf, boxes=boxes.astype(np.float32))
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _load_npz(path: Path) -> np.ndarray | None:
@@ -169,8 +170,6 @@ def _load_npz(path: Path) -> np.ndarray | None:
 
 def _worker(args) -> int:
     items, cfg = args
-    import torch
-
     torch.set_num_threads(1)
     for image_path, out_path in items:
         _save_npz(Path(out_path), compute_one(image_path, cfg))
@@ -204,8 +203,7 @@ def load_proposals(voc_root, ids, cfg: ProposalConfig, *, split: str = "", progr
     folder.mkdir(parents=True, exist_ok=True)
     settings = folder / "settings.json"
     if not settings.exists():
-        with atomic_target(settings) as tmp:
-            Path(tmp).write_text(json.dumps(asdict(cfg), indent=1, default=list))
+        atomic_write_json(settings, asdict(cfg), indent=1)
     entries = {i: entry_path(folder, image_path(voc_root, i), i) for i in ids}
     out = {i: _load_npz(p) for i, p in entries.items()}
     todo = [(str(image_path(voc_root, i)), str(entries[i])) for i in ids if out[i] is None]
@@ -219,8 +217,6 @@ def load_proposals(voc_root, ids, cfg: ProposalConfig, *, split: str = "", progr
 
 def compute_missing(todo, cfg: ProposalConfig, *, progress: bool = True) -> float:
     """Compute and cache proposals for [(image path, npz path)]; returns images/s."""
-    from cebench.logs import progress as pbar
-
     missing = [p for p, _ in todo if not Path(p).is_file()]
     if missing:
         raise DatasetMissingError(f"proposals: {len(missing)} image(s) missing, e.g. {missing[0]}")
