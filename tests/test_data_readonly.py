@@ -46,7 +46,7 @@ def test_tiny_pipeline_on_read_only_data(tmp_path):
         # the data runs
         cmd = ["run", "--config", "tiny", "--out", str(out), f"data.demo_dir={data}", "run.methods=[]",
                "transfer.seeds=[0]", "transfer.det.proposals.method=grid", "transfer.det.iterations=4",
-               "transfer.cls.iterations=4", "transfer.seg.iterations=4", "inpaint.steps=2",
+               "transfer.cls.iterations=4", "transfer.seg.iterations=4", "inpaint.train.steps=2",
                "retrieval.max_queries=20", "transfer.svm.layers=[conv5]"]
         res = subprocess.run([sys.executable, "-m", "cebench.benchmarks.cli", *cmd], capture_output=True, text=True,
                              env=env, timeout=900)
