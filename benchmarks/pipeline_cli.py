@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cebench.cliutil import add_cache_arg
+
+from .pipeline import main
+
 
 def _cmd(args) -> int:
-    from .pipeline import main
-
     main(args.config, args.overrides, Path(args.out or f"runs/{args.config.stem}"), device=args.device,
-         force=tuple(args.force), dry_run=args.dry_run)
+         force=tuple(args.force), dry_run=args.dry_run, cache=args.cache)
     return 0
 
 
@@ -23,4 +25,5 @@ def register(subparsers, common) -> None:
     p.add_argument("--force", action="append", default=[], metavar="STAGE",
                    help="rerun a stage even if cached: pretrain, inpaint, transfer, svm, retrieval")
     p.add_argument("--dry-run", action="store_true", help="print the jobs and their commands, run nothing")
+    add_cache_arg(p)
     p.set_defaults(func=_cmd)

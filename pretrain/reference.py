@@ -17,7 +17,6 @@ fp32 first; then both under bf16 autocast when the CPU has native bf16 (AVX512-B
 from __future__ import annotations
 
 import importlib.util
-import json
 import statistics
 import sys
 import time
@@ -28,6 +27,7 @@ import torch
 import torch.nn as nn
 
 from cebench.errors import CebenchError
+from cebench.io import atomic_write_json
 from cebench.runtime import Runtime, place_model
 
 from .engine import make_adam, train_step
@@ -194,8 +194,8 @@ def compare_reference(model_py, out_path=None, *, batch: int = 64, threads: int 
             port, pg, pd = port_step_fn(mod, batch, size, amp)
             ours, og, od = ours_step_fn(batch, size, amp)
             if (pg, pd) != (og, od):
-                raise CebenchError(f"{model_py}: the port's nets have {pg:,} / {pd:,} parameters, ours {og:,} / {od:,}: "
-                                   "not the same architecture")
+                raise CebenchError(f"{model_py}: the port's nets have {pg:,} / {pd:,} parameters, "
+                                   f"ours {og:,} / {od:,}: not the same architecture")
             res["g_params"], res["d_params"] = og, od
             print(f"[reference] {name}: alternating {rounds} rounds of port / cebench steps (batch {batch}, "
                   f"{threads} threads) ...", file=sys.stderr, flush=True)
@@ -205,7 +205,5 @@ def compare_reference(model_py, out_path=None, *, batch: int = 64, threads: int 
     finally:
         torch.set_num_threads(old_threads)
     if out_path is not None:
-        from cebench.config import atomic_write_text
-
-        atomic_write_text(Path(out_path), json.dumps(res, indent=2))
+        atomic_write_json(Path(out_path), res)
     return res

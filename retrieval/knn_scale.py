@@ -24,11 +24,13 @@ anything.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import numpy as np
+
+from cebench.features.index import FeatureIndex
+from cebench.io import atomic_write_json
 
 
 def clustered_vectors(n: int, dim: int, rng, centres: np.ndarray) -> np.ndarray:
@@ -79,8 +81,6 @@ def bench_knn(out_path=None, *, n: int = 200_000, dim: int = 256, n_queries: int
     import faiss
     import torch
     from sklearn.neighbors import NearestNeighbors
-
-    from cebench.features.index import FeatureIndex
 
     if quick:
         n, n_queries, sq = min(n, 20_000), min(n_queries, 200), False
@@ -161,7 +161,5 @@ def bench_knn(out_path=None, *, n: int = 200_000, dim: int = 256, n_queries: int
     res["methods"]["sklearn brute"]["total_s_again_at_end"] = round(t_sk2, 3)
     print(f"[knn] sklearn brute again: {t_sk2:.2f}s", flush=True)
     if out_path is not None:
-        from cebench.config import atomic_write_text
-
-        atomic_write_text(Path(out_path), json.dumps(res, indent=2))
+        atomic_write_json(Path(out_path), res)
     return res
