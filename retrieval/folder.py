@@ -15,6 +15,7 @@ those of the float32 features are measured by `cebench bench retrieve-folder` (r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import zipfile
@@ -140,7 +141,8 @@ def folder_features(fn, images: list[Path], entry: Path, grid: PatchGrid, *, dev
         if path.exists():
             f, b = read_chunk(path)
         else:
-            f, b = _extract_chunk(fn, hog_params, images, lo, hi, grid, device, batch)
+            with _threads(1 if hog_params is not None else None):
+                f, b = _extract_chunk(fn, hog_params, images, lo, hi, grid, device, batch)
             _write_chunk(path, f, b)
             if on_chunk is not None:
                 on_chunk(i)
@@ -188,6 +190,20 @@ def _extract_chunk(fn, hog_params, images, lo: int, hi: int, grid: PatchGrid, de
     if not out:
         return np.zeros((0, 1), np.float16), np.zeros((0, 3), np.int32)
     return torch.cat(out).numpy().astype(np.float16), torch.cat(boxes).numpy().astype(np.int32)
+
+
+@contextlib.contextmanager
+def _threads(n: int | None):
+    """torch threads = n inside (None: unchanged). Dense HOG is many small element-wise passes over
+    one image: on this project's shared 2-core machine one thread ran them 4x faster than two, which
+    spent their time in OpenMP barriers (results/profile.md)."""
+    old = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def _finish(y: torch.Tensor) -> torch.Tensor:

@@ -118,19 +118,31 @@ def _select_channel(g_row: torch.Tensor, g_col: torch.Tensor) -> tuple[torch.Ten
     return best_r, best_c
 
 
-def _votes(g_row: torch.Tensor, g_col: torch.Tensor, orientations: int, interpolate: bool,
-           exact_orientation: bool, dtype) -> torch.Tensor:
-    """Per-pixel orientation votes [B,O,h,w] of the selected gradients [B,h,w] (skimage's binning)."""
-    adt = torch.float64 if exact_orientation else dtype
+def _angles(g_row: torch.Tensor, g_col: torch.Tensor, orientations: int, exact_orientation: bool):
+    """(magnitude, unsigned angle in [0, 180], bin edges) in skimage's precision."""
+    adt = torch.float64 if exact_orientation else g_row.dtype
     gr, gc = g_row.to(adt), g_col.to(adt)
-    mag = torch.hypot(gr, gc)
     angle = torch.rad2deg(torch.atan2(gr, gc)) % 180.0  # [0, 180]
     # Bin edges as skimage computes them: float32(180/n) * (i+1) in float32.
     per_bin = torch.tensor(180.0 / orientations, dtype=torch.float32)
     edges = (per_bin * torch.arange(1, orientations + 1, dtype=torch.float32)).to(adt).to(g_row.device)
-    votes = torch.zeros(mag.shape[0], orientations, *mag.shape[1:], dtype=dtype, device=g_row.device)
+    return torch.hypot(gr, gc), angle, edges
+
+
+def _bins(g_row: torch.Tensor, g_col: torch.Tensor, orientations: int, exact_orientation: bool, dtype):
+    """skimage's hard binning: (bin index long, vote float) per pixel; an angle of exactly 180 votes 0."""
+    mag, angle, edges = _angles(g_row, g_col, orientations, exact_orientation)
+    bins = torch.bucketize(angle, edges[:-1].contiguous(), right=True)  # 0..n-1
+    return bins, torch.where(angle < edges[-1], mag, torch.zeros_like(mag)).to(dtype)
+
+
+def _votes(g_row: torch.Tensor, g_col: torch.Tensor, orientations: int, interpolate: bool,
+           exact_orientation: bool, dtype) -> torch.Tensor:
+    """Per-pixel orientation votes [B,O,h,w] of the selected gradients [B,h,w] (skimage's binning)."""
+    votes = torch.zeros(g_row.shape[0], orientations, *g_row.shape[1:], dtype=dtype, device=g_row.device)
     if interpolate:
-        pos = angle / float(per_bin) - 0.5  # bin centres at (i+0.5)*180/n
+        mag, angle, _ = _angles(g_row, g_col, orientations, exact_orientation)
+        pos = angle / (180.0 / orientations) - 0.5  # bin centres at (i+0.5)*180/n
         lo = torch.floor(pos)
         frac = (pos - lo).to(dtype)
         b0 = lo.long() % orientations
@@ -139,8 +151,7 @@ def _votes(g_row: torch.Tensor, g_col: torch.Tensor, orientations: int, interpol
         votes.scatter_add_(1, b0.unsqueeze(1), (m * (1 - frac)).unsqueeze(1))
         votes.scatter_add_(1, b1.unsqueeze(1), (m * frac).unsqueeze(1))
     else:
-        bins = torch.bucketize(angle, edges[:-1].contiguous(), right=True)  # [B,h,w] in 0..n-1
-        m = torch.where(angle < edges[-1], mag, torch.zeros_like(mag)).to(dtype)  # 180 -> no bin
+        bins, m = _bins(g_row, g_col, orientations, exact_orientation, dtype)
         votes.scatter_(1, bins.unsqueeze(1), m.unsqueeze(1))
     return votes
 
@@ -180,34 +191,51 @@ def grid_hog(image: torch.Tensor, corners: torch.Tensor, size: int, orientations
         raise ValueError(f"grid_hog: patch corners must lie on one {cell}-px lattice")
     x = image.float()[None]
     dt = x.dtype
-    gr_all, gc_all = _gradients(x)  # [1,C,H,W]
-    g_row, g_col = _select_channel(gr_all, gc_all)  # [1,H,W]
     ncr, ncc = (H - oy) // cell, (W - ox) // cell  # lattice cells from (oy, ox)
-    sl = (slice(None), slice(oy, oy + ncr * cell), slice(ox, ox + ncc * cell))
-    v = _votes(g_row[sl], g_col[sl], orientations, False, exact_orientation, dt)[0]  # [O, h, w]
-    O = v.shape[0]
-    g = v.reshape(O, ncr, cell, ncc, cell)
-    sums = g.sum((2, 4))  # [O, ncr, ncc] cell sums
-    # The patch-border variants, needed on the cells' first/last rows and columns only: a patch's
-    # outer row has no vertical neighbour (g_row = 0), its outer column no horizontal one (g_col = 0);
-    # colour is chosen again on what is left, as the per-patch hog does.
-    gr_all, gc_all = gr_all[:, :, sl[1], sl[2]], gc_all[:, :, sl[1], sl[2]]  # [1,C,h,w] on the lattice
+    gr_all, gc_all = _gradients(x)  # [1,C,H,W]
+    gr_all = gr_all[0, :, oy:oy + ncr * cell, ox:ox + ncc * cell]  # [C,h,w] on the lattice
+    gc_all = gc_all[0, :, oy:oy + ncr * cell, ox:ox + ncc * cell]
+    O, nc = orientations, ncr * ncc
+
+    def cell_sums(bins, m, cell_of):  # votes summed per (orientation, cell): one index_add, no [O,h,w] map
+        out = torch.zeros(O * nc, dtype=dt)
+        out.index_add_(0, (bins * nc + cell_of).reshape(-1), m.reshape(-1))
+        return out.reshape(O, ncr, ncc)
+
+    cy = torch.arange(ncr * cell) // cell  # lattice cell row / column of each pixel row / column
+    cx = torch.arange(ncc * cell) // cell
+    bins, m = _bins(*_select_channel(gr_all[None], gc_all[None]), O, exact_orientation, dt)  # [1,h,w]
+    bins, m = bins[0], m[0]
+    sums = cell_sums(bins, m, cy[:, None] * ncc + cx[None, :])  # [O, ncr, ncc]
+    # What a patch of its own sees differently: its outer rows have no vertical neighbour (g_row = 0),
+    # its outer columns no horizontal one (g_col = 0), with the colour chosen again on what is left.
+    # Cell-edge rows/columns: the dense votes there, and the patch-border votes, summed per cell.
     ends = torch.tensor([0, cell - 1])
-    rows = (torch.arange(ncr)[:, None] * cell + ends).reshape(-1)  # [ncr*2] first, last row of each cell
+    rows = (torch.arange(ncr)[:, None] * cell + ends).reshape(-1)  # [2 ncr]: first, last row of each cell
     cols = (torch.arange(ncc)[:, None] * cell + ends).reshape(-1)
-    _, gc_r = _select_channel(torch.zeros_like(gc_all[:, :, rows]), gc_all[:, :, rows])  # [1, 2ncr, w]
-    gr_c, _ = _select_channel(gr_all[:, :, :, cols], torch.zeros_like(gr_all[:, :, :, cols]))  # [1, h, 2ncc]
-    vr = _votes(torch.zeros_like(gc_r), gc_r, orientations, False, exact_orientation, dt)[0]
-    vc = _votes(gr_c, torch.zeros_like(gr_c), orientations, False, exact_orientation, dt)[0]
-    vr = vr.reshape(O, ncr, 2, ncc, cell)  # [O, cell row, first/last, cell col, px]
-    vc = vc.reshape(O, ncr, cell, ncc, 2)  # [O, cell row, px, cell col, first/last]
-    d_top = (vr[:, :, 0] - g[:, :, 0]).sum(-1)  # first row: per-patch vote - dense vote, [O, ncr, ncc]
-    d_bot = (vr[:, :, 1] - g[:, :, -1]).sum(-1)
-    d_lft = (vc[..., 0] - g[..., 0]).sum(2)
-    d_rgt = (vc[..., 1] - g[..., -1]).sum(2)
+    _, gc_r = _select_channel(torch.zeros_like(gc_all[None, :, rows]), gc_all[None, :, rows])  # [1, 2ncr, w]
+    gr_c, _ = _select_channel(gr_all[None, :, :, cols], torch.zeros_like(gr_all[None, :, :, cols]))
+    b_r, m_r = (t[0] for t in _bins(torch.zeros_like(gc_r), gc_r, O, exact_orientation, dt))  # [2ncr, w]
+    b_c, m_c = (t[0] for t in _bins(gr_c, torch.zeros_like(gr_c), O, exact_orientation, dt))  # [h, 2ncc]
+    row_cell = (torch.arange(ncr).repeat_interleave(2)[:, None] * ncc + cx[None, :])  # [2ncr, w]
+    col_cell = (cy[:, None] * ncc + torch.arange(ncc).repeat_interleave(2)[None, :])  # [h, 2ncc]
+    d_top = cell_sums(b_r[0::2], m_r[0::2], row_cell[0::2]) - cell_sums(bins[rows[0::2]], m[rows[0::2]], row_cell[0::2])
+    d_bot = cell_sums(b_r[1::2], m_r[1::2], row_cell[1::2]) - cell_sums(bins[rows[1::2]], m[rows[1::2]], row_cell[1::2])
+    d_lft = (cell_sums(b_c[:, 0::2], m_c[:, 0::2], col_cell[:, 0::2])
+             - cell_sums(bins[:, cols[0::2]], m[:, cols[0::2]], col_cell[:, 0::2]))
+    d_rgt = (cell_sums(b_c[:, 1::2], m_c[:, 1::2], col_cell[:, 1::2])
+             - cell_sums(bins[:, cols[1::2]], m[:, cols[1::2]], col_cell[:, 1::2]))
+
+    def onehot(b, v):  # [r, c] bins and votes -> [O, r, c]
+        return torch.zeros(O, *b.shape, dtype=dt).scatter_(0, b[None], v[None])
+
     # a patch corner has neither neighbour: vote 0; the row and column fixes above gave vr + vc - v
-    k = {(a, b): g[:, :, a, :, b] - vr[:, :, 0 if a == 0 else 1, :, b] - vc[:, :, a, :, 0 if b == 0 else 1]
-         for a in (0, -1) for b in (0, -1)}
+    k = {}
+    for a in (0, 1):
+        for c in (0, 1):
+            r_, c_ = rows[a::2], cols[c::2]
+            k[(-a, -c)] = (onehot(bins[r_][:, c_], m[r_][:, c_]) - onehot(b_r[a::2][:, c_], m_r[a::2][:, c_])
+                           - onehot(b_c[r_][:, c::2], m_c[r_][:, c::2]))
     iy = torch.div(corners[:, 0] - oy, cell, rounding_mode="floor")  # [P] first lattice cell
     ix = torch.div(corners[:, 1] - ox, cell, rounding_mode="floor")
     r = iy[:, None] + torch.arange(n)  # [P, n]
@@ -219,7 +247,7 @@ def grid_hog(image: torch.Tensor, corners: torch.Tensor, size: int, orientations
     cells[:, :, -1, :] += d_bot[:, rows1[:, None], c].permute(1, 0, 2)
     cells[:, :, :, 0] += d_lft[:, r, cols0[:, None]].permute(1, 0, 2)
     cells[:, :, :, -1] += d_rgt[:, r, cols1[:, None]].permute(1, 0, 2)
-    for (a, b), kk in k.items():
+    for (a, b), kk in k.items():  # a, b: 0 = first, -1 = last row / column of the patch
         rr, cc = (rows0 if a == 0 else rows1), (cols0 if b == 0 else cols1)
         cells[:, :, a, b] += kk[:, rr, cc].T
     return _cells_to_hog(cells / (cell * cell), (block, block), block_norm)
