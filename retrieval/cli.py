@@ -7,7 +7,6 @@ from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -120,7 +119,7 @@ def retrieve(images_dir, queries: list[str], features: list[str], out_png, *, ch
         fn = feature_variants(name, obj, cfg)[0][3]
         feats, boxes = folder_features(fn, images, entry, grid, device=dev, desc=f"{name} features",
                                        hog_params=obj if isinstance(obj, HOGFeatures) else None, on_chunk=on_chunk)
-        index = FeatureIndex(feats.shape[1], kind=index_kind, metric="ip").add(feats.astype(np.float32))
+        index = FeatureIndex(feats.shape[1], kind=index_kind, metric="ip").add(feats)  # float16 in chunks
         qf = extract_features(fn, [(qpatches, torch.arange(len(qpatches)))], device=dev).feats
         _, ids = index.search(qf, min(k, index.ntotal))
         del index

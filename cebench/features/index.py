@@ -151,11 +151,16 @@ class FeatureIndex:
     def __len__(self) -> int:
         return self.ntotal
 
-    def add(self, x) -> "FeatureIndex":
-        """Add vectors [N, dim]; their ids are their positions in the order added."""
-        x = _as_f32(x)
-        if x.shape[1] != self.dim:
-            raise ValueError(f"vectors have dim {x.shape[1]}, index has dim {self.dim}")
+    def add(self, x, chunk: int = 131072) -> "FeatureIndex":
+        """Add vectors [N, dim] (any float dtype: float16 is converted `chunk` rows at a time, so no
+        float32 copy of the whole array is made beside the index); ids are positions in the order added."""
+        if hasattr(x, "detach"):
+            x = x.detach().cpu().numpy()
+        x = np.asarray(x)
+        if x.ndim == 1:
+            x = x[None]
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"vectors have shape {x.shape}, index has dim {self.dim}")
         if self.index is None and self.kind == "auto":
             if x.shape[0] < AUTO_IVF_MIN:
                 self.kind = "flat"
@@ -166,8 +171,9 @@ class FeatureIndex:
         if not self.index.is_trained:
             n_train = min(x.shape[0], IVF_TRAIN_PER_LIST * self.nlist)
             rows = np.sort(np.random.default_rng(0).choice(x.shape[0], n_train, replace=False))
-            self.index.train(x[rows] if n_train < x.shape[0] else x)
-        self.index.add(x)
+            self.index.train(_as_f32(x[rows] if n_train < x.shape[0] else x))
+        for s in range(0, x.shape[0], chunk):
+            self.index.add(_as_f32(x[s:s + chunk]))
         return self
 
     def set_nprobe(self, nprobe: int) -> None:
