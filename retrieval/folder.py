@@ -127,9 +127,10 @@ def folder_features(fn, images: list[Path], entry: Path, grid: PatchGrid, *, dev
         atomic_write_json(meta_path, {"version": CACHE_VERSION, "grid": asdict(grid),
                                       "images": [str(p) for p in images], "chunk_images": CHUNK_IMAGES})
     n_chunks = (len(images) + CHUNK_IMAGES - 1) // CHUNK_IMAGES
-    done = [i for i in range(n_chunks) if _chunk_path(entry, i).exists()]
-    if done:
-        print(f"[retrieve] {desc}: reusing {len(done)} of {n_chunks} cached chunks from {entry}", file=sys.stderr)
+    # every finished chunk is read (and checked) before anything is computed or printed
+    cached = {i: read_chunk(_chunk_path(entry, i)) for i in range(n_chunks) if _chunk_path(entry, i).exists()}
+    if cached:
+        print(f"[retrieve] {desc}: reusing {len(cached)} of {n_chunks} cached chunks from {entry}", file=sys.stderr)
     if isinstance(fn, torch.nn.Module):
         fn.eval()
     feats, boxes = [], []
@@ -138,8 +139,8 @@ def folder_features(fn, images: list[Path], entry: Path, grid: PatchGrid, *, dev
     for i in range(n_chunks):
         lo, hi = i * CHUNK_IMAGES, min(len(images), (i + 1) * CHUNK_IMAGES)
         path = _chunk_path(entry, i)
-        if path.exists():
-            f, b = read_chunk(path)
+        if i in cached:
+            f, b = cached.pop(i)
         else:
             with _threads(1 if hog_params is not None else None):
                 f, b = _extract_chunk(fn, hog_params, images, lo, hi, grid, device, batch)

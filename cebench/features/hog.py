@@ -190,7 +190,10 @@ def grid_hog(image: torch.Tensor, corners: torch.Tensor, size: int, orientations
     if bool(((corners[:, 0] - oy) % cell).any() or ((corners[:, 1] - ox) % cell).any()):
         raise ValueError(f"grid_hog: patch corners must lie on one {cell}-px lattice")
     x = image.float()[None]
-    dt = x.dtype
+    # Sums and corrections in float64: a patch whose true cell histograms are all zero (a flat
+    # area) must come out as zeros, not as the rounding residue of (sum - border), which L2-Hys's
+    # second normalisation would blow up to unit length.
+    dt = torch.float64
     ncr, ncc = (H - oy) // cell, (W - ox) // cell  # lattice cells from (oy, ox)
     gr_all, gc_all = _gradients(x)  # [1,C,H,W]
     gr_all = gr_all[0, :, oy:oy + ncr * cell, ox:ox + ncc * cell]  # [C,h,w] on the lattice
@@ -250,7 +253,8 @@ def grid_hog(image: torch.Tensor, corners: torch.Tensor, size: int, orientations
     for (a, b), kk in k.items():  # a, b: 0 = first, -1 = last row / column of the patch
         rr, cc = (rows0 if a == 0 else rows1), (cols0 if b == 0 else cols1)
         cells[:, :, a, b] += kk[:, rr, cc].T
-    return _cells_to_hog(cells / (cell * cell), (block, block), block_norm)
+    return _cells_to_hog((cells / (cell * cell)).to(image.dtype if image.is_floating_point() else torch.float32),
+                         (block, block), block_norm)
 
 
 @dataclass
