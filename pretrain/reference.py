@@ -83,10 +83,10 @@ def _autocast(bf16: bool):
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
 
 
-def port_step_fn(mod, batch: int, size: int, bf16: bool, seed: int = 0):
+def port_step_fn(mod, batch: int, size: int, bf16: bool, seed: int = 0, width: int = 64, bottleneck: int = 4000):
     """The port's train.py step (its defaults: nef=ngf=ndf=64, nBottleneck=4000, overlapPred=4,
     wtl2=0.998, lr 2e-4 for G and D, Adam beta1 0.5), NCHW as the port runs it."""
-    opt = SimpleNamespace(ngpu=1, nc=3, nef=64, ngf=64, ndf=64, nBottleneck=4000)
+    opt = SimpleNamespace(ngpu=1, nc=3, nef=width, ngf=width, ndf=width, nBottleneck=bottleneck)
     torch.manual_seed(seed)
     net_g, net_d = mod._netG(opt), mod._netlocalD(opt)
     net_g.apply(_port_weights_init)
@@ -127,11 +127,19 @@ def port_step_fn(mod, batch: int, size: int, bf16: bool, seed: int = 0):
     return step, sum(p.numel() for p in net_g.parameters()), sum(p.numel() for p in net_d.parameters())
 
 
-def ours_step_fn(batch: int, size: int, bf16: bool, seed: int = 0):
+def inpaint_config(width: int = 64, bottleneck: int = 4000, size: int = 128) -> InpaintNetConfig:
+    """InpaintNetConfig.paper() at width 64 / bottleneck 4000 / 128 px; other values scale it as the
+    port's nef/ngf/ndf and nBottleneck options do (the tests use a small one)."""
+    n = size.bit_length() - 3  # 128 px: 5 stride-2 convs to 4x4
+    return InpaintNetConfig(input_size=size, widths=tuple(width * min(2 ** max(i - 1, 0), 8) for i in range(n)),
+                            bottleneck=bottleneck, disc_widths=tuple(width * 2 ** i for i in range(n - 1)))
+
+
+def ours_step_fn(batch: int, size: int, bf16: bool, seed: int = 0, width: int = 64, bottleneck: int = 4000):
     """Our trainer's step (`engine.train_step`) on the same architecture: InpaintingCE.paper() and its
     discriminator, channels_last, fused Adam (G lr 2e-4, D 2e-5 as the official code)."""
     torch.manual_seed(seed)
-    cfg = InpaintNetConfig.paper()
+    cfg = inpaint_config(width, bottleneck, size)
     obj = place_model(InpaintObjective(InpaintingCE(cfg)), "cpu")
     disc = place_model(Discriminator(cfg.disc_widths), "cpu")
     opt_g, opt_d = make_adam(obj.parameters(), 2e-4, 0.5), make_adam(disc.parameters(), 2e-5, 0.5)
@@ -176,7 +184,8 @@ def _summary(raw: dict, ref: str, other: str) -> dict:
 
 
 def compare_reference(model_py, out_path=None, *, batch: int = 64, threads: int = 2, rounds: int = 7,
-                      size: int = 128, bf16: str = "auto", quick: bool = False) -> dict:
+                      size: int = 128, bf16: str = "auto", quick: bool = False, width: int = 64,
+                      bottleneck: int = 4000) -> dict:
     """Measure the port's step and ours alternately (fp32, then bf16 when native); write JSON."""
     mod = load_port_module(model_py)
     if quick:
@@ -191,8 +200,8 @@ def compare_reference(model_py, out_path=None, *, batch: int = 64, threads: int 
         res = {"reference": "BoyuanJiang/context_encoder_pytorch (model.py; train.py step)", "batch": batch,
                "threads": threads, "input": size, "cpu_native_bf16": native, "modes": {}}
         for name, amp in modes:
-            port, pg, pd = port_step_fn(mod, batch, size, amp)
-            ours, og, od = ours_step_fn(batch, size, amp)
+            port, pg, pd = port_step_fn(mod, batch, size, amp, width=width, bottleneck=bottleneck)
+            ours, og, od = ours_step_fn(batch, size, amp, width=width, bottleneck=bottleneck)
             if (pg, pd) != (og, od):
                 raise CebenchError(f"{model_py}: the port's nets have {pg:,} / {pd:,} parameters, "
                                    f"ours {og:,} / {od:,}: not the same architecture")
