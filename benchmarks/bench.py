@@ -1,4 +1,4 @@
-"""`cebench bench [pretrain|transfer|retrieval|knn|folder|reference|all]`: every stage's performance benchmark.
+"""`cebench bench [pretrain|transfer|retrieval|knn|folder|reference|profile|all]`: every stage's performance benchmark.
 
 Each stage owns its benchmark function (`bench_pretrain`, `bench_transfer`, `bench_retrieval`),
 which measures throughput/memory and returns a dict; this module runs them, merges the numbers into
@@ -18,6 +18,7 @@ import torch
 import torchvision
 
 from cebench import __version__
+from cebench.benchmarks.profile import bench_profile
 from cebench.errors import CebenchError
 from cebench.io import atomic_write_json, atomic_write_text
 from cebench.pretrain.reference import compare_reference
@@ -207,9 +208,11 @@ def run_bench(which: str, out_dir: Path, device: str = "auto", quick: bool = Fal
     benches["knn"] = lambda out, device, quick: bench_knn(out, n=knn_n, quick=quick)
     benches["folder"] = lambda out, device, quick: bench_folder(out, n_photos=photos, quick=quick)
     benches["reference"] = lambda out, device, quick: compare_reference(reference, out, quick=quick)
+    benches["profile"] = lambda out, device, quick: bench_profile(out, quick=quick)
     if which == "reference" and not reference:
         raise CebenchError("bench reference needs --compare-reference PATH (the port's model.py)")
-    names = [n for n in benches if n != "reference" or reference] if which == "all" else [which]
+    # "all": every benchmark but the profile (minutes of its own) and the reference (needs the port's path)
+    names = [n for n in benches if n != "profile" and (n != "reference" or reference)] if which == "all" else [which]
     if which == "pretrain" and reference:
         names.append("reference")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -238,7 +241,7 @@ def register(subparsers, common) -> None:
     p = subparsers.add_parser("bench", help="performance benchmarks of every stage (writes results/bench.json)",
                               description=__doc__)
     p.add_argument("which", nargs="?", default="all",
-                   choices=["all", "pretrain", "transfer", "retrieval", "knn", "folder", "reference"])
+                   choices=["all", "pretrain", "transfer", "retrieval", "knn", "folder", "reference", "profile"])
     p.add_argument("--out", default=None, help="output folder (default: results)")
     p.add_argument("--device", default="auto")
     p.add_argument("--quick", action="store_true", help="fewer repetitions (used by the tests)")

@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass, field
 
 import torch
+from torch.profiler import record_function
 
 from cebench.errors import NonFiniteLossError
 from cebench.runtime import Runtime, all_reduce_sum, autocast_context, to_channels_last, unwrap_model
@@ -55,28 +56,32 @@ def train_step(objective, disc, opt_g, opt_d, x, mask, labels, rt: Runtime, *, m
     needs gradients w.r.t. the fake only, and D's weight gradients there would be thrown away (the
     next D step zeroes them) -- the port computes them, we skip them, and under DDP nothing is
     all-reduced for them. Same algorithm: D is updated before G's adversarial forward, as in the port."""
-    with autocast_context(rt):
+    # record_function labels: what `cebench bench profile` reports a step's time by (free when no profiler runs)
+    with record_function("step.forward"), autocast_context(rt):
         losses, out = objective(x, mask, labels)
     if disc is not None:
         b = x.shape[0]
-        with autocast_context(rt):
-            both = disc(torch.cat([out["real"].detach(), out["fake"].detach()]))  # one forward (DDP)
-            d_loss = gan_d_loss(both[:b], both[b:])
-        opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        opt_d.step()
+        with record_function("step.d_update"):
+            with autocast_context(rt):
+                both = disc(torch.cat([out["real"].detach(), out["fake"].detach()]))  # one forward (DDP)
+                d_loss = gan_d_loss(both[:b], both[b:])
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_d.step()
         d_core = unwrap_model(disc)
         d_core.requires_grad_(False)  # recorded at op time: re-enabling after the forward is safe
         try:
-            with autocast_context(rt):
+            with record_function("step.adv_forward"), autocast_context(rt):
                 adv = gan_g_loss(d_core(out["fake"]))
         finally:
             d_core.requires_grad_(True)
         losses = {**losses, "adv": adv, "d": d_loss.detach(), "loss": joint(losses["rec"], adv, w_rec, w_adv)}
     _check_finite(losses, step, method)
     opt_g.zero_grad(set_to_none=True)
-    losses["loss"].backward()
-    opt_g.step()
+    with record_function("step.backward"):
+        losses["loss"].backward()
+    with record_function("step.optimizer"):
+        opt_g.step()
     return losses, out
 
 
