@@ -163,8 +163,9 @@ def profile_steps(steps: int = 3) -> dict:
         out[name] = {"img_per_s": round(batch * steps / wall, 2), "step_s": round(wall / steps, 3),
                      "by_phase_s": {k: round(v, 3) for k, v in labels.items()},
                      "by_operator_kind_share": {k: round(v / max(total_self, 1e-9), 3) for k, v in by_kind.items()},
-                     "top_operators_share": {e.key: round(e.self_cpu_time_total / 1e6 / steps / max(total_self, 1e-9), 3)
-                                             for e in sorted(ops, key=lambda e: -e.self_cpu_time_total)[:6]},
+                     "top_operators_share": {
+                         e.key: round(e.self_cpu_time_total / 1e6 / steps / max(total_self, 1e-9), 3)
+                         for e in sorted(ops, key=lambda e: -e.self_cpu_time_total)[:6]},
                      "params": sum(p.numel() for p in obj.parameters()), "threads": threads, "batch": batch}
         del obj, disc, og, od
     torch.set_num_threads(old)
