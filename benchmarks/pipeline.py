@@ -23,7 +23,8 @@ from cebench.errors import CebenchError, ConfigError
 
 from . import report
 from .bench import machine_info
-from .jobs import Job, Scheduler, exclusive
+from .executors import EXECUTORS, SlurmSection, SubmititLauncher
+from .jobs import Job, LocalLauncher, Scheduler, command, exclusive, visible_gpus
 
 
 @dataclass
@@ -40,8 +41,12 @@ class RunSection:
     svm: bool = True
     retrieval: bool = True
     imagenet: bool = True         # an imagenet row (reported unavailable without the weights file)
-    parallel: int = 0             # jobs side by side; 0 = one per CPU core (CPU) or 1 (GPU)
+    parallel: int = 0             # jobs side by side; 0 = one per CPU core (CPU), one per GPU (GPUs), no cap (slurm)
     threads: int = 1              # threads per job (one-thread processes beat one two-thread one on CPU)
+    pretrain_gpus: int = 1        # GPUs (torchrun DDP processes) per pretraining job; batch_size is per GPU
+    jobs_per_gpu: int = 1         # jobs sharing one GPU (small configs on a large GPU)
+    executor: str = "local"       # local | slurm (submitit; each job one SLURM job) | submitit-local (tests)
+    slurm: SlurmSection = field(default_factory=SlurmSection)  # passed to submitit (run.executor=slurm)
     minutes_pretrain: float = 4.0  # estimates for the time-left display only
     minutes_transfer: float = 2.0
 
@@ -108,12 +113,16 @@ def plan(cfg: dict, out: Path, config_file: Path, voc: Path, device: str) -> lis
     est_pre, est_tr = 60 * run["minutes_pretrain"], 60 * run["minutes_transfer"]
 
     ckpt = {}
+    k = run["pretrain_gpus"]
     for method in run["methods"]:
         d = out / "pretrain" / method
         extra = [f"steps={run['supervised_steps']}"] if method == "supervised" and run["supervised_steps"] else []
+        # k DDP processes train with k x batch_size images a step: another run, another key (k=1 keeps the old one)
+        world = [f"world_size={k}"] if k > 1 else []
         jobs.append(Job(f"pretrain/{method}", "pretrain", ["pretrain", "--method", method, "--out", str(d), *base,
                                                            *extra],
-                        d, _key(cfg["pretrain"], data_key, method, extra), est_seconds=est_pre, threads=run["threads"]))
+                        d, _key(cfg["pretrain"], data_key, method, extra, *world), est_seconds=est_pre,
+                        threads=run["threads"], procs=k))
         ckpt[method] = d / "checkpoint.pt"
     if run["inpaint"]:
         # one job trains both inpainting nets (L2, L2+adv; centre masks) and scores Table 1
@@ -160,7 +169,7 @@ def plan(cfg: dict, out: Path, config_file: Path, voc: Path, device: str) -> lis
         # selective search once, cached beside the data, before the per-init detection jobs
         d = out / "transfer" / "proposals"
         jobs.append(Job("det-proposals", "transfer", ["transfer", "det", "--proposals-only", "--out", str(d), *base], d,
-                        _key(cfg["det"]["proposals"], data_key), est_seconds=60, threads=run["threads"]))
+                        _key(cfg["det"]["proposals"], data_key), est_seconds=60, threads=run["threads"], gpu=False))
         dep_keys["det-proposals"] = jobs[-1].key
     for task in run["tasks"]:
         for label, (arg, deps) in inits.items():
@@ -227,15 +236,59 @@ def check_real_data(cfg: dict) -> None:
         raise CebenchError("missing data for this config: " + " | ".join(problems))
 
 
-def main(config_path: Path, overrides, out: Path, *, device: str = "auto", force=(), dry_run: bool = False) -> Path:
+def main(config_path: Path, overrides, out: Path, *, device: str = "auto", force=(), dry_run: bool = False,
+         wait: bool = True) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     with exclusive(out):
-        return _main(config_path, overrides, out, device=device, force=force, dry_run=dry_run)
+        return _main(config_path, overrides, out, device=device, force=force, dry_run=dry_run, wait=wait)
 
 
-def _main(config_path: Path, overrides, out: Path, *, device: str, force, dry_run: bool) -> Path:
+@dataclass
+class Placement:
+    """Where the jobs run: the launcher, the GPU pool (None: CPU slots or a cluster), jobs side by side,
+    and the --device the jobs are given."""
+
+    launcher: object
+    gpus: list[str] | None
+    parallel: int
+    job_device: str
+
+
+def placement(run: dict, device: str, *, wait: bool = True, dry_run: bool = False) -> Placement:
+    """Resolve `run.executor`, `run.parallel`, `run.pretrain_gpus` and `run.jobs_per_gpu` for `device`
+    (a dry run builds no cluster launcher, so it lists the jobs where sbatch is missing too)."""
+    executor = run["executor"]
+    if executor not in EXECUTORS:
+        raise ConfigError(f"run.executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    for key in ("pretrain_gpus", "jobs_per_gpu"):
+        if run[key] < 1:
+            raise ConfigError(f"run.{key} must be at least 1, got {run[key]}")
+    if executor != "local":
+        # the cluster places the jobs (gpus_per_node each); its nodes, not this machine, have the GPUs
+        cap = run["parallel"] or (10**6 if executor == "slurm" else (os.cpu_count() or 1))
+        return Placement(None if dry_run else SubmititLauncher(executor, SlurmSection(**run["slurm"])), None, cap, device)
+    if not wait:
+        raise ConfigError("--no-wait needs a cluster executor (run.executor=slurm): local jobs end with this command")
+    gpus = visible_gpus(device)
+    if not gpus:
+        if device.startswith("cuda") and not os.environ.get("CEBENCH_FAKE_GPUS"):
+            from cebench.runtime import choose_device
+
+            choose_device(device)  # the one clear "no CUDA device" error
+        return Placement(LocalLauncher(), None, run["parallel"] or (os.cpu_count() or 1), device)
+    if run["pretrain_gpus"] > len(gpus):
+        raise ConfigError(f"run.pretrain_gpus={run['pretrain_gpus']} but only {len(gpus)} GPU(s) are visible "
+                          f"({','.join(gpus)})")
+    pool = [g for g in gpus for _ in range(run["jobs_per_gpu"])]
+    # each job sees only its own GPU(s) as cuda:0.. through CUDA_VISIBLE_DEVICES
+    job_device = "cuda" if device.startswith("cuda:") else device
+    return Placement(LocalLauncher(), pool, run["parallel"] or len(pool), job_device)
+
+
+def _main(config_path: Path, overrides, out: Path, *, device: str, force, dry_run: bool, wait: bool = True) -> Path:
     t0 = time.time()
     cfg = resolve(config_path, overrides)
+    where = placement(cfg["run"], device, wait=wait, dry_run=dry_run)
     out.mkdir(parents=True, exist_ok=True)
     data_cfg = load_config(DataConfig, None, [f"{k}={v}" for k, v in cfg["data"].items() if v != ""])
     if not data_cfg.demo_dir and not data_cfg.root:
@@ -246,16 +299,31 @@ def _main(config_path: Path, overrides, out: Path, *, device: str, force, dry_ru
     print(f"[run] config {config_path} -> {config_file}", flush=True)
     voc = voc_root(data_cfg)
     print(f"[run] data: {voc} ({time.time() - t0:.1f}s)", flush=True)
-    jobs = plan(cfg, out, config_file, voc, device)
+    jobs = plan(cfg, out, config_file, voc, where.job_device)
     bad = [s for s in force if s not in STAGES]
     if bad:
         raise CebenchError(f"--force {bad[0]}: unknown stage; stages are {', '.join(STAGES)}")
     if dry_run:
         for j in jobs:
-            print(f"{j.name}: cebench {' '.join(j.args)}")
+            launch = f"  [torchrun: {j.procs} processes]" if j.procs > 1 else ""
+            print(f"{j.name}: cebench {' '.join(j.args)}{launch}")
         return out
-    parallel = cfg["run"]["parallel"] or (1 if device.startswith("cuda") else (os.cpu_count() or 1))
-    results = Scheduler(jobs, max_parallel=parallel, force_stages=tuple(force)).run()
+    if where.gpus:
+        print(f"[run] GPUs {','.join(sorted(set(where.gpus)))}: up to {where.parallel} job(s) side by side", flush=True)
+    elif where.launcher.cluster:
+        print(f"[run] executor {cfg['run']['executor']}: each job is one submitit job", flush=True)
+    results = Scheduler(jobs, max_parallel=where.parallel, force_stages=tuple(force), gpus=where.gpus,
+                        launcher=where.launcher, wait=wait).run()
+    if not wait:
+        open_jobs = [r for r in results.values() if r.status in ("submitted", "waiting")]
+        if open_jobs:
+            n_sub = sum(r.status == "submitted" for r in open_jobs)
+            print(f"[run] {n_sub} job(s) submitted or still running, {len(open_jobs) - n_sub} waiting for them; "
+                  "run the same command again to collect the results (and submit what waits)", flush=True)
+            failed = [r for r in results.values() if r.status == "failed"]
+            if failed:
+                raise CebenchError(f"{len(failed)} job(s) failed: " + ", ".join(f"{r.name} (log {r.log})" for r in failed))
+            return out
     failed = [r for r in results.values() if r.status == "failed"]
     wall = (time.time() - t0) / 60
     wall_file = out / "wall.json"  # the wall time of the last run that computed every job (no cache)
@@ -264,6 +332,7 @@ def _main(config_path: Path, overrides, out: Path, *, device: str, force, dry_ru
     full = json.loads(wall_file.read_text())["wall_minutes"] if wall_file.is_file() else None
     info = {
         "config": str(config_path), "overrides": list(overrides), "machine": machine_info(),
+        "executor": cfg["run"]["executor"], "gpus": sorted(set(where.gpus or ())),
         "wall_minutes": wall, "uncached_wall_minutes": full, "demo": not cfg["data"]["root"],
         "jobs": {n: {"status": r.status, "seconds": r.seconds} for n, r in results.items()},
         "transfer_protocol": transfer_protocol(cfg),
