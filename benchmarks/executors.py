@@ -17,12 +17,14 @@ without SLURM: the tests use it, and so can a user who wants jobs that outlive t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,8 +81,9 @@ class CommandJob:
     Returns the command's exit status. `checkpoint` is submitit's hook on preemption / time limit:
     it requeues this same callable, and the command resumes from its stage's `last` checkpoint."""
 
-    def __init__(self, argv: list[str], env: dict, cwd: str, out_dir: str, key: str, name: str):
+    def __init__(self, argv: list[str], env: dict, cwd: str, out_dir: str, key: str, name: str, title: str = ""):
         self.argv, self.env, self.cwd, self.out_dir, self.key, self.name = argv, env, cwd, out_dir, key, name
+        self.title = title or " ".join(argv)  # the command as the log shows it
 
     def __call__(self) -> int:
         os.chdir(self.cwd)
@@ -100,10 +103,11 @@ class CommandJob:
         atomic_write_text(out / RUNNING, json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
                                                      "started": time.strftime("%Y-%m-%d %H:%M:%S")}))
         with open(out / "log.txt", "a") as fh:
-            fh.write(f"$ {' '.join(self.argv[1:])}\n# submitit job on {socket.gethostname()}, "
+            fh.write(f"$ {self.title}\n# submitit job on {socket.gethostname()}, "
                      f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')}\n")
             fh.flush()
-            proc = subprocess.Popen(self.argv, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, **self.env})
+            proc = subprocess.Popen(self.argv, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, **self.env},
+                                    preexec_fn=_die_with_parent)
             try:
                 rc = proc.wait()
             finally:  # preempted (submitit exits from its signal handler) or cancelled: stop the command too
@@ -122,6 +126,40 @@ class CommandJob:
         import submitit
 
         return submitit.helpers.DelayedSubmission(self)
+
+
+@contextlib.contextmanager
+def _quiet_fds(active: bool):
+    """stdout/stderr on /dev/null while submitit's local executor starts its controller, which would
+    otherwise inherit them: `cebench run --no-wait | tee` would then wait for the jobs' end (the pipe
+    stays open). The jobs write into their own log files."""
+    if not active:
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, null):
+            os.close(fd)
+
+
+def _die_with_parent() -> None:
+    """In the command's process (Linux): SIGTERM it when this wrapper dies, even by SIGKILL (submitit's
+    local executor kills a cancelled task 1 s after asking), so no orphan trains on beside a resubmission."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _pid_alive(pid: int) -> bool:
@@ -164,6 +202,8 @@ class SubmittedJob:
 
     @property
     def state(self) -> str:
+        if self.executor == "submitit-local" and getattr(self.sub, "_process", None) is None:
+            return "running" if _pid_alive(int(self.job_id)) else "ended"
         try:
             return str(self.sub.state).lower()
         except Exception:  # noqa: BLE001 - status display only
@@ -199,7 +239,9 @@ class SubmititLauncher:
                                    cluster=_SUBMITIT_CLUSTER[self.executor], slurm_max_num_timeout=s.max_num_timeout)
         gpus = job.procs * s.gpus_per_node if job.gpu else 0
         params = dict(name=f"cebench-{job.name}", timeout_min=s.timeout_min, nodes=1, tasks_per_node=1,
-                      cpus_per_task=max(1, s.cpus_per_task * max(1, gpus)), gpus_per_node=gpus)
+                      cpus_per_task=max(1, s.cpus_per_task * max(1, gpus)))
+        if gpus:
+            params["gpus_per_node"] = gpus
         if s.mem_gb:
             params["mem_gb"] = s.mem_gb
         slurm = {"partition": s.partition, "account": s.account, "qos": s.qos, "constraint": s.constraint,
@@ -219,9 +261,12 @@ class SubmititLauncher:
 
     def start(self, job: Job, gpus: list[str], after=()) -> SubmittedJob:
         (job.out_dir / RUNNING).unlink(missing_ok=True)
-        fn = CommandJob(command(job), env_overrides(job), os.getcwd(), str(job.out_dir.absolute()), job.key, job.name)
+        title = (f"torchrun --nproc_per_node={job.procs} " if job.procs > 1 else "") + "cebench " + " ".join(job.args)
+        fn = CommandJob(command(job), env_overrides(job), os.getcwd(), str(job.out_dir.absolute()), job.key, job.name,
+                        title)
         try:
-            sub = self._executor(job, after).submit(fn)
+            with _quiet_fds(self.executor == "submitit-local"):
+                sub = self._executor(job, after).submit(fn)
         except Exception as exc:  # noqa: BLE001 - sbatch missing or refusing: one line, not a traceback
             msg = str(exc).strip().splitlines()
             raise CebenchError(f"{job.name}: submitting to {self.executor} failed: "
