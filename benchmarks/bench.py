@@ -20,13 +20,13 @@ from cebench.config import atomic_write_text
 
 def _benches():
     # the one mapping from a benchmark name to the function that runs it
-    from cebench.pretrain.bench import bench_pretrain
-    from cebench.pretrain.bench_throughput import bench_throughput
-    from cebench.retrieval.bench import bench_retrieval
-    from cebench.transfer.bench import bench_transfer
+    from cebench.pretrain.throughput import bench_pretrain
+    from cebench.pretrain.training_throughput import bench_training
+    from cebench.retrieval.throughput import bench_retrieval
+    from cebench.transfer.throughput import bench_transfer
 
     return {"pretrain": bench_pretrain, "transfer": bench_transfer, "retrieval": bench_retrieval,
-            "throughput": bench_throughput}
+            "training": bench_training}
 
 
 def machine_info() -> dict:
@@ -65,7 +65,7 @@ def _flatten(prefix, obj, rows):
         rows.append((prefix, obj))
 
 
-def throughput_markdown(t: dict) -> list[str]:
+def training_markdown(t: dict) -> list[str]:
     """The throughput goals as a table: value, goal, met, and the part that limits."""
     v = t.get("verdict", {})
     where = t.get("gpu") or t.get("device", "?")
@@ -98,9 +98,9 @@ def summary_markdown(data: dict) -> str:
     m = data.get("machine", {})
     lines.append(f"Machine: {m.get('cpu')} ({m.get('cpu_count')} cores), GPU: {m.get('cuda') or 'none'}, "
                  f"torch {m.get('torch')}, Python {m.get('python')}")
-    if "throughput" in data:
-        lines += ["", *throughput_markdown(data["throughput"])]
-    for stage in ("pretrain", "transfer", "retrieval", "throughput"):
+    if "training" in data:
+        lines += ["", *training_markdown(data["training"])]
+    for stage in ("pretrain", "transfer", "retrieval", "training"):
         if stage not in data:
             continue
         lines += ["", f"## {stage}", "", "| measurement | value |", "|---|---|"]
@@ -140,7 +140,7 @@ def _cmd(args) -> int:
 def register(subparsers, common) -> None:
     p = subparsers.add_parser("bench", help="performance benchmarks of every stage (writes results/bench.json)",
                               description=__doc__)
-    p.add_argument("which", nargs="?", default="all", choices=["all", "pretrain", "transfer", "retrieval", "throughput"])
+    p.add_argument("which", nargs="?", default="all", choices=["all", "pretrain", "transfer", "retrieval", "training"])
     p.add_argument("--out", default=None, help="output folder (default: results)")
     p.add_argument("--device", default="auto")
     p.add_argument("--quick", action="store_true", help="fewer repetitions (used by the tests)")

@@ -72,7 +72,7 @@ def run_rehearsal(config: Path, device: str, out: Path, overrides, timeout_s: fl
 
 
 def summary_markdown(data: dict) -> str:
-    from .bench import throughput_markdown
+    from .bench import training_markdown
 
     m = data["machine"]
     lines = ["# cebench GPU check", "",
@@ -83,7 +83,7 @@ def summary_markdown(data: dict) -> str:
         lines += [f"Optional packages not installed: {', '.join(data['missing_optional'])}.", ""]
     bench = data.get("bench", {})
     if "training" in bench:
-        lines += [*throughput_markdown(bench["training"]).copy(), ""]
+        lines += [*training_markdown(bench["training"]).copy(), ""]
     pre = bench.get("pretrain", {}).get("results", {})
     gpu_rows = {k: v for k, v in pre.items() if not k.endswith(("@cpu", "@cpu-bf16"))}
     if gpu_rows:

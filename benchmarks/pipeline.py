@@ -58,8 +58,8 @@ def _sections():
     """The one mapping from a config section to the dataclass that validates it."""
     from cebench.pretrain.inpaint_eval import InpaintEvalConfig
     from cebench.pretrain.train import PretrainConfig
-    from cebench.retrieval.benchmark import RetrievalConfig
-    from cebench.transfer.det_train import DetConfig
+    from cebench.retrieval.evaluate import RetrievalConfig
+    from cebench.transfer.det.train import DetConfig
     from cebench.transfer.config import TransferConfig
 
     return {"data": DataConfig, "pretrain": PretrainConfig, "inpaint": InpaintEvalConfig,

@@ -4,7 +4,7 @@ The same images as `data.PretrainImages` (short side to `load_size`, a `crop` x 
 offsets drawn from (seed, epoch, index), horizontal flip), computed from the JPEG bytes by
 `torchvision.io.decode_jpeg` (nvJPEG on CUDA, libjpeg on CPU) and one `torchvision.ops.roi_align`
 over the batch (resize and crop in one bilinear, area-averaging resampling) instead of PIL in
-DataLoader workers. The workers then only read file bytes. The benchmark (`bench_throughput`)
+DataLoader workers. The workers then only read file bytes. The benchmark (`training_throughput`)
 measures which of the two is faster on a machine; PIL's bicubic resize and this bilinear one differ
 by a few grey levels (the test bounds it).
 """

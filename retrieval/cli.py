@@ -13,7 +13,7 @@ import torch
 
 from cebench.errors import BadImageError, CebenchError
 
-from .benchmark import HOGFeatures, RetrievalConfig, feature_variants
+from .evaluate import HOGFeatures, RetrievalConfig, feature_variants
 from .patches import crop_patches, patch_positions, pil_to_uint8
 
 
@@ -204,7 +204,7 @@ def _cmd_retrieve(args) -> int:
 def _cmd_retrieval(args) -> int:
     from cebench.config import load_config
 
-    from .benchmark import main
+    from .evaluate import main
 
     cfg = load_config(RetrievalConfig, args.config, args.overrides, section="retrieval")
     if args.out:

@@ -1,4 +1,4 @@
-"""`cebench bench throughput`: the pretraining speed that decides the paper protocol's GPU-hours.
+"""`cebench bench training`: the pretraining speed that decides the paper protocol's GPU-hours.
 
 Measured with the training loop itself (`engine.train_one_epoch`: bf16 autocast on CUDA, channels_last,
 masks drawn on the device, the per-step loss check), on the nets the configs train:
@@ -273,7 +273,7 @@ def verdicts(res: dict, gpu: str | None) -> dict:
     return out
 
 
-def bench_throughput(out_path, device: str = "auto", quick: bool = False, *, ce_cfg=None, inpaint_cfg=None,
+def bench_training(out_path, device: str = "auto", quick: bool = False, *, ce_cfg=None, inpaint_cfg=None,
                      n_images: int | None = None, workers: int | None = None, steps: int | None = None) -> dict:
     """Run the three measurements on `device` (auto: CUDA when present); write and return the dict.
 

@@ -21,10 +21,10 @@ from cebench.config import config_hash, config_to_dict
 from cebench.errors import ConfigError
 from cebench.runtime import place_model
 
-from .det_data import DetDataset, check_voc_tree, collate, hflip
-from .det_eval import evaluate_detections
-from .det_model import FastRCNN, _rois_with_index, encode_boxes, sample_rois
-from .engine import OptimConfig, make_optimizer, train_one_epoch
+from .data import DetDataset, check_voc_tree, collate, hflip
+from .metrics import evaluate_detections
+from .model import FastRCNN, _rois_with_index, encode_boxes, sample_rois
+from ..engine import OptimConfig, make_optimizer, train_one_epoch
 from .proposals import ProposalConfig, load_proposals
 
 TASK = "det"
@@ -153,7 +153,7 @@ def evaluate(model: FastRCNN, ds: DetDataset, cfg: DetConfig, device, keep_first
 
 
 def build_model(cfg: DetConfig, init_name: str, checkpoint, seed: int, ds: DetDataset) -> FastRCNN:
-    from .inits import build_init
+    from ..inits import build_init
 
     torch.manual_seed(seed)
     magic = None
