@@ -80,7 +80,7 @@ def training_markdown(t: dict) -> list[str]:
         if not g:
             continue
         extra = f" ({g['pipeline']})" if "pipeline" in g else ""
-        lines.append(f"| {label}{extra} | {g['value']:.0f} | {g['goal']:.0f} | {'yes' if g['met'] else 'no'} | {g['limit']} |")
+        lines.append(f"| {label}{extra} | {g['value']:.4g} | {g['goal']:.0f} | {'yes' if g['met'] else 'no'} | {g['limit']} |")
     j = t.get("jpeg", {})
     if j:
         lines += ["", f"JPEG input ({j.get('jpeg_size')} px files, {j.get('workers')} workers, batch {j.get('batch')}), img/s: "

@@ -95,6 +95,8 @@ def summary_markdown(data: dict) -> str:
     lines += ["## Rehearsal", ""]
     if reh.get("status") == "missing":
         lines.append(f"Not run: {reh['note']}")
+    elif reh.get("status") == "skipped":
+        lines.append("Not run (--no-rehearsal).")
     else:
         jobs = reh.get("jobs", {})
         counts = {s: sum(v == s for v in jobs.values()) for s in sorted(set(jobs.values()))}
