@@ -40,13 +40,17 @@ def machine_info() -> dict:
                 break
     except OSError:
         pass
+    from cebench import __version__
+
     info = {
+        "cebench": __version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,  # the CUDA torch was built with (None: a CPU build)
         "platform": platform.platform(),
         "cpu": cpu,
         "cpu_count": os.cpu_count(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,  # the GPU in use
     }
     try:
         import torchvision
