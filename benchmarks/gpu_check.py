@@ -60,7 +60,8 @@ def run_rehearsal(config: Path, device: str, out: Path, overrides, timeout_s: fl
             rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=max(timeout_s, 1)).returncode
         except subprocess.TimeoutExpired:
             rc = None
-    res = {"config": str(config), "command": "cebench " + " ".join(cmd[3:]), "minutes": round((time.time() - t0) / 60, 2),
+    res = {"config": str(config), "command": "cebench " + " ".join(cmd[3:]),
+           "minutes": round((time.time() - t0) / 60, 2),
            "log": str(out.parent / f"{out.name}.log")}
     res["status"] = "ok" if rc == 0 else ("timeout" if rc is None else f"failed (exit {rc})")
     run_json = out / "report" / "run.json"
@@ -89,7 +90,8 @@ def summary_markdown(data: dict) -> str:
     if gpu_rows:
         lines += ["## Training step per architecture (synthetic inputs)", "", "| net | img/s | batch | peak MB |",
                   "|---|---|---|---|"]
-        lines += [f"| {k} | {v['img_per_s']:.0f} | {v['batch']} | {v['peak_mem_mb']:.0f} |" for k, v in gpu_rows.items()]
+        lines += [f"| {k} | {v['img_per_s']:.0f} | {v['batch']} | {v['peak_mem_mb']:.0f} |"
+                  for k, v in gpu_rows.items()]
         lines.append("")
     reh = data.get("rehearsal", {})
     lines += ["## Rehearsal", ""]
@@ -100,8 +102,9 @@ def summary_markdown(data: dict) -> str:
     else:
         jobs = reh.get("jobs", {})
         counts = {s: sum(v == s for v in jobs.values()) for s in sorted(set(jobs.values()))}
-        lines.append(f"`{reh.get('command')}`: {reh.get('status')} in {reh.get('minutes')} min; jobs: "
-                     + (", ".join(f"{n} {s}" for s, n in counts.items()) or "none recorded") + f" (log {reh.get('log')}).")
+        done = ", ".join(f"{n} {s}" for s, n in counts.items()) or "none recorded"
+        lines.append(f"`{reh.get('command')}`: {reh.get('status')} in {reh.get('minutes')} min; jobs: {done} "
+                     f"(log {reh.get('log')}).")
     lines += ["", "Full numbers: bench_gpu.json (every benchmark, each job's seconds)."]
     return "\n".join(lines) + "\n"
 
@@ -165,7 +168,8 @@ def main(argv=None) -> int:
     out = Path(args.out)
     atomic_write_text(out / "bench_gpu.json", json.dumps(data, indent=2, default=str))
     atomic_write_text(out / "bench_gpu.md", summary_markdown(data))
-    print(f"[gpu-check] wrote {out / 'bench_gpu.json'} and {out / 'bench_gpu.md'} ({data['minutes']:.1f} min)", flush=True)
+    print(f"[gpu-check] wrote {out / 'bench_gpu.json'} and {out / 'bench_gpu.md'} ({data['minutes']:.1f} min)",
+          flush=True)
     if rc == 2 and config is None:
         print(f"error: rehearsal config {args.rehearsal!r} not found: benchmark numbers written, rehearsal not run",
               file=sys.stderr)

@@ -129,7 +129,9 @@ class LocalProcess:
 
     def __init__(self, job: Job, gpus: list[str]):
         self.fh = open(job.out_dir / "log.txt", "a")
-        self.fh.write(f"$ cebench {' '.join(job.args)}\n" + (f"# CUDA_VISIBLE_DEVICES={','.join(gpus)}\n" if gpus else ""))
+        self.fh.write(f"$ cebench {' '.join(job.args)}\n")
+        if gpus:
+            self.fh.write(f"# CUDA_VISIBLE_DEVICES={','.join(gpus)}\n")
         self.fh.flush()
         env = {**os.environ, **env_overrides(job)}
         if gpus:
@@ -224,8 +226,8 @@ class Scheduler:
         if all(self.results.get(d) and self.results[d].status in ok for d in job.deps):
             return True
         # without waiting, a cluster can hold a job until its dependencies end well (sbatch --dependency)
-        return (not self.wait and self.launcher.supports_dependencies
-                and all((d in self.running) or (self.results.get(d) and self.results[d].status in ok) for d in job.deps))
+        held = all((d in self.running) or (self.results.get(d) and self.results[d].status in ok) for d in job.deps)
+        return not self.wait and self.launcher.supports_dependencies and held
 
     def run(self) -> dict[str, JobResult]:
         by_name = {j.name: j for j in self.jobs}

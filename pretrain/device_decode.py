@@ -74,7 +74,7 @@ def augment_batch(images: list[Tensor], indices, load_size: int, crop: int, *, s
     wmax = max(im.shape[2] for im in images)
     batch = torch.zeros(len(images), 3, hmax, wmax, device=dev, dtype=torch.float32)  # [B,3,Hmax,Wmax]
     boxes, flips = [], []
-    for b, (im, i) in enumerate(zip(images, indices)):
+    for b, (im, i) in enumerate(zip(images, indices, strict=True)):
         h, w = im.shape[1:]
         batch[b, :, :h, :w] = im
         # one replicated column / row past the edge: bilinear samples in the last half pixel see the edge, not 0

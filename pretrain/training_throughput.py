@@ -111,8 +111,8 @@ def step_throughput(cfg, device: str, steps: int, warmup: int = 2) -> dict:
     tr = _Trainer(cfg, device)
     g = torch.Generator().manual_seed(0)
     labels = torch.randint(0, 2, (cfg.batch_size, 20), generator=g).float().to(tr.rt.device)
-    pool = [torch.randint(0, 256, (cfg.batch_size, 3, tr.size, tr.size), generator=g, dtype=torch.uint8).to(tr.rt.device)
-            for _ in range(2)]
+    shape = (cfg.batch_size, 3, tr.size, tr.size)
+    pool = [torch.randint(0, 256, shape, generator=g, dtype=torch.uint8).to(tr.rt.device) for _ in range(2)]
     batch = lambda k: [(pool[i % 2], labels, None) for i in range(k)]  # noqa: E731
     tr.run(batch(warmup))
     n, secs = _timed(lambda: tr.run(batch(steps)), tr.sync)
@@ -125,7 +125,8 @@ def step_throughput(cfg, device: str, steps: int, warmup: int = 2) -> dict:
     return out
 
 
-def write_jpegs(folder: Path, n: int, size=(500, 375), distinct: int = 16, quality: int = 90, seed: int = 0) -> list[Path]:
+def write_jpegs(folder: Path, n: int, size=(500, 375), distinct: int = 16, quality: int = 90,
+                seed: int = 0) -> list[Path]:
     """`n` JPEG files of VOC's typical size (`distinct` different images, repeated): smooth colour
     fields plus texture, so the files have a photograph's size (~50-100 KB), not a flat image's."""
     from PIL import Image
@@ -253,9 +254,9 @@ def verdicts(res: dict, gpu: str | None) -> dict:
     applies = bool(gpu) and any(name in gpu for name in GOAL_GPUS)
     step = res["ce_step"]["img_per_s"]
     j = res["jpeg"]
-    pipes = {"loader": (j["loader_end_to_end_img_per_s"], j["loader_decode_img_per_s"], j["loader_decode_augment_img_per_s"]),
-             "device_decode": (j["device_end_to_end_img_per_s"], j["device_decode_img_per_s"],
-                               j["device_decode_augment_img_per_s"])}
+    # pipeline -> (end to end, decode alone, decode + augmentation) img/s
+    pipes = {name: (j[f"{p}_end_to_end_img_per_s"], j[f"{p}_decode_img_per_s"], j[f"{p}_decode_augment_img_per_s"])
+             for name, p in (("loader", "loader"), ("device_decode", "device"))}
     best = max(pipes, key=lambda k: pipes[k][0])
     e2e, dec, dec_aug = pipes[best]
     out = {

@@ -7,11 +7,14 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from cebench.pretrain.data import PretrainImages
 from cebench.pretrain.device_decode import JpegBytes, augment_batch, collate_bytes, crop_params, decode_batch
 from cebench.pretrain.training_throughput import bench_training, limit_of, verdicts, write_jpegs
+from PIL import Image
+
+# torchvision 0.29 deprecates its JPEG decoding for TorchCodec; the device path keeps to the API of
+# torchvision 0.26 (the GPU machines') through 0.29
+pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding:DeprecationWarning")
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +39,7 @@ def test_jpeg_files_look_like_photographs(jpegs):
 def test_device_decode_matches_pil_and_the_augmentation_matches_pretrain_images(jpegs):
     raw = [JpegBytes(jpegs)[i][0] for i in range(len(jpegs))]
     decoded = decode_batch(raw, "cpu")
-    for path, img in zip(jpegs, decoded):  # same libjpeg: identical pixels
+    for path, img in zip(jpegs, decoded, strict=True):  # same libjpeg: identical pixels
         ref = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1)
         assert torch.equal(img, ref)
     ds = PretrainImages(jpegs, 227, 256, flip=True, cache=False, seed=3)

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from cebench.benchmarks.jobs import Job, Scheduler, command, is_done, visible_gpus
 
 # A job that records what it saw: its CUDA_VISIBLE_DEVICES and torchrun rank, and which jobs were
@@ -102,6 +101,7 @@ def test_visible_gpus_follow_the_device_and_the_parent_mask(monkeypatch):
 
 def test_placement_resolves_pool_parallel_and_job_device(monkeypatch):
     from cebench.benchmarks.pipeline import placement
+
     from cebench.errors import ConfigError
 
     run = {"executor": "local", "parallel": 0, "pretrain_gpus": 1, "jobs_per_gpu": 2, "slurm": {}}
@@ -139,6 +139,7 @@ def test_two_gpu_pretraining_runs_two_gloo_processes_through_torchrun(tmp_path, 
     """run.pretrain_gpus=2 on 2 (fake) GPUs: the scheduler starts `cebench pretrain` with torchrun, whose
     2 processes train together with Gloo on the CPU (each step 2 x batch_size images)."""
     from cebench.benchmarks.cli import resolve_config
+
     from cebench.data.sources import DataConfig, voc_root
 
     data = tmp_path / "data"
@@ -155,6 +156,6 @@ def test_two_gpu_pretraining_runs_two_gloo_processes_through_torchrun(tmp_path, 
     assert ck["step"] == 3 and not any(k.startswith("module.") for k in ck["model"])
     assert "# CUDA_VISIBLE_DEVICES=0,1" in log
     # the images of one epoch are shared by 2 processes of 4: steps per epoch = images // 8
-    line = next(l for l in log.splitlines() if " parameters, " in l and " per epoch)" in l)
+    line = next(ln for ln in log.splitlines() if " parameters, " in ln and " per epoch)" in ln)
     images = int(line.split(" parameters, ")[1].split(" images")[0])
     assert f"({images // 8} per epoch)" in line, line
