@@ -9,29 +9,29 @@ markdown summary beside it. GPU numbers are recorded when a GPU is at hand.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from pathlib import Path
 
 import torch
+import torchvision
 
-from cebench.config import atomic_write_text
+from cebench import __version__
+from cebench.io import atomic_write_json, atomic_write_text
+from cebench.pretrain.throughput import bench_pretrain
+from cebench.pretrain.training_throughput import bench_training
+from cebench.retrieval.throughput import bench_retrieval
+from cebench.transfer.throughput import bench_transfer
 
 
 def _benches():
     # the one mapping from a benchmark name to the function that runs it
-    from cebench.pretrain.throughput import bench_pretrain
-    from cebench.pretrain.training_throughput import bench_training
-    from cebench.retrieval.throughput import bench_retrieval
-    from cebench.transfer.throughput import bench_transfer
-
     return {"pretrain": bench_pretrain, "transfer": bench_transfer, "retrieval": bench_retrieval,
             "training": bench_training}
 
 
 def machine_info() -> dict:
-    import os
-
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -40,8 +40,6 @@ def machine_info() -> dict:
                 break
     except OSError:
         pass
-    from cebench import __version__
-
     info = {
         "cebench": __version__,
         "python": platform.python_version(),
@@ -53,8 +51,6 @@ def machine_info() -> dict:
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,  # the GPU in use
     }
     try:
-        import torchvision
-
         info["torchvision"] = torchvision.__version__
     except ImportError:
         pass
@@ -73,10 +69,10 @@ def training_markdown(t: dict) -> list[str]:
     """The throughput goals as a table: value, goal, met, and the part that limits."""
     v = t.get("verdict", {})
     where = t.get("gpu") or t.get("device", "?")
-    lines = [f"## Pretraining throughput on {where}", "",
-             "Goals are for one H100/H200" + ("" if v.get("applies") else " (not this device: shown for reference)") + ".",
+    scope = "" if v.get("applies") else " (not this device: shown for reference)"
+    lines = [f"## Pretraining throughput on {where}", "", f"Goals are for one H100/H200{scope}.",
              "", "| measurement | img/s | goal | met | limited by |", "|---|---|---|---|---|"]
-    names = {"ce_step": "AlexNet CE 227 px training step (batch %s)" % t.get("ce_step", {}).get("batch"),
+    names = {"ce_step": f"AlexNet CE 227 px training step (batch {t.get('ce_step', {}).get('batch')})",
              "ce_end_to_end": "AlexNet CE end to end from JPEG files",
              "inpaint_step": "inpainting CE 128 px + discriminator step"}
     for key, label in names.items():
@@ -84,16 +80,19 @@ def training_markdown(t: dict) -> list[str]:
         if not g:
             continue
         extra = f" ({g['pipeline']})" if "pipeline" in g else ""
-        lines.append(f"| {label}{extra} | {g['value']:.4g} | {g['goal']:.0f} | {'yes' if g['met'] else 'no'} | {g['limit']} |")
+        met = "yes" if g["met"] else "no"
+        lines.append(f"| {label}{extra} | {g['value']:.4g} | {g['goal']:.0f} | {met} | {g['limit']} |")
     j = t.get("jpeg", {})
     if j:
-        lines += ["", f"JPEG input ({j.get('jpeg_size')} px files, {j.get('workers')} workers, batch {j.get('batch')}), img/s: "
-                  f"DataLoader+PIL decode {j['loader_decode_img_per_s']:.0f}, + augmentation "
-                  f"{j['loader_decode_augment_img_per_s']:.0f}, end to end {j['loader_end_to_end_img_per_s']:.0f}; "
-                  f"decode_jpeg on {t.get('device')} {j['device_decode_img_per_s']:.0f}, + augmentation "
-                  f"{j['device_decode_augment_img_per_s']:.0f}, end to end {j['device_end_to_end_img_per_s']:.0f}."]
+        lines += ["", f"JPEG input ({j.get('jpeg_size')} px files, {j.get('workers')} workers, batch "
+                  f"{j.get('batch')}), img/s: DataLoader+PIL decode {j['loader_decode_img_per_s']:.0f}, "
+                  f"+ augmentation {j['loader_decode_augment_img_per_s']:.0f}, end to end "
+                  f"{j['loader_end_to_end_img_per_s']:.0f}; decode_jpeg on {t.get('device')} "
+                  f"{j['device_decode_img_per_s']:.0f}, + augmentation {j['device_decode_augment_img_per_s']:.0f}, "
+                  f"end to end {j['device_end_to_end_img_per_s']:.0f}."]
     if "paper_pretraining_hours" in v:
-        lines.append(f"The paper's 100k steps x 64 images at the end-to-end rate: {v['paper_pretraining_hours']:.2f} h.")
+        lines.append(f"The paper's 100k steps x 64 images at the end-to-end rate: "
+                     f"{v['paper_pretraining_hours']:.2f} h.")
     return lines
 
 
@@ -130,7 +129,7 @@ def run_bench(which: str, out_dir: Path, device: str = "auto", quick: bool = Fal
         print(f"[bench] {name} done in {time.time() - t0:.1f}s", flush=True)
     data["machine"] = machine_info()
     data["date"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    atomic_write_text(path, json.dumps(data, indent=2, default=str))
+    atomic_write_json(path, data)
     atomic_write_text(out_dir / "bench.md", summary_markdown(data))
     print(f"[bench] wrote {path} and {out_dir / 'bench.md'}")
     return data

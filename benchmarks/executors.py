@@ -18,6 +18,7 @@ without SLURM: the tests use it, and so can a user who wants jobs that outlive t
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import shutil
@@ -29,8 +30,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cebench.config import atomic_write_text
 from cebench.errors import CebenchError
+from cebench.io import atomic_write_json
 from cebench.locks import file_lock
 
 from .jobs import DONE, Job, command, env_overrides, is_done, mark_done
@@ -100,8 +101,8 @@ class CommandJob:
 
     def _run(self, job: Job, out: Path) -> int:
         t0 = time.time()
-        atomic_write_text(out / RUNNING, json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                                                     "started": time.strftime("%Y-%m-%d %H:%M:%S")}))
+        atomic_write_json(out / RUNNING, {"host": socket.gethostname(), "pid": os.getpid(),
+                                          "started": time.strftime("%Y-%m-%d %H:%M:%S")})
         with open(out / "log.txt", "a") as fh:
             fh.write(f"$ {self.title}\n# submitit job on {socket.gethostname()}, "
                      f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')}\n")
@@ -155,8 +156,6 @@ def _die_with_parent() -> None:
     """In the command's process (Linux): SIGTERM it when this wrapper dies, even by SIGKILL (submitit's
     local executor kills a cancelled task 1 s after asking), so no orphan trains on beside a resubmission."""
     try:
-        import ctypes
-
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
@@ -271,9 +270,9 @@ class SubmititLauncher:
             msg = str(exc).strip().splitlines()
             raise CebenchError(f"{job.name}: submitting to {self.executor} failed: "
                                f"{msg[-1] if msg else type(exc).__name__}") from None
-        atomic_write_text(job.out_dir / RECORD, json.dumps({"executor": self.executor, "job_id": str(sub.job_id),
-                                                             "key": job.key, "name": job.name,
-                                                             "submitted": time.strftime("%Y-%m-%d %H:%M:%S")}))
+        atomic_write_json(job.out_dir / RECORD, {"executor": self.executor, "job_id": str(sub.job_id),
+                                                 "key": job.key, "name": job.name,
+                                                 "submitted": time.strftime("%Y-%m-%d %H:%M:%S")})
         return SubmittedJob(job, sub, self.executor)
 
     def attach(self, job: Job) -> SubmittedJob | None:

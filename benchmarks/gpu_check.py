@@ -21,7 +21,11 @@ import sys
 import time
 from pathlib import Path
 
-from cebench.config import atomic_write_text
+import torch
+
+from cebench.io import atomic_write_json, atomic_write_text
+
+from . import bench
 
 REQUIRED = ("numpy", "PIL", "yaml", "tqdm", "pandas", "matplotlib", "scipy", "sklearn", "skimage", "cv2", "torchvision")
 OPTIONAL = ("faiss", "submitit")
@@ -73,8 +77,6 @@ def run_rehearsal(config: Path, device: str, out: Path, overrides, timeout_s: fl
 
 
 def summary_markdown(data: dict) -> str:
-    from .bench import training_markdown
-
     m = data["machine"]
     lines = ["# cebench GPU check", "",
              f"GPU: {m.get('cuda') or 'none'} ({data['device']}), torch {m.get('torch')}, torchvision "
@@ -82,10 +84,10 @@ def summary_markdown(data: dict) -> str:
              f"the check took {data['minutes']:.1f} min.", ""]
     if data.get("missing_optional"):
         lines += [f"Optional packages not installed: {', '.join(data['missing_optional'])}.", ""]
-    bench = data.get("bench", {})
-    if "training" in bench:
-        lines += [*training_markdown(bench["training"]).copy(), ""]
-    pre = bench.get("pretrain", {}).get("results", {})
+    numbers = data.get("bench", {})
+    if "training" in numbers:
+        lines += [*bench.training_markdown(numbers["training"]), ""]
+    pre = numbers.get("pretrain", {}).get("results", {})
     gpu_rows = {k: v for k, v in pre.items() if not k.endswith(("@cpu", "@cpu-bf16"))}
     if gpu_rows:
         lines += ["## Training step per architecture (synthetic inputs)", "", "| net | img/s | batch | peak MB |",
@@ -129,8 +131,6 @@ def main(argv=None) -> int:
         print(f"error: missing Python packages: {', '.join(missing)}; this machine has no network: install "
               "them from wheels carried with the repository (pip install --no-index --no-deps WHEEL)", file=sys.stderr)
         return 2
-    import torch
-
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print(f"error: --device {args.device}: no CUDA device visible to torch {torch.__version__} "
               "(check nvidia-smi and CUDA_VISIBLE_DEVICES)", file=sys.stderr)
@@ -140,15 +140,14 @@ def main(argv=None) -> int:
         # said before the benchmarks run, and again at the end
         print(f"gpu_check: rehearsal config {args.rehearsal!r} not found (benchmarks/configs/{args.rehearsal}.yaml "
               "comes with the paper-protocol issue); the benchmarks run, the rehearsal does not", file=sys.stderr)
-    from .bench import machine_info, run_bench
-
     work = Path(args.work)
-    print(f"[gpu-check] {machine_info().get('cuda') or 'no GPU'}: cebench bench {args.bench} --device {args.device}",
+    gpu = bench.machine_info().get("cuda") or "no GPU"
+    print(f"[gpu-check] {gpu}: cebench bench {args.bench} --device {args.device}",
           flush=True)
-    bench = run_bench(args.bench, work / "bench", device=args.device, quick=args.quick)
-    data = {"device": args.device, "machine": bench.get("machine", machine_info()),
+    numbers = bench.run_bench(args.bench, work / "bench", device=args.device, quick=args.quick)
+    data = {"device": args.device, "machine": numbers.get("machine", bench.machine_info()),
             "missing_optional": missing_modules(OPTIONAL),
-            "bench": {k: v for k, v in bench.items() if k not in ("machine", "date")}}
+            "bench": {k: v for k, v in numbers.items() if k not in ("machine", "date")}}
     rc = 0
     if args.no_rehearsal:
         data["rehearsal"] = {"status": "skipped"}
@@ -166,7 +165,7 @@ def main(argv=None) -> int:
     data["date"] = time.strftime("%Y-%m-%d %H:%M:%S")
     data["minutes"] = round((time.time() - t0) / 60, 2)
     out = Path(args.out)
-    atomic_write_text(out / "bench_gpu.json", json.dumps(data, indent=2, default=str))
+    atomic_write_json(out / "bench_gpu.json", data)
     atomic_write_text(out / "bench_gpu.md", summary_markdown(data))
     print(f"[gpu-check] wrote {out / 'bench_gpu.json'} and {out / 'bench_gpu.md'} ({data['minutes']:.1f} min)",
           flush=True)

@@ -27,8 +27,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cebench.config import atomic_write_text
+import torch
+
 from cebench.errors import CebenchError
+from cebench.io import atomic_write_json
 from cebench.locks import file_lock
 
 DONE = ".done.json"
@@ -77,8 +79,8 @@ def done_info(job: Job) -> dict:
 
 
 def mark_done(job: Job, seconds: float) -> None:
-    atomic_write_text(job.out_dir / DONE, json.dumps({"key": job.key, "seconds": round(seconds, 1),
-                                                      "finished": time.strftime("%Y-%m-%d %H:%M:%S")}))
+    atomic_write_json(job.out_dir / DONE, {"key": job.key, "seconds": round(seconds, 1),
+                                           "finished": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=None)
 
 
 def command(job: Job) -> list[str]:
@@ -106,8 +108,6 @@ def visible_gpus(device: str) -> list[str]:
         return [str(i) for i in range(int(fake))]
     if not (device == "auto" or device.startswith("cuda")):
         return []
-    import torch
-
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if count == 0:
         return []

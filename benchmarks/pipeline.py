@@ -12,19 +12,37 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
 
-from cebench.config import atomic_write_text, config_hash, config_to_dict, load_config, parse_overrides, read_yaml, save_config
-from cebench.data.sources import DataConfig, demo_root, voc_root
+from cebench.cache import cache_root
+from cebench.config import (
+    config_hash,
+    config_to_dict,
+    load_config,
+    parse_overrides,
+    read_yaml,
+    save_config,
+)
+from cebench.data.demo import DEMO_PRESETS, content_key
+from cebench.data.sources import DataConfig, voc_root
+from cebench.data.voc import find_voc_root
 from cebench.errors import CebenchError, ConfigError
+from cebench.io import atomic_write_json
+from cebench.pretrain.inpaint_eval import InpaintEvalConfig
+from cebench.pretrain.train import PretrainConfig
+from cebench.retrieval.evaluate import RetrievalConfig
+from cebench.runtime import choose_device
+from cebench.transfer.config import TransferConfig
+from cebench.transfer.inits import canonical_name
+from cebench.transfer.tasks import TASKS as TRANSFER_TASKS
 
 from . import report
 from .bench import machine_info
 from .executors import EXECUTORS, SlurmSection, SubmititLauncher
-from .jobs import Job, LocalLauncher, Scheduler, command, exclusive, visible_gpus
+from .jobs import FAKE_GPUS_ENV, Job, LocalLauncher, Scheduler, exclusive, visible_gpus
 
 
 @dataclass
@@ -56,15 +74,12 @@ STAGES = ("pretrain", "inpaint", "transfer", "svm", "retrieval")
 
 def _sections():
     """The one mapping from a config section to the dataclass that validates it."""
-    from cebench.pretrain.inpaint_eval import InpaintEvalConfig
-    from cebench.pretrain.train import PretrainConfig
-    from cebench.retrieval.evaluate import RetrievalConfig
-    from cebench.transfer.det.train import DetConfig
-    from cebench.transfer.config import TransferConfig
-
     return {"data": DataConfig, "pretrain": PretrainConfig, "inpaint": InpaintEvalConfig,
-            "transfer": TransferConfig, "det": DetConfig, "retrieval": RetrievalConfig,
-            "run": RunSection, "encoder": EncoderPlugin}
+            "transfer": TransferConfig, "retrieval": RetrievalConfig, "run": RunSection, "encoder": EncoderPlugin}
+
+
+MOVED = {"det": "the det section moved into the transfer section: transfer.det (its seeds, select_seeds, arch, "
+                "magic, workers and threads are transfer's own, shared by every task)"}
 
 
 def resolve(config_path: Path, overrides) -> dict:
@@ -72,6 +87,9 @@ def resolve(config_path: Path, overrides) -> dict:
     sections = _sections()
     raw = read_yaml(config_path)
     extra = sorted(set(raw) - set(sections) - {"name"})
+    for old in extra:
+        if old in MOVED:
+            raise ConfigError(f"{config_path}: {MOVED[old]}")
     if extra:
         raise ConfigError(f"{config_path}: unknown section(s) {extra}; valid: {sorted(sections)} and name")
     per: dict[str, list[str]] = {s: [] for s in sections}
@@ -81,8 +99,11 @@ def resolve(config_path: Path, overrides) -> dict:
         if key == "name":
             name = str(value)
             continue
+        if head in MOVED:
+            raise ConfigError(f"override {key}: {MOVED[head]}")
         if head not in sections or not rest:
-            raise ConfigError(f"override {key}: use SECTION.key=value with SECTION one of {sorted(sections)} (or name=...)")
+            raise ConfigError(f"override {key}: use SECTION.key=value with SECTION one of {sorted(sections)} "
+                              "(or name=...)")
         per[head].append(f"{rest}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}")
     resolved = {s: config_to_dict(load_config(cls, config_path, per[s], section=s)) for s, cls in sections.items()}
     resolved["name"] = name
@@ -97,17 +118,15 @@ def _demo_content(cfg: dict) -> dict:
     """What the demo tree's bytes depend on (so a changed generator reruns every stage)."""
     if cfg["data"]["root"]:
         return {}
-    from dataclasses import replace
-
-    from cebench.data.demo import DEMO_PRESETS, content_key
-
     preset = DEMO_PRESETS.get(cfg["data"]["demo"])
     return content_key(replace(preset, seed=cfg["data"]["demo_seed"])) if preset else {}
 
 
-def plan(cfg: dict, out: Path, config_file: Path, voc: Path, device: str) -> list[Job]:
+def plan(cfg: dict, out: Path, config_file: Path, voc: Path, device: str, cache: Path | None = None) -> list[Job]:
     run = cfg["run"]
     base = ["--config", str(config_file), "--data", str(voc), "--device", device]
+    # one cache folder for the run's derived files (proposals, decoded splits), shared by its transfer jobs
+    cache_args = ["--cache", str(cache if cache is not None else cache_root(None, out))]
     data_key = _key(cfg["data"], _demo_content(cfg))
     jobs: list[Job] = []
     est_pre, est_tr = 60 * run["minutes_pretrain"], 60 * run["minutes_transfer"]
@@ -131,10 +150,9 @@ def plan(cfg: dict, out: Path, config_file: Path, voc: Path, device: str) -> lis
                         _key(cfg["inpaint"], data_key), est_seconds=2.5 * est_pre, threads=run["threads"]))
 
     # initialisations: name -> (init argument, dependency job)
-    display = {"ce": "context encoder", "ae": "autoencoder", "supervised": "supervised"}
     inits: dict[str, tuple[str, tuple[str, ...]]] = {"random": ("random", ())}
     for method in run["methods"]:
-        inits[display.get(method, method)] = (f"{display.get(method, method)}={ckpt[method]}", (f"pretrain/{method}",))
+        inits[canonical_name(method)] = (f"{canonical_name(method)}={ckpt[method]}", (f"pretrain/{method}",))
     if cfg["encoder"]["checkpoint"]:
         label = cfg["name"] or Path(cfg["encoder"]["checkpoint"]).stem
         inits[label] = (f"{label}={cfg['encoder']['checkpoint']}", ())
@@ -158,18 +176,18 @@ def plan(cfg: dict, out: Path, config_file: Path, voc: Path, device: str) -> lis
         jobs.append(Job("retrieval", "retrieval", args, d, _key(cfg["retrieval"], data_key, init_key(deps)),
                         deps=tuple(deps), est_seconds=60, threads=run["threads"]))
     def stage_config(task):
-        """What a stage reads: det its own section; cls / seg / svm the shared transfer keys and their
-        own sub-section, so changing one task's protocol re-runs that task only."""
-        if task == "det":
-            return cfg["det"]
+        """What a task reads: the shared transfer keys and its own sub-section, so changing one task's
+        protocol re-runs that task only."""
         tr = cfg["transfer"]
-        return {**{k: v for k, v in tr.items() if k not in ("cls", "seg", "svm")}, task: tr[task]}
+        return {**{k: v for k, v in tr.items() if k not in TRANSFER_TASKS}, task: tr[task]}
 
     if "det" in run["tasks"]:
-        # selective search once, cached beside the data, before the per-init detection jobs
+        # selective search once, in the run's cache folder (never the data), before the per-init detection jobs
         d = out / "transfer" / "proposals"
-        jobs.append(Job("det-proposals", "transfer", ["transfer", "det", "--proposals-only", "--out", str(d), *base], d,
-                        _key(cfg["det"]["proposals"], data_key), est_seconds=60, threads=run["threads"], gpu=False))
+        jobs.append(Job("det-proposals", "transfer", ["transfer", "det", "--proposals-only", "--out", str(d), *base,
+                                                      *cache_args], d,
+                        _key(cfg["transfer"]["det"]["proposals"], data_key), est_seconds=60, threads=run["threads"],
+                        gpu=False))
         dep_keys["det-proposals"] = jobs[-1].key
     for task in run["tasks"]:
         for label, (arg, deps) in inits.items():
@@ -177,14 +195,16 @@ def plan(cfg: dict, out: Path, config_file: Path, voc: Path, device: str) -> lis
                 deps = (*deps, "det-proposals")
             slug = label.replace(" ", "-").replace("(", "").replace(")", "")
             d = out / "transfer" / task / slug
-            jobs.append(Job(f"{task}/{slug}", "transfer", ["transfer", task, "--init", arg, "--out", str(d), *base],
+            jobs.append(Job(f"{task}/{slug}", "transfer", ["transfer", task, "--init", arg, "--out", str(d), *base,
+                                                           *cache_args],
                             d, _key(stage_config(task), data_key, arg, init_key(deps)),
                             deps=deps, est_seconds=est_tr, threads=run["threads"]))
     if run["svm"]:
         for label, (arg, deps) in inits.items():
             slug = label.replace(" ", "-").replace("(", "").replace(")", "")
             d = out / "transfer" / "svm" / slug
-            jobs.append(Job(f"svm/{slug}", "svm", ["transfer", "svm", "--init", arg, "--out", str(d), *base],
+            jobs.append(Job(f"svm/{slug}", "svm", ["transfer", "svm", "--init", arg, "--out", str(d), *base,
+                                                   *cache_args],
                             d, _key(stage_config("svm"), data_key, arg, init_key(deps)), deps=deps, est_seconds=60,
                             threads=run["threads"]))
     return jobs
@@ -192,18 +212,15 @@ def plan(cfg: dict, out: Path, config_file: Path, voc: Path, device: str) -> lis
 
 def transfer_protocol(cfg: dict) -> dict:
     """Per fine-tuned task: iterations, batch, lr grid and seeds, as the report states them."""
-    tr, det = cfg["transfer"], cfg["det"]
+    tr = cfg["transfer"]
     out = {}
     for task in cfg["run"]["tasks"]:
-        if task == "det":
-            out[task] = {"iterations": det["iterations"], "batch": f"{det['images_per_batch']} images x "
-                         f"{det['rois_per_image']} RoIs", "lrs": det["lrs"], "seeds": det["seeds"],
-                         "select_seeds": det["select_seeds"], "magic": det["magic"],
-                         "trunk_lr_mult": det["optim"].get("backbone_lr_mult", 1.0)}
-        else:
-            out[task] = {"iterations": tr[task]["iterations"], "batch": f"{tr[task]['batch_size']} images",
-                         "lrs": tr[task]["lrs"], "seeds": tr["seeds"], "select_seeds": tr["select_seeds"],
-                         "magic": tr["magic"], "trunk_lr_mult": tr[task]["optim"].get("backbone_lr_mult", 1.0)}
+        sub = tr[task]
+        batch = (f"{sub['images_per_batch']} images x {sub['rois_per_image']} RoIs" if task == "det"
+                 else f"{sub['batch_size']} images")
+        out[task] = {"iterations": sub["iterations"], "batch": batch, "lrs": sub["lrs"], "seeds": tr["seeds"],
+                     "select_seeds": tr["select_seeds"], "magic": tr["magic"],
+                     "trunk_lr_mult": sub["optim"].get("backbone_lr_mult", 1.0)}
     return out
 
 
@@ -212,8 +229,6 @@ def check_real_data(cfg: dict) -> None:
     data = cfg["data"]
     if not data["root"] and data["demo"]:
         return  # the built-in demo tree
-    from cebench.data.voc import find_voc_root
-
     problems = []
     if not data["root"]:
         problems.append("data.root is empty: extract VOCtrainval_06-Nov-2007.tar and VOCtest_06-Nov-2007.tar "
@@ -237,10 +252,13 @@ def check_real_data(cfg: dict) -> None:
 
 
 def main(config_path: Path, overrides, out: Path, *, device: str = "auto", force=(), dry_run: bool = False,
-         wait: bool = True) -> Path:
+         cache=None, wait: bool = True) -> Path:
+    """`cache`: the run's cache folder (--cache; default $CEBENCH_CACHE, else OUT/cache). `wait`: False
+    (cluster executors) submits and returns; the same command later collects."""
     out.mkdir(parents=True, exist_ok=True)
     with exclusive(out):
-        return _main(config_path, overrides, out, device=device, force=force, dry_run=dry_run, wait=wait)
+        return _main(config_path, overrides, out, device=device, force=force, dry_run=dry_run, cache=cache,
+                     wait=wait)
 
 
 @dataclass
@@ -266,14 +284,13 @@ def placement(run: dict, device: str, *, wait: bool = True, dry_run: bool = Fals
     if executor != "local":
         # the cluster places the jobs (gpus_per_node each); its nodes, not this machine, have the GPUs
         cap = run["parallel"] or (10**6 if executor == "slurm" else (os.cpu_count() or 1))
-        return Placement(None if dry_run else SubmititLauncher(executor, SlurmSection(**run["slurm"])), None, cap, device)
+        launcher = None if dry_run else SubmititLauncher(executor, SlurmSection(**run["slurm"]))
+        return Placement(launcher, None, cap, device)
     if not wait:
         raise ConfigError("--no-wait needs a cluster executor (run.executor=slurm): local jobs end with this command")
     gpus = visible_gpus(device)
     if not gpus:
-        if device.startswith("cuda") and not os.environ.get("CEBENCH_FAKE_GPUS"):
-            from cebench.runtime import choose_device
-
+        if device.startswith("cuda") and not os.environ.get(FAKE_GPUS_ENV):
             choose_device(device)  # the one clear "no CUDA device" error
         return Placement(LocalLauncher(), None, run["parallel"] or (os.cpu_count() or 1), device)
     if run["pretrain_gpus"] > len(gpus):
@@ -285,7 +302,8 @@ def placement(run: dict, device: str, *, wait: bool = True, dry_run: bool = Fals
     return Placement(LocalLauncher(), pool, run["parallel"] or len(pool), job_device)
 
 
-def _main(config_path: Path, overrides, out: Path, *, device: str, force, dry_run: bool, wait: bool = True) -> Path:
+def _main(config_path: Path, overrides, out: Path, *, device: str, force, dry_run: bool, cache=None,
+          wait: bool = True) -> Path:
     t0 = time.time()
     cfg = resolve(config_path, overrides)
     where = placement(cfg["run"], device, wait=wait, dry_run=dry_run)
@@ -299,7 +317,7 @@ def _main(config_path: Path, overrides, out: Path, *, device: str, force, dry_ru
     print(f"[run] config {config_path} -> {config_file}", flush=True)
     voc = voc_root(data_cfg)
     print(f"[run] data: {voc} ({time.time() - t0:.1f}s)", flush=True)
-    jobs = plan(cfg, out, config_file, voc, where.job_device)
+    jobs = plan(cfg, out, config_file, voc, where.job_device, cache_root(cache, out))
     bad = [s for s in force if s not in STAGES]
     if bad:
         raise CebenchError(f"--force {bad[0]}: unknown stage; stages are {', '.join(STAGES)}")
@@ -322,13 +340,14 @@ def _main(config_path: Path, overrides, out: Path, *, device: str, force, dry_ru
                   "run the same command again to collect the results (and submit what waits)", flush=True)
             failed = [r for r in results.values() if r.status == "failed"]
             if failed:
-                raise CebenchError(f"{len(failed)} job(s) failed: " + ", ".join(f"{r.name} (log {r.log})" for r in failed))
+                names = ", ".join(f"{r.name} (log {r.log})" for r in failed)
+                raise CebenchError(f"{len(failed)} job(s) failed: {names}")
             return out
     failed = [r for r in results.values() if r.status == "failed"]
     wall = (time.time() - t0) / 60
     wall_file = out / "wall.json"  # the wall time of the last run that computed every job (no cache)
     if results and all(r.status == "done" for r in results.values()):
-        atomic_write_text(wall_file, json.dumps({"wall_minutes": round(wall, 2)}))
+        atomic_write_json(wall_file, {"wall_minutes": round(wall, 2)}, indent=None)
     full = json.loads(wall_file.read_text())["wall_minutes"] if wall_file.is_file() else None
     info = {
         "config": str(config_path), "overrides": list(overrides), "machine": machine_info(),

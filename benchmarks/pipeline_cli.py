@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
+
+from cebench.cliutil import add_cache_arg
+
+from .pipeline import main
 
 PLACEMENT_HELP = """\
 where the jobs run (SECTION.key=value overrides of the `run` section):
@@ -25,16 +30,12 @@ GPU check of a new machine: bash scripts/gpu_check.sh (see docs/gpus-and-cluster
 
 
 def _cmd(args) -> int:
-    from .pipeline import main
-
     main(args.config, args.overrides, Path(args.out or f"runs/{args.config.stem}"), device=args.device,
-         force=tuple(args.force), dry_run=args.dry_run, wait=not args.no_wait)
+         force=tuple(args.force), dry_run=args.dry_run, cache=args.cache, wait=not args.no_wait)
     return 0
 
 
 def register(subparsers, common) -> None:
-    import argparse
-
     p = subparsers.add_parser(
         "run", parents=[common], help="run the whole benchmark pipeline (default: demo config, built-in data)",
         description="Run every stage (data, pretraining, inpainting evaluation, transfer, SVMs, retrieval, "
@@ -50,4 +51,5 @@ def register(subparsers, common) -> None:
                    help="with run.executor=slurm: submit the jobs (later ones held by SLURM dependencies) and "
                    "return; the same command run again collects the finished jobs, attaches to the queued "
                    "ones and writes the report once all are done")
+    add_cache_arg(p)
     p.set_defaults(func=_cmd)

@@ -7,12 +7,9 @@ valid ones, so a typo never silently falls back to a default.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
-import os
-import tempfile
 import types
 import typing
 from pathlib import Path
@@ -21,6 +18,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .io import atomic_write_text
 
 
 def _field_types(cls) -> dict[str, Any]:
@@ -131,15 +129,28 @@ def parse_overrides(overrides) -> list[tuple[str, Any]]:
 
 
 def read_yaml(path) -> dict:
+    """The mapping in a YAML config file; ConfigError naming the file for anything else."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder, expected a YAML config file (or one of tiny, demo, paper)")
     if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+        raise ConfigError(f"{path}: config file not found (neither one of tiny, demo, paper nor an existing YAML file)")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a YAML config file (not UTF-8 text)") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: unreadable ({exc.strerror or exc})") from None
+    if not text.strip():
+        raise ConfigError(f"{path}: empty config file")
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid YAML (nested too deeply)") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping")
+        raise ConfigError(f"{path}: top level must be a mapping, found {type(data).__name__}")
     return data
 
 
@@ -182,33 +193,6 @@ def config_hash(obj, length: int = 12) -> str:
     data = config_to_dict(obj) if dataclasses.is_dataclass(obj) else obj
     blob = json.dumps(data, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:length]
-
-
-@contextlib.contextmanager
-def atomic_target(path):
-    """Yield a temp path beside `path`; on success fsync and os.replace it onto `path`, else remove it.
-
-    Every file the suite writes goes through here, so a killed process never leaves a half-written file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield tmp
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path, text: str) -> None:
-    with atomic_target(path) as tmp:
-        with open(tmp, "w") as fh:
-            fh.write(text)
 
 
 def save_config(cfg, out_dir, name: str = "config.yaml") -> Path:

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, UnidentifiedImageError
 
-from .errors import BadImageError
+from .errors import BadImageError, DatasetMissingError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 
@@ -42,6 +43,8 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 def open_rgb(path) -> Image.Image:
     """Read an image file as 8-bit RGB, fully decoded. Raises BadImageError on any failure."""
     path = Path(path)
+    if path.is_dir():
+        raise BadImageError(path, "is a folder, expected an image file")
     if not path.is_file():
         raise BadImageError(path, "file not found")
     try:
@@ -52,7 +55,9 @@ def open_rgb(path) -> Image.Image:
                 return _to_rgb(img).copy()
     except BadImageError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise BadImageError(path, f"image too large to decode safely ({exc})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
         reason = "truncated image" if "truncated" in str(exc).lower() else f"unreadable image ({exc})"
         raise BadImageError(path, reason) from None
 
@@ -75,7 +80,7 @@ def inspect_image(path) -> ImageReport:
             with Image.open(path) as img:
                 mode, size = img.mode, img.size
                 img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
         reason = "truncated image" if "truncated" in str(exc).lower() else f"unreadable image ({exc})"
         return ImageReport(str(path), False, None, None, reason)
     problem = None if mode == "RGB" else f"mode {mode} (converted to RGB when loaded)"
@@ -97,8 +102,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 def normalize(x):
     """[B,3,H,W] or [3,H,W] float in [0,1] -> normalised tensor."""
-    import torch
-
     mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(-1, 1, 1)
     std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(-1, 1, 1)
     return (x - mean) / std
@@ -106,8 +109,6 @@ def normalize(x):
 
 def denormalize(x):
     """Inverse of `normalize`: back to [0,1] (not clamped)."""
-    import torch
-
     mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(-1, 1, 1)
     std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(-1, 1, 1)
     return x * std + mean
@@ -115,8 +116,6 @@ def denormalize(x):
 
 def require_images(folder) -> list[Path]:
     """The images of a user's folder, or a DatasetMissingError saying what is missing where."""
-    from .errors import DatasetMissingError
-
     folder = Path(folder)
     if not folder.is_dir():
         raise DatasetMissingError(f"{folder}: image folder not found")

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
+from torchvision.io import ImageReadMode, decode_jpeg, read_file
+from torchvision.ops import roi_align
 
 
 class JpegBytes(Dataset):
@@ -27,8 +29,6 @@ class JpegBytes(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        from torchvision.io import read_file
-
         return read_file(str(self.paths[i])), i
 
 
@@ -56,8 +56,6 @@ def crop_params(h: int, w: int, load_size: int, crop: int, *, seed: int, epoch: 
 
 def decode_batch(datas: list[Tensor], device) -> list[Tensor]:
     """JPEG bytes -> list of uint8 [3, H_i, W_i] on `device` (one batched nvJPEG call on CUDA)."""
-    from torchvision.io import ImageReadMode, decode_jpeg
-
     dev = torch.device(device)
     out = decode_jpeg(datas, mode=ImageReadMode.RGB, device=dev)
     return out if isinstance(out, list) else [out]
@@ -67,8 +65,6 @@ def augment_batch(images: list[Tensor], indices, load_size: int, crop: int, *, s
                   random: bool = True, flip: bool = True) -> Tensor:
     """Decoded images (uint8 [3,H_i,W_i], one device) -> uint8 [B,3,crop,crop]: resize + crop by one
     roi_align over the zero-padded batch, then the flips."""
-    from torchvision.ops import roi_align
-
     dev = images[0].device
     hmax = max(im.shape[1] for im in images)
     wmax = max(im.shape[2] for im in images)

@@ -9,7 +9,13 @@ from pathlib import Path
 
 import torch
 
-from cebench.checkpoint import load_checkpoint, load_state_strict, strip_prefixes, sub_state_dict
+from cebench.checkpoint import (
+    load_checkpoint,
+    load_state_strict,
+    save_checkpoint,
+    strip_prefixes,
+    sub_state_dict,
+)
 from cebench.errors import CheckpointError
 
 from .models import AlexNetConfig, AlexNetEncoder
@@ -50,8 +56,6 @@ def load_encoder(path, *, expect: str | None = None) -> tuple[AlexNetEncoder, Al
 def save_encoder_checkpoint(path, encoder: AlexNetEncoder, method: str = "encoder", config: dict | None = None,
                             step: int = 0) -> Path:
     """Write a bare-encoder checkpoint in our format (for plugged-in learners); `load_encoder` reads it."""
-    from cebench.checkpoint import save_checkpoint
-
     state = {"model": {f"encoder.{k}": v for k, v in encoder.state_dict().items()}, "optimizer": None,
              "scaler": None, "step": step, "epoch": 0, "config": config or {},
              "arch": {"name": method, "encoder": encoder.cfg.to_dict()}}

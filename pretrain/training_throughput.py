@@ -17,7 +17,6 @@ pipeline. On CPU the same code runs at small sizes (the tests), so only the GPU 
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
@@ -26,13 +25,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
-from cebench.config import atomic_write_text
+from cebench.images import open_rgb
+from cebench.io import atomic_write_json
 from cebench.runtime import init_runtime, to_channels_last
 
+from .config import PretrainConfig
 from .data import PretrainImages, make_loader, step_batches
 from .device_decode import JpegBytes, augment_batch, collate_bytes, decode_batch
 from .engine import TrainState, train_one_epoch
+from .methods import METHODS
 from .models import AlexNetConfig, InpaintNetConfig
 
 GOALS = {"ce_step": 3000.0, "ce_end_to_end": 2000.0, "inpaint_step": 1500.0}  # img/s, one H100/H200
@@ -41,15 +44,11 @@ GOAL_GPUS = ("H100", "H200")
 
 def paper_pretrain_config():
     """The paper's feature-learning CE (as `paper.yaml` trains it): AlexNet 227 px, region masks, batch 64."""
-    from .train import PretrainConfig
-
     return PretrainConfig(method="ce", encoder=AlexNetConfig.paper(), mask="region", decoder_widths=(64, 64, 32, 32),
                           decoder_layers=5, batch_size=64, load_size=256, amp="auto")
 
 
 def paper_inpaint_config():
-    from .train import PretrainConfig
-
     return PretrainConfig(method="inpaint-adv", inpaint_net=InpaintNetConfig.paper(), mask="center", batch_size=64,
                           load_size=350, amp="auto")
 
@@ -66,8 +65,6 @@ class _Trainer:
     """The objective, optimisers and masker of one method, stepping through `engine.train_one_epoch`."""
 
     def __init__(self, cfg, device: str):
-        from .cli import METHODS
-
         self.rt = init_runtime(device, cfg.amp)
         built = METHODS[cfg.method](cfg, num_classes=20, silhouettes=_silhouettes(), device=self.rt.device)
         self.cfg, self.size, self.masker = cfg, built.input_size, built.mask
@@ -129,8 +126,6 @@ def write_jpegs(folder: Path, n: int, size=(500, 375), distinct: int = 16, quali
                 seed: int = 0) -> list[Path]:
     """`n` JPEG files of VOC's typical size (`distinct` different images, repeated): smooth colour
     fields plus texture, so the files have a photograph's size (~50-100 KB), not a flat image's."""
-    from PIL import Image
-
     rng = np.random.default_rng(seed)
     w, h = size
     folder.mkdir(parents=True, exist_ok=True)
@@ -161,8 +156,6 @@ class _DecodeOnly(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, i):
-        from cebench.images import open_rgb
-
         return torch.from_numpy(np.asarray(open_rgb(self.paths[i]))[:1, :1, 0].copy()), i
 
 
@@ -233,8 +226,6 @@ def jpeg_throughput(cfg, device: str, paths, workers: int, epochs: int = 1) -> d
 
 
 def _image_size(path) -> tuple[int, int]:
-    from PIL import Image
-
     with Image.open(path) as im:
         return im.size
 
@@ -303,5 +294,5 @@ def bench_training(out_path, device: str = "auto", quick: bool = False, *, ce_cf
     res["inpaint_step"] = step_throughput(inpaint_cfg, dev, steps)
     res["verdict"] = verdicts(res, res["gpu"])
     res["seconds"] = round(time.time() - t0, 1)
-    atomic_write_text(Path(out_path), json.dumps(res, indent=2))
+    atomic_write_json(Path(out_path), res)
     return res

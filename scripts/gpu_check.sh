@@ -33,5 +33,15 @@ if ! "$PY" -c 'import faiss' >/dev/null 2>&1; then
   done
 fi
 
+# what cebench imports, checked before anything runs (this machine cannot fetch what is missing)
+"$PY" - <<'PY' || exit 2
+import importlib.util, sys
+need = ["numpy", "PIL", "yaml", "tqdm", "pandas", "matplotlib", "scipy", "sklearn", "skimage", "cv2"]
+missing = [m for m in need if importlib.util.find_spec(m) is None]
+if missing:
+    sys.exit("error: missing Python packages: " + ", ".join(missing)
+             + " (no network here: carry their wheels and pip install --no-index --no-deps them)")
+PY
+
 export CEBENCH_NO_PROGRESS=1
 exec timeout --signal=INT 540 "$PY" -m cebench.benchmarks.gpu_check "$@"

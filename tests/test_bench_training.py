@@ -7,10 +7,15 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
+from cebench.benchmarks import bench
+from cebench.benchmarks.gpu_check import main as gpu_check
+from cebench.pretrain.config import PretrainConfig
 from cebench.pretrain.data import PretrainImages
 from cebench.pretrain.device_decode import JpegBytes, augment_batch, collate_bytes, crop_params, decode_batch
+from cebench.pretrain.models import AlexNetConfig
 from cebench.pretrain.training_throughput import bench_training, limit_of, verdicts, write_jpegs
-from PIL import Image
 
 # torchvision 0.29 deprecates its JPEG decoding for TorchCodec; the device path keeps to the API of
 # torchvision 0.26 (the GPU machines') through 0.29
@@ -101,8 +106,6 @@ def test_verdicts_name_the_goal_the_pipeline_and_the_limit():
 
 
 def test_bench_training_runs_the_real_loop_on_cpu(tmp_path):
-    from cebench.pretrain.models import AlexNetConfig
-    from cebench.pretrain.train import PretrainConfig
 
     ce = PretrainConfig(method="ce", encoder=AlexNetConfig.demo(), mask="region", batch_size=4, load_size=72)
     inp = PretrainConfig(method="inpaint-adv", mask="center", batch_size=4, load_size=72)
@@ -121,9 +124,6 @@ def test_bench_training_runs_the_real_loop_on_cpu(tmp_path):
 def small_bench(monkeypatch, tmp_path):
     """`cebench bench` as the GPU check calls it, with the training benchmark at demo size (the paper
     sizes take half a minute on a CPU; test_bench_training_runs_the_real_loop_on_cpu covers the rest)."""
-    from cebench.benchmarks import bench
-    from cebench.pretrain.models import AlexNetConfig
-    from cebench.pretrain.train import PretrainConfig
 
     def run_bench(which, out_dir, device="auto", quick=False):
         assert which == "training" and device == "cpu"
@@ -137,9 +137,8 @@ def small_bench(monkeypatch, tmp_path):
 
 
 def test_gpu_check_fails_clearly_without_the_rehearsal_config(tmp_path, capsys, small_bench):
-    from cebench.benchmarks.gpu_check import main
 
-    rc = main(["--device", "cpu", "--quick", "--bench", "training", "--out", str(tmp_path / "res"),
+    rc = gpu_check(["--device", "cpu", "--quick", "--bench", "training", "--out", str(tmp_path / "res"),
                "--work", str(tmp_path / "work"), "--rehearsal", str(tmp_path / "nope.yaml")])
     assert rc == 2
     err = capsys.readouterr().err
@@ -151,18 +150,16 @@ def test_gpu_check_fails_clearly_without_the_rehearsal_config(tmp_path, capsys, 
 
 
 def test_gpu_check_refuses_cuda_without_a_gpu(tmp_path, capsys, monkeypatch):
-    from cebench.benchmarks.gpu_check import main
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert main(["--out", str(tmp_path), "--no-rehearsal"]) == 2
+    assert gpu_check(["--out", str(tmp_path), "--no-rehearsal"]) == 2
     assert "no CUDA device" in capsys.readouterr().err and not (tmp_path / "bench_gpu.json").exists()
 
 
 def test_gpu_check_runs_a_rehearsal_and_reports_its_jobs(tmp_path, small_bench):
     """The same path as on a GPU, on the CPU, with the tiny config cut to one fine-tuning."""
-    from cebench.benchmarks.gpu_check import main
 
-    rc = main(["--device", "cpu", "--quick", "--bench", "training", "--out", str(tmp_path / "res"),
+    rc = gpu_check(["--device", "cpu", "--quick", "--bench", "training", "--out", str(tmp_path / "res"),
                "--work", str(tmp_path / "work"), "--rehearsal", "tiny", f"data.demo_dir={tmp_path / 'data'}",
                "run.methods=[]", "run.tasks=[cls]", "run.inpaint=false", "run.svm=false", "run.retrieval=false",
                "transfer.seeds=[0]", "transfer.cls.iterations=2"])

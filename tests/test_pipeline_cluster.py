@@ -18,7 +18,6 @@ submitit = pytest.importorskip("submitit")
 
 from cebench.benchmarks.executors import CommandJob, SlurmSection, SubmititLauncher, _pid_alive  # noqa: E402
 from cebench.benchmarks.jobs import Job, Scheduler, is_done  # noqa: E402
-
 from cebench.errors import CebenchError  # noqa: E402
 from cebench.locks import file_lock  # noqa: E402
 

@@ -10,7 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from cebench.benchmarks.cli import resolve_config
 from cebench.benchmarks.jobs import Job, Scheduler, command, is_done, visible_gpus
+from cebench.benchmarks.pipeline import placement, plan, resolve
+from cebench.data.sources import DataConfig, voc_root
+from cebench.errors import ConfigError
 
 # A job that records what it saw: its CUDA_VISIBLE_DEVICES and torchrun rank, and which jobs were
 # running when it started; `partner` makes it wait (10 s at most) until that job has started too, so
@@ -100,9 +105,6 @@ def test_visible_gpus_follow_the_device_and_the_parent_mask(monkeypatch):
 
 
 def test_placement_resolves_pool_parallel_and_job_device(monkeypatch):
-    from cebench.benchmarks.pipeline import placement
-
-    from cebench.errors import ConfigError
 
     run = {"executor": "local", "parallel": 0, "pretrain_gpus": 1, "jobs_per_gpu": 2, "slurm": {}}
     monkeypatch.setenv("CEBENCH_FAKE_GPUS", "2")
@@ -119,8 +121,6 @@ def test_placement_resolves_pool_parallel_and_job_device(monkeypatch):
 
 
 def test_plan_gives_the_pretraining_k_processes_and_a_new_key():
-    from cebench.benchmarks.cli import resolve_config
-    from cebench.benchmarks.pipeline import plan, resolve
 
     def jobs(*ov):
         cfg = resolve(resolve_config("tiny"), list(ov))
@@ -138,10 +138,6 @@ def test_plan_gives_the_pretraining_k_processes_and_a_new_key():
 def test_two_gpu_pretraining_runs_two_gloo_processes_through_torchrun(tmp_path, monkeypatch):
     """run.pretrain_gpus=2 on 2 (fake) GPUs: the scheduler starts `cebench pretrain` with torchrun, whose
     2 processes train together with Gloo on the CPU (each step 2 x batch_size images)."""
-    from cebench.benchmarks.cli import resolve_config
-
-    from cebench.data.sources import DataConfig, voc_root
-
     data = tmp_path / "data"
     voc = voc_root(DataConfig(demo="tiny", demo_dir=str(data)))
     out = tmp_path / "pre"

@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cebench.runtime import place_model
+from cebench.runtime import choose_device, place_model
 
-from .common import TaskContext, encoder_for_job, pick_device
-from .data import flip_rot_perm, load_split, scale_crop, to_input
+from .common import TaskContext, encoder_for_job, job_splits
+from .data import flip_rot_perm, scale_crop, to_input
 from .engine import OptimConfig, TensorBatches, make_optimizer, train_one_epoch
 from .metrics import classification_ap, mean_ap
 
@@ -109,12 +108,11 @@ def predict_scores(model: nn.Module, images_u8: Tensor, cfg: ClsConfig, out_size
     return total / crops
 
 
-def cls_task(job, ctx: TaskContext) -> dict:
+def cls_task(job, ctx: TaskContext, log=None) -> dict:
     """One classification job: fit on job.fit_split with job.lr, score on job.eval_split."""
     cfg: ClsConfig = ctx.cfg
-    device = pick_device(ctx.device)
-    fit = load_split(ctx.root, job.fit_split, kind="cls", load_size=cfg.load_size, cache_dir=ctx.cache_dir)
-    ev = load_split(ctx.root, job.eval_split, kind="cls", load_size=cfg.load_size, cache_dir=ctx.cache_dir)
+    device = choose_device(ctx.device)
+    fit, ev = job_splits(job, ctx, "cls")
     magic = to_input(fit["images"][: ctx.magic_images])
     encoder = encoder_for_job(job, ctx, magic)
     out_size = encoder.cfg.input_size
@@ -130,7 +128,8 @@ def cls_task(job, ctx: TaskContext) -> dict:
         x, y = batch
         return {"loss": bce_ignore_difficult(m(x), y)}
 
-    stats = train_one_epoch(model, batches.take(cfg.iterations), loss_fn, opt, sched, grad_clip=cfg.optim.grad_clip)
+    stats = train_one_epoch(model, batches.take(cfg.iterations), loss_fn, opt, sched, grad_clip=cfg.optim.grad_clip,
+                            log=log, log_every=ctx.log_every)
     t0 = time.perf_counter()
     scores = predict_scores(model, ev["images"], cfg, out_size, device, seed=job.seed)
     infer_s = time.perf_counter() - t0

@@ -1,14 +1,17 @@
-"""What every transfer task shares: the run context, init resolution and the magic-init batch."""
+"""What every transfer task shares: the run context, init resolution, the random row's architecture and
+the seeded encoder of a job."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 
+from cebench.checkpoint import load_checkpoint
+from cebench.errors import CheckpointError, ConfigError
 from cebench.runtime import seed_everything
 
+from .data import load_split
 from .inits import InitSpec, build_init, parse_init
 
 
@@ -16,13 +19,16 @@ from .inits import InitSpec, build_init, parse_init
 class TaskContext:
     """Picklable context of one task run (sent to every job process)."""
 
-    cfg: object                 # the task's config dataclass (ClsConfig / SegConfig / SvmConfig)
+    cfg: object                 # the task's config dataclass (ClsConfig / SegConfig / SvmConfig / DetConfig)
     root: str                   # VOCyyyy folder
-    cache_dir: str              # in-memory split cache (.pt files)
+    cache_dir: str              # decoded-split cache folder (.pt files; never inside the data)
     device: str = "cpu"
     arch: object = "demo"       # architecture of the random row: preset name or AlexNetConfig dict
     magic: str = "random"       # random | all | none (see build_init)
     magic_images: int = 64
+    classes: tuple | None = None  # data.classes resolved once by the command; None = the tree's own list
+    log_every: int = 10         # training metrics every this many iterations (the job's .metrics.jsonl)
+    tensorboard: bool = False   # mirror them to TensorBoard (out/tensorboard/...)
 
 
 def resolve_inits(items) -> list[InitSpec]:
@@ -33,11 +39,30 @@ def resolve_inits(items) -> list[InitSpec]:
     seen = set()
     for s in specs:
         if s.name in seen:
-            from cebench.errors import ConfigError
-
             raise ConfigError(f"--init {s.name!r} given twice")
         seen.add(s.name)
     return specs
+
+
+def arch_for(arch, inits: list[InitSpec]):
+    """The random row's architecture: the preset, or with arch=auto that of the first checkpoint."""
+    if arch != "auto":
+        return arch
+    for spec in inits:
+        if spec.checkpoint and spec.kind != "imagenet":
+            arch = load_checkpoint(spec.checkpoint).get("arch")
+            if not isinstance(arch, dict) or not isinstance(arch.get("encoder"), dict):
+                raise CheckpointError(f"{spec.checkpoint}: no AlexNet encoder in this checkpoint (arch has no "
+                                      f"'encoder' entry; a bare state_dict? save it with "
+                                      f"cebench.pretrain.loading.save_encoder_checkpoint)")
+            return dict(arch["encoder"])
+    return "demo"
+
+
+def job_splits(job, ctx: TaskContext, kind: str) -> tuple[dict, dict]:
+    """The job's fit and eval splits in memory (`data.load_split`, kind cls | seg) at the task's load_size."""
+    return tuple(load_split(ctx.root, split, kind=kind, load_size=ctx.cfg.load_size, cache_dir=ctx.cache_dir,
+                            classes=ctx.classes) for split in (job.fit_split, job.eval_split))
 
 
 def encoder_for_job(job, ctx: TaskContext, magic_batch: torch.Tensor | None):
@@ -46,8 +71,3 @@ def encoder_for_job(job, ctx: TaskContext, magic_batch: torch.Tensor | None):
     return build_init(job.init.kind, arch_cfg=ctx.arch, checkpoint=job.init.checkpoint,
                       data_for_magic_init=magic_batch, seed=job.seed, magic=ctx.magic)
 
-
-def pick_device(name: str) -> torch.device:
-    from cebench.runtime import choose_device
-
-    return choose_device(name)

@@ -21,13 +21,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cebench.errors import ConfigError
-from cebench.runtime import place_model
+from cebench.runtime import choose_device, place_model
 
-from .common import TaskContext, encoder_for_job, pick_device
-from .data import flip_rot_perm, load_split, scale_crop, to_input
+from .common import TaskContext, encoder_for_job, job_splits
+from .data import flip_rot_perm, scale_crop, to_input
 from .engine import OptimConfig, TensorBatches, make_optimizer, train_one_epoch
 from .metrics import confusion_matrix, iou_per_class, mean_iu, pixel_accuracy
-
 
 SEG_FEATURES = ("pool5", "conv5")  # the trunk layer under fc6
 
@@ -110,7 +109,8 @@ def make_augment(cfg: SegConfig, out_size: int):
 
 
 @torch.no_grad()
-def confusion_on(model: nn.Module, images_u8: Tensor, masks: Tensor, num_classes: int, cfg: SegConfig, device) -> Tensor:
+def confusion_on(model: nn.Module, images_u8: Tensor, masks: Tensor, num_classes: int, cfg: SegConfig,
+                 device) -> Tensor:
     model.eval()
     conf = torch.zeros(num_classes, num_classes, dtype=torch.long)
     for i in range(0, images_u8.shape[0], cfg.eval_batch):
@@ -120,12 +120,11 @@ def confusion_on(model: nn.Module, images_u8: Tensor, masks: Tensor, num_classes
     return conf
 
 
-def seg_task(job, ctx: TaskContext) -> dict:
+def seg_task(job, ctx: TaskContext, log=None) -> dict:
     """One segmentation job: fit on job.fit_split with job.lr, mean IU on job.eval_split."""
     cfg: SegConfig = ctx.cfg
-    device = pick_device(ctx.device)
-    fit = load_split(ctx.root, job.fit_split, kind="seg", load_size=cfg.load_size, cache_dir=ctx.cache_dir)
-    ev = load_split(ctx.root, job.eval_split, kind="seg", load_size=cfg.load_size, cache_dir=ctx.cache_dir)
+    device = choose_device(ctx.device)
+    fit, ev = job_splits(job, ctx, "seg")
     encoder = encoder_for_job(job, ctx, to_input(fit["images"][: ctx.magic_images]))
     k = len(fit["classes"])
     model = place_model(FCN32(encoder, k, fc_dim=cfg.fc_dim, fc6_kernel=cfg.fc6_kernel, dropout=cfg.dropout,
@@ -138,7 +137,8 @@ def seg_task(job, ctx: TaskContext) -> dict:
         x, y = batch
         return {"loss": F.cross_entropy(m(x), y, ignore_index=cfg.ignore_index)}
 
-    stats = train_one_epoch(model, batches.take(cfg.iterations), loss_fn, opt, sched, grad_clip=cfg.optim.grad_clip)
+    stats = train_one_epoch(model, batches.take(cfg.iterations), loss_fn, opt, sched, grad_clip=cfg.optim.grad_clip,
+                            log=log, log_every=ctx.log_every)
     t0 = time.perf_counter()
     conf = confusion_on(model, ev["images"], ev["masks"], k, cfg, device)
     infer_s = time.perf_counter() - t0

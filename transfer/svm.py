@@ -18,9 +18,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from cebench.features.extract import extract_features
+from cebench.runtime import choose_device
 
-from .common import TaskContext, encoder_for_job, pick_device
-from .data import load_split, to_input
+from .common import TaskContext, encoder_for_job, job_splits
+from .data import to_input
 from .metrics import classification_ap, mean_ap
 
 
@@ -98,11 +99,11 @@ def knn_scores(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, cfg: SvmConfig
     return vote(te @ tr.t(), best_k), best_k
 
 
-def svm_task(job, ctx: TaskContext) -> dict:
+def svm_task(job, ctx: TaskContext, log=None) -> dict:
+    """One frozen-feature job (no training loop, so nothing for `log`): fit on trainval, score on test."""
     cfg: SvmConfig = ctx.cfg
-    device = pick_device(ctx.device)
-    tr = load_split(ctx.root, job.fit_split, kind="cls", load_size=cfg.load_size, cache_dir=ctx.cache_dir)
-    te = load_split(ctx.root, job.eval_split, kind="cls", load_size=cfg.load_size, cache_dir=ctx.cache_dir)
+    device = choose_device(ctx.device)
+    tr, te = job_splits(job, ctx, "cls")
     encoder = encoder_for_job(job, ctx, to_input(tr["images"][: ctx.magic_images])).to(device)
     ytr, yte = tr["labels"].numpy(), te["labels"].numpy()
     metrics, details = {}, {}

@@ -6,13 +6,14 @@ import argparse
 import dataclasses
 import time
 
+from cebench.data.check import check_dataset, format_report
+from cebench.data.demo import DemoDataConfig, demo_config, generate_demo
+from cebench.data.voc import VOCIndex
 from cebench.errors import ConfigError
 
 
 def _parse_overrides(items: list[str]) -> dict:
     """`key=value` overrides for DemoDataConfig fields (ints, floats, comma tuples)."""
-    from cebench.data.demo import DemoDataConfig
-
     fields = {f.name: f for f in dataclasses.fields(DemoDataConfig)}
     defaults = DemoDataConfig()
     out = {}
@@ -33,9 +34,6 @@ def _parse_overrides(items: list[str]) -> dict:
 
 
 def cmd_demo(args) -> int:
-    from cebench.data.demo import demo_config, generate_demo
-    from cebench.data.voc import VOCIndex
-
     overrides = _parse_overrides(getattr(args, "overrides", None) or [])
     if args.seed is not None:
         overrides["seed"] = args.seed
@@ -52,9 +50,8 @@ def cmd_demo(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from cebench.data.check import check_dataset, format_report
-
-    report = check_dataset(args.root)
+    classes = [c for c in (getattr(args, "classes", None) or "").split(",") if c.strip()] or None
+    report = check_dataset(args.root, classes=classes)
     print(format_report(report, max_issues=args.max_issues))
     return 0 if report.ok else 1
 
@@ -75,6 +72,9 @@ def register(subparsers, common: argparse.ArgumentParser | None = None) -> argpa
     c = sub.add_parser("check", help="check a VOC tree or an image folder; exit 1 if problems are found")
     c.add_argument("root", help="VOCyyyy folder, the VOCdevkit above it, its parent, or a folder of images")
     c.add_argument("--max-issues", type=int, default=200, help="list at most this many of each kind")
+    c.add_argument("--classes", default=None, metavar="NAMES_OR_FILE",
+                   help="the class list, as data.classes: comma-separated names or a file with one name a line "
+                        "(default: classes.txt at the VOC root, else the VOC classes or those the annotations use)")
     c.set_defaults(func=cmd_check)
     return p
 

@@ -14,7 +14,6 @@ Everything is a pure function of the config: same config, same bytes.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -26,9 +25,10 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from cebench.errors import CebenchError, ConfigError
-from cebench.locks import file_lock
 from cebench.data.voc import CLASSES_FILE, voc_palette
+from cebench.errors import CebenchError, ConfigError
+from cebench.io import atomic_directory
+from cebench.locks import file_lock
 
 GENERATOR_VERSION = 2
 MARKER_NAME = ".cebench_demo.json"
@@ -337,7 +337,8 @@ def _write_images(args) -> list[list[tuple[int, int]]]:
 
 
 def _plan(cfg: DemoDataConfig) -> dict[str, list[tuple[int, str, list[int]]]]:
-    """Split -> [(global index, image id, classes in drawing order, write SegmentationObject)]: object classes balanced per split."""
+    """Split -> [(global index, image id, classes in drawing order, write SegmentationObject)]: object classes
+    balanced per split."""
     rng = np.random.default_rng([cfg.seed, 104729])
     n_cls = len(cfg.classes)
     plan, index = {}, 0
@@ -385,6 +386,9 @@ def generate_demo(out_dir, cfg: DemoDataConfig | None = None, *, force: bool = F
     """
     cfg = cfg or DemoDataConfig()
     devkit = Path(out_dir) / "VOCdevkit"
+    voc = devkit / f"VOC{YEAR}"
+    if not force and (_read_marker(voc) or {}).get("config") == content_key(cfg):
+        return voc  # a finished tree (the marker is written last): reused without a lock file, read-only data too
     # two stage commands started side by side on a fresh data folder both land here: the second waits for
     # the first's tree instead of deleting its temporary folder as stale and then its finished tree
     with file_lock(devkit / f".VOC{YEAR}.lock"):
@@ -400,12 +404,10 @@ def _generate_locked(devkit: Path, cfg: DemoDataConfig, force: bool) -> Path:
             raise CebenchError(f"{voc} exists and is not a cebench demo tree; choose another output folder")
         if marker.get("config") == key and not force:
             return voc
-    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
     devkit.mkdir(parents=True, exist_ok=True)
-    for stale in devkit.glob(f".VOC{YEAR}.tmp-*"):  # left by an interrupted run
+    for stale in devkit.glob(f".VOC{YEAR}.*tmp*"):  # left by an interrupted run
         shutil.rmtree(stale, ignore_errors=True)
-    tmp = devkit / f".VOC{YEAR}.tmp-{digest}-{os.getpid()}"
-    try:
+    with atomic_directory(voc) as tmp:  # an earlier demo tree with another config (checked above) is replaced
         for sub in ("JPEGImages", "Annotations", "SegmentationClass", "SegmentationObject",
                     "ImageSets/Main", "ImageSets/Segmentation"):
             (tmp / sub).mkdir(parents=True, exist_ok=True)
@@ -430,12 +432,6 @@ def _generate_locked(devkit: Path, cfg: DemoDataConfig, force: bool) -> Path:
         _write_lists(tmp, cfg, splits, labels)
         stats = dict(splits={k: len(v) for k, v in splits.items()})  # no timings: same config, same bytes
         (tmp / MARKER_NAME).write_text(json.dumps(dict(config=key, stats=stats), indent=1, sort_keys=True))
-        if voc.exists():
-            shutil.rmtree(voc)  # an earlier demo tree with another config (checked above)
-        os.replace(tmp, voc)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return voc
 
 

@@ -7,10 +7,12 @@ and `--data` on the command line, so the demo and real VOC take the same code pa
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..errors import DatasetMissingError
+from .demo import DEMO_PRESETS, generate_demo
+from .voc import find_voc_root
 
 
 @dataclass
@@ -20,6 +22,8 @@ class DataConfig:
     demo_dir: str = ""            # where the demo tree is generated ("" = $CEBENCH_DATA or ./data)
     root: str = ""                # real VOC2007 (classification, detection): VOCdevkit, VOC2007 or parent
     seg_root: str = ""            # real VOC2012 for segmentation ("" = same as root)
+    classes: list[str] = field(default_factory=list)  # class names, or [a file with one name a line];
+    #                               [] = classes.txt at the VOC root, else the VOC classes / the annotations' names
     pretrain_images: str = ""     # a folder of images for pretraining (ImageNet, Paris StreetView, ...)
     pretrain_split: str = "pretrain"  # VOC split used for pretraining when pretrain_images is empty
     trainval_split: str = "trainval"
@@ -35,16 +39,10 @@ def demo_root(cfg: DataConfig) -> Path:
 
 def voc_root(cfg: DataConfig, override: str | None = None, *, segmentation: bool = False) -> Path:
     """The VOCyyyy folder to read; generates the demo tree when no real root is configured."""
-    from .voc import find_voc_root
-
     given = override or (cfg.seg_root if segmentation and cfg.seg_root else cfg.root)
     if given:
         return find_voc_root(given)
-    from .demo import DEMO_PRESETS, generate_demo
-
     if cfg.demo not in DEMO_PRESETS:
         raise DatasetMissingError(f"unknown demo preset {cfg.demo!r}; choose one of {sorted(DEMO_PRESETS)}")
     preset = DEMO_PRESETS[cfg.demo]
-    from dataclasses import replace
-
     return Path(generate_demo(demo_root(cfg), replace(preset, seed=cfg.demo_seed)))

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from cebench.data.voc import VOCIndex
 from cebench.errors import DatasetMissingError
 from cebench.images import normalize
 
@@ -31,7 +32,8 @@ def check_voc_tree(root, splits) -> None:
     if missing:
         raise DatasetMissingError(
             f"detection needs a VOC2007 tree (VOCdevkit/VOC2007 with JPEGImages, Annotations, ImageSets/Main "
-            f"trainval/test lists: VOCtrainval_06-Nov-2007.tar + VOCtest_06-Nov-2007.tar); missing: {', '.join(missing)}")
+            f"trainval/test lists: VOCtrainval_06-Nov-2007.tar + VOCtest_06-Nov-2007.tar); "
+            f"missing: {', '.join(missing)}")
 
 
 def resize_scale(h: int, w: int, scale: int, max_size: int) -> float:
@@ -43,11 +45,9 @@ class DetDataset(Dataset):
     size (h, w) after resizing, orig_size, index)."""
 
     def __init__(self, root, split: str, proposals: dict, *, scale: int = 128, max_size: int = 1000,
-                 train: bool = False, use_difficult: bool = False, cache_images: bool = False):
-        from cebench.data.voc import VOCIndex
-
+                 train: bool = False, use_difficult: bool = False, cache_images: bool = False, classes=None):
         check_voc_tree(root, [split])
-        self.index = VOCIndex(root, split)
+        self.index = VOCIndex(root, split, classes=classes)
         self.proposals = proposals
         self.scale, self.max_size = scale, max_size
         self.train, self.use_difficult = train, use_difficult

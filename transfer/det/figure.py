@@ -6,10 +6,13 @@ scores, labels), drawn over the images with the ground truth dashed.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
+
+from cebench.data.voc import parse_annotation
+from cebench.images import open_rgb
+from cebench.io import atomic_save_figure
 
 
 def draw_detections(root, examples: list[dict], classes, out_png, *, score_min: float = 0.3, title: str = "",
@@ -19,9 +22,6 @@ def draw_detections(root, examples: list[dict], classes, out_png, *, score_min: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
-
-    from cebench.data.voc import parse_annotation
-    from cebench.images import open_rgb
 
     root = Path(root)
     class_index = {c: i for i, c in enumerate(classes)}
@@ -35,7 +35,8 @@ def draw_detections(root, examples: list[dict], classes, out_png, *, score_min: 
     for ax, ex in zip(axes.ravel(), examples):
         img = np.asarray(open_rgb(root / "JPEGImages" / f"{ex['id']}.jpg"))
         ax.imshow(img)
-        gt = parse_annotation(root / "Annotations" / f"{ex['id']}.xml", class_index)
+        gt = parse_annotation(root / "Annotations" / f"{ex['id']}.xml", class_index,
+                              root / "JPEGImages" / f"{ex['id']}.jpg")
         for b in gt["boxes"]:
             ax.add_patch(Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False, ls="--", lw=0.8, ec="white"))
         boxes = np.asarray(ex["boxes"], dtype=float).reshape(-1, 4)
@@ -54,12 +55,8 @@ def draw_detections(root, examples: list[dict], classes, out_png, *, score_min: 
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_png.with_name(f".{out_png.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=130)
+    out_png = atomic_save_figure(fig, out_png, dpi=130)
     plt.close(fig)
-    os.replace(tmp, out_png)
     return out_png
 
 

@@ -13,13 +13,17 @@ Methods:
   `.npz` with one [N,4] xyxy 0-based array per image id.
 
 Boxes are float32 [N,4] xyxy in the image's own pixel coordinates (continuous, 0-based).
-Cache: `<cache_dir or VOC root>/proposals/<method>-<hash of settings>/<image id>.npz`, each written
-atomically (temp + os.replace), computed in parallel over images with a process pool.
+Cache (never in the data folder, see `cebench.cache`): `<cache>/proposals/<method>-<hash of settings>/
+<image id>-<hash of the image's name, size and mtime>.npz`, one file per image, each written atomically
+(temp + fsync + os.replace) as soon as it is computed, in parallel over images with a process pool.
+A job killed at any point (SIGKILL included) keeps every finished image; the rerun computes only the
+rest, and a changed image gets a new entry.
 """
 
 from __future__ import annotations
 
-import json
+import ctypes
+import io
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -27,9 +31,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from cebench.cache import cache_root, ensure_outside, files_key
 from cebench.config import config_hash
 from cebench.errors import CebenchError, ConfigError, DatasetMissingError
+from cebench.images import open_rgb
+from cebench.io import atomic_write_bytes, atomic_write_json
+from cebench.logs import progress as pbar
 
 PROPOSAL_VERSION = 2  # 2: selective search seeded (v1 caches hold boxes in a run-dependent order)
 
@@ -46,7 +55,7 @@ class ProposalConfig:
     grid_aspects: tuple[float, ...] = (0.5, 1.0, 2.0)
     grid_stride: float = 0.5           # grid: step as a fraction of the box side
     file: str = ""                     # a published proposal file ({split} is replaced), instead of computing
-    cache_dir: str = ""                # "" = beside the dataset (VOC root / proposals)
+    cache_dir: str = ""                # "" = <the command's cache folder>/proposals (see cebench.cache)
     workers: int = 2
 
 
@@ -77,8 +86,6 @@ def seed_c_rand(seed: int) -> bool:
     samples and which boxes `max_proposals` keeps - depended on how many images the process had
     segmented before, i.e. on how the pool split the work: detection was not reproducible. False when
     no C library is found (the caller then falls back to a canonical order)."""
-    import ctypes
-
     try:  # the process's own symbols (libc among them); ctypes.util.find_library would spawn
         srand = ctypes.CDLL(None).srand  # `ldconfig`, which deadlocked in the forked pool workers
     except (OSError, AttributeError, TypeError):  # pragma: no cover - e.g. Windows
@@ -140,8 +147,6 @@ def clean_boxes(boxes: np.ndarray, h: int, w: int, cfg: ProposalConfig) -> np.nd
 
 
 def compute_one(path, cfg: ProposalConfig) -> np.ndarray:
-    from cebench.images import open_rgb
-
     rgb = np.asarray(open_rgb(path))
     h, w = rgb.shape[:2]
     raw = grid_boxes(h, w, cfg) if cfg.method == "grid" else selective_search(rgb, cfg)
@@ -149,16 +154,22 @@ def compute_one(path, cfg: ProposalConfig) -> np.ndarray:
 
 
 def _save_npz(path: Path, boxes: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.savez(f, boxes=boxes.astype(np.float32))
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    np.savez(buf, boxes=boxes.astype(np.float32))
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _load_npz(path: Path) -> np.ndarray | None:
+    """A cached entry, or None when it is absent or unreadable (then it is computed again)."""
+    try:
+        with np.load(path) as z:
+            return np.asarray(z["boxes"], dtype=np.float32).reshape(-1, 4)
+    except (OSError, ValueError, KeyError, EOFError):
+        return None
 
 
 def _worker(args) -> int:
     items, cfg = args
-    import torch
-
     torch.set_num_threads(1)
     for image_path, out_path in items:
         _save_npz(Path(out_path), compute_one(image_path, cfg))
@@ -167,12 +178,18 @@ def _worker(args) -> int:
 
 # --------------------------------------------------------------------------------------------- public
 def cache_folder(voc_root, cfg: ProposalConfig) -> Path:
-    base = Path(cfg.cache_dir) if cfg.cache_dir else Path(voc_root) / "proposals"
-    return base / settings_key(cfg)
+    """`<cache_dir>/<method>-<settings hash>`; refused inside the data folder."""
+    base = Path(cfg.cache_dir) if cfg.cache_dir else cache_root() / "proposals"
+    return ensure_outside(base, voc_root) / settings_key(cfg)
 
 
 def image_path(voc_root, image_id: str) -> Path:
     return Path(voc_root) / "JPEGImages" / f"{image_id}.jpg"
+
+
+def entry_path(folder: Path, image: Path, image_id: str) -> Path:
+    """The cache file of one image: keyed by its id and by the image file's name, size and mtime."""
+    return folder / f"{image_id}-{files_key([image], length=12)}.npz"
 
 
 def load_proposals(voc_root, ids, cfg: ProposalConfig, *, split: str = "", progress: bool = True) -> dict:
@@ -186,19 +203,20 @@ def load_proposals(voc_root, ids, cfg: ProposalConfig, *, split: str = "", progr
     folder.mkdir(parents=True, exist_ok=True)
     settings = folder / "settings.json"
     if not settings.exists():
-        tmp = settings.with_name(f".settings.json.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(asdict(cfg), indent=1, default=list))
-        os.replace(tmp, settings)
-    todo = [(str(image_path(voc_root, i)), str(folder / f"{i}.npz")) for i in ids if not (folder / f"{i}.npz").exists()]
+        atomic_write_json(settings, asdict(cfg), indent=1)
+    entries = {i: entry_path(folder, image_path(voc_root, i), i) for i in ids}
+    out = {i: _load_npz(p) for i, p in entries.items()}
+    todo = [(str(image_path(voc_root, i)), str(entries[i])) for i in ids if out[i] is None]
     if todo:
         compute_missing(todo, cfg, progress=progress)
-    return {i: np.load(folder / f"{i}.npz")["boxes"] for i in ids}
+        for i in ids:
+            if out[i] is None:
+                out[i] = _load_npz(entries[i])
+    return out
 
 
 def compute_missing(todo, cfg: ProposalConfig, *, progress: bool = True) -> float:
     """Compute and cache proposals for [(image path, npz path)]; returns images/s."""
-    from cebench.logs import progress as pbar
-
     missing = [p for p, _ in todo if not Path(p).is_file()]
     if missing:
         raise DatasetMissingError(f"proposals: {len(missing)} image(s) missing, e.g. {missing[0]}")
@@ -221,19 +239,27 @@ def compute_missing(todo, cfg: ProposalConfig, *, progress: bool = True) -> floa
 def read_proposal_file(path, ids) -> dict:
     """Published proposals: Fast R-CNN's .mat (1-based [y1 x1 y2 x2]) or .npz {id: [N,4] xyxy 0-based}."""
     path = Path(path)
+    if path.is_dir():
+        raise CebenchError(f"proposal file {path} is a folder, expected Fast R-CNN's .mat or an .npz file")
     if not path.is_file():
         raise DatasetMissingError(f"proposal file {path} not found (e.g. Fast R-CNN's selective_search_data/"
                                   "voc_2007_trainval.mat / voc_2007_test.mat)")
-    if path.suffix == ".mat":
-        from scipy.io import loadmat
+    try:  # whatever the parsers raise on a file that is not one (random bytes, truncated, empty): this file
+        if path.suffix == ".mat":
+            from scipy.io import loadmat
 
-        mat = loadmat(str(path))
-        names = [str(np.asarray(x).ravel()[0]) for x in mat["images"].ravel()]
-        table = {n: (np.asarray(b, dtype=np.float32).reshape(-1, 4)[:, [1, 0, 3, 2]] - 1) for n, b in
-                 zip(names, mat["boxes"].ravel())}
-    else:
-        with np.load(path) as z:
-            table = {k: np.asarray(z[k], dtype=np.float32).reshape(-1, 4) for k in z.files}
+            mat = loadmat(str(path))
+            names = [str(np.asarray(x).ravel()[0]) for x in mat["images"].ravel()]
+            table = {n: (np.asarray(b, dtype=np.float32).reshape(-1, 4)[:, [1, 0, 3, 2]] - 1) for n, b in
+                     zip(names, mat["boxes"].ravel())}
+        else:
+            with np.load(path, allow_pickle=False) as z:
+                table = {k: np.asarray(z[k], dtype=np.float32).reshape(-1, 4) for k in z.files}
+    except Exception as exc:  # noqa: BLE001 - the boundary of this file's loader
+        text = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+        raise CebenchError(f"proposal file {path}: not a readable proposal file ({type(exc).__name__}"
+                           f"{': ' + text if text else ''}); expected Fast R-CNN's .mat (images, boxes) or an "
+                           f".npz of [N,4] boxes per image id") from None
     absent = [i for i in ids if i not in table]
     if absent:
         raise DatasetMissingError(f"proposal file {path} has no boxes for {len(absent)} image(s), e.g. {absent[0]}")

@@ -1,0 +1,120 @@
+"""The four transfer tasks and the one shell that runs any of them for every init over the seeds.
+
+`TASKS` is the one mapping from a task name (`cebench transfer cls|seg|svm|det`, the `transfer.<task>`
+config sub-section) to what differs between tasks: the job function, the metrics it reports, whether a
+learning rate is selected, which VOC tree it reads, and the steps around its jobs. Everything else - the
+seeds, lr selection on val, architecture of the random row, data-dependent init, parallel jobs, the results
+table - is the shared protocol (`protocol.run_seeds`) configured once in the `transfer:` section.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from cebench.cache import cache_root
+from cebench.config import config_hash, config_to_dict, save_config
+from cebench.data.sources import DataConfig, voc_root
+from cebench.data.voc import describe_classes, resolve_classes
+from cebench.errors import ConfigError
+from cebench.logs import get_logger
+
+from .classification import cls_task
+from .common import TaskContext, arch_for, resolve_inits
+from .config import TransferConfig
+from .det import task as det_steps
+from .det.train import METRICS as DET_METRICS
+from .det.train import det_task
+from .protocol import SeedPlan, run_seeds
+from .results import format_table
+from .segmentation import seg_task
+from .svm import svm_task
+
+log = get_logger("cebench.transfer")
+
+
+@dataclass(frozen=True)
+class Task:
+    help: str
+    run: Callable                       # (job, ctx, log) -> {"metrics": {...}, ...}: one job (module level)
+    metrics: Callable                   # task config -> metric names; the first is the one lr is chosen by
+    select_lr: bool = True              # False: one fit per seed on trainval, no lr (svm: C by CV inside)
+    segmentation: bool = False          # reads the segmentation tree (data.seg_root)
+    prepare: Callable | None = None     # (task config, VOC root, data config) -> info, once before the jobs
+    finish: Callable | None = None      # (table, inits, plan, ctx, out dir, info) after the jobs
+    prepare_flag: str = ""              # command-line flag that runs `prepare` only
+
+
+def svm_metrics(cfg) -> list[str]:
+    return [f"{kind} {layer} mAP" for layer in cfg.layers for kind in (("svm", "knn") if cfg.knn else ("svm",))]
+
+
+TASKS: dict[str, Task] = {
+    "cls": Task("multi-label VOC classification (mAP, VOC07 11-point)", cls_task, lambda cfg: ["mAP"]),
+    "seg": Task("FCN-32s segmentation (mean IU)", seg_task, lambda cfg: ["mean IU"], segmentation=True),
+    "svm": Task("frozen features: per-layer linear SVM and kNN (mAP)", svm_task, svm_metrics, select_lr=False),
+    "det": Task("Fast R-CNN detection fine-tuning on cached selective-search proposals, VOC2007 mAP", det_task,
+                lambda cfg: list(DET_METRICS), prepare=det_steps.prepare, finish=det_steps.finish,
+                prepare_flag="--proposals-only"),
+}
+
+
+def main(task: str, cfg: TransferConfig, data_cfg: DataConfig, inits, out_dir, device: str = "auto", *,
+         data: str | None = None, prepare_only: bool = False, cache=None) -> pd.DataFrame | None:
+    """Run `task` for every init over cfg.seeds -> the results table (also on disk, merged with the other
+    tasks' rows). `prepare_only`: the task's preparation (det: the proposals) and nothing else. `cache`:
+    the folder of derived files (--cache; default $CEBENCH_CACHE, else out_dir/cache; never the data)."""
+    if task not in TASKS:
+        raise ConfigError(f"unknown transfer task {task!r}; choose one of {', '.join(TASKS)}")
+    spec = TASKS[task]
+    sub = getattr(cfg, task)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    specs = resolve_inits(inits)
+    root = voc_root(data_cfg, data, segmentation=spec.segmentation)
+    classes, source = resolve_classes(root, data_cfg.classes or None)
+    log.info(f"[{task}] {describe_classes(classes, source)}")
+    given = classes if data_cfg.classes else None  # passed on only when configured (jobs resolve the same)
+    cache = cache_root(cache, out_dir)
+    # the checkpoints are read before the preparation (det: hours of selective search), not after
+    arch = arch_for(cfg.arch, specs) if not prepare_only else None
+    if getattr(sub, "proposals", None) is not None and not sub.proposals.cache_dir:  # det: its jobs read them too
+        sub = replace(sub, proposals=replace(sub.proposals, cache_dir=str(cache / "proposals")))
+    prepared = spec.prepare(sub, root, data_cfg) if spec.prepare else None
+    if prepare_only:
+        return None
+    ctx = TaskContext(cfg=sub, root=str(root), cache_dir=cfg.cache_dir or str(cache / "splits"), device=device,
+                      arch=arch, magic=cfg.magic,
+                      magic_images=getattr(sub, "magic_images", cfg.magic_images),  # a task's own wins (det)
+                      log_every=cfg.log.every, tensorboard=cfg.log.tensorboard, classes=given)
+    save_config({"transfer": config_to_dict(cfg), "data": config_to_dict(data_cfg), "task": task,
+                 "root": str(root), "inits": [vars(s) for s in specs]}, out_dir)
+    plan = SeedPlan(seeds=list(cfg.seeds), lrs=list(sub.lrs) if spec.select_lr else [0.0],
+                    select_seeds=list(cfg.select_seeds), train_split=data_cfg.train_split,
+                    val_split=data_cfg.val_split, trainval_split=data_cfg.trainval_split,
+                    test_split=data_cfg.test_split)
+    # a cached job is reused only for the same result-changing settings (not the lr grid: each job has its lr)
+    # (nor where derived files are cached or how many processes compute them)
+    sub_key = {k: v for k, v in config_to_dict(sub).items() if k != "lrs"}
+    if "proposals" in sub_key:
+        sub_key["proposals"] = {k: v for k, v in sub_key["proposals"].items() if k not in ("cache_dir", "workers")}
+    key = config_hash({"task": task, "sub": sub_key, "arch": str(ctx.arch), "magic": ctx.magic,
+                       "magic_images": ctx.magic_images, "root": str(Path(root).resolve()),
+                       **({"classes": list(given)} if given else {})})
+    metrics = spec.metrics(sub)
+    t0 = time.time()
+    table = run_seeds(spec.run, task, specs, plan, ctx, out_dir, metrics=metrics, primary=metrics[0], key=key,
+                      workers=cfg.workers, threads=cfg.threads)
+    df = table.save()
+    log.info("\n" + format_table(df[df["task"] == task]))
+    if spec.finish:
+        spec.finish(table, specs, plan, ctx, out_dir, prepared)
+    log.info(f"[{task}] {time.time() - t0:.0f}s; results in {out_dir / 'results.csv'}")
+    return df
+
+
+__all__ = ["Task", "TASKS", "main", "svm_metrics"]
