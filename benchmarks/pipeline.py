@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from cebench.config import atomic_write_text, config_hash, config_to_dict, load_config, parse_overrides, read_yaml, save_config
-from cebench.data.sources import DataConfig, demo_root, voc_root
+from cebench.data.sources import DataConfig, source_of, voc_root
 from cebench.errors import CebenchError, ConfigError
 
 from . import report
@@ -100,9 +100,26 @@ def _demo_content(cfg: dict) -> dict:
     return content_key(replace(preset, seed=cfg["data"]["demo_seed"])) if preset else {}
 
 
-def plan(cfg: dict, out: Path, config_file: Path, voc: Path, device: str) -> list[Job]:
+# What each job reads (cebench.data.sources.source_of): no `--data` is passed, every job resolves its own
+# source from the resolved config file, so segmentation reads data.seg_root and pretraining
+# data.pretrain_images (with the region-mask shapes from the segmentation tree).
+READS = {"pretrain": ("pretrain", "seg"), "inpaint": ("pretrain", "voc"), "cls": ("voc",), "det": ("voc",),
+         "det-proposals": ("voc",), "svm": ("voc",), "seg": ("seg",), "retrieval": ("seg",)}
+
+
+def job_reads(name: str, cfg: dict) -> str:
+    """`data.seg_root=B/VOC2012`-style description of what job `name` reads (for --dry-run)."""
+    data_cfg = load_config(DataConfig, None, [f"{k}={v}" for k, v in cfg["data"].items() if v != ""])
+    kind = name.split("/")[0]
+    if kind == "retrieval" and cfg["retrieval"].get("data_root"):
+        return f"retrieval.data_root={cfg['retrieval']['data_root']}"
+    return ", ".join("{} ({})".format(*source_of(data_cfg, use)) for use in READS.get(kind, ()))
+
+
+def plan(cfg: dict, out: Path, config_file: Path, voc: Path | None = None, device: str = "auto") -> list[Job]:
+    """The jobs of a run. `voc` is unused (kept for callers): each job reads its data from the config."""
     run = cfg["run"]
-    base = ["--config", str(config_file), "--data", str(voc), "--device", device]
+    base = ["--config", str(config_file), "--device", device]
     data_key = _key(cfg["data"], _demo_content(cfg))
     jobs: list[Job] = []
     est_pre, est_tr = 60 * run["minutes_pretrain"], 60 * run["minutes_transfer"]
@@ -198,33 +215,46 @@ def transfer_protocol(cfg: dict) -> dict:
     return out
 
 
-def check_real_data(cfg: dict) -> None:
-    """The paper config fails early with everything that is missing, not after hours of pretraining."""
+def data_problems(cfg: dict) -> list[tuple[str, str]]:
+    """[(data key, what is wrong)] for a real-data config; empty for the built-in demo data."""
     data = cfg["data"]
     if not data["root"] and data["demo"]:
-        return  # the built-in demo tree
+        return []  # the built-in demo tree
     from cebench.data.voc import find_voc_root
 
     problems = []
     if not data["root"]:
-        problems.append("data.root is empty: extract VOCtrainval_06-Nov-2007.tar and VOCtest_06-Nov-2007.tar "
-                        "and pass data.root=/path/to/VOCdevkit")
+        problems.append(("data.root", "data.root is empty: extract VOCtrainval_06-Nov-2007.tar and "
+                         "VOCtest_06-Nov-2007.tar and pass data.root=/path/to/VOCdevkit"))
     for key in ("root", "seg_root"):
         if data[key]:
             try:
                 find_voc_root(data[key])
             except CebenchError as exc:
-                problems.append(f"data.{key}: {exc}")
+                problems.append((f"data.{key}", f"data.{key}: {exc}"))
     if "seg" in cfg["run"]["tasks"] and not data["seg_root"]:
-        problems.append("data.seg_root is empty: extract VOCtrainval_11-May-2012.tar and pass "
-                        "data.seg_root=/path/to/VOCdevkit/VOC2012")
+        problems.append(("data.seg_root", "data.seg_root is empty: extract VOCtrainval_11-May-2012.tar and pass "
+                         "data.seg_root=/path/to/VOCdevkit/VOC2012"))
     if not data["pretrain_images"]:
-        problems.append("data.pretrain_images is empty: pass a folder of pretraining images "
-                        "(ImageNet train or Paris StreetView), e.g. data.pretrain_images=/data/imagenet/train")
+        problems.append(("data.pretrain_images", "data.pretrain_images is empty: pass a folder of pretraining "
+                         "images (ImageNet train or Paris StreetView), e.g. data.pretrain_images=/data/imagenet/train"))
     elif not Path(data["pretrain_images"]).is_dir():
-        problems.append(f"data.pretrain_images: folder {data['pretrain_images']} not found")
+        problems.append(("data.pretrain_images", f"data.pretrain_images: folder {data['pretrain_images']} not found"))
+    return problems
+
+
+def check_real_data(cfg: dict) -> None:
+    """The paper config fails early with everything that is missing, not after hours of pretraining
+    (one CebenchError listing every problem)."""
+    problems = data_problems(cfg)
     if problems:
-        raise CebenchError("missing data for this config: " + " | ".join(problems))
+        raise CebenchError("missing data for this config: " + " | ".join(msg for _, msg in problems))
+
+
+def _config_name(path: Path) -> str:
+    """`paper` for a bundled config, else the path as given (no machine path in a printed plan)."""
+    bundled = Path(__file__).parent / "configs"
+    return path.stem if path.parent.resolve() == bundled.resolve() else str(path)
 
 
 def main(config_path: Path, overrides, out: Path, *, device: str = "auto", force=(), dry_run: bool = False) -> Path:
@@ -241,19 +271,24 @@ def _main(config_path: Path, overrides, out: Path, *, device: str, force, dry_ru
     if not data_cfg.demo_dir and not data_cfg.root:
         data_cfg.demo_dir = str(out / "data")
         cfg["data"]["demo_dir"] = data_cfg.demo_dir
-    check_real_data(cfg)
+    if not dry_run:
+        check_real_data(cfg)
+    elif data_problems(cfg):  # a plan may be printed for data that lives on another machine
+        keys = sorted({k for k, _ in data_problems(cfg)})
+        print(f"[run] dry run: not found on this machine: {', '.join(keys)} (a real run stops with what to "
+              "download)", flush=True)
     config_file = save_config(cfg, out)
-    print(f"[run] config {config_path} -> {config_file}", flush=True)
-    voc = voc_root(data_cfg)
-    print(f"[run] data: {voc} ({time.time() - t0:.1f}s)", flush=True)
-    jobs = plan(cfg, out, config_file, voc, device)
+    print(f"[run] config {_config_name(config_path)} -> {config_file}", flush=True)
     bad = [s for s in force if s not in STAGES]
     if bad:
         raise CebenchError(f"--force {bad[0]}: unknown stage; stages are {', '.join(STAGES)}")
-    if dry_run:
+    jobs = plan(cfg, out, config_file, None, device)
+    if dry_run:  # nothing generated or read: what each job would run and read
         for j in jobs:
-            print(f"{j.name}: cebench {' '.join(j.args)}")
+            print(f"{j.name}: cebench {' '.join(j.args)}\n    reads {job_reads(j.name, cfg)}")
         return out
+    voc = voc_root(data_cfg)  # generates the demo data once, before the jobs (which reuse it)
+    print(f"[run] data: {voc} ({time.time() - t0:.1f}s)", flush=True)
     parallel = cfg["run"]["parallel"] or (1 if device.startswith("cuda") else (os.cpu_count() or 1))
     results = Scheduler(jobs, max_parallel=parallel, force_stages=tuple(force)).run()
     failed = [r for r in results.values() if r.status == "failed"]

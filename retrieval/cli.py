@@ -206,16 +206,18 @@ def _cmd_retrieval(args) -> int:
 
     from .benchmark import main
 
-    cfg = load_config(RetrievalConfig, args.config, args.overrides, section="retrieval")
+    from cebench.cliutil import split_overrides
+    from cebench.data.sources import DataConfig, record_sources, voc_root as resolve
+
+    ov = split_overrides(args.overrides, "data")
+    cfg = load_config(RetrievalConfig, args.config, ov[""], section="retrieval")
     if args.out:
         cfg.out_dir = args.out
     if args.device and args.device != "auto":
         cfg.device = args.device
+    data_cfg = load_config(DataConfig, args.config, ov["data"], section="data")
     voc_root = None
-    if args.data or not cfg.data_root:
-        from cebench.data.sources import DataConfig, voc_root as resolve
-
-        data_cfg = load_config(DataConfig, args.config, [], section="data")
+    if args.data or not cfg.data_root:  # labelled patches need segmentation masks: the seg source
         voc_root = resolve(data_cfg, args.data, segmentation=True)
     for item in args.checkpoint or []:
         label, sep, path = item.partition("=")
@@ -223,6 +225,8 @@ def _cmd_retrieval(args) -> int:
             raise CebenchError(f"--checkpoint {item!r}: expected LABEL=PATH")
         cfg.checkpoints[label] = path
     df = main(cfg, voc_root)
+    record_sources(cfg.out_dir or "results/retrieval", data_cfg, voc=str(voc_root or cfg.data_root),
+                   split=cfg.split, patch_size=cfg.patch_size)
     print(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return 0
 

@@ -17,7 +17,7 @@ import pandas as pd
 
 from cebench.cliutil import out_dir as make_out_dir, parse_seeds, split_overrides
 from cebench.config import config_hash, config_to_dict, load_config, save_config
-from cebench.data.sources import DataConfig, voc_root
+from cebench.data.sources import DataConfig, record_sources, voc_root
 from cebench.errors import ConfigError
 
 from .classification import cls_task
@@ -63,6 +63,7 @@ def main(task: str, cfg: TransferConfig, data_cfg: DataConfig, inits, out_dir, d
                       arch=_arch_for(cfg, specs), magic=cfg.magic, magic_images=cfg.magic_images)
     save_config({"transfer": config_to_dict(cfg), "data": config_to_dict(data_cfg), "task": task,
                  "root": str(root), "inits": [vars(s) for s in specs]}, out_dir)
+    record_sources(out_dir, data_cfg, voc=str(root), task=task)
     lrs = list(getattr(sub, "lrs", [0.0]))
     plan = SeedPlan(seeds=list(cfg.seeds), lrs=lrs, select_seeds=list(cfg.select_seeds),
                     train_split=data_cfg.train_split, val_split=data_cfg.val_split,

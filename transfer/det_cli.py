@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from cebench.config import atomic_write_text, load_config, save_config
-from cebench.data.sources import DataConfig, voc_root
+from cebench.data.sources import DataConfig, record_sources, voc_root
 
 from .det_data import check_voc_tree
 from .det_train import TASK, DetConfig, DetContext, det_task, job_key, validate
@@ -32,6 +32,7 @@ def main(cfg: DetConfig, data_cfg: DataConfig, root, out_dir, *, device: str = "
     splits = [data_cfg.train_split, data_cfg.val_split, data_cfg.trainval_split, data_cfg.test_split]
     check_voc_tree(root, splits)
     save_config(cfg, out_dir)
+    record_sources(out_dir, data_cfg, voc=str(root), task="det", scale=cfg.scale, max_size=cfg.max_size)
     from cebench.data.voc import read_split
 
     ids = sorted({i for s in splits for i in read_split(root, s)})
