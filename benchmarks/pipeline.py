@@ -46,6 +46,11 @@ class RunSection:
     minutes_transfer: float = 2.0
 
 
+@dataclass
+class ImagenetSection:
+    download: bool = False        # fetch torchvision's ImageNet AlexNet weights before the jobs (opt-in)
+
+
 STAGES = ("pretrain", "inpaint", "transfer", "svm", "retrieval")
 
 
@@ -59,7 +64,7 @@ def _sections():
 
     return {"data": DataConfig, "pretrain": PretrainConfig, "inpaint": InpaintEvalConfig,
             "transfer": TransferConfig, "det": DetConfig, "retrieval": RetrievalConfig,
-            "run": RunSection, "encoder": EncoderPlugin}
+            "run": RunSection, "encoder": EncoderPlugin, "imagenet": ImagenetSection}
 
 
 def resolve(config_path: Path, overrides) -> dict:
@@ -86,6 +91,14 @@ def resolve(config_path: Path, overrides) -> dict:
 
 def _key(*parts) -> str:
     return config_hash(list(parts))
+
+
+def imagenet_weights_state() -> list:
+    """[present, size] of the ImageNet AlexNet weights file (part of the imagenet rows' cache keys)."""
+    from cebench.pretrain.loading import imagenet_weights_path
+
+    path = imagenet_weights_path()
+    return [path.is_file(), path.stat().st_size if path.is_file() else 0]
 
 
 def _demo_content(cfg: dict) -> dict:
@@ -150,8 +163,11 @@ def plan(cfg: dict, out: Path, config_file: Path, voc: Path | None = None, devic
         inits["imagenet"] = ("imagenet", ())
     dep_keys = {j.name: j.key for j in jobs}
 
-    def init_key(deps):
-        return [dep_keys[d] for d in deps]
+    def init_key(deps, arg=""):
+        """The inputs' keys; the imagenet row's also follows its weights file (absent, then placed:
+        the row is computed, not left 'unavailable' from the cache)."""
+        extra = [imagenet_weights_state()] if arg == "imagenet" else []
+        return [dep_keys[d] for d in deps] + extra
 
     if run["retrieval"]:
         # planned before the transfer jobs so it starts once the pretrainings are done: the short
@@ -163,7 +179,8 @@ def plan(cfg: dict, out: Path, config_file: Path, voc: Path | None = None, devic
             if label not in ("random", "imagenet"):
                 args += ["--checkpoint", arg]
                 deps += init_deps
-        jobs.append(Job("retrieval", "retrieval", args, d, _key(cfg["retrieval"], data_key, init_key(deps)),
+        jobs.append(Job("retrieval", "retrieval", args, d, _key(cfg["retrieval"], data_key, init_key(deps),
+                                                                 imagenet_weights_state()),
                         deps=tuple(deps), est_seconds=60, threads=run["threads"]))
     def stage_config(task):
         """What a stage reads: det its own section; cls / seg / svm the shared transfer keys and their
@@ -186,14 +203,14 @@ def plan(cfg: dict, out: Path, config_file: Path, voc: Path | None = None, devic
             slug = label.replace(" ", "-").replace("(", "").replace(")", "")
             d = out / "transfer" / task / slug
             jobs.append(Job(f"{task}/{slug}", "transfer", ["transfer", task, "--init", arg, "--out", str(d), *base],
-                            d, _key(stage_config(task), data_key, arg, init_key(deps)),
+                            d, _key(stage_config(task), data_key, arg, init_key(deps, arg)),
                             deps=deps, est_seconds=est_tr, threads=run["threads"]))
     if run["svm"]:
         for label, (arg, deps) in inits.items():
             slug = label.replace(" ", "-").replace("(", "").replace(")", "")
             d = out / "transfer" / "svm" / slug
             jobs.append(Job(f"svm/{slug}", "svm", ["transfer", "svm", "--init", arg, "--out", str(d), *base],
-                            d, _key(stage_config("svm"), data_key, arg, init_key(deps)), deps=deps, est_seconds=60,
+                            d, _key(stage_config("svm"), data_key, arg, init_key(deps, arg)), deps=deps, est_seconds=60,
                             threads=run["threads"]))
     return jobs
 
@@ -287,6 +304,10 @@ def _main(config_path: Path, overrides, out: Path, *, device: str, force, dry_ru
         for j in jobs:
             print(f"{j.name}: cebench {' '.join(j.args)}\n    reads {job_reads(j.name, cfg)}")
         return out
+    if cfg["run"]["imagenet"] and cfg["imagenet"]["download"]:
+        from cebench.pretrain.loading import fetch_imagenet_weights
+
+        print(f"[run] ImageNet AlexNet weights: {fetch_imagenet_weights()}", flush=True)
     voc = voc_root(data_cfg)  # generates the demo data once, before the jobs (which reuse it)
     print(f"[run] data: {voc} ({time.time() - t0:.1f}s)", flush=True)
     parallel = cfg["run"]["parallel"] or (1 if device.startswith("cuda") else (os.cpu_count() or 1))

@@ -68,7 +68,8 @@ def run_job(task_fn: Callable, job: Job, ctx, out_dir, threads: int = 0) -> dict
     if path.is_file():
         try:
             cached = json.loads(path.read_text())
-            if cached.get("key") == job.key and cached.get("status") in ("ok", "unavailable", "non-finite"):
+            # "unavailable" is not reused: the weights may have been placed since (checking is instant)
+            if cached.get("key") == job.key and cached.get("status") in ("ok", "non-finite"):
                 return cached
         except (OSError, json.JSONDecodeError):
             pass
