@@ -19,6 +19,7 @@ from cebench.cliutil import out_dir as make_out_dir, parse_seeds, split_override
 from cebench.config import config_hash, config_to_dict, load_config, save_config
 from cebench.data.sources import DataConfig, record_sources, voc_root
 from cebench.errors import ConfigError
+from cebench.runtime import cleanup, is_main_process
 
 from .classification import cls_task
 from .common import TaskContext, resolve_inits
@@ -60,7 +61,8 @@ def main(task: str, cfg: TransferConfig, data_cfg: DataConfig, inits, out_dir, d
     root = voc_root(data_cfg, data, segmentation=(task == "seg"))
     sub = getattr(cfg, attr)
     ctx = TaskContext(cfg=sub, root=str(root), cache_dir=cfg.cache_dir or str(out_dir / "cache"), device=device,
-                      arch=_arch_for(cfg, specs), magic=cfg.magic, magic_images=cfg.magic_images)
+                      arch=_arch_for(cfg, specs), magic=cfg.magic, magic_images=cfg.magic_images,
+                      runtime=cfg.runtime, out_dir=str(out_dir))
     save_config({"transfer": config_to_dict(cfg), "data": config_to_dict(data_cfg), "task": task,
                  "root": str(root), "inits": [vars(s) for s in specs]}, out_dir)
     record_sources(out_dir, data_cfg, voc=str(root), task=task)
@@ -71,13 +73,13 @@ def main(task: str, cfg: TransferConfig, data_cfg: DataConfig, inits, out_dir, d
     if task == "svm":  # no learning rate: fit on trainval (C by CV inside), score on test
         plan = replace(plan, lrs=[0.0])
     key = config_hash({"task": task, "sub": config_to_dict(sub), "arch": str(ctx.arch), "magic": cfg.magic,
-                       "root": str(root)})
+                       "root": str(root), "amp": cfg.runtime.amp})
     metrics = [primary] if primary else [f"{kind} {layer} mAP" for layer in sub.layers
                                          for kind in (("svm", "knn") if sub.knn else ("svm",))]
     t0 = time.time()
     table = run_seeds(task_fn, task, specs, plan, ctx, out_dir, metrics=metrics, primary=primary or metrics[0],
                       key=key, workers=cfg.workers, threads=cfg.threads, log=log)
-    df = table.save()
+    df = table.save() if is_main_process() else table.frame(list(table.rows.values()))
     log(format_table(df[df["task"] == task]))
     log(f"[{task}] {time.time() - t0:.0f}s; results in {out_dir / 'results.csv'}")
     return df
@@ -90,7 +92,14 @@ def _run(args) -> int:
         cfg.seeds = parse_seeds(args.seeds)
     data_cfg = load_config(DataConfig, args.config, ov["data"], section="data")
     out = make_out_dir(args, f"runs/transfer/{args.task}")
-    main(args.task, cfg, data_cfg, args.init or ["random"], out, args.device, data=args.data)
+    from .finetune import job_runtime
+
+    rt = job_runtime(cfg.runtime, args.device)  # under torchrun: joins the process group once
+    try:
+        main(args.task, cfg, data_cfg, args.init or ["random"], out, args.device, data=args.data,
+             log=print if rt.is_main else (lambda *a, **k: None))
+    finally:
+        cleanup(rt)
     return 0
 
 

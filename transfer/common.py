@@ -9,6 +9,7 @@ import torch
 
 from cebench.runtime import seed_everything
 
+from .finetune import FinetuneRuntime, JobCheckpoint
 from .inits import InitSpec, build_init, parse_init
 
 
@@ -23,6 +24,8 @@ class TaskContext:
     arch: object = "demo"       # architecture of the random row: preset name or AlexNetConfig dict
     magic: str = "random"       # random | all | none (see build_init)
     magic_images: int = 64
+    runtime: FinetuneRuntime = field(default_factory=FinetuneRuntime)  # AMP, checkpoints, memory budget
+    out_dir: str = ""           # the command's output folder: jobs keep their `last` checkpoints there
 
 
 def resolve_inits(items) -> list[InitSpec]:
@@ -45,6 +48,16 @@ def encoder_for_job(job, ctx: TaskContext, magic_batch: torch.Tensor | None):
     seed_everything(job.seed)
     return build_init(job.init.kind, arch_cfg=ctx.arch, checkpoint=job.init.checkpoint,
                       data_for_magic_init=magic_batch, seed=job.seed, magic=ctx.magic)
+
+
+def job_checkpoint(job, ctx) -> JobCheckpoint:
+    """The fixed `last` checkpoint of one (task, init, seed, lr, phase) job, beside its result JSON; it
+    carries the job's identity and config key, so only the same job resumes from it."""
+    from .seeds import last_path
+
+    key = {"key": job.key, "task": job.task, "init": job.init.name, "checkpoint": job.init.checkpoint,
+           "seed": job.seed, "lr": job.lr, "phase": job.phase, "fit": job.fit_split, "eval": job.eval_split}
+    return JobCheckpoint(last_path(ctx.out_dir, job) if ctx.out_dir else None, key, ctx.runtime.ckpt_every)
 
 
 def pick_device(name: str) -> torch.device:

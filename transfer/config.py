@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .classification import ClsConfig
+from .finetune import FinetuneRuntime
 from .segmentation import SegConfig
 from .svm import SvmConfig
 
@@ -19,6 +20,7 @@ class TransferConfig:
     workers: int = 1              # job processes inside one command (the pipeline parallelises inits)
     threads: int = 1              # torch threads per job process
     cache_dir: str = ""           # in-memory split cache ("" = <out>/cache)
+    runtime: FinetuneRuntime = field(default_factory=FinetuneRuntime)  # AMP, checkpoints, memory budget, loaders
     cls: ClsConfig = field(default_factory=ClsConfig)
     seg: SegConfig = field(default_factory=SegConfig)
     svm: SvmConfig = field(default_factory=SvmConfig)

@@ -29,6 +29,7 @@ from typing import Callable
 import multiprocessing as mp
 
 from cebench.errors import CebenchError, NonFiniteLossError
+from cebench.runtime import barrier, is_dist, is_main_process
 
 from .inits import InitSpec, InitUnavailable
 from .results import ResultsTable, summarize, write_json
@@ -52,6 +53,11 @@ class Job:
 
 def job_path(out_dir, job: Job) -> Path:
     return Path(out_dir) / "jobs" / job.task / job.slug / f"{job.phase}_lr{job.lr:g}_seed{job.seed}.json"
+
+
+def last_path(out_dir, job: Job) -> Path:
+    """The job's `last` checkpoint (fine-tuning resumes from it; removed once the job's JSON is written)."""
+    return job_path(out_dir, job).with_suffix(".last.pt")
 
 
 def _set_threads(threads: int) -> None:
@@ -86,7 +92,10 @@ def run_job(task_fn: Callable, job: Job, ctx, out_dir, threads: int = 0) -> dict
     except NonFiniteLossError as exc:
         rec.update(status="non-finite", reason=str(exc), metrics={})
     rec["seconds"] = time.perf_counter() - t0
-    write_json(path, rec)
+    if is_main_process():  # under torchrun every rank ran the job; one writes it
+        write_json(path, rec)
+        last_path(out_dir, job).unlink(missing_ok=True)
+    barrier()
     return rec
 
 
@@ -97,7 +106,7 @@ def _call(args):
 
 def run_jobs(task_fn: Callable, jobs: list[Job], ctx, out_dir, *, workers: int = 1, threads: int = 1) -> list[dict]:
     """All jobs, in `workers` one-`threads` processes (spawned) or in this process when workers <= 1."""
-    if workers <= 1 or len(jobs) <= 1:
+    if workers <= 1 or len(jobs) <= 1 or is_dist():  # under torchrun the ranks run each job together
         return [run_job(task_fn, j, ctx, out_dir, threads) for j in jobs]
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
         return list(pool.map(_call, [(task_fn, j, ctx, out_dir, threads) for j in jobs]))
@@ -179,4 +188,4 @@ def run_seeds(task_fn: Callable, task: str, inits: list[InitSpec], plan: SeedPla
     return table
 
 
-__all__ = ["Job", "SeedPlan", "run_job", "run_jobs", "run_seeds", "select_lr", "job_path"]
+__all__ = ["Job", "SeedPlan", "run_job", "run_jobs", "run_seeds", "select_lr", "job_path", "last_path"]
