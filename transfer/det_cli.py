@@ -50,9 +50,13 @@ def main(cfg: DetConfig, data_cfg: DataConfig, root, out_dir, *, device: str = "
         from .cli import _arch_for
 
         cfg = replace(cfg, arch=_arch_for(cfg, specs))
-    ctx = DetContext(cfg=cfg, root=str(root), device=str(device))
+    ctx = DetContext(cfg=cfg, root=str(root), device=str(device), out_dir=str(out_dir))
     table = run_seeds(det_task, TASK, specs, plan, ctx, out_dir, metrics=METRICS, primary="mAP",
                       key=job_key(cfg, root), workers=cfg.workers, threads=cfg.threads, log=log)
+    from cebench.runtime import is_main_process
+
+    if not is_main_process():  # under torchrun rank 0 writes the results
+        return table
     df = table.save()
     log(format_table(df[df.task == TASK]))
     # speeds and the figure from the final jobs' JSON
@@ -93,8 +97,6 @@ def main(cfg: DetConfig, data_cfg: DataConfig, root, out_dir, *, device: str = "
 
 def _cmd(args) -> int:
     from cebench.cliutil import out_dir, parse_seeds, split_overrides
-    from cebench.runtime import choose_device
-
     ov = split_overrides(args.overrides, "data")
     data_cfg = load_config(DataConfig, args.config, ov["data"], section="data")
     cfg = load_config(DetConfig, args.config, ov[""], section="det")
@@ -103,8 +105,16 @@ def _cmd(args) -> int:
     if args.seeds:
         cfg = replace(cfg, seeds=parse_seeds(args.seeds))
     root = voc_root(data_cfg, args.data)
-    main(cfg, data_cfg, root, out_dir(args, "runs/det"), device=str(choose_device(args.device)),
-         proposals_only=args.proposals_only)
+    from cebench.runtime import cleanup
+
+    from .finetune import job_runtime
+
+    rt = job_runtime(cfg.runtime, args.device)  # under torchrun: joins the process group once, its own GPU
+    try:
+        main(cfg, data_cfg, root, out_dir(args, "runs/det"), device=args.device, proposals_only=args.proposals_only,
+             log=print if rt.is_main else (lambda *a, **k: None))
+    finally:
+        cleanup(rt)
     return 0
 
 
