@@ -26,7 +26,7 @@ from .det_data import DetDataset, check_voc_tree, collate, hflip
 from .det_eval import evaluate_detections
 from .det_model import FastRCNN, _rois_with_index, encode_boxes, sample_rois
 from .engine import OptimConfig, make_optimizer
-from .finetune import FinetuneRuntime, JobCheckpoint, fit as fit_job, gather, job_runtime, shard
+from .finetune import FinetuneRuntime, JobCheckpoint, fit as fit_job, gather, job_runtime, loader as make_loader, shard
 from .proposals import ProposalConfig, load_proposals
 
 TASK = "det"
@@ -146,8 +146,7 @@ class DetBatches:
     def take(self, k: int):
         todo = self.plan[self.step:self.step + int(k)]
         if self.workers > 0 and self.ds.cache is None:
-            loader = torch.utils.data.DataLoader(_Flipped(self.ds), batch_sampler=todo, num_workers=self.workers,
-                                                 collate_fn=collate)
+            loader = make_loader(_Flipped(self.ds), todo, self.workers, collate_fn=collate)
         else:
             loader = (collate([_Flipped(self.ds)[item] for item in items]) for items in todo)
         for batch in loader:
@@ -193,7 +192,7 @@ def evaluate(model: FastRCNN, ds: DetDataset, cfg: DetConfig, device, keep_first
     t0 = time.perf_counter()
     chunks = shard([list(range(s, min(len(ds), s + cfg.eval_batch))) for s in range(0, len(ds), cfg.eval_batch)], rt)
     if workers > 0 and ds.cache is None:
-        loader = torch.utils.data.DataLoader(ds, batch_sampler=chunks, num_workers=workers, collate_fn=collate)
+        loader = make_loader(ds, chunks, workers, collate_fn=collate)
     else:
         loader = (collate([ds[i] for i in chunk]) for chunk in chunks)
     mine = []

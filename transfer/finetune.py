@@ -99,8 +99,14 @@ class StreamedSplit:
         lists = [list(map(int, x)) for x in index_lists]
         if not lists:
             return iter(())
-        return iter(torch.utils.data.DataLoader(self.ds, batch_sampler=lists, num_workers=workers,
-                                                persistent_workers=False))
+        return iter(loader(self.ds, lists, workers))
+
+
+def loader(ds, index_lists, workers: int, collate_fn=None) -> torch.utils.data.DataLoader:
+    """A DataLoader over given batches of indices. Its own generator: a loader started at another
+    iteration (after a resumption) must not draw from the global RNG, which dropout uses."""
+    return torch.utils.data.DataLoader(ds, batch_sampler=index_lists, num_workers=workers, collate_fn=collate_fn,
+                                       generator=torch.Generator().manual_seed(0), persistent_workers=False)
 
 
 def open_split(root, split: str, *, kind: str, load_size: int, cache_dir, rt_cfg: FinetuneRuntime):
@@ -346,6 +352,6 @@ def prepare(model: torch.nn.Module, rt: Runtime) -> torch.nn.Module:
     return to_channels_last(model.to(rt.device), rt)
 
 
-__all__ = ["FinetuneRuntime", "Preempted", "job_runtime", "MemorySplit", "StreamedSplit", "open_split",
+__all__ = ["FinetuneRuntime", "Preempted", "job_runtime", "loader", "MemorySplit", "StreamedSplit", "open_split",
            "StreamBatches", "train_stream", "shard", "all_reduce_", "gather", "JobCheckpoint", "fit", "prepare",
            "TEST_SIGNAL_ENV"]
