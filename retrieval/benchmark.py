@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from cebench.features.extract import extract_features
 from cebench.features.hog import hog
 from cebench.features.index import FeatureIndex
+from cebench.runtime import autocast_context, init_runtime, to_channels_last
 
 from .patches import PatchSet, encoder_inputs, open_voc, split_queries, voc_patches
 
@@ -56,6 +57,7 @@ class RetrievalConfig:
     figure_k: int = 8                    # Fig. 7: neighbours shown per method
     seed: int = 0
     device: str = "auto"
+    amp: str = "auto"                    # auto: bf16 autocast on CUDA, fp32 elsewhere | bf16 | none
     data_root: str = ""                  # VOC root; "" = the demo tree of the data section
     out_dir: str = ""
 
@@ -149,10 +151,10 @@ class HOGFeatures:
         return hog(x, self.orientations, (self.cell, self.cell), (self.block, self.block), "L2-Hys")
 
 
-def _features(fn, patches: torch.Tensor, device, batch_size: int, pool) -> np.ndarray:
+def _features(fn, patches: torch.Tensor, rt, batch_size: int, pool) -> np.ndarray:
     ds = TensorDataset(patches, torch.arange(len(patches)))
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False)
-    return extract_features(fn, loader, device=device, pool=pool).feats
+    return extract_features(fn, loader, device=rt.device, pool=pool, amp_context=lambda: autocast_context(rt)).feats
 
 
 # --------------------------------------------------------------------------------------------------
@@ -175,10 +177,6 @@ def write_csv_atomic(df: pd.DataFrame, path) -> Path:
     return path
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def run_retrieval(cfg: RetrievalConfig, voc_root, encoders: dict, out_dir, *,
@@ -186,7 +184,8 @@ def run_retrieval(cfg: RetrievalConfig, voc_root, encoders: dict, out_dir, *,
     """Retrieval table over `encoders` (name -> encoder with forward_intermediates, or a callable on
     [0,1] patches such as HOGFeatures). Writes retrieval.csv (and fig_retrieval.png) to out_dir."""
     out_dir = Path(out_dir)
-    device = _device(cfg.device)
+    rt = init_runtime(cfg.device, cfg.amp)  # the shared runtime: device and AMP chosen once
+    device = rt.device
     voc = open_voc(voc_root, cfg.split)
     ps = voc_patches(voc, cfg.patch_size, mode=cfg.patch_mode, stride=cfg.patch_stride,
                      count=cfg.patches_per_image, ignore=cfg.ignore, max_images=cfg.max_images, seed=cfg.seed)
@@ -200,9 +199,11 @@ def run_retrieval(cfg: RetrievalConfig, voc_root, encoders: dict, out_dir, *,
     for name, obj in encoders.items():
         if is_encoder(obj):
             obj.to(device).eval()
+            if device.type == "cuda":  # NHWC for cuDNN (on the CPU the reference numbers stay as they were)
+                to_channels_last(obj, rt)
         for method, layer, masked, fn in feature_variants(name, obj, cfg):
-            qf = _features(fn, queries.patches, device, cfg.batch_size, cfg.pool)
-            dbf = _features(fn, db.patches, device, cfg.batch_size, cfg.pool)
+            qf = _features(fn, queries.patches, rt, cfg.batch_size, cfg.pool)
+            dbf = _features(fn, db.patches, rt, cfg.batch_size, cfg.pool)
             m, ids = retrieval_metrics(qf, queries.labels.numpy(), dbf, db.labels.numpy(), k=cfg.k,
                                        map_k=cfg.map_k, index_kind=cfg.index, nlist=cfg.nlist,
                                        nprobe=cfg.nprobe, hnsw_m=cfg.hnsw_m)
