@@ -165,7 +165,7 @@ def _train_net(cfg: InpaintEvalConfig, data_cfg, out: Path, method: str, device,
                                 w_rec=1.0 - cfg.w_adv, w_adv=cfg.w_adv, lr_d_factor=cfg.lr_d_factor,
                                 max_minutes=cfg.max_minutes, threads=cfg.threads, seed=cfg.seed,
                                 overlap=cfg.overlap, overlap_weight=cfg.overlap_weight, eval_images=0,
-                                sample_every=max(cfg.steps // 4, 1), ckpt_every=max(cfg.steps // 10, 1))
+                                sample_every=max(cfg.steps // 4, 1), ckpt_every=max(cfg.steps // 10, 2))
     return train.main(pcfg, data_cfg, out / f"train-{method}", device=device, data_override=data_override)
 
 

@@ -52,6 +52,7 @@ class RetrievalConfig:
     hog_block: int = 2
     batch_size: int = 256
     methods: list = field(default_factory=lambda: ["hog", "random", "imagenet"])  # built-in rows
+    random_arch: str = "demo"            # the random row's AlexNet: demo | paper (as the paper's encoders) | caffenet
     checkpoints: dict = field(default_factory=dict)  # label -> checkpoint path (context encoder, autoencoder, ...)
     figure_queries: int = 6              # Fig. 7: number of query rows
     figure_k: int = 8                    # Fig. 7: neighbours shown per method
@@ -252,8 +253,13 @@ def build_encoders(cfg: RetrievalConfig) -> tuple[dict, list[str]]:
         elif name == "random":
             from cebench.pretrain.models import AlexNetConfig, build_encoder
 
+            presets = {"demo": AlexNetConfig.demo, "paper": AlexNetConfig.paper, "caffenet": AlexNetConfig.caffenet}
+            if cfg.random_arch not in presets:
+                from cebench.errors import ConfigError
+
+                raise ConfigError(f"retrieval.random_arch must be one of {', '.join(presets)}, got {cfg.random_arch!r}")
             torch.manual_seed(cfg.seed)
-            encoders[name] = build_encoder(AlexNetConfig.demo()).eval()
+            encoders[name] = build_encoder(presets[cfg.random_arch]()).eval()
         elif name == "imagenet":
             from cebench.pretrain.loading import imagenet_alexnet_encoder
 

@@ -67,9 +67,14 @@ def main(task: str, cfg: TransferConfig, data_cfg: DataConfig, inits, out_dir, d
                  "root": str(root), "inits": [vars(s) for s in specs]}, out_dir)
     record_sources(out_dir, data_cfg, voc=str(root), task=task)
     lrs = list(getattr(sub, "lrs", [0.0]))
+    names = {"train": data_cfg.train_split, "val": data_cfg.val_split, "trainval": data_cfg.trainval_split,
+             "test": data_cfg.test_split, **getattr(sub, "splits", {})}
+    if len(lrs) > 1 and names["test"] in (names["train"], names["val"]):
+        raise ConfigError(f"transfer.{task}: the test split {names['test']!r} would also choose the learning rate "
+                          f"(lr selection fits {names['train']!r}, scores {names['val']!r}); give one lr or other splits")
     plan = SeedPlan(seeds=list(cfg.seeds), lrs=lrs, select_seeds=list(cfg.select_seeds),
-                    train_split=data_cfg.train_split, val_split=data_cfg.val_split,
-                    trainval_split=data_cfg.trainval_split, test_split=data_cfg.test_split)
+                    train_split=names["train"], val_split=names["val"], trainval_split=names["trainval"],
+                    test_split=names["test"])
     if task == "svm":  # no learning rate: fit on trainval (C by CV inside), score on test
         plan = replace(plan, lrs=[0.0])
     key = config_hash({"task": task, "sub": config_to_dict(sub), "arch": str(ctx.arch), "magic": cfg.magic,

@@ -50,10 +50,17 @@ class SegConfig:
     channel_perm: bool = True
     eval_batch: int = 128
     ignore_index: int = 255
+    # split names of the segmentation tree where they differ from data.*_split: VOC2012 has no public
+    # test masks, so the paper protocol fits on train and scores val: {trainval: train, test: val}
+    splits: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.feature not in SEG_FEATURES:
             raise ConfigError(f"transfer.seg.feature must be one of {', '.join(SEG_FEATURES)}, got {self.feature!r}")
+        bad = sorted(set(self.splits) - {"train", "val", "trainval", "test"})
+        if bad:
+            raise ConfigError(f"transfer.seg.splits: unknown key(s) {', '.join(bad)}; valid keys: test, train, "
+                              "trainval, val")
 
 
 def bilinear_kernel(channels: int, k: int) -> Tensor:

@@ -133,7 +133,7 @@ DEMO_PRESETS: dict[str, DemoDataConfig] = {
     # few images (a VOC2007 tree, a VOC2012 segmentation tree, a folder of pretraining images and the
     # published-format proposal files); see `--config rehearsal`
     "voc": DemoDataConfig(classes=VOC_CLASSES, layout="paper", size_mode="voc", n_pretrain=24, n_trainval=12,
-                          n_test=6, n_seg_trainval=8, proposals_per_image=40, max_objects=3),
+                          n_test=6, n_seg_trainval=16, proposals_per_image=40, max_objects=3),
 }
 
 _LAYOUT_DEFAULTS = {"layout": "voc2007", "size_mode": "square", "n_seg_trainval": 0, "proposals_per_image": 0}
