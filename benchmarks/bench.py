@@ -20,9 +20,9 @@ from cebench.config import atomic_write_text
 
 def _benches():
     # the one mapping from a benchmark name to the function that runs it
-    from cebench.pretrain.bench import bench_pretrain
-    from cebench.retrieval.bench import bench_retrieval
-    from cebench.transfer.bench import bench_transfer
+    from cebench.pretrain.throughput import bench_pretrain
+    from cebench.retrieval.throughput import bench_retrieval
+    from cebench.transfer.throughput import bench_transfer
 
     return {"pretrain": bench_pretrain, "transfer": bench_transfer, "retrieval": bench_retrieval}
 
@@ -38,13 +38,17 @@ def machine_info() -> dict:
                 break
     except OSError:
         pass
+    from cebench import __version__
+
     info = {
+        "cebench": __version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,  # the CUDA torch was built with (None: a CPU build)
         "platform": platform.platform(),
         "cpu": cpu,
         "cpu_count": os.cpu_count(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,  # the GPU in use
     }
     try:
         import torchvision

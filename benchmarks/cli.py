@@ -40,6 +40,17 @@ def common_parser() -> argparse.ArgumentParser:
     return common
 
 
+def version_line() -> str:
+    """`cebench X.Y.Z (torch ..., torchvision ..., CUDA ...)`: what a bug report needs."""
+    import torch
+    import torchvision
+
+    from cebench import __version__
+
+    return (f"cebench {__version__} (torch {torch.__version__}, torchvision {torchvision.__version__}, "
+            f"CUDA {torch.version.cuda or 'none (CPU build)'})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from cebench.data import cli as data_cli
     from cebench.pretrain import cli as pretrain_cli
@@ -54,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Context Encoders benchmark suite: pretrain by inpainting, evaluate inpainting, "
         "transfer, retrieval, and the paper's tables reproduced.",
     )
+    parser.add_argument("--version", action="version", version=version_line())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     common = common_parser()
     for module in (pipeline_cli, replicates, data_cli, pretrain_cli, transfer_cli, retrieval_cli, bench_cli):

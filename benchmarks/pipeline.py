@@ -58,8 +58,8 @@ def _sections():
     """The one mapping from a config section to the dataclass that validates it."""
     from cebench.pretrain.inpaint_eval import InpaintEvalConfig
     from cebench.pretrain.train import PretrainConfig
-    from cebench.retrieval.benchmark import RetrievalConfig
-    from cebench.transfer.det_train import DetConfig
+    from cebench.retrieval.evaluate import RetrievalConfig
+    from cebench.transfer.det.train import DetConfig
     from cebench.transfer.config import TransferConfig
 
     return {"data": DataConfig, "pretrain": PretrainConfig, "inpaint": InpaintEvalConfig,
@@ -333,7 +333,8 @@ def _main(config_path: Path, overrides, out: Path, *, device: str, force, dry_ru
                               "inpaint (L2+adv)": out / "inpaint" / "train-inpaint-adv"})
     rep = report.write_report(
         out, inpaint_dir=out / "inpaint",
-        transfer_dirs=sorted(p for p in (out / "transfer").glob("*/*") if p.is_dir()),
+        # this run's rows only: folders left by an earlier run with other inits or tasks stay out
+        transfer_dirs=sorted(j.out_dir for j in jobs if j.stage in ("transfer", "svm") and j.name != "det-proposals"),
         retrieval_dir=out / "retrieval", pretrain_dirs=pretrain_dirs, run_info=info)
     print(f"[run] report: {rep / 'results.md'} ({info['wall_minutes']:.1f} min)", flush=True)
     if failed:

@@ -121,6 +121,11 @@ class AlexNetEncoder(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
+    @property
+    def input_size(self) -> int:
+        """Square input side the encoder expects (part of the plug-in interface, cebench.AlexNetLike)."""
+        return self.cfg.input_size
+
     def convs(self) -> list[tuple[str, nn.Conv2d]]:
         """The five convolutions in order (for data-dependent init and weight inspection)."""
         return [(f"conv{i}", getattr(self, f"conv{i}")) for i in range(1, 6)]

@@ -13,7 +13,7 @@ import torch
 
 from cebench.errors import BadImageError, CebenchError
 
-from .benchmark import HOGFeatures, RetrievalConfig, feature_variants
+from .evaluate import HOGFeatures, RetrievalConfig, feature_variants
 from .patches import crop_patches, patch_positions, pil_to_uint8
 
 
@@ -204,7 +204,7 @@ def _cmd_retrieve(args) -> int:
 def _cmd_retrieval(args) -> int:
     from cebench.config import load_config
 
-    from .benchmark import main
+    from .evaluate import main
 
     from cebench.cliutil import split_overrides
     from cebench.data.sources import DataConfig, record_sources, voc_root as resolve

@@ -12,7 +12,7 @@ from cebench.benchmarks.cli import main as cli_main
 from cebench.data.demo import DEMO_PRESETS, generate_demo, paper_layout_paths
 from cebench.data.sources import DataConfig, pretrain_folder, source_of, voc_root
 from cebench.data.voc import VOC_CLASSES, VOCIndex, read_classes, read_segmentation
-from cebench.transfer.proposals import read_proposal_file
+from cebench.transfer.det.proposals import read_proposal_file
 
 SMALL_VOC = dataclasses.replace(DEMO_PRESETS["voc"], n_pretrain=5, n_trainval=6, n_test=3, n_seg_trainval=4, workers=1)
 

@@ -17,13 +17,14 @@ import torch
 from cebench.config import load_config
 from cebench.data.sources import DataConfig
 from cebench.runtime import Runtime, cleanup, init_runtime
-from cebench.transfer import cli as tcli, det_cli
+from cebench.transfer import cli as tcli
+from cebench.transfer.det import cli as det_cli
 from cebench.transfer.classification import ClsConfig, ClsNet, predict_scores
 from cebench.transfer.config import TransferConfig
-from cebench.transfer.det_train import DetConfig, build_model, evaluate
-from cebench.transfer.det_data import DetDataset
+from cebench.transfer.det.train import DetConfig, build_model, evaluate
+from cebench.transfer.det.data import DetDataset
 from cebench.transfer.finetune import FinetuneRuntime, open_split
-from cebench.transfer.proposals import ProposalConfig, load_proposals
+from cebench.transfer.det.proposals import ProposalConfig, load_proposals
 from cebench.transfer.segmentation import FCN32, SegConfig, confusion_on
 from cebench.pretrain.models import AlexNetConfig, build_encoder
 

@@ -7,7 +7,7 @@ from scipy.io import savemat
 
 from cebench.data.voc import parse_annotation
 from cebench.errors import CebenchError, DatasetMissingError
-from cebench.transfer.proposals import ProposalConfig, load_proposals, published_pattern
+from cebench.transfer.det.proposals import ProposalConfig, load_proposals, published_pattern
 
 
 def _voc(tmp_path, ids, size=(120, 90)):

@@ -74,7 +74,7 @@ def test_retrieve_with_checkpoint_and_errors(image_folder, tmp_path):
 def test_retrieval_table_on_small_demo_tree(tmp_path):
     from cebench.data.demo import demo_config, generate_demo
     from cebench.pretrain.models import AlexNetConfig, build_encoder
-    from cebench.retrieval.benchmark import HOGFeatures, RetrievalConfig, run_retrieval
+    from cebench.retrieval.evaluate import HOGFeatures, RetrievalConfig, run_retrieval
 
     root = generate_demo(tmp_path / "demo", demo_config("tiny", n_pretrain=0, n_trainval=4, n_test=24, workers=1))
     cfg = RetrievalConfig(device="cpu", layers=["pool5"], masked=[False, True], max_queries=30, figure_queries=2)
@@ -91,7 +91,7 @@ def test_retrieval_table_on_small_demo_tree(tmp_path):
 def test_bench_retrieval_quick(tmp_path):
     import json
 
-    from cebench.retrieval.bench import bench_retrieval
+    from cebench.retrieval.throughput import bench_retrieval
 
     res = bench_retrieval(tmp_path / "b.json", device="cpu", quick=True, n_db=500, n_queries=20, dim=32)
     assert json.loads((tmp_path / "b.json").read_text())["faiss_flat_recall_at_10"] == 1.0

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from cebench.retrieval.benchmark import average_precision, precision_at_k, retrieval_metrics
+from cebench.retrieval.evaluate import average_precision, precision_at_k, retrieval_metrics
 from cebench.retrieval.patches import (PatchSet, centre_labels, crop_patches, encoder_inputs, patch_positions,
                                        sample_image_patches, split_queries)
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-from cebench.transfer.det_eval import evaluate_detections
-from cebench.transfer.det_model import FastRCNN, decode_boxes, encode_boxes, sample_rois
+from cebench.transfer.det.metrics import evaluate_detections
+from cebench.transfer.det.model import FastRCNN, decode_boxes, encode_boxes, sample_rois
 
 
 def _gt(boxes, labels, difficult):
@@ -153,7 +153,7 @@ def test_fast_rcnn_shapes_and_detect():
 def test_proposals_selective_search_and_grid(tmp_path):
     from PIL import Image
 
-    from cebench.transfer.proposals import ProposalConfig, clean_boxes, grid_boxes, has_selective_search, \
+    from cebench.transfer.det.proposals import ProposalConfig, clean_boxes, grid_boxes, has_selective_search, \
         load_proposals
 
     rng = np.random.default_rng(0)
@@ -187,7 +187,7 @@ def test_proposals_selective_search_and_grid(tmp_path):
 def test_selective_search_order_is_reproducible():
     """OpenCV ranks its boxes with C rand(): unseeded, the order (so the RoIs sampled and the boxes
     kept by the cap) depended on what the process had segmented before."""
-    from cebench.transfer.proposals import ProposalConfig, selective_search
+    from cebench.transfer.det.proposals import ProposalConfig, selective_search
 
     rng = np.random.default_rng(1)
     a = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
@@ -206,8 +206,8 @@ def test_selective_search_order_is_reproducible():
 
 
 def test_bench_det_quick_and_registered(monkeypatch):
-    from cebench.transfer import bench
-    from cebench.transfer.det_bench import bench_det
+    from cebench.transfer import throughput as bench
+    from cebench.transfer.det.throughput import bench_det
 
     out = bench_det("cpu", quick=True)
     assert out["train_images_per_s"] > 0 and out["infer_images_per_s"] > 0

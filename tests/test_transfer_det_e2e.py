@@ -15,7 +15,7 @@ FAST = ["iterations=4", "seeds=[0,1]", "lrs=[0.001]", "workers=1", "magic_images
 
 
 def _parser():
-    from cebench.transfer.det_cli import register_det
+    from cebench.transfer.det.cli import register_det
 
     parser = argparse.ArgumentParser(prog="cebench")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -85,8 +85,8 @@ def make_vocdevkit(root, n=8):
 
 
 def test_detection_on_vocdevkit_layout(tmp_path):
-    from cebench.transfer.det_train import DetConfig, fit_and_score
-    from cebench.transfer.proposals import ProposalConfig
+    from cebench.transfer.det.train import DetConfig, fit_and_score
+    from cebench.transfer.det.proposals import ProposalConfig
 
     voc = make_vocdevkit(tmp_path)
     cfg = DetConfig(iterations=3, scale=96, max_size=200, fc_dim=32, magic_images=4,
@@ -105,7 +105,7 @@ def test_detection_on_vocdevkit_layout(tmp_path):
 
 
 def test_missing_parts_listed(tmp_path):
-    from cebench.transfer.det_data import check_voc_tree
+    from cebench.transfer.det.data import check_voc_tree
 
     voc = make_vocdevkit(tmp_path, n=2)
     (voc / "ImageSets" / "Main" / "test.txt").unlink()

@@ -10,7 +10,7 @@ from cebench.pretrain.loading import save_encoder_checkpoint
 from cebench.pretrain.models import AlexNetConfig, AlexNetEncoder, build_encoder
 from cebench.transfer.inits import (InitUnavailable, build_init, magic_init, parse_init)
 from cebench.transfer.results import ResultsTable, summarize
-from cebench.transfer.seeds import select_lr
+from cebench.transfer.protocol import select_lr
 from cebench.transfer.segmentation import FCN32, bilinear_kernel
 
 torch.set_num_threads(1)

@@ -26,7 +26,7 @@ from .common import TaskContext, resolve_inits
 from .config import TransferConfig
 from .inits import InitSpec
 from .results import ResultsTable, format_table
-from .seeds import SeedPlan, run_seeds
+from .protocol import SeedPlan, run_seeds
 from .segmentation import seg_task
 from .svm import svm_task
 
@@ -119,7 +119,7 @@ def register(subparsers, common) -> None:
         q = sub.add_parser(task, parents=[common], help=text, description=text)
         add_init_args(q)
         q.set_defaults(func=_run, task=task)
-    from . import det_cli
+    from .det import cli as det_cli
 
     det_cli.register_det(sub, common)
 

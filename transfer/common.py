@@ -53,7 +53,7 @@ def encoder_for_job(job, ctx: TaskContext, magic_batch: torch.Tensor | None):
 def job_checkpoint(job, ctx) -> JobCheckpoint:
     """The fixed `last` checkpoint of one (task, init, seed, lr, phase) job, beside its result JSON; it
     carries the job's identity and config key, so only the same job resumes from it."""
-    from .seeds import last_path
+    from .protocol import last_path
 
     key = {"key": job.key, "task": job.task, "init": job.init.name, "checkpoint": job.init.checkpoint,
            "seed": job.seed, "lr": job.lr, "phase": job.phase, "fit": job.fit_split, "eval": job.eval_split}

@@ -16,7 +16,7 @@ import torch
 from cebench.pretrain.models import AlexNetConfig, build_encoder
 from cebench.runtime import place_model, timed_steps
 
-from .det_model import FastRCNN, _rois_with_index, sample_rois
+from .model import FastRCNN, _rois_with_index, sample_rois
 
 
 def _random_boxes(n: int, h: int, w: int, g: torch.Generator) -> torch.Tensor:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .metrics import voc_ap
+from ..metrics import voc_ap
 
 
 @dataclass

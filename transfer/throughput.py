@@ -17,7 +17,7 @@ from cebench.pretrain.models import AlexNetConfig, build_encoder
 from cebench.runtime import place_model, timed_steps
 
 from .classification import ClsNet, bce_ignore_difficult
-from .det_bench import bench_det
+from .det.throughput import bench_det
 from .results import write_json
 from .segmentation import FCN32
 

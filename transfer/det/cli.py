@@ -10,10 +10,10 @@ from pathlib import Path
 from cebench.config import atomic_write_text, load_config, save_config
 from cebench.data.sources import DataConfig, record_sources, voc_root
 
-from .det_data import check_voc_tree
-from .det_train import TASK, DetConfig, DetContext, det_task, job_key, validate
+from .data import check_voc_tree
+from .train import TASK, DetConfig, DetContext, det_task, job_key, validate
 from .proposals import load_proposals
-from .results import ResultsTable, format_table
+from ..results import ResultsTable, format_table
 
 METRICS = ["mAP", "mAP_11pt", "mAP_allpoint"]
 
@@ -23,8 +23,8 @@ def main(cfg: DetConfig, data_cfg: DataConfig, root, out_dir, *, device: str = "
     """Proposals for every split, lr selection on val, seeds on test, results rows with task "det"."""
     from cebench.logs import progress  # noqa: F401  (progress bars inside load_proposals)
 
-    from .common import resolve_inits
-    from .seeds import SeedPlan, job_path, run_seeds
+    from ..common import resolve_inits
+    from ..protocol import SeedPlan, job_path, run_seeds
 
     validate(cfg)
     root, out_dir = Path(root), Path(out_dir)
@@ -47,7 +47,7 @@ def main(cfg: DetConfig, data_cfg: DataConfig, root, out_dir, *, device: str = "
                     train_split=data_cfg.train_split, val_split=data_cfg.val_split,
                     trainval_split=data_cfg.trainval_split, test_split=data_cfg.test_split)
     if cfg.arch == "auto":  # the random row takes the architecture of the first checkpoint
-        from .cli import _arch_for
+        from ..cli import _arch_for
 
         cfg = replace(cfg, arch=_arch_for(cfg, specs))
     ctx = DetContext(cfg=cfg, root=str(root), device=str(device), out_dir=str(out_dir))
@@ -67,7 +67,7 @@ def main(cfg: DetConfig, data_cfg: DataConfig, root, out_dir, *, device: str = "
         row = table.rows.get((spec.name, TASK, "mAP"))
         if not row or row.get("lr") is None:
             continue
-        from .seeds import Job
+        from ..protocol import Job
 
         recs = []
         for s in cfg.seeds:
@@ -85,7 +85,7 @@ def main(cfg: DetConfig, data_cfg: DataConfig, root, out_dir, *, device: str = "
     if figure_src is not None and figure_src[1].get("examples"):
         from cebench.data.voc import read_classes
 
-        from .det_figure import draw_detections
+        from .figure import draw_detections
 
         name, rec = figure_src
         png = draw_detections(root, rec["examples"], read_classes(root), out_dir / "det_detections.png",
@@ -107,7 +107,7 @@ def _cmd(args) -> int:
     root = voc_root(data_cfg, args.data)
     from cebench.runtime import cleanup
 
-    from .finetune import job_runtime
+    from ..finetune import job_runtime
 
     rt = job_runtime(cfg.runtime, args.device)  # under torchrun: joins the process group once, its own GPU
     try:

@@ -22,11 +22,11 @@ from cebench.config import config_hash, config_to_dict
 from cebench.errors import ConfigError
 from cebench.runtime import Runtime, autocast_context, place_model, unwrap_model
 
-from .det_data import DetDataset, check_voc_tree, collate, hflip
-from .det_eval import evaluate_detections
-from .det_model import FastRCNN, _rois_with_index, encode_boxes, sample_rois
-from .engine import OptimConfig, make_optimizer
-from .finetune import FinetuneRuntime, JobCheckpoint, fit as fit_job, gather, job_runtime, loader as make_loader, shard
+from ..engine import OptimConfig, make_optimizer
+from ..finetune import FinetuneRuntime, JobCheckpoint, fit as fit_job, gather, job_runtime, loader as make_loader, shard
+from .data import DetDataset, check_voc_tree, collate, hflip
+from .metrics import evaluate_detections
+from .model import FastRCNN, _rois_with_index, encode_boxes, sample_rois
 from .proposals import ProposalConfig, load_proposals
 
 TASK = "det"
@@ -224,7 +224,7 @@ def evaluate(model: FastRCNN, ds: DetDataset, cfg: DetConfig, device, keep_first
 
 
 def build_model(cfg: DetConfig, init_name: str, checkpoint, seed: int, ds: DetDataset) -> FastRCNN:
-    from .inits import build_init
+    from ..inits import build_init
 
     torch.manual_seed(seed)
     magic = None
@@ -271,7 +271,7 @@ def fit_and_score(cfg: DetConfig, root, init_name: str, checkpoint, seed: int, l
 def det_task(job, ctx: DetContext) -> dict:
     """The task function of `seeds.run_seeds` (module level, picklable): one (init, seed, lr) job."""
     keep = ctx.cfg.figure_images if job.phase == "final" else 0
-    from .common import job_checkpoint
+    from ..common import job_checkpoint
 
     ckpt = job_checkpoint(job, SimpleNamespace(out_dir=ctx.out_dir, runtime=ctx.cfg.runtime))
     out = fit_and_score(ctx.cfg, ctx.root, job.init.kind, job.init.checkpoint, job.seed, job.lr, job.fit_split,

@@ -1,0 +1,1 @@
+"""Detection (Fast R-CNN on precomputed proposals): the fourth task of `cebench transfer`."""
