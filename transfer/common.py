@@ -58,9 +58,3 @@ def job_checkpoint(job, ctx) -> JobCheckpoint:
     key = {"key": job.key, "task": job.task, "init": job.init.name, "checkpoint": job.init.checkpoint,
            "seed": job.seed, "lr": job.lr, "phase": job.phase, "fit": job.fit_split, "eval": job.eval_split}
     return JobCheckpoint(last_path(ctx.out_dir, job) if ctx.out_dir else None, key, ctx.runtime.ckpt_every)
-
-
-def pick_device(name: str) -> torch.device:
-    from cebench.runtime import choose_device
-
-    return choose_device(name)
