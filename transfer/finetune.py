@@ -8,7 +8,7 @@
   fit `memory_mb`, streamed from disk by DataLoader workers (`DiskSplit`); `train_stream` the seeded
   training batches over either, resumable.
 - `fit`: the iterations of one job through `engine.train_one_epoch`, under DDP when distributed, with a
-  checkpoint every `ckpt_every` iterations and on SIGTERM at a fixed `last` path (unwrapped model,
+  checkpoint every `ckpt_every` iterations and on SIGTERM / SIGINT at a fixed `last` path (unwrapped model,
   optimizer, scheduler, scaler, step, every RNG and data-order state, the job's key); a rerun of the job
   resumes there and ends with the numbers of an uninterrupted run.
 - `shard` / `gather`: evaluation split over the processes (each test image scored by exactly one rank),
@@ -54,7 +54,7 @@ class FinetuneRuntime:
 
 
 class Preempted(KeyboardInterrupt):
-    """SIGTERM during fine-tuning: the job saved its `last` checkpoint and stops; rerun to resume."""
+    """SIGTERM or SIGINT during fine-tuning: the job saved its `last` checkpoint and stops; rerun to resume."""
 
 
 def job_runtime(rt_cfg: FinetuneRuntime, device: str) -> Runtime:
@@ -243,18 +243,20 @@ class JobCheckpoint:
 
 @contextlib.contextmanager
 def _sigterm_flag():
-    """A flag set by SIGTERM while fine-tuning (the default action elsewhere)."""
+    """A flag set by SIGTERM (a preemption, `cebench run` stopping its jobs) or SIGINT (Ctrl-C reaches
+    every job of a terminal) while fine-tuning; the default actions elsewhere."""
     flag = {"set": False}
-    previous = None
+    previous = {}
     try:
-        previous = signal.signal(signal.SIGTERM, lambda *_: flag.__setitem__("set", True))
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, lambda *_: flag.__setitem__("set", True))
     except ValueError:  # not the main thread: no handler, no graceful stop
         pass
     try:
         yield flag
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _test_signal() -> tuple[int, int] | None:
@@ -335,9 +337,9 @@ def fit(model: torch.nn.Module, stream, loss_fn: Callable, optimizer, scheduler,
                 if name not in ("iterations", "images", "seconds", "images_per_s"):
                     sums[name] = sums.get(name, 0.0) + stats[name] * n
             done, seconds, images = done + n, seconds + stats["seconds"], images + stats["images"]
-            if n < k:  # SIGTERM (the ranks agreed to stop): save where we are and stop
+            if n < k:  # SIGTERM / SIGINT (the ranks agreed to stop): save where we are and stop
                 ckpt.save(state(done), rt)
-                raise Preempted(f"fine-tuning stopped by SIGTERM at iteration {done}; saved {ckpt.path}")
+                raise Preempted(f"fine-tuning stopped by a signal at iteration {done}; saved {ckpt.path}")
             if ckpt.path is not None and ckpt.every > 0 and done < iterations:
                 ckpt.save(state(done), rt)
     del ddp
