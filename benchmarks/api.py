@@ -14,10 +14,15 @@ import re
 from pathlib import Path
 
 import pandas as pd
-from cebench.pretrain.compat import load_encoder, save_encoder, state_digest, to_alexnet_encoder
-from cebench.pretrain.loading import save_encoder_checkpoint
 
 from cebench.errors import ConfigError
+from cebench.pretrain.compat import load_encoder, save_encoder, state_digest, to_alexnet_encoder
+from cebench.pretrain.loading import save_encoder_checkpoint
+from cebench.pretrain.methods import METHODS
+from cebench.transfer.inits import INITS, canonical_name
+
+from . import pipeline
+from .cli import resolve_config
 
 __all__ = ["evaluate", "save_encoder", "load_encoder", "TASKS", "TABLES"]
 
@@ -35,8 +40,6 @@ def _quote(value: str) -> str:
 
 
 def _config_path(config) -> Path:
-    from .cli import resolve_config
-
     try:
         return resolve_config(str(config))
     except argparse.ArgumentTypeError as exc:
@@ -44,8 +47,6 @@ def _config_path(config) -> Path:
 
 
 def _check_name(name: str) -> str:
-    from cebench.transfer.inits import INITS, canonical_name
-
     name = str(name or "").strip()
     if not _NAME.match(name):
         raise ConfigError(f"evaluate: name {name!r} must be 1-64 letters, digits, spaces or ._+()- "
@@ -67,8 +68,6 @@ def run_overrides(*, tasks, baselines, checkpoint: Path, name: str) -> list[str]
            "run.inpaint=false",  # Table 1 scores the inpainting nets, not the plugged-in encoder
            f"encoder.checkpoint={_quote(checkpoint)}", f"name={_quote(name)}"]
     if baselines is not None:
-        from cebench.pretrain.cli import METHODS
-
         baselines = tuple(baselines)
         unknown = [b for b in baselines if b not in METHODS]
         if unknown:
@@ -101,8 +100,6 @@ def evaluate(encoder, *, name: str, config="demo", tasks=TASKS, baselines=None, 
     Returns {"table2", "per_seed", "paired", "svm", "retrieval", "table1"} -> DataFrame, the CSVs
     written to `<out>/report/` (table2: one row per init and fine-tuning task, in %).
     """
-    from . import pipeline
-
     config_path = _config_path(config)
     name = _check_name(name)
     out = Path(out) if out is not None else Path("runs") / config_path.stem

@@ -9,27 +9,27 @@ markdown summary beside it. GPU numbers are recorded when a GPU is at hand.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from pathlib import Path
 
 import torch
+import torchvision
 
-from cebench.config import atomic_write_text
+from cebench import __version__
+from cebench.io import atomic_write_json, atomic_write_text
+from cebench.pretrain.throughput import bench_pretrain
+from cebench.retrieval.throughput import bench_retrieval
+from cebench.transfer.throughput import bench_transfer
 
 
 def _benches():
     # the one mapping from a benchmark name to the function that runs it
-    from cebench.pretrain.throughput import bench_pretrain
-    from cebench.retrieval.throughput import bench_retrieval
-    from cebench.transfer.throughput import bench_transfer
-
     return {"pretrain": bench_pretrain, "transfer": bench_transfer, "retrieval": bench_retrieval}
 
 
 def machine_info() -> dict:
-    import os
-
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -38,8 +38,6 @@ def machine_info() -> dict:
                 break
     except OSError:
         pass
-    from cebench import __version__
-
     info = {
         "cebench": __version__,
         "python": platform.python_version(),
@@ -51,8 +49,6 @@ def machine_info() -> dict:
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,  # the GPU in use
     }
     try:
-        import torchvision
-
         info["torchvision"] = torchvision.__version__
     except ImportError:
         pass
@@ -98,7 +94,7 @@ def run_bench(which: str, out_dir: Path, device: str = "auto", quick: bool = Fal
         print(f"[bench] {name} done in {time.time() - t0:.1f}s", flush=True)
     data["machine"] = machine_info()
     data["date"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    atomic_write_text(path, json.dumps(data, indent=2, default=str))
+    atomic_write_json(path, data)
     atomic_write_text(out_dir / "bench.md", summary_markdown(data))
     print(f"[bench] wrote {path} and {out_dir / 'bench.md'}")
     return data

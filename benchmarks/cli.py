@@ -12,7 +12,18 @@ import importlib.resources
 import sys
 from pathlib import Path
 
-from cebench.errors import CebenchError, ConfigError
+import torch
+import torchvision
+
+from cebench import __version__
+from cebench.data import cli as data_cli
+from cebench.errors import CebenchError
+from cebench.pretrain import cli as pretrain_cli
+from cebench.retrieval import cli as retrieval_cli
+from cebench.transfer import cli as transfer_cli
+
+from . import bench as bench_cli
+from . import pipeline_cli, replicates
 
 CONFIG_NAMES = ("tiny", "demo", "paper", "rehearsal")
 
@@ -34,32 +45,21 @@ def common_parser() -> argparse.ArgumentParser:
     common.add_argument("--config", type=resolve_config, default=resolve_config("demo"),
                         help="tiny | demo | paper | rehearsal, or a YAML file (default: demo)")
     common.add_argument("--out", default=None, help="output folder")
-    common.add_argument("--data", default=None, help="VOC root (VOCdevkit, VOCyyyy or its parent); default: the demo tree")
+    common.add_argument("--data", default=None,
+                        help="VOC root (VOCdevkit, VOCyyyy or its parent); default: the demo tree")
     common.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
-    common.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. lr=3e-3 data.demo=tiny")
+    common.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="config overrides, e.g. lr=3e-3 data.demo=tiny")
     return common
 
 
 def version_line() -> str:
     """`cebench X.Y.Z (torch ..., torchvision ..., CUDA ...)`: what a bug report needs."""
-    import torch
-    import torchvision
-
-    from cebench import __version__
-
     return (f"cebench {__version__} (torch {torch.__version__}, torchvision {torchvision.__version__}, "
             f"CUDA {torch.version.cuda or 'none (CPU build)'})")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cebench.data import cli as data_cli
-    from cebench.pretrain import cli as pretrain_cli
-    from cebench.retrieval import cli as retrieval_cli
-    from cebench.transfer import cli as transfer_cli
-
-    from . import bench as bench_cli
-    from . import pipeline_cli, replicates
-
     parser = argparse.ArgumentParser(
         prog="cebench",
         description="Context Encoders benchmark suite: pretrain by inpainting, evaluate inpainting, "

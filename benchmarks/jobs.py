@@ -18,8 +18,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cebench.config import atomic_write_text
 from cebench.errors import CebenchError
+from cebench.io import atomic_write_json
 from cebench.locks import file_lock
 
 DONE = ".done.json"
@@ -124,8 +124,9 @@ class Scheduler:
                     fh.close()
                     secs = time.time() - start
                     if rc == 0:
-                        atomic_write_text(job.out_dir / DONE, json.dumps({"key": job.key, "seconds": round(secs, 1),
-                                                                          "finished": time.strftime("%Y-%m-%d %H:%M:%S")}))
+                        atomic_write_json(job.out_dir / DONE, {"key": job.key, "seconds": round(secs, 1),
+                                                               "finished": time.strftime("%Y-%m-%d %H:%M:%S")},
+                                          indent=None)
                         self.results[name] = JobResult(name, "done", secs, str(job.out_dir / "log.txt"))
                     else:
                         self.results[name] = JobResult(name, "failed", secs, str(job.out_dir / "log.txt"))
@@ -133,7 +134,8 @@ class Scheduler:
                     self._print_line(name, self.results[name])
                 # jobs whose dependencies failed are skipped
                 for job in list(pending):
-                    bad = [d for d in job.deps if self.results.get(d) and self.results[d].status in ("failed", "skipped")]
+                    bad = [d for d in job.deps
+                           if self.results.get(d) and self.results[d].status in ("failed", "skipped")]
                     if bad:
                         self.results[job.name] = JobResult(job.name, "skipped", 0.0, f"dependency failed: {bad[0]}")
                         pending.remove(job)
@@ -178,7 +180,9 @@ class Scheduler:
     def _print_status(self, running, pending, total, elapsed) -> None:
         done = sum(1 for r in self.results.values() if r.status == "done")
         rem = sum(j.est_seconds for j in pending) / max(1, self.max_parallel)
-        rem += sum(max(0.0, j.est_seconds - (time.time() - s)) for j, _, s, _ in running.values()) / max(1, self.max_parallel)
+        rem += sum(max(0.0, j.est_seconds - (time.time() - s))
+                   for j, _, s, _ in running.values()) / max(1, self.max_parallel)
         names = ", ".join(f"{n} {time.time() - s:.0f}s" for n, (_, _, s, _) in running.items())
-        print(f"[run] {done}/{total} jobs done, {elapsed / 60:.1f} min elapsed, ~{rem / 60:.1f} min left; running: {names}",
+        print(f"[run] {done}/{total} jobs done, {elapsed / 60:.1f} min elapsed, ~{rem / 60:.1f} min left; "
+              f"running: {names}",
               flush=True)

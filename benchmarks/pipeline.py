@@ -12,14 +12,31 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
 
-from cebench.config import atomic_write_text, config_hash, config_to_dict, load_config, parse_overrides, read_yaml, save_config
+from cebench.config import (
+    config_hash,
+    config_to_dict,
+    load_config,
+    parse_overrides,
+    read_yaml,
+    save_config,
+)
+from cebench.data.demo import DEMO_PRESETS, content_key
 from cebench.data.sources import DataConfig, source_of, voc_root
+from cebench.data.voc import find_voc_root
 from cebench.errors import CebenchError, ConfigError
+from cebench.io import atomic_write_json
+from cebench.pretrain.inpaint_eval import InpaintEvalConfig
+from cebench.pretrain.loading import fetch_imagenet_weights, imagenet_weights_path
+from cebench.pretrain.train import PretrainConfig
+from cebench.retrieval.evaluate import RetrievalConfig
+from cebench.transfer.config import TransferConfig
+from cebench.transfer.inits import canonical_name
+from cebench.transfer.tasks import TASKS as TRANSFER_TASKS
 
 from . import report
 from .bench import machine_info
@@ -56,15 +73,13 @@ STAGES = ("pretrain", "inpaint", "transfer", "svm", "retrieval")
 
 def _sections():
     """The one mapping from a config section to the dataclass that validates it."""
-    from cebench.pretrain.inpaint_eval import InpaintEvalConfig
-    from cebench.pretrain.train import PretrainConfig
-    from cebench.retrieval.evaluate import RetrievalConfig
-    from cebench.transfer.det.train import DetConfig
-    from cebench.transfer.config import TransferConfig
-
     return {"data": DataConfig, "pretrain": PretrainConfig, "inpaint": InpaintEvalConfig,
-            "transfer": TransferConfig, "det": DetConfig, "retrieval": RetrievalConfig,
-            "run": RunSection, "encoder": EncoderPlugin, "imagenet": ImagenetSection}
+            "transfer": TransferConfig, "retrieval": RetrievalConfig, "run": RunSection, "encoder": EncoderPlugin,
+            "imagenet": ImagenetSection}
+
+
+MOVED = {"det": "the det section moved into the transfer section: transfer.det (its seeds, select_seeds, arch, "
+                "magic, workers and threads are transfer's own, shared by every task)"}
 
 
 def resolve(config_path: Path, overrides) -> dict:
@@ -72,6 +87,9 @@ def resolve(config_path: Path, overrides) -> dict:
     sections = _sections()
     raw = read_yaml(config_path)
     extra = sorted(set(raw) - set(sections) - {"name"})
+    for old in extra:
+        if old in MOVED:
+            raise ConfigError(f"{config_path}: {MOVED[old]}")
     if extra:
         raise ConfigError(f"{config_path}: unknown section(s) {extra}; valid: {sorted(sections)} and name")
     per: dict[str, list[str]] = {s: [] for s in sections}
@@ -81,8 +99,11 @@ def resolve(config_path: Path, overrides) -> dict:
         if key == "name":
             name = str(value)
             continue
+        if head in MOVED:
+            raise ConfigError(f"override {key}: {MOVED[head]}")
         if head not in sections or not rest:
-            raise ConfigError(f"override {key}: use SECTION.key=value with SECTION one of {sorted(sections)} (or name=...)")
+            raise ConfigError(f"override {key}: use SECTION.key=value with SECTION one of {sorted(sections)} "
+                              "(or name=...)")
         per[head].append(f"{rest}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}")
     resolved = {s: config_to_dict(load_config(cls, config_path, per[s], section=s)) for s, cls in sections.items()}
     resolved["name"] = name
@@ -95,8 +116,6 @@ def _key(*parts) -> str:
 
 def imagenet_weights_state() -> list:
     """[present, size] of the ImageNet AlexNet weights file (part of the imagenet rows' cache keys)."""
-    from cebench.pretrain.loading import imagenet_weights_path
-
     path = imagenet_weights_path()
     return [path.is_file(), path.stat().st_size if path.is_file() else 0]
 
@@ -105,10 +124,6 @@ def _demo_content(cfg: dict) -> dict:
     """What the demo tree's bytes depend on (so a changed generator reruns every stage)."""
     if cfg["data"]["root"]:
         return {}
-    from dataclasses import replace
-
-    from cebench.data.demo import DEMO_PRESETS, content_key
-
     preset = DEMO_PRESETS.get(cfg["data"]["demo"])
     return content_key(replace(preset, seed=cfg["data"]["demo_seed"])) if preset else {}
 
@@ -152,10 +167,9 @@ def plan(cfg: dict, out: Path, config_file: Path, voc: Path | None = None, devic
                         _key(cfg["inpaint"], data_key), est_seconds=2.5 * est_pre, threads=run["threads"]))
 
     # initialisations: name -> (init argument, dependency job)
-    display = {"ce": "context encoder", "ae": "autoencoder", "supervised": "supervised"}
     inits: dict[str, tuple[str, tuple[str, ...]]] = {"random": ("random", ())}
     for method in run["methods"]:
-        inits[display.get(method, method)] = (f"{display.get(method, method)}={ckpt[method]}", (f"pretrain/{method}",))
+        inits[canonical_name(method)] = (f"{canonical_name(method)}={ckpt[method]}", (f"pretrain/{method}",))
     if cfg["encoder"]["checkpoint"]:
         label = cfg["name"] or Path(cfg["encoder"]["checkpoint"]).stem
         inits[label] = (f"{label}={cfg['encoder']['checkpoint']}", ())
@@ -183,18 +197,16 @@ def plan(cfg: dict, out: Path, config_file: Path, voc: Path | None = None, devic
                                                                  imagenet_weights_state()),
                         deps=tuple(deps), est_seconds=60, threads=run["threads"]))
     def stage_config(task):
-        """What a stage reads: det its own section; cls / seg / svm the shared transfer keys and their
-        own sub-section, so changing one task's protocol re-runs that task only."""
-        if task == "det":
-            return cfg["det"]
+        """What a task reads: the shared transfer keys and its own sub-section, so changing one task's
+        protocol re-runs that task only."""
         tr = cfg["transfer"]
-        return {**{k: v for k, v in tr.items() if k not in ("cls", "seg", "svm")}, task: tr[task]}
+        return {**{k: v for k, v in tr.items() if k not in TRANSFER_TASKS}, task: tr[task]}
 
     if "det" in run["tasks"]:
         # selective search once, cached beside the data, before the per-init detection jobs
         d = out / "transfer" / "proposals"
         jobs.append(Job("det-proposals", "transfer", ["transfer", "det", "--proposals-only", "--out", str(d), *base], d,
-                        _key(cfg["det"]["proposals"], data_key), est_seconds=60, threads=run["threads"]))
+                        _key(cfg["transfer"]["det"]["proposals"], data_key), est_seconds=60, threads=run["threads"]))
         dep_keys["det-proposals"] = jobs[-1].key
     for task in run["tasks"]:
         for label, (arg, deps) in inits.items():
@@ -217,18 +229,15 @@ def plan(cfg: dict, out: Path, config_file: Path, voc: Path | None = None, devic
 
 def transfer_protocol(cfg: dict) -> dict:
     """Per fine-tuned task: iterations, batch, lr grid and seeds, as the report states them."""
-    tr, det = cfg["transfer"], cfg["det"]
+    tr = cfg["transfer"]
     out = {}
     for task in cfg["run"]["tasks"]:
-        if task == "det":
-            out[task] = {"iterations": det["iterations"], "batch": f"{det['images_per_batch']} images x "
-                         f"{det['rois_per_image']} RoIs", "lrs": det["lrs"], "seeds": det["seeds"],
-                         "select_seeds": det["select_seeds"], "magic": det["magic"],
-                         "trunk_lr_mult": det["optim"].get("backbone_lr_mult", 1.0)}
-        else:
-            out[task] = {"iterations": tr[task]["iterations"], "batch": f"{tr[task]['batch_size']} images",
-                         "lrs": tr[task]["lrs"], "seeds": tr["seeds"], "select_seeds": tr["select_seeds"],
-                         "magic": tr["magic"], "trunk_lr_mult": tr[task]["optim"].get("backbone_lr_mult", 1.0)}
+        sub = tr[task]
+        batch = (f"{sub['images_per_batch']} images x {sub['rois_per_image']} RoIs" if task == "det"
+                 else f"{sub['batch_size']} images")
+        out[task] = {"iterations": sub["iterations"], "batch": batch, "lrs": sub["lrs"], "seeds": tr["seeds"],
+                     "select_seeds": tr["select_seeds"], "magic": tr["magic"],
+                     "trunk_lr_mult": sub["optim"].get("backbone_lr_mult", 1.0)}
     return out
 
 
@@ -237,8 +246,6 @@ def data_problems(cfg: dict) -> list[tuple[str, str]]:
     data = cfg["data"]
     if not data["root"] and data["demo"]:
         return []  # the built-in demo tree
-    from cebench.data.voc import find_voc_root
-
     problems = []
     if not data["root"]:
         problems.append(("data.root", "data.root is empty: extract VOCtrainval_06-Nov-2007.tar and "
@@ -305,8 +312,6 @@ def _main(config_path: Path, overrides, out: Path, *, device: str, force, dry_ru
             print(f"{j.name}: cebench {' '.join(j.args)}\n    reads {job_reads(j.name, cfg)}")
         return out
     if cfg["run"]["imagenet"] and cfg["imagenet"]["download"]:
-        from cebench.pretrain.loading import fetch_imagenet_weights
-
         print(f"[run] ImageNet AlexNet weights: {fetch_imagenet_weights()}", flush=True)
     voc = voc_root(data_cfg)  # generates the demo data once, before the jobs (which reuse it)
     print(f"[run] data: {voc} ({time.time() - t0:.1f}s)", flush=True)
@@ -316,7 +321,7 @@ def _main(config_path: Path, overrides, out: Path, *, device: str, force, dry_ru
     wall = (time.time() - t0) / 60
     wall_file = out / "wall.json"  # the wall time of the last run that computed every job (no cache)
     if results and all(r.status == "done" for r in results.values()):
-        atomic_write_text(wall_file, json.dumps({"wall_minutes": round(wall, 2)}))
+        atomic_write_json(wall_file, {"wall_minutes": round(wall, 2)}, indent=None)
     full = json.loads(wall_file.read_text())["wall_minutes"] if wall_file.is_file() else None
     info = {
         "config": str(config_path), "overrides": list(overrides), "machine": machine_info(),

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cebench.errors import ConfigError
+
+from .pipeline import main
+
 
 def data_overrides(data: str | None, overrides) -> list[str]:
     """`cebench run --data DIR` is `data.root=DIR` (the VOC2007 tree; segmentation still reads
@@ -13,16 +17,12 @@ def data_overrides(data: str | None, overrides) -> list[str]:
         return overrides
     given = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].strip() == "data.root"]
     if any(g != data for g in given):
-        from cebench.errors import ConfigError
-
         raise ConfigError(f"--data {data} and data.root={given[0]} disagree: give the VOC2007 root once "
                           "(--data DIR is data.root=DIR; segmentation reads data.seg_root)")
     return overrides if given else [*overrides, f"data.root={data}"]
 
 
 def _cmd(args) -> int:
-    from .pipeline import main
-
     main(args.config, data_overrides(args.data, args.overrides), Path(args.out or f"runs/{args.config.stem}"),
          device=args.device, force=tuple(args.force), dry_run=args.dry_run)
     return 0

@@ -5,7 +5,7 @@ A replicate is a whole `cebench run` on its own data and pretraining (e.g. the d
 are paired (same head init, data order and augmentations for every init); across runs everything is
 independent. This command reads each run's `report/per_seed.csv`, prints the seed-paired difference of
 every paper ordering per replicate, and their fixed-effect combination with a heterogeneity test and
-a random-effects combination beside it (`transfer.results.combine_paired`). Nothing is rerun.
+a random-effects combination beside it (`transfer.stats.combine_paired`). Nothing is rerun.
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from cebench.config import atomic_write_text
 from cebench.errors import CebenchError
-from cebench.transfer.results import combine_paired, summarize
+from cebench.io import atomic_write_text
+from cebench.transfer.inits import init_rank
+from cebench.transfer.stats import combine_paired, summarize
 
-from .report import TASK_METRIC, atomic_csv, init_rank, md_table, paired_rows
+from .report import TASK_METRIC, atomic_csv, md_table, paired_rows
 
 # a replicate's own row leaves the combination's columns (q ... re_p) empty: the frame fills them with NaN
 COLUMNS = ["task", "comparison", "replicate", "n", "mean_diff", "ci95_low", "ci95_high", "wins", "p", "q", "p_q",
@@ -102,7 +103,8 @@ def replicates_markdown(df: pd.DataFrame) -> str:
 
     show = pd.DataFrame({
         "task": df["task"], "comparison": df["comparison"], "replicate": df["replicate"],
-        "mean diff (95% CI)": [interval(m, lo, hi) for m, lo, hi in zip(df["mean_diff"], df["ci95_low"], df["ci95_high"])],
+        "mean diff (95% CI)": [interval(m, lo, hi)
+                               for m, lo, hi in zip(df["mean_diff"], df["ci95_low"], df["ci95_high"])],
         "wins": [f"{w}/{n}" for w, n in zip(df["wins"], df["n"])],
         "p": [num(p, ".3f") for p in df["p"]],
         "heterogeneity Q, p": [f"{num(q, '.2f')}, {num(pq, '.3f')}" if q is not None and q == q else ""

@@ -9,55 +9,30 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
+import os
 from pathlib import Path
 
 import pandas as pd
 
-from cebench.config import atomic_write_text
+from cebench.io import atomic_copy, atomic_save_figure, atomic_write_text
 from cebench.logs import read_jsonl
+from cebench.transfer.inits import init_rank, table_label
+from cebench.transfer.results import ResultsTable
+from cebench.transfer.stats import paired_difference
 
 from .paper import TABLE1, TABLE1_MATCH, TABLE2, TASK_METRIC
 
-# transfer init names -> the names the tables use
-INIT_DISPLAY = {
-    "random": "random",
-    "ce": "context encoder",
-    "context encoder": "context encoder",
-    "ae": "autoencoder",
-    "autoencoder": "autoencoder",
-    "supervised": "supervised (demo labels)",
-    "supervised (demo labels)": "supervised (demo labels)",
-    "imagenet": "imagenet",
-}
-INIT_ORDER = ["random", "autoencoder", "context encoder", "supervised (demo labels)", "imagenet"]
 TABLE1_ORDER = ["mean colour", "Telea (OpenCV)", "NN (HOG)", "NN (pixels)", "CE (L2)", "CE (L2+adv)"]
-
-
-def init_rank(init: str) -> int:
-    """Table position of an init (display name): the paper's order, any other learner after them."""
-    return INIT_ORDER.index(init) if init in INIT_ORDER else len(INIT_ORDER)
 
 
 def _portable(text: str) -> str:
     """No path of this machine in a report that may be committed: home -> ~, cwd -> relative."""
-    import os
-
     text = text.replace(os.getcwd() + os.sep, "")
     return text.replace(str(Path.home()), "~")
 
 
 def atomic_csv(df: pd.DataFrame, path: Path, float_format: str = "%.4g") -> None:
     atomic_write_text(path, _portable(df.to_csv(index=False, float_format=float_format)))
-
-
-def _copy(src: Path, dst: Path) -> bool:
-    if src.is_file():
-        tmp = dst.with_name(f".{dst.name}.tmp")
-        shutil.copyfile(src, tmp)
-        tmp.replace(dst)
-        return True
-    return False
 
 
 def _fmt(mean, std=None, seeds=None) -> str:
@@ -103,7 +78,7 @@ def build_table2(transfer_rows: list[dict]) -> pd.DataFrame:
     for r in transfer_rows:
         if r.get("task") not in TASK_METRIC:
             continue
-        init = INIT_DISPLAY.get(r["init"], r["init"])
+        init = table_label(r["init"])
         paper = TABLE2.get(init, {}).get(r["task"])
         val = (r.get("val_scores") or {}).get(f"{r['lr']:g}") if r.get("lr") is not None else None
         rows.append({"init": init, "task": r["task"], "metric": r.get("metric", TASK_METRIC[r["task"]]),
@@ -126,7 +101,7 @@ ORDERINGS = [("context encoder", "random"), ("context encoder", "autoencoder"), 
 
 def per_seed_values(transfer_rows: list[dict]) -> dict[tuple[str, str], dict]:
     """{(init display name, task): {seed: value}} for each fine-tuned task's main metric (ok rows)."""
-    return {(INIT_DISPLAY.get(r["init"], r["init"]), r["task"]): r.get("per_seed") or {} for r in transfer_rows
+    return {(table_label(r["init"]), r["task"]): r.get("per_seed") or {} for r in transfer_rows
             if r.get("task") in TASK_METRIC and r.get("metric", TASK_METRIC[r["task"]]) == TASK_METRIC[r["task"]]
             and r.get("status", "ok") == "ok"}
 
@@ -140,8 +115,6 @@ def build_per_seed(transfer_rows: list[dict]) -> pd.DataFrame:
 
 def paired_rows(per: dict[tuple[str, str], dict]):
     """(task, better, worse, paired_difference) for each of the paper's orderings both inits have."""
-    from cebench.transfer.results import paired_difference
-
     for task in TASK_METRIC:
         for a, b in ORDERINGS:
             if (a, task) in per and (b, task) in per:
@@ -229,41 +202,86 @@ def build_svm_table(transfer_rows: list[dict]) -> pd.DataFrame:
         task = r.get("task", "")
         if task in TASK_METRIC:
             continue
-        rows.append({"init": INIT_DISPLAY.get(r["init"], r["init"]), "task": task, "metric": r.get("metric", ""),
+        rows.append({"init": table_label(r["init"]), "task": task, "metric": r.get("metric", ""),
                      "mean": _pct(r.get("mean")), "std": _pct(r.get("std")), "seeds": r.get("seeds", 0),
                      "status": r.get("status", "ok")})
     return pd.DataFrame(rows, columns=["init", "task", "metric", "mean", "std", "seeds", "status"])
 
 
-def plot_curves(pretrain_dirs: dict[str, Path], path: Path) -> bool:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def pretrain_curves(pretrain_dirs: dict[str, Path]) -> dict[str, tuple[list, list, str]]:
+    """{method: (steps, loss, loss name)} from each pretraining's metrics.jsonl (per-step rows)."""
     series = {}
     for name, d in pretrain_dirs.items():
         rows = [r for r in read_jsonl(d / "metrics.jsonl") if "step" in r]
         keys = [k for k in ("loss", "loss_rec", "loss_total") if any(k in r for r in rows)]
         if rows and keys:
             series[name] = ([r["step"] for r in rows if keys[0] in r],
-                            [r[keys[0]] for r in rows if keys[0] in r], keys[0])
-    if not series:
+                            [float(r[keys[0]]) for r in rows if keys[0] in r], keys[0])
+    return series
+
+
+def finetune_curves(transfer_dirs: list[Path]) -> dict[str, dict[str, tuple[list, list, int]]]:
+    """{task: {init label: (steps, mean training loss over the seeds, seeds)}} from the final jobs' curves
+    (`jobs/<task>/<init>/final_*.metrics.jsonl`) at the lr each init was given on val."""
+    runs: dict[str, dict[str, list[list[dict]]]] = {}
+    for d in transfer_dirs:
+        chosen = {(r["init"], r["task"]): r.get("lr") for r in ResultsTable.read(d / "results.json")}
+        for curve in sorted(d.glob("jobs/*/*/final_*.metrics.jsonl")):
+            job = curve.with_name(curve.name.removesuffix(".metrics.jsonl") + ".json")
+            rec = json.loads(job.read_text()) if job.is_file() else {}
+            rows = [r for r in read_jsonl(curve) if "step" in r and "loss" in r]
+            if rec.get("status") != "ok" or not rows or chosen.get((rec["init"], rec["task"])) != rec["lr"]:
+                continue
+            runs.setdefault(rec["task"], {}).setdefault(table_label(rec["init"]), []).append(rows)
+    out = {}
+    for task in sorted(runs, key=lambda t: list(TASK_METRIC).index(t) if t in TASK_METRIC else 99):
+        out[task] = {}
+        for label in sorted(runs[task], key=init_rank):
+            seeds = runs[task][label]
+            n = min(len(r) for r in seeds)  # seeds of one init run the same iterations
+            out[task][label] = ([r["step"] for r in seeds[0][:n]],
+                                [sum(float(r[i]["loss"]) for r in seeds) / len(seeds) for i in range(n)], len(seeds))
+    return out
+
+
+def plot_curves(pretrain_dirs: dict[str, Path], transfer_dirs: list[Path], path: Path) -> bool:
+    """fig_curves.png: the pretraining losses (top row, one panel per method) and the fine-tuning losses
+    (bottom row, one panel per task, one line per init: the mean over its seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pre, fine = pretrain_curves(pretrain_dirs), finetune_curves(transfer_dirs)
+    rows = [r for r in (pre, fine) if r]
+    if not rows:
         return False
-    fig, axes = plt.subplots(1, len(series), figsize=(3.2 * len(series), 2.8), squeeze=False)
-    for ax, (name, (x, y, key)) in zip(axes[0], series.items()):
-        y = [float(v) for v in y]
-        ax.plot(x, y, lw=1)
-        ax.set_title(name, fontsize=9)
+    cols = max(len(r) for r in rows)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(3.2 * cols, 2.9 * len(rows)), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    r = 0
+    if pre:
+        for ax, (name, (x, y, key)) in zip(axes[r], pre.items()):
+            ax.axis("on")
+            ax.plot(x, y, lw=1, marker="o" if len(x) < 3 else None, ms=3)
+            ax.set_title(f"pretrain: {name}", fontsize=9)
+            ax.set_ylabel(key, fontsize=8)
+        r += 1
+    if fine:
+        for ax, (task, inits) in zip(axes[r], fine.items()):
+            ax.axis("on")
+            for label, (x, y, n) in inits.items():
+                ax.plot(x, y, lw=1, marker="o" if len(x) < 3 else None, ms=3, label=f"{label} ({n})")
+            ax.set_title(f"fine-tune: {task}", fontsize=9)
+            ax.set_ylabel("training loss (mean over seeds)", fontsize=8)
+            ax.legend(fontsize=6)
+    for ax in axes.ravel():
         ax.set_xlabel("step", fontsize=8)
-        ax.set_ylabel(key, fontsize=8)
         ax.tick_params(labelsize=7)
-    fig.suptitle("pretraining curves", fontsize=10)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    atomic_save_figure(fig, path, dpi=110)
     plt.close(fig)
-    tmp.replace(path)
     return True
 
 
@@ -289,21 +307,22 @@ def write_report(out: Path, *, inpaint_dir: Path, transfer_dirs: list[Path], ret
     svm = build_svm_table(rows)
     atomic_csv(svm, rep / "svm.csv")
 
-    retr = pd.read_csv(retrieval_dir / "retrieval.csv") if (retrieval_dir / "retrieval.csv").is_file() else pd.DataFrame()
+    retr_csv = retrieval_dir / "retrieval.csv"
+    retr = pd.read_csv(retr_csv) if retr_csv.is_file() else pd.DataFrame()
     atomic_csv(retr, rep / "retrieval.csv")
 
     figs = {
-        "fig_inpainting.png": _copy(inpaint_dir / "fig_inpainting.png", rep / "fig_inpainting.png"),
-        "fig_retrieval.png": _copy(retrieval_dir / "fig_retrieval.png", rep / "fig_retrieval.png"),
-        "fig_curves.png": plot_curves(pretrain_dirs, rep / "fig_curves.png"),
+        "fig_inpainting.png": atomic_copy(inpaint_dir / "fig_inpainting.png", rep / "fig_inpainting.png"),
+        "fig_retrieval.png": atomic_copy(retrieval_dir / "fig_retrieval.png", rep / "fig_retrieval.png"),
+        "fig_curves.png": plot_curves(pretrain_dirs, transfer_dirs, rep / "fig_curves.png"),
     }
     for d in transfer_dirs:
         for f in sorted(d.glob("fig_*.png")):
-            figs[f.name] = _copy(f, rep / f.name)
+            figs[f.name] = atomic_copy(f, rep / f.name)
     det_figs = [d / "det_detections.png" for d in transfer_dirs if d.parent.name == "det"]
     det_figs.sort(key=lambda p: p.parent.name != "context-encoder")  # the CE init's detections first
     for f in det_figs:
-        if _copy(f, rep / "fig_detections.png"):
+        if atomic_copy(f, rep / "fig_detections.png"):
             figs["fig_detections.png"] = True
             break
 
@@ -311,9 +330,11 @@ def write_report(out: Path, *, inpaint_dir: Path, transfer_dirs: list[Path], ret
     full = run_info.get("uncached_wall_minutes")
     full_txt = f" (the run that computed every stage: {full:.1f} min)" if full else ""
     ov = " ".join(run_info.get("overrides") or [])
-    md.append(f"Config: `{run_info.get('config')}`{f' with `{ov}`' if ov else ''}; wall time of this invocation {run_info.get('wall_minutes', float('nan')):.1f} min{full_txt} "
-              f"on {run_info.get('machine', {}).get('cpu', '?')} ({run_info.get('machine', {}).get('cpu_count', '?')} cores), "
-              f"torch {run_info.get('machine', {}).get('torch', '?')}.")
+    machine = run_info.get("machine", {})
+    md.append(f"Config: `{run_info.get('config')}`{f' with `{ov}`' if ov else ''}; wall time of this invocation "
+              f"{run_info.get('wall_minutes', float('nan')):.1f} min{full_txt} "
+              f"on {machine.get('cpu', '?')} ({machine.get('cpu_count', '?')} cores), "
+              f"torch {machine.get('torch', '?')}.")
     if run_info.get("demo"):
         md += ["", "Demo scale: built-in synthetic VOC-format data at 64 px, minutes of CPU pretraining. "
                "The paper's numbers come from ImageNet/Paris StreetView pretraining for days on a GPU and real "

@@ -13,18 +13,15 @@ from pathlib import Path
 
 import torch
 
-from .config import atomic_target
 from .errors import CheckpointError
+from .io import atomic_torch_save
 
 _PREFIXES = ("module.", "_orig_mod.")
 
 
 def save_checkpoint(path, state: dict) -> Path:
     """Write `state` to `path` via a temp file in the same folder and os.replace (never half-written)."""
-    path = Path(path)
-    with atomic_target(path) as tmp:
-        torch.save(state, tmp)
-    return path
+    return atomic_torch_save(state, path)
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:

@@ -7,12 +7,9 @@ valid ones, so a typo never silently falls back to a default.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
-import os
-import tempfile
 import types
 import typing
 from pathlib import Path
@@ -21,6 +18,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .io import atomic_write_text
 
 
 def _field_types(cls) -> dict[str, Any]:
@@ -189,33 +187,6 @@ def config_hash(obj, length: int = 12) -> str:
     data = config_to_dict(obj) if dataclasses.is_dataclass(obj) else obj
     blob = json.dumps(data, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:length]
-
-
-@contextlib.contextmanager
-def atomic_target(path):
-    """Yield a temp path beside `path`; on success fsync and os.replace it onto `path`, else remove it.
-
-    Every file the suite writes goes through here, so a killed process never leaves a half-written file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield tmp
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path, text: str) -> None:
-    with atomic_target(path) as tmp:
-        with open(tmp, "w") as fh:
-            fh.write(text)
 
 
 def save_config(cfg, out_dir, name: str = "config.yaml") -> Path:

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, UnidentifiedImageError
 
-from .errors import BadImageError
+from .errors import BadImageError, DatasetMissingError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 
@@ -97,8 +98,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 def normalize(x):
     """[B,3,H,W] or [3,H,W] float in [0,1] -> normalised tensor."""
-    import torch
-
     mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(-1, 1, 1)
     std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(-1, 1, 1)
     return (x - mean) / std
@@ -106,8 +105,6 @@ def normalize(x):
 
 def denormalize(x):
     """Inverse of `normalize`: back to [0,1] (not clamped)."""
-    import torch
-
     mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(-1, 1, 1)
     std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(-1, 1, 1)
     return x * std + mean
@@ -115,8 +112,6 @@ def denormalize(x):
 
 def require_images(folder) -> list[Path]:
     """The images of a user's folder, or a DatasetMissingError saying what is missing where."""
-    from .errors import DatasetMissingError
-
     folder = Path(folder)
     if not folder.is_dir():
         raise DatasetMissingError(f"{folder}: image folder not found")

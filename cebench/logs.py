@@ -1,4 +1,9 @@
-"""Logging by concern: JSON-lines metrics, progress bars, python loggers, optional TensorBoard."""
+"""Logging by concern: JSON-lines metrics, progress bars, python loggers, optional TensorBoard.
+
+Every training loop (pretraining, each transfer task) writes its metrics per logged step through
+`JsonlLogger` (`LogConfig.every` steps apart), mirrored to TensorBoard when `LogConfig.tensorboard` is on;
+messages for people go through `get_logger`.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +13,18 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
+
+
+@dataclass
+class LogConfig:
+    """The `log:` sub-section of the pretrain and transfer sections."""
+
+    every: int = 10             # training metrics every this many steps (metrics.jsonl)
+    tensorboard: bool = False   # also write TensorBoard event files (needs `pip install cebench[tensorboard]`)
 
 
 def get_logger(name: str = "cebench") -> logging.Logger:

@@ -18,6 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from .errors import CebenchError, ConfigError
 
 
 @dataclass
@@ -35,8 +38,10 @@ class Runtime:
         return self.rank == 0
 
 
-def choose_device(device: str = "auto", local_rank: int = 0) -> torch.device:
-    if device == "auto":
+def choose_device(device: str | torch.device = "auto", local_rank: int = 0) -> torch.device:
+    """The one device resolver: "auto" -> cuda:LOCAL_RANK, else mps, else cpu; "cuda" -> cuda:LOCAL_RANK;
+    any torch device string or torch.device as given (a clear error when CUDA is asked for and absent)."""
+    if device is None or device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", local_rank)
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
@@ -44,8 +49,6 @@ def choose_device(device: str = "auto", local_rank: int = 0) -> torch.device:
         return torch.device("cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        from .errors import CebenchError
-
         raise CebenchError("device=cuda requested but no CUDA device is available")
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", local_rank)
@@ -74,8 +77,6 @@ def init_runtime(device: str = "auto", amp: str = "auto", channels_last: bool | 
     elif amp in ("none", "fp32", "off"):
         amp_dtype = None
     else:
-        from .errors import ConfigError
-
         raise ConfigError(f"amp must be auto, bf16 or none, got {amp!r}")
     use_cl = True if channels_last is None else channels_last  # faster on cuDNN and on oneDNN (CPU) alike
     return Runtime(dev, rank, world_size, local_rank, distributed, amp_dtype, use_cl)
@@ -121,8 +122,6 @@ def to_channels_last(x, rt: Runtime):
 def wrap_ddp(model: torch.nn.Module, rt: Runtime, **kwargs) -> torch.nn.Module:
     if not rt.distributed:
         return model
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
     ids = [rt.device.index] if rt.device.type == "cuda" else None
     return DDP(model, device_ids=ids, **kwargs)
 
@@ -138,6 +137,7 @@ def is_dist() -> bool:
 
 
 def is_main_process() -> bool:
+    """True in a single process and on rank 0 under torchrun (the process that writes shared files)."""
     return not is_dist() or dist.get_rank() == 0
 
 
@@ -151,22 +151,6 @@ def all_reduce_sum(t: torch.Tensor, rt: Runtime | None = None) -> torch.Tensor:
         t = t.clone()
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
-
-
-def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
-    """Concatenate a tensor (same shape on every rank) from all ranks along dim 0."""
-    if not is_dist():
-        return t
-    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, t.contiguous())
-    return torch.cat(parts)
-
-
-def save_on_master(fn, *args, **kwargs):
-    """Run a side effect (saving a file) on rank 0 only."""
-    if is_main_process():
-        return fn(*args, **kwargs)
-    return None
 
 
 def cleanup(rt: Runtime | None = None) -> None:

@@ -1,6 +1,5 @@
-"""Subcommands of the pretrain stage: `pretrain`, `inpaint-eval`, `inpaint`.
-
-METHODS maps each `--method` name to its constructor (see `train.py`)."""
+"""Subcommands of the pretrain stage: `pretrain`, `inpaint-eval`, `inpaint` (wiring only; the methods
+are `methods.METHODS`)."""
 
 from __future__ import annotations
 
@@ -8,16 +7,11 @@ from cebench.cliutil import out_dir, split_overrides
 from cebench.config import load_config
 from cebench.data.sources import DataConfig
 
-from . import train
-
-METHODS = {
-    "ce": train.build_ce,                  # context encoder, L2 (feature learning)
-    "ce-adv": train.build_ce_adv,          # context encoder, L2 + adversarial
-    "ae": train.build_ae,                  # autoencoder baseline: same net, no mask
-    "supervised": train.build_supervised,  # supervised upper bound (labels of the pretrain split)
-    "inpaint": train.build_inpaint,        # inpainting CE (DCGAN-style, centre), L2
-    "inpaint-adv": train.build_inpaint_adv,  # inpainting CE, L2 + adversarial
-}
+from . import inpaint_eval, train
+from .config import PretrainConfig
+from .inpaint import inpaint_file
+from .loading import fetch_imagenet_weights, imagenet_weights_help, imagenet_weights_path
+from .methods import METHODS
 
 
 def _load(args, cls, section):
@@ -28,7 +22,7 @@ def _load(args, cls, section):
 
 
 def cmd_pretrain(args) -> int:
-    cfg, data_cfg = _load(args, train.PretrainConfig, "pretrain")
+    cfg, data_cfg = _load(args, PretrainConfig, "pretrain")
     if args.method:
         cfg.method = args.method
     out = out_dir(args, f"runs/pretrain-{cfg.method}")
@@ -38,19 +32,15 @@ def cmd_pretrain(args) -> int:
 
 
 def cmd_inpaint_eval(args) -> int:
-    from .inpaint_eval import InpaintEvalConfig, main
-
-    cfg, data_cfg = _load(args, InpaintEvalConfig, "inpaint")
+    cfg, data_cfg = _load(args, inpaint_eval.InpaintEvalConfig, "inpaint")
     out = out_dir(args, "runs/inpaint-eval")
-    table = main(cfg, data_cfg, out, device=args.device, data_override=args.data, images=args.images,
+    table = inpaint_eval.main(cfg, data_cfg, out, device=args.device, data_override=args.data, images=args.images,
                  ce=args.ce, ce_adv=args.ce_adv)
     print(table.to_string(index=False))
     return 0
 
 
 def cmd_inpaint(args) -> int:
-    from .inpaint import inpaint_file
-
     path = inpaint_file(args.image, args.checkpoint, args.out_image, mask=args.mask, device=args.device,
                         mode=args.mode)
     print(path)
@@ -58,8 +48,6 @@ def cmd_inpaint(args) -> int:
 
 
 def cmd_imagenet_weights(args) -> int:
-    from .loading import fetch_imagenet_weights, imagenet_weights_help, imagenet_weights_path
-
     path = imagenet_weights_path()
     if args.download:
         path = fetch_imagenet_weights(timeout=args.timeout)
@@ -71,18 +59,21 @@ def cmd_imagenet_weights(args) -> int:
 
 
 def register(subparsers, common) -> None:
-    p = subparsers.add_parser("pretrain", parents=[common], help="pretrain an encoder (context encoder, autoencoder, supervised)",
+    p = subparsers.add_parser("pretrain", parents=[common],
+                              help="pretrain an encoder (context encoder, autoencoder, supervised)",
                               description="Train one method; resumes from OUT/checkpoints/last.pt.")
     p.add_argument("--method", choices=list(METHODS), default=None, help="overrides pretrain.method")
     p.set_defaults(func=cmd_pretrain)
 
-    p = subparsers.add_parser("inpaint-eval", parents=[common], help="Table 1: inpainting L1/L2/PSNR vs NN and Telea baselines")
+    p = subparsers.add_parser("inpaint-eval", parents=[common],
+                              help="Table 1: inpainting L1/L2/PSNR vs NN and Telea baselines")
     p.add_argument("--images", default=None, help="folder of held-out images (default: the demo/VOC test split)")
     p.add_argument("--ce", default=None, help="trained inpainting checkpoint, L2 (default: train per config)")
     p.add_argument("--ce-adv", dest="ce_adv", default=None, help="trained inpainting checkpoint, L2+adv")
     p.set_defaults(func=cmd_inpaint_eval)
 
-    p = subparsers.add_parser("imagenet-weights", help="where the ImageNet AlexNet weights are; --download fetches them",
+    p = subparsers.add_parser("imagenet-weights",
+                              help="where the ImageNet AlexNet weights are; --download fetches them",
                               description="torchvision's AlexNet_Weights.IMAGENET1K_V1 (the imagenet row of Table 2, "
                               "the SVM table and retrieval) in the torch hub cache ($TORCH_HOME/hub/checkpoints). "
                               "Nothing downloads unless --download is given.")

@@ -2,8 +2,9 @@
 
 Augmentation is the official one (short side to `load_size`, random `crop` crop, horizontal flip), plus an
 optional colour transform (`colour`: "rgb" as is, "permute" a random channel order per image, "gray"
-ITU-R 601 luminance in all three channels) that takes colour away as a shortcut; it is a pure function of (seed, epoch, index), so a run is identical whatever the worker count and after
-a resume. Images come out as uint8 [3, crop, crop]; the trainer scales them to [0, 1] on the device.
+ITU-R 601 luminance in all three channels) that takes colour away as a shortcut; it is a pure function of
+(seed, epoch, index), so a run is identical whatever the worker count and after a resume. Images come out
+as uint8 [3, crop, crop]; the trainer scales them to [0, 1] on the device.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from cebench.data.voc import VOCIndex
 from cebench.errors import DatasetMissingError
 from cebench.images import open_rgb, require_images
-
 
 COLOURS = ("rgb", "permute", "gray")  # the `colour` options (see the module docstring)
 
@@ -82,8 +83,6 @@ class PretrainImages(Dataset):
 
 def voc_split_paths(voc_root, split: str, with_labels: bool = False):
     """Image paths of a VOC split, and its int8 label matrix [N, C] when asked."""
-    from cebench.data.voc import VOCIndex
-
     index = VOCIndex(voc_root, split)
     paths = [index.image_path(i) for i in range(len(index))]
     labels = index.label_matrix() if with_labels else None

@@ -25,6 +25,8 @@ from PIL import Image
 from cebench.checkpoint import load_checkpoint, load_state_strict
 from cebench.errors import BadImageError, CheckpointError
 from cebench.images import open_rgb
+from cebench.io import atomic_save_image
+from cebench.runtime import choose_device
 
 from .masks import center_box
 from .models import AlexNetConfig, ContextEncoder, InpaintingCE, InpaintNetConfig
@@ -51,7 +53,8 @@ def load_inpainter(path, device="cpu"):
                              decoder_layers=arch.get("decoder_layers", 5))
         obj = ReconstructionObjective(net)
     else:
-        raise CheckpointError(f"{path}: not an inpainting checkpoint (method {name!r}; need inpaint, inpaint-adv, ce or ce-adv)")
+        raise CheckpointError(f"{path}: not an inpainting checkpoint (method {name!r}; need inpaint, inpaint-adv, "
+                              "ce or ce-adv)")
     load_state_strict(net, ck["model"], path)
     return obj.to(device).eval()
 
@@ -62,7 +65,7 @@ def _to_tensor(img: Image.Image) -> torch.Tensor:
 
 @torch.no_grad()
 def inpaint_file(image, checkpoint, out, mask=None, device="auto", mode: str = "resize") -> Path:
-    dev = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+    dev = choose_device(device)
     img = open_rgb(image)
     w, h = img.size
     if min(w, h) < 8:
@@ -86,13 +89,8 @@ def inpaint_file(image, checkpoint, out, mask=None, device="auto", mode: str = "
         result = _tile_centre(obj, x, size, full, dev)
     else:
         result = _resize_fill(obj, x, hole, size, full, dev, mask)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     arr = (result[0].permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    Image.fromarray(arr).save(tmp, format="PNG")
-    tmp.replace(out)
-    return out
+    return atomic_save_image(Image.fromarray(arr), out, format="PNG")
 
 
 def _predict(obj, xs: torch.Tensor, ms: torch.Tensor, full: bool) -> torch.Tensor:

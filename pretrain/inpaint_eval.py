@@ -12,17 +12,23 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
-from cebench.config import atomic_write_text, save_config
+from cebench.config import save_config
 from cebench.data.sources import DataConfig, pretrain_folder, record_sources, voc_root
 from cebench.errors import CebenchError
+from cebench.features.hog import hog
+from cebench.features.index import FeatureIndex
+from cebench.io import atomic_save_figure, atomic_write_csv, atomic_write_text
 from cebench.logs import get_logger
-from cebench.runtime import set_cpu_threads
+from cebench.runtime import choose_device, set_cpu_threads
 
+from . import train
+from .config import PretrainConfig
 from .data import PretrainImages, folder_paths, voc_split_paths
+from .inpaint import load_inpainter
 from .masks import center_box
-from .models import InpaintNetConfig
 
 log = get_logger("cebench.pretrain.inpaint_eval")
 
@@ -45,20 +51,20 @@ PROTOCOL = """Inpainting evaluation protocol (cebench, after Pathak et al. 2016,
 
 
 @dataclass
+class InpaintTrainConfig(PretrainConfig):
+    """How the two inpainting nets are trained (when no checkpoint is given): the pretraining config with
+    the inpainting defaults. `method` is set per net (inpaint for CE (L2), inpaint-adv for CE (L2+adv),
+    whose joint loss is w_rec * L2 + w_adv * adversarial); the net is `inpaint_net`."""
+
+    method: str = "inpaint"
+    mask: str = "center"
+    steps: int = 1500
+    eval_images: int = 0               # no held-out loss curve
+
+
+@dataclass
 class InpaintEvalConfig:
-    inpaint_net: InpaintNetConfig = field(default_factory=InpaintNetConfig)
-    steps: int = 1500             # training steps of each inpainting net when no checkpoint is given
-    batch_size: int = 64
-    lr: float = 2e-4
-    lr_schedule: str = "constant"  # constant (paper) | cosine (decays to 0 by the last step)
-    w_adv: float = 0.001          # adversarial weight of CE (L2+adv); the reconstruction gets 1 - w_adv
-    lr_d_factor: float = 0.1      # discriminator lr = lr * lr_d_factor
-    load_size: int = 0            # short side before the random crop in training (official 350; 0 = net size)
-    max_minutes: float = 0.0
-    threads: int = 1
-    seed: int = 0
-    overlap: int = 4
-    overlap_weight: float = 10.0
+    train: InpaintTrainConfig = field(default_factory=InpaintTrainConfig)
     n_test: int = 0               # held-out images scored (0 = all)
     nn_max_images: int = 0        # training images searched by the NN baselines (0 = all)
     figure_rows: int = 6
@@ -105,8 +111,6 @@ def _holed(x: torch.Tensor, lo: int, side: int) -> torch.Tensor:
 
 
 def nn_fill(test, train, lo, side, features) -> torch.Tensor:
-    from cebench.features.index import FeatureIndex
-
     db = features(_holed(train, lo, side))
     q = features(_holed(test, lo, side))
     index = FeatureIndex(db.shape[1], kind="flat", metric="l2", use_gpu=False).add(db.numpy())
@@ -117,8 +121,6 @@ def nn_fill(test, train, lo, side, features) -> torch.Tensor:
 
 
 def hog_features(x: torch.Tensor) -> torch.Tensor:
-    from cebench.features.hog import hog
-
     return torch.cat([hog(x[i:i + 256], orientations=9, pixels_per_cell=(8, 8), cells_per_block=(2, 2))
                       for i in range(0, x.shape[0], 256)]).float()
 
@@ -145,8 +147,6 @@ def mean_fill(test, train, lo, side) -> torch.Tensor:
 
 @torch.no_grad()
 def ce_fill(ckpt_path, test, lo, side, device="cpu", batch: int = 128) -> torch.Tensor:
-    from .inpaint import load_inpainter
-
     obj = load_inpainter(ckpt_path, device)
     if obj.net.cfg.input_size != test.shape[-1]:
         raise CebenchError(f"{ckpt_path}: net input {obj.net.cfg.input_size} px, eval images {test.shape[-1]} px")
@@ -158,15 +158,8 @@ def ce_fill(ckpt_path, test, lo, side, device="cpu", batch: int = 128) -> torch.
 
 
 def _train_net(cfg: InpaintEvalConfig, data_cfg, out: Path, method: str, device, data_override) -> Path:
-    from . import train
-
-    pcfg = train.PretrainConfig(method=method, inpaint_net=cfg.inpaint_net, mask="center", steps=cfg.steps,
-                                batch_size=cfg.batch_size, lr=cfg.lr, lr_schedule=cfg.lr_schedule, load_size=cfg.load_size,
-                                w_rec=1.0 - cfg.w_adv, w_adv=cfg.w_adv, lr_d_factor=cfg.lr_d_factor,
-                                max_minutes=cfg.max_minutes, threads=cfg.threads, seed=cfg.seed,
-                                overlap=cfg.overlap, overlap_weight=cfg.overlap_weight, eval_images=0,
-                                sample_every=max(cfg.steps // 4, 1), ckpt_every=max(cfg.steps // 10, 2))
-    return train.main(pcfg, data_cfg, out / f"train-{method}", device=device, data_override=data_override)
+    return train.main(replace(cfg.train, method=method), data_cfg, out / f"train-{method}", device=device,
+                      data_override=data_override)
 
 
 def figure(path: Path, columns: dict, lo: int, side: int, rows: int) -> None:
@@ -186,23 +179,19 @@ def figure(path: Path, columns: dict, lo: int, side: int, rows: int) -> None:
             if r == 0:
                 ax.set_title(name, fontsize=8)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    atomic_save_figure(fig, path, dpi=110)
     plt.close(fig)
-    tmp.replace(path)
 
 
 def main(cfg: InpaintEvalConfig, data_cfg: DataConfig | None = None, out_dir=".", device: str = "auto",
          data_override=None, images=None, ce=None, ce_adv=None):
-    import pandas as pd
-
     data_cfg = data_cfg or DataConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    set_cpu_threads(cfg.threads)
+    set_cpu_threads(cfg.train.threads)
     save_config(cfg, out)
-    dev = "cpu" if device == "auto" and not torch.cuda.is_available() else ("cuda" if device == "auto" else device)
-    size = cfg.inpaint_net.input_size
+    dev = choose_device(device)
+    size = cfg.train.inpaint_net.input_size
     lo, side = center_box(size, 0.5)
     # held-out and training images
     root = None
@@ -241,7 +230,7 @@ def main(cfg: InpaintEvalConfig, data_cfg: DataConfig | None = None, out_dir="."
     rows = [{"method": name, **score(f, test, lo, side)} for name, f in fills.items()]
     table = pd.DataFrame(rows, columns=["method", "l1_pct", "l2_pct", "psnr_db", "n_images", "psnr_pooled_db",
                                         "sharpness"])
-    atomic_write_text(out / "table1.csv", table.to_csv(index=False, float_format="%.4f"))
+    atomic_write_csv(out / "table1.csv", table, float_format="%.4f")
     protocol = PROTOCOL.format(size=size, side=side, n=len(test), source=source, n_train=len(train_imgs))
     atomic_write_text(out / "protocol.txt", protocol + f"- CE checkpoints: {ce} ; {ce_adv}\n")
     masked = _holed(test, lo, side)

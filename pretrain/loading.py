@@ -9,8 +9,14 @@ from pathlib import Path
 
 import torch
 
-from cebench.checkpoint import load_checkpoint, load_state_strict, strip_prefixes, sub_state_dict
-from cebench.errors import CheckpointError
+from cebench.checkpoint import (
+    load_checkpoint,
+    load_state_strict,
+    save_checkpoint,
+    strip_prefixes,
+    sub_state_dict,
+)
+from cebench.errors import CebenchError, CheckpointError
 
 from .models import AlexNetConfig, AlexNetEncoder
 
@@ -51,8 +57,6 @@ def load_encoder(path, *, expect: str | None = None) -> tuple[AlexNetEncoder, Al
 def save_encoder_checkpoint(path, encoder: AlexNetEncoder, method: str = "encoder", config: dict | None = None,
                             step: int = 0) -> Path:
     """Write a bare-encoder checkpoint in our format (for plugged-in learners); `load_encoder` reads it."""
-    from cebench.checkpoint import save_checkpoint
-
     state = {"model": {f"encoder.{k}": v for k, v in encoder.state_dict().items()}, "optimizer": None,
              "scaler": None, "step": step, "epoch": 0, "config": config or {},
              "arch": {"name": method, "encoder": encoder.cfg.to_dict()}}
@@ -101,8 +105,6 @@ def fetch_imagenet_weights(*, timeout: float = 5.0, progress: bool = True) -> Pa
     at once when it is already there. Without network it fails within about `timeout` seconds with a
     CebenchError saying what to place where; nothing else in the suite downloads."""
     from urllib.parse import urlparse
-
-    from cebench.errors import CebenchError
 
     path = imagenet_weights_path()
     if path.is_file():

@@ -20,9 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor
 
 from cebench.errors import BadImageError, CebenchError, DatasetMissingError
+from cebench.images import open_rgb
 
 MASK_KINDS = ("center", "blocks", "region", "noise", "file", "none")
 
@@ -125,15 +127,15 @@ def silhouettes_from_label_maps(label_maps, out_size: int = 64, min_pixels: int 
 
 def voc_silhouettes(voc_root, split: str = "trainval", out_size: int = 64, max_images: int = 2000) -> Tensor:
     """Silhouettes from `voc_root/SegmentationClass/*.png` listed in ImageSets/Segmentation/<split>.txt."""
-    from PIL import Image
-
     root = Path(voc_root)
     lst = root / "ImageSets" / "Segmentation" / f"{split}.txt"
     if not lst.is_file():
-        cands = sorted((root / "ImageSets" / "Segmentation").glob("*.txt")) if (root / "ImageSets" / "Segmentation").is_dir() else []
+        lists = root / "ImageSets" / "Segmentation"
+        cands = sorted(lists.glob("*.txt")) if lists.is_dir() else []
         cands = [c for c in cands if c.stem != "test"]
         if not cands:
-            raise DatasetMissingError(f"{root}: no ImageSets/Segmentation lists: region masks need VOC segmentation masks")
+            raise DatasetMissingError(f"{root}: no ImageSets/Segmentation lists: region masks need VOC "
+                                      "segmentation masks")
         lst = cands[0]
     ids = [line.split()[0] for line in lst.read_text().splitlines() if line.strip()][:max_images]
     maps = []
@@ -170,7 +172,8 @@ class RegionMasker:
         ty = (u[:, 5] * 2 - 1) * (1 - s)
         cos, sin = torch.cos(theta), torch.sin(theta)
         # output -> input sampling grid: inverse of (scale s, rotate, shear, flip, translate)
-        a = torch.stack([torch.stack([cos * flip, -sin + shear], -1), torch.stack([sin * flip, cos], -1)], 1) / s[:, None, None]
+        a = torch.stack([torch.stack([cos * flip, -sin + shear], -1), torch.stack([sin * flip, cos], -1)], 1)
+        a = a / s[:, None, None]
         t = -(a @ torch.stack([tx, ty], -1)[..., None])[..., 0]
         aff = torch.cat([a, t[..., None]], dim=2)  # [B,2,3]
         grid = F.affine_grid(aff, (batch, 1, self.size, self.size), align_corners=False)
@@ -180,12 +183,8 @@ class RegionMasker:
 
 def load_mask_file(path, size: int | None = None) -> Tensor:
     """A user mask image -> [1,1,H,W] float (white / nonzero = missing), resized (nearest) to `size`."""
-    from cebench.images import open_rgb
-
     img = open_rgb(path).convert("L")
     if size is not None:
-        from PIL import Image
-
         img = img.resize((size, size), Image.NEAREST)
     arr = np.asarray(img) > 127
     if not arr.any():

@@ -331,7 +331,8 @@ class InpaintingCE(nn.Module):
         self.cfg = cfg
         n_down = len(cfg.widths)
         if cfg.input_size != 4 * 2 ** n_down:
-            raise ValueError(f"InpaintNetConfig: input_size {cfg.input_size} needs {int(math.log2(cfg.input_size / 4))} "
+            raise ValueError(f"InpaintNetConfig: input_size {cfg.input_size} needs "
+                             f"{int(math.log2(cfg.input_size / 4))} "
                              f"encoder widths, got {len(cfg.widths)}")
         enc: list[nn.Module] = []
         cin = 3

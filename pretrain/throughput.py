@@ -7,19 +7,25 @@ Peak memory: torch.cuda.max_memory_allocated on GPU, the process's peak RSS grow
 
 from __future__ import annotations
 
-import json
+import multiprocessing as mp
 import platform
 import resource
-from pathlib import Path
 
 import torch
 
-from cebench.config import atomic_write_text
+from cebench.io import atomic_write_json
 from cebench.runtime import place_model, timed_steps
 
 from .losses import gan_d_loss, gan_g_loss, joint
 from .masks import center_mask
-from .models import AlexNetConfig, ContextEncoder, Discriminator, InpaintingCE, InpaintNetConfig, SupervisedNet
+from .models import (
+    AlexNetConfig,
+    ContextEncoder,
+    Discriminator,
+    InpaintingCE,
+    InpaintNetConfig,
+    SupervisedNet,
+)
 from .objectives import InpaintObjective, ReconstructionObjective, SupervisedObjective
 
 
@@ -54,7 +60,8 @@ def bench_one(build, device, batch: int, steps: int, warmup: int = 1, amp: bool 
     mask = center_mask(batch, size, device)
     labels = torch.randint(-1, 2, (batch, 20), device=device).float()
     rss0 = _rss_mb()
-    ctx = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if amp else (lambda: torch.autocast(dev.type, enabled=False))
+    ctx = ((lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if amp
+           else (lambda: torch.autocast(dev.type, enabled=False)))
 
     def train_step():
         with ctx():
@@ -87,8 +94,6 @@ def _bench_in_child(name: str, device: str, batch: int, steps: int, amp: bool) -
 
 
 def _run_isolated(name: str, device: str, batch: int, steps: int, amp: bool) -> dict:
-    import multiprocessing as mp
-
     if device != "cpu":
         return bench_one(_archs()[name], device, batch, steps, amp=amp)
     with mp.get_context("spawn").Pool(1) as pool:
@@ -119,5 +124,5 @@ def bench_pretrain(out_path, device: str = "auto", archs=None, batch: int | None
                 result["results"][f"{name}@cpu-bf16"] = _run_isolated(name, dev, b, s, amp=True)
             if dev == "cuda":
                 result["gpu"] = torch.cuda.get_device_name()
-    atomic_write_text(Path(out_path), json.dumps(result, indent=2))
+    atomic_write_json(out_path, result)
     return result

@@ -1,6 +1,6 @@
 """`cebench pretrain`: one training loop for every method (ce, ce-adv, ae, supervised, inpaint, inpaint-adv).
 
-`main(cfg, data_cfg, out_dir)` only wires: data, model (from a constructor of `cli.METHODS`), optimisers,
+`main(cfg, data_cfg, out_dir)` only wires: data, model (from a constructor of `methods.METHODS`), optimisers,
 resume, the step loop (`engine.train_one_epoch`), checkpoints, metrics and sample grids. Outputs:
   out/config.yaml, out/metrics.jsonl, out/checkpoints/last.pt (resume; removed once out/checkpoint.pt, the
   final checkpoint, is written),
@@ -10,87 +10,46 @@ resume, the step loop (`engine.train_one_epoch`), checkpoints, metrics and sampl
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torchvision.utils import save_image
 
 from cebench.checkpoint import load_checkpoint, load_state_strict, save_checkpoint
 from cebench.config import config_to_dict, save_config
 from cebench.data.sources import DataConfig, pretrain_folder, record_sources, voc_root
 from cebench.errors import CheckpointError, ConfigError
+from cebench.io import atomic_target
 from cebench.logs import JsonlLogger, get_logger, progress
-from cebench.runtime import (barrier, cleanup, init_runtime, seed_everything, set_cpu_threads, to_channels_last,
-                             unwrap_model, wrap_ddp)
+from cebench.runtime import (
+    barrier,
+    cleanup,
+    init_runtime,
+    seed_everything,
+    set_cpu_threads,
+    to_channels_last,
+    unwrap_model,
+    wrap_ddp,
+)
 
-from .data import COLOURS, PretrainImages, folder_paths, make_loader, step_batches, voc_split_paths
+from .config import PretrainConfig
+from .data import (
+    COLOURS,
+    PretrainImages,
+    folder_paths,
+    make_loader,
+    step_batches,
+    voc_split_paths,
+)
 from .engine import TrainState, evaluate, train_one_epoch
-from .masks import Masker, voc_silhouettes
-from .models import (AlexNetConfig, ContextEncoder, Discriminator, InpaintingCE, InpaintNetConfig,
-                     SupervisedNet)
-from .objectives import InpaintObjective, ReconstructionObjective, SupervisedObjective
+from .masks import voc_silhouettes
+from .methods import METHODS, Built
 
 log = get_logger("cebench.pretrain")
 
 # keys that may differ between an interrupted run and its resumption
-_RESUME_FREE = ("max_minutes", "workers", "threads", "stop_after", "log_every", "sample_every", "ckpt_every")
-
-
-@dataclass
-class PretrainConfig:
-    method: str = "ce"                 # ce | ce-adv | ae | supervised | inpaint | inpaint-adv
-    encoder: AlexNetConfig = field(default_factory=AlexNetConfig)        # AlexNet methods
-    inpaint_net: InpaintNetConfig = field(default_factory=InpaintNetConfig)  # inpaint methods
-    mask: str = "region"               # ce/ce-adv: center | blocks | region | noise | file (ae: none)
-    mask_file: str = ""
-    region_split: str = "trainval"     # VOC split whose segmentation masks give the region shapes
-    loss_region: str = "masked"        # masked (paper) | all (released random-region code)
-    target_patch: int = 0              # ce/ae: 0 = image target (paper); p = per-patch standardised target (MAE)
-    overlap: int = 4                   # px band weighted overlap_weight (official 4 px, x10)
-    overlap_weight: float = 10.0
-    w_rec: float = 0.999               # joint loss with the adversary
-    w_adv: float = 0.001
-    dropout: float = 0.5
-    decoder_widths: tuple[int, ...] = (64, 32, 16)  # up-convolution widths (the last one outputs RGB)
-    decoder_layers: int = 4            # paper: 5 up-convolutions; the 64 px demo needs 4 (4 -> 64 px)
-    lr: float = 2e-4
-    lr_schedule: str = "constant"      # constant (paper) | cosine (to 0 at the last step: short CPU schedules)
-    beta1: float = 0.5
-    lr_d_factor: float = 0.1           # D lr = lr * lr_d_factor (official: G 10x D)
-    weight_decay: float = 0.0
-    batch_size: int = 64
-    steps: int = 1200                  # total optimiser steps (0: use epochs)
-    epochs: int = 0
-    max_minutes: float = 0.0           # wall-clock cap (0: none); stops early with a warning
-    load_size: int = 0                 # short side before the random crop (0: = crop); official 350
-    crop_size: int = 0                 # 0: the network's input size; official 128
-    flip: bool = True
-    colour: str = "rgb"                # rgb | permute (random channel order) | gray (luminance): colour shortcut off
-    cache_images: bool = True          # keep decoded images in memory (small datasets)
-    workers: int = 0
-    threads: int = 1
-    seed: int = 0
-    amp: str = "auto"                  # auto (bf16 on GPU) | bf16 | none
-    eval_images: int = 256             # held-out (val split) images for the loss curve (0: none)
-    log_every: int = 50
-    sample_every: int = 400
-    ckpt_every: int = 200
-    stop_after: int = 0                # testing: exit after this many steps as if killed (0: off)
-
-
-@dataclass
-class Built:
-    """What a method constructor returns."""
-
-    objective: torch.nn.Module
-    disc: torch.nn.Module | None
-    mask: str
-    input_size: int
-    arch: dict
-    needs_labels: bool = False
+_RESUME_FREE = ("max_minutes", "workers", "threads", "stop_after", "log", "log_every", "sample_every", "ckpt_every")
 
 
 class Interrupted(Exception):
@@ -137,25 +96,18 @@ def _dataset(cfg: PretrainConfig, data_cfg: DataConfig, data_override, input_siz
 
 
 def _save_samples(path: Path, x, out, mask, n: int = 8) -> None:
-    from torchvision.utils import save_image
-
     x = x[:n].float().cpu()
     shown = x if mask is None else x * (1 - mask[:n].cpu()) + 0.5 * mask[:n].cpu()
     grid = torch.cat([shown, out["pred"][:n].float().cpu(), x])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
-    os.close(fd)
-    save_image(grid, tmp, nrow=min(n, x.shape[0]))
-    os.replace(tmp, path)
+    with atomic_target(path) as tmp:
+        save_image(grid, tmp, nrow=min(n, x.shape[0]), format="png")
 
 
 def main(cfg: PretrainConfig, data_cfg: DataConfig | None = None, out_dir=".", device: str = "auto",
-         data_override: str | None = None, builders: dict | None = None) -> Path:
+         data_override: str | None = None) -> Path:
     """Train `cfg.method`; returns the final checkpoint path (immediately if it already exists)."""
-    if builders is None:
-        from .cli import METHODS as builders
-    if cfg.method not in builders:
-        raise ConfigError(f"unknown method {cfg.method!r}; choose one of {', '.join(builders)}")
+    if cfg.method not in METHODS:
+        raise ConfigError(f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}")
     if cfg.lr_schedule not in SCHEDULES:
         raise ConfigError(f"lr_schedule must be one of {', '.join(SCHEDULES)}, got {cfg.lr_schedule!r}")
     if cfg.colour not in COLOURS:
@@ -170,7 +122,7 @@ def main(cfg: PretrainConfig, data_cfg: DataConfig | None = None, out_dir=".", d
     set_cpu_threads(cfg.threads)
     seed_everything(cfg.seed, rt.rank)
     try:
-        built_probe = builders[cfg.method](cfg, num_classes=1, silhouettes=None, device=rt.device, probe=True)
+        built_probe = METHODS[cfg.method](cfg, num_classes=1, silhouettes=None, device=rt.device, probe=True)
         ds, val, root, n_cls = _dataset(cfg, data_cfg, data_override, built_probe.input_size, built_probe.needs_labels)
         sil, sil_root = None, None
         if built_probe.mask == "region":  # object shapes from the segmentation tree (VOC2012 in the paper)
@@ -182,7 +134,7 @@ def main(cfg: PretrainConfig, data_cfg: DataConfig | None = None, out_dir=".", d
                            input_size=built_probe.input_size, region_masks=None if sil_root is None else
                            f"{sil_root} split {cfg.region_split}")
         torch.manual_seed(cfg.seed)
-        built = builders[cfg.method](cfg, num_classes=max(n_cls, 1), silhouettes=sil, device=rt.device)
+        built = METHODS[cfg.method](cfg, num_classes=max(n_cls, 1), silhouettes=sil, device=rt.device)
         return _train(cfg, data_cfg, built, ds, val, out, rt)
     finally:
         cleanup(rt)
@@ -226,7 +178,8 @@ def _train(cfg, data_cfg, built: Built, ds, val, out: Path, rt) -> Path:
                  len(ds), total, steps_per_epoch, rt.device)
     obj_ddp = wrap_ddp(obj, rt)
     disc_ddp = wrap_ddp(disc, rt) if disc is not None else None
-    logger = JsonlLogger(out / "metrics.jsonl", enabled=rt.is_main)
+    logger = JsonlLogger(out / "metrics.jsonl", enabled=rt.is_main,
+                         tensorboard_dir=out / "tensorboard" if cfg.log.tensorboard else None)
     val_loader = make_loader(val, [list(range(i, min(i + cfg.batch_size, len(val))))
                                    for i in range(0, len(val), cfg.batch_size)]) if val is not None else None
     t0, bar = time.time(), progress(total=total, desc=f"pretrain {cfg.method}", initial=state.step)
@@ -240,7 +193,7 @@ def _train(cfg, data_cfg, built: Built, ds, val, out: Path, rt) -> Path:
 
     def on_step(st, losses, outs, x, mask):
         bar.update(1)
-        if st.step % cfg.log_every == 0 or st.step == stop_at:
+        if st.step % cfg.log.every == 0 or st.step == stop_at:
             rate = (st.step - start_step) * cfg.batch_size * rt.world_size / max(time.time() - t0, 1e-9)
             logger.log(step=st.step, epoch=st.epoch, **{k: float(v.detach()) for k, v in losses.items()},
                        img_per_s=round(rate, 1), minutes=round((time.time() - t0) / 60, 3))
@@ -265,6 +218,7 @@ def _train(cfg, data_cfg, built: Built, ds, val, out: Path, rt) -> Path:
                         cfg.method, cfg.max_minutes, state.step, total)
             break
     bar.close()
+    logger.close()
     if cfg.stop_after and state.step < total:
         if rt.is_main:
             save_checkpoint(last, snapshot(state.step))
@@ -279,11 +233,6 @@ def _train(cfg, data_cfg, built: Built, ds, val, out: Path, rt) -> Path:
     return final
 
 
-# --------------------------------------------------------------------------------------------------
-# Method constructors (collected in cli.METHODS)
-# --------------------------------------------------------------------------------------------------
-
-
 SCHEDULES = ("constant", "cosine")
 
 
@@ -293,65 +242,3 @@ def lr_scale(schedule: str, total: int):
     if schedule == "constant":
         return None
     return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
-
-
-def _alexnet_arch(cfg: PretrainConfig, name: str) -> dict:
-    return {"name": name, "encoder": cfg.encoder.to_dict(), "dropout": cfg.dropout,
-            "decoder_widths": list(cfg.decoder_widths), "decoder_layers": cfg.decoder_layers}
-
-
-def build_ce(cfg: PretrainConfig, num_classes=1, silhouettes=None, device="cpu", probe=False, adversarial=False,
-             autoencoder=False) -> Built:
-    mask = "none" if autoencoder else cfg.mask
-    try:  # before the probe returns, so a bad value stops the run before any data is read
-        ReconstructionObjective.check_target_patch(cfg.target_patch, cfg.encoder.input_size)
-    except ValueError as exc:
-        raise ConfigError(f"pretrain.{exc}") from None
-    if probe:
-        return Built(torch.nn.Identity(), None, mask, cfg.encoder.input_size, {})
-    net = ContextEncoder(cfg.encoder, dropout=cfg.dropout, decoder_widths=cfg.decoder_widths,
-                         decoder_layers=cfg.decoder_layers)
-    obj = ReconstructionObjective(net, cfg.loss_region if not autoencoder else "all", cfg.overlap, cfg.overlap_weight,
-                                  target_patch=cfg.target_patch)
-    # the discriminator of the inpainting net (inpaint_net.disc_widths); it resizes the image to its size
-    disc = Discriminator(widths=cfg.inpaint_net.disc_widths) if adversarial else None
-    name = "ae" if autoencoder else ("ce-adv" if adversarial else "ce")
-    built = Built(obj, disc, mask, cfg.encoder.input_size, _alexnet_arch(cfg, name))
-    built.mask = Masker(mask, cfg.encoder.input_size, device, seed=cfg.seed, silhouettes=silhouettes,
-                        mask_file=cfg.mask_file)
-    return built
-
-
-def build_ce_adv(cfg, **kw) -> Built:
-    return build_ce(cfg, adversarial=True, **kw)
-
-
-def build_ae(cfg, **kw) -> Built:
-    return build_ce(cfg, autoencoder=True, **kw)
-
-
-def build_supervised(cfg, num_classes=1, silhouettes=None, device="cpu", probe=False) -> Built:
-    if probe:
-        return Built(torch.nn.Identity(), None, "none", cfg.encoder.input_size, {}, needs_labels=True)
-    net = SupervisedNet(cfg.encoder, num_classes=num_classes, dropout=cfg.dropout)
-    arch = {**_alexnet_arch(cfg, "supervised"), "num_classes": num_classes}
-    b = Built(SupervisedObjective(net), None, "none", cfg.encoder.input_size, arch, needs_labels=True)
-    b.mask = Masker("none", cfg.encoder.input_size, device)
-    return b
-
-
-def build_inpaint(cfg, num_classes=1, silhouettes=None, device="cpu", probe=False, adversarial=False) -> Built:
-    size = cfg.inpaint_net.input_size
-    if probe:
-        return Built(torch.nn.Identity(), None, "center", size, {})
-    net = InpaintingCE(cfg.inpaint_net)
-    disc = Discriminator(widths=cfg.inpaint_net.disc_widths) if adversarial else None
-    arch = {"name": "inpaint-adv" if adversarial else "inpaint", "inpaint_net": cfg.inpaint_net.to_dict(),
-            "overlap": cfg.overlap, "overlap_weight": cfg.overlap_weight}
-    b = Built(InpaintObjective(net, cfg.overlap, cfg.overlap_weight), disc, "center", size, arch)
-    b.mask = Masker("center", size, device)
-    return b
-
-
-def build_inpaint_adv(cfg, **kw) -> Built:
-    return build_inpaint(cfg, adversarial=True, **kw)

@@ -7,13 +7,26 @@ import hashlib
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+from cebench.cliutil import split_overrides
+from cebench.config import load_config
+from cebench.data.sources import DataConfig, record_sources
+from cebench.data.sources import voc_root as resolve
 from cebench.errors import BadImageError, CebenchError
+from cebench.features.extract import extract_features, load_features_meta, save_features
+from cebench.features.index import FeatureIndex
+from cebench.images import open_rgb, require_images
+from cebench.pretrain.loading import imagenet_alexnet_encoder, load_encoder
+from cebench.pretrain.models import AlexNetConfig, build_encoder
+from cebench.runtime import choose_device
 
-from .evaluate import HOGFeatures, RetrievalConfig, feature_variants
+from .evaluate import HOGFeatures, RetrievalConfig, feature_variants, main
+from .figure import retrieval_figure
 from .patches import crop_patches, patch_positions, pil_to_uint8
 
 
@@ -24,20 +37,14 @@ def _hog(args):
 def _checkpoint_encoder(args):
     if not args.checkpoint:
         raise CebenchError("--features ce needs --checkpoint CKPT (a cebench checkpoint); hog works without one")
-    from cebench.pretrain.loading import load_encoder
-
     return load_encoder(args.checkpoint)[0]
 
 
 def _imagenet(args):
-    from cebench.pretrain.loading import imagenet_alexnet_encoder
-
     return imagenet_alexnet_encoder()
 
 
 def _random(args):
-    from cebench.pretrain.models import AlexNetConfig, build_encoder
-
     torch.manual_seed(0)
     return build_encoder(AlexNetConfig.demo()).eval()
 
@@ -66,8 +73,6 @@ def parse_query(text: str) -> tuple[Path, tuple[int, int, int, int] | None]:
 
 
 def _load_uint8(path: Path, min_side: int) -> torch.Tensor:
-    from cebench.images import open_rgb
-
     img = open_rgb(path)
     if min(img.size) < min_side:  # small images are upscaled so at least one patch fits
         s = min_side / min(img.size)
@@ -76,8 +81,6 @@ def _load_uint8(path: Path, min_side: int) -> torch.Tensor:
 
 
 def _query_patch(path: Path, box, size: int) -> torch.Tensor:
-    import torch.nn.functional as F
-
     img = _load_uint8(path, 1)
     if box is not None:
         x, y, w, h = box
@@ -120,32 +123,18 @@ def _database_batches(images: list[Path], size: int, stride: int, batch: int, bo
         yield allp, torch.arange(n, n + len(allp))
 
 
-def _device(name: str) -> torch.device:
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def retrieve(images_dir, queries: list[str], features: list[str], out_png, *, checkpoint=None, k: int = 8,
              patch_size: int = 64, stride: int | None = None, layer: str = "pool5", mask: bool = False,
              cache_dir=None, device: str = "auto", index_kind: str = "flat") -> Path:
     """Build (or reuse) an index per feature type over the grid patches of a folder of images and
     write the neighbour grid of the query patches as a PNG."""
-    from types import SimpleNamespace
-
-    from cebench.features.extract import extract_features, load_features, load_features_meta, save_features
-    from cebench.features.index import FeatureIndex
-    from cebench.images import require_images
-
-    from .figure import retrieval_figure
-
     images_dir = Path(images_dir)
     images = require_images(images_dir)
     unknown = [f for f in features if f not in FEATURES]
     if unknown:
         raise CebenchError(f"unknown feature type(s) {unknown}; choose from {', '.join(FEATURES)}")
     stride = stride or patch_size // 2
-    dev = _device(device)
+    dev = choose_device(device)
     qpatches = torch.cat([_query_patch(*parse_query(q), patch_size) for q in queries])
     cache_dir = Path(cache_dir) if cache_dir else Path(out_png).parent / ".cebench_retrieve_cache"
     cfg = RetrievalConfig(layers=[layer], masked=[mask])
@@ -202,13 +191,6 @@ def _cmd_retrieve(args) -> int:
 
 
 def _cmd_retrieval(args) -> int:
-    from cebench.config import load_config
-
-    from .evaluate import main
-
-    from cebench.cliutil import split_overrides
-    from cebench.data.sources import DataConfig, record_sources, voc_root as resolve
-
     ov = split_overrides(args.overrides, "data")
     cfg = load_config(RetrievalConfig, args.config, ov[""], section="retrieval")
     if args.out:

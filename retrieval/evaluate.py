@@ -8,8 +8,6 @@ a random ranking), as a CSV table.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,12 +16,20 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from cebench.config import save_config
+from cebench.data.sources import DataConfig
+from cebench.data.sources import voc_root as resolve
+from cebench.errors import CebenchError, CheckpointError, ConfigError
 from cebench.features.extract import extract_features
 from cebench.features.hog import hog
 from cebench.features.index import FeatureIndex
+from cebench.io import atomic_write_csv, atomic_write_text
+from cebench.pretrain.loading import imagenet_alexnet_encoder, load_encoder
+from cebench.pretrain.models import AlexNetConfig, build_encoder
 from cebench.runtime import autocast_context, init_runtime, to_channels_last
 
-from .patches import PatchSet, encoder_inputs, open_voc, split_queries, voc_patches
+from .figure import retrieval_figure
+from .patches import encoder_inputs, open_voc, split_queries, voc_patches
 
 
 @dataclass
@@ -163,23 +169,6 @@ def _features(fn, patches: torch.Tensor, rt, batch_size: int, pool) -> np.ndarra
 # --------------------------------------------------------------------------------------------------
 
 
-def write_csv_atomic(df: pd.DataFrame, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        df.to_csv(tmp, index=False, float_format="%.4f")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
-
-
-
-
 def run_retrieval(cfg: RetrievalConfig, voc_root, encoders: dict, out_dir, *,
                   figure: bool = True) -> pd.DataFrame:
     """Retrieval table over `encoders` (name -> encoder with forward_intermediates, or a callable on
@@ -192,8 +181,6 @@ def run_retrieval(cfg: RetrievalConfig, voc_root, encoders: dict, out_dir, *,
                      count=cfg.patches_per_image, ignore=cfg.ignore, max_images=cfg.max_images, seed=cfg.seed)
     queries, db = split_queries(ps, cfg.query_fraction, cfg.max_queries, cfg.seed)
     if len(queries) == 0 or len(db) == 0:
-        from cebench.errors import CebenchError
-
         raise CebenchError(f"{voc_root}: no object-centred query patches or no database patches "
                            f"(split {cfg.split!r}, patch size {cfg.patch_size})")
     rows, neighbours = [], {}
@@ -215,10 +202,8 @@ def run_retrieval(cfg: RetrievalConfig, voc_root, encoders: dict, out_dir, *,
             obj.cpu()
     df = pd.DataFrame(rows, columns=["method", "layer", "masked", "p_at_1", "p_at_10", "map", "chance",
                                      "dim", "n_queries", "n_database"])
-    write_csv_atomic(df, out_dir / "retrieval.csv")
+    atomic_write_csv(out_dir / "retrieval.csv", df, float_format="%.4f")
     if figure and len(df):
-        from .figure import retrieval_figure
-
         best = _figure_rows(df)
         retrieval_figure(queries.patches[: cfg.figure_queries],
                          {_label(k): db.patches[torch.from_numpy(neighbours[k][: cfg.figure_queries])]
@@ -242,8 +227,6 @@ def _figure_rows(df: pd.DataFrame) -> list:
 
 def build_encoders(cfg: RetrievalConfig) -> tuple[dict, list[str]]:
     """name -> feature source for cfg.methods; returns (encoders, notes on unavailable rows)."""
-    from cebench.errors import CheckpointError
-
     encoders, notes = {}, []
     for name in cfg.methods:
         if name in cfg.checkpoints:
@@ -251,26 +234,19 @@ def build_encoders(cfg: RetrievalConfig) -> tuple[dict, list[str]]:
         if name == "hog":
             encoders[name] = HOGFeatures(cfg.hog_orientations, cfg.hog_cell, cfg.hog_block)
         elif name == "random":
-            from cebench.pretrain.models import AlexNetConfig, build_encoder
-
             presets = {"demo": AlexNetConfig.demo, "paper": AlexNetConfig.paper, "caffenet": AlexNetConfig.caffenet}
             if cfg.random_arch not in presets:
-                from cebench.errors import ConfigError
-
-                raise ConfigError(f"retrieval.random_arch must be one of {', '.join(presets)}, got {cfg.random_arch!r}")
+                raise ConfigError(f"retrieval.random_arch must be one of {', '.join(presets)}, "
+                                  f"got {cfg.random_arch!r}")
             torch.manual_seed(cfg.seed)
             encoders[name] = build_encoder(presets[cfg.random_arch]()).eval()
         elif name == "imagenet":
-            from cebench.pretrain.loading import imagenet_alexnet_encoder
-
             try:
                 encoders[name] = imagenet_alexnet_encoder()
             except CheckpointError as exc:
                 notes.append(f"imagenet: unavailable ({exc})")
         else:
             notes.append(f"{name}: no checkpoint given (--checkpoint '{name}=PATH')")
-    from cebench.pretrain.loading import load_encoder
-
     for label, path in cfg.checkpoints.items():
         encoders[label] = load_encoder(path)[0]
     return encoders, notes
@@ -278,19 +254,15 @@ def build_encoders(cfg: RetrievalConfig) -> tuple[dict, list[str]]:
 
 def main(cfg: RetrievalConfig, voc_root=None) -> pd.DataFrame:
     """Wire: data root, encoders, the table, the figure, the resolved config."""
-    from cebench.config import save_config
-
     out_dir = Path(cfg.out_dir or "results/retrieval")
     if voc_root is None:
         if cfg.data_root:
             voc_root = cfg.data_root
         else:
-            from cebench.data.sources import DataConfig, voc_root as resolve
-
             voc_root = resolve(DataConfig(), segmentation=True)
     encoders, notes = build_encoders(cfg)
     df = run_retrieval(cfg, voc_root, encoders, out_dir)
     save_config(cfg, out_dir)
     if notes:
-        (out_dir / "retrieval_notes.txt").write_text("\n".join(notes) + "\n")
+        atomic_write_text(out_dir / "retrieval_notes.txt", "\n".join(notes) + "\n")
     return df

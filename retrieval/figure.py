@@ -3,13 +3,13 @@ top-k neighbours labelled with the method's name. One canvas, one imshow: fast f
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from cebench.io import atomic_save_figure
 
 
 def _to_hwc(patches: torch.Tensor, size: int) -> np.ndarray:
@@ -64,16 +64,7 @@ def retrieval_figure(queries: torch.Tensor, neighbours: dict, out_path, *, tile:
     ax.set_xlabel("query | nearest neighbours (rank 1 ...)", fontsize=8)
     if title:
         ax.set_title(title, fontsize=9)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=out_path.name + ".", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, bbox_inches="tight", dpi=dpi)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out_path)
+        return atomic_save_figure(fig, out_path, bbox_inches="tight", dpi=dpi)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return out_path

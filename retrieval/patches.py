@@ -9,9 +9,14 @@ other images, so a query never retrieves a patch of its own image.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from cebench.data.voc import VOCIndex
+from cebench.images import normalize
+
 
 @dataclass
 class PatchSet:
@@ -29,7 +34,8 @@ class PatchSet:
 
     @staticmethod
     def cat(sets: list["PatchSet"]) -> "PatchSet":
-        return PatchSet(*(torch.cat([getattr(s, f) for s in sets]) for f in ("patches", "labels", "image_ids", "boxes")))
+        fields = ("patches", "labels", "image_ids", "boxes")
+        return PatchSet(*(torch.cat([getattr(s, f) for s in sets]) for f in fields))
 
 
 def patch_positions(height: int, width: int, size: int, *, mode: str = "grid", stride: int | None = None,
@@ -101,8 +107,6 @@ def encoder_inputs(patches: torch.Tensor, input_size: int, mask_centre: bool = F
     """uint8/float [B,3,s,s] patches -> ImageNet-normalised [B,3,S,S] at the encoder's input size.
     mask_centre: the central square (side `mask_fraction` of the input: 1/4 of the area at 0.5) is
     filled with the normalised mean, 0, as a context encoder sees its input."""
-    from cebench.images import normalize
-
     x = patches.float() / 255.0 if patches.dtype == torch.uint8 else patches.float()
     if x.shape[-1] != input_size or x.shape[-2] != input_size:
         x = F.interpolate(x, size=(input_size, input_size), mode="bilinear", align_corners=False, antialias=True)
@@ -122,8 +126,6 @@ def encoder_inputs(patches: torch.Tensor, input_size: int, mask_centre: bool = F
 
 def open_voc(root, split: str):
     """The split's images with segmentation masks (ImageSets/Segmentation/<split>.txt)."""
-    from cebench.data.voc import VOCIndex
-
     return VOCIndex(root, split, kind="segmentation")
 
 

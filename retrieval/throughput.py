@@ -3,14 +3,18 @@ build time and queries/s (flat, IVF, HNSW) against scikit-learn's brute-force Ne
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
+
+from cebench.features.hog import hog
+from cebench.features.index import FeatureIndex, brute_force_search, faiss_gpu_available
+from cebench.io import atomic_write_json
+from cebench.pretrain.models import AlexNetConfig, build_encoder
+from cebench.runtime import choose_device
+
+from .patches import encoder_inputs
 
 
 def _rate(fn, n: int, repeat: int = 2) -> float:
@@ -34,16 +38,10 @@ def bench_retrieval(out_path, device: str = "auto", quick: bool = False, *, n_pa
     from skimage.feature import hog as sk_hog
     from sklearn.neighbors import NearestNeighbors
 
-    from cebench.features.hog import hog
-    from cebench.features.index import FeatureIndex, brute_force_search, faiss_gpu_available
-    from cebench.pretrain.models import AlexNetConfig, build_encoder
-
-    from .patches import encoder_inputs
-
     if quick:
         n_patches, n_db, n_queries = 128, 2000, 100
     repeat = 1 if quick else 2
-    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    dev = choose_device(device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     g = torch.Generator().manual_seed(0)
     patches = torch.randint(0, 256, (n_patches, 3, patch_size, patch_size), dtype=torch.uint8, generator=g)
@@ -89,11 +87,5 @@ def bench_retrieval(out_path, device: str = "auto", quick: bool = False, *, n_pa
     res["sklearn_brute_queries_s"] = _rate(lambda: nn_.kneighbors(q), n_queries, repeat)
     res[f"sklearn_brute_recall_at_{k}"] = _recall(nn_.kneighbors(q)[1], ref, k)
     res["faiss_flat_speedup_vs_sklearn"] = res["faiss_flat_queries_s"] / res["sklearn_brute_queries_s"]
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=out_path.name + ".", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(res, f, indent=2)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, out_path)
+    atomic_write_json(out_path, res)
     return res

@@ -17,15 +17,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from cebench.benchmarks import pipeline
-from cebench.benchmarks.api import run_overrides
-from cebench.benchmarks.cli import resolve_config
-from cebench.pretrain.compat import LAYER_NAMES, AlexNetLike, SequentialAlexNet, state_digest, to_alexnet_encoder
-from cebench.pretrain.models import AlexNetConfig, AlexNetEncoder
 from torch import nn
 
 import cebench
+from cebench.benchmarks import pipeline
+from cebench.benchmarks.api import run_overrides
+from cebench.benchmarks.cli import resolve_config
 from cebench.errors import CebenchError, ConfigError
+from cebench.pretrain.compat import LAYER_NAMES, AlexNetLike, SequentialAlexNet, state_digest, to_alexnet_encoder
+from cebench.pretrain.models import AlexNetConfig, AlexNetEncoder
 
 REPO = Path(__file__).resolve().parents[1]
 MARKER = "# cebench plug-in example"

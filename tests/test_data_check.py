@@ -6,10 +6,10 @@ import shutil
 
 import numpy as np
 from PIL import Image
+from test_data_voc import make_voc, write_bad_images  # noqa: E402  (pytest puts tests/ on sys.path)
 
 from cebench.data.check import check_dataset, format_report
 from cebench.data.cli import cmd_check
-from test_data_voc import make_voc, write_bad_images  # noqa: E402  (pytest puts tests/ on sys.path)
 
 
 def _problems(report) -> list[str]:

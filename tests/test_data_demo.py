@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from cebench.data.demo import DEMO_PRESETS, MARKER_NAME, DemoDataConfig, generate_demo
-from cebench.data.voc import VOCDetection, VOCIndex
+from cebench.data.voc import VOCIndex
 from cebench.errors import CebenchError
 from cebench.locks import file_lock
 
@@ -102,8 +102,8 @@ def test_torchvision_reads_the_tree_unchanged(tiny):
     seg = torchvision.datasets.VOCSegmentation(root=str(root), year="2007", image_set="val")
     img, mask = seg[0]
     assert mask.mode == "P" and mask.size == img.size
-    ours = VOCDetection(root, "trainval")
-    assert len(ours) == len(det)
+    ours = VOCIndex(tiny, "trainval")
+    assert len(ours) == len(det) and len(ours.annotation(0)["boxes"]) == len(target["annotation"]["object"])
 
 
 def test_deterministic(tmp_path):

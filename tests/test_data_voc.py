@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from cebench.data import (VOC_CLASSES, ImageFolderDataset, VOCClassification, VOCDetection, VOCImages,
-                          VOCIndex, VOCSegmentation, find_voc_root)
+from cebench.data import VOC_CLASSES, VOCIndex, find_voc_root
 from cebench.data.voc import voc_palette
 from cebench.errors import BadImageError, CebenchError, DatasetMissingError
 from cebench.images import open_rgb
@@ -95,26 +92,6 @@ def test_index_records(voc):
     assert seg.shape == (332, 500) and seg[0, 0] == 255 and seg[10, 10] == VOC_CLASSES.index("dog") + 1
 
 
-def test_torch_datasets(voc):
-    img, labels, i = VOCClassification(voc, "trainval")[2]
-    assert isinstance(img, Image.Image) and labels.dtype == torch.float32 and labels.shape == (20,) and i == 2
-    img, target, i = VOCDetection(voc, "trainval")[0]
-    assert target["boxes"].shape == (2, 4) and target["size"].tolist() == [375, 500] and i == 0
-    assert target["difficult"].dtype == torch.bool and target["labels"].dtype == torch.int64
-    img, mask, i = VOCSegmentation(voc, "val")[0]
-    assert mask.dtype == torch.int64 and tuple(mask.shape) == (375, 500) and 255 in mask.unique().tolist()
-    img, i = VOCImages(voc, "trainval", transform=lambda im: np.asarray(im))[1]
-    assert img.shape == (500, 333, 3) and i == 1
-    # joint transforms from torchvision v2 work on (image, target) unchanged
-    from torchvision.transforms import v2
-
-    flip = v2.Compose([v2.RandomHorizontalFlip(p=1.0), v2.ToImage()])
-    img, target, _ = VOCDetection(voc, "trainval", transforms=flip)[0]
-    assert img.shape == (3, 375, 500) and target["boxes"][0].tolist() == [300, 0, 500, 375]
-    img, mask, _ = VOCSegmentation(voc, "val", transforms=flip)[1]
-    assert mask.shape == (332, 500) and mask[10, 500 - 11] == VOC_CLASSES.index("dog") + 1
-
-
 def test_bad_annotations_name_the_file(voc):
     xml = voc / "Annotations" / "000007.xml"
     xml.write_text(xml.read_text().replace("<name>car</name>", "<name>spaceship</name>"))
@@ -157,23 +134,3 @@ def test_every_bad_image_kind_through_open_rgb(tmp_path):
     for kind in ("good", "gray", "cmyk", "png16", "palette", "alpha"):
         img = open_rgb(p[kind])
         assert img.mode == "RGB" and img.size == (32, 24), kind
-
-
-def test_image_folder_in_dataloader_with_workers(tmp_path, caplog):
-    d = tmp_path / "imgs"
-    p = write_bad_images(d / "sub")
-    ds = ImageFolderDataset(d, transform=lambda im: torch.from_numpy(np.asarray(im).copy()))
-    assert len(ds) == 8 and ds.paths == sorted(ds.paths)
-    loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=2)
-    seen = torch.cat([idx for _img, idx in loader])
-    assert len(seen) == 8 and ds.bad_count == 2  # counted across worker processes
-    bad = {ds.paths.index(p["corrupt"]), ds.paths.index(p["truncated"])}
-    assert not bad & set(seen.tolist())  # substitutes carry their own index
-    with caplog.at_level(logging.WARNING, logger="cebench.data"):
-        _img, j = ds[ds.paths.index(p["corrupt"])]
-    assert str(p["corrupt"]) in caplog.text and j not in bad and ds.bad_count == 3
-    with pytest.raises(DatasetMissingError, match="not found"):
-        ImageFolderDataset(tmp_path / "missing")
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(DatasetMissingError, match="no images"):
-        ImageFolderDataset(tmp_path / "empty")

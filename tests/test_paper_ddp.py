@@ -6,7 +6,6 @@ import os
 import socket
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
@@ -17,8 +16,7 @@ import torch
 from cebench.config import load_config
 from cebench.data.sources import DataConfig
 from cebench.runtime import Runtime, cleanup, init_runtime
-from cebench.transfer import cli as tcli
-from cebench.transfer.det import cli as det_cli
+from cebench.transfer import tasks
 from cebench.transfer.classification import ClsConfig, ClsNet, predict_scores
 from cebench.transfer.config import TransferConfig
 from cebench.transfer.det.train import DetConfig, build_model, evaluate
@@ -49,24 +47,23 @@ def run():  # models (and DDP wrappers) live in this frame: dropped before clean
     ca, ma = confusion_on(fcn, sev, 9, scfg, rt)
     cb, mb = confusion_on(fcn, sev, 9, scfg, one)
     lines.append(f"seg eval equal={torch.equal(ca, cb)} counted={ma} of {len(sev)} pixels={int(ca.sum())}")
-    dcfg = DetConfig(eval_batch=3, fc_dim=16, magic="none", proposals=ProposalConfig(method="grid"))
+    dcfg = DetConfig(eval_batch=3, fc_dim=16, proposals=ProposalConfig(method="grid"))
     from cebench.data.voc import read_split
     props = load_proposals(voc, read_split(voc, "test"), dcfg.proposals, progress=False)
     ds = DetDataset(voc, "test", props, scale=dcfg.scale)
-    det = build_model(dcfg, "random", None, 0, ds).eval()
+    det = build_model(dcfg, "random", None, 0, ds, magic="none").eval()
     da, dbb = evaluate(det, ds, dcfg, "cpu", rt=rt), evaluate(det, ds, dcfg, "cpu", rt=one)
     lines.append(f"det eval equal={da['metrics'] == dbb['metrics']} counted={da['test_images']} of {len(ds)}")
     # training through the stage entry points, DDP over the two processes
     data_cfg = DataConfig(root=voc)
     tcfg = load_config(TransferConfig, None, ["arch=demo", "magic_images=4", "cls.iterations=2", "cls.batch_size=8",
                                               "cls.fc_dim=16", "cls.test_crops=2", "cls.lrs=[3e-3]", "seg.iterations=2",
-                                              "seg.batch_size=8", "seg.fc_dim=16", "seg.lrs=[3e-3]", "seeds=[0]"])
-    for task in ("cls", "seg"):
-        tcli.main(task, tcfg, data_cfg, ["random"], out, "cpu", log=lambda *a: None)
-    dtrain = load_config(DetConfig, None, ["iterations=2", "images_per_batch=2", "fc_dim=16", "lrs=[0.001]",
-                                           "seeds=[0]", "magic_images=4", "figure_images=0", "workers=1",
-                                           "proposals.method=grid", "arch=demo"])
-    det_cli.main(dtrain, data_cfg, voc, out, device="cpu", log=lambda *a: None)
+                                              "seg.batch_size=8", "seg.fc_dim=16", "seg.lrs=[3e-3]", "seeds=[0]",
+                                              "det.iterations=2", "det.images_per_batch=2", "det.fc_dim=16",
+                                              "det.lrs=[0.001]", "det.magic_images=4", "det.figure_images=0",
+                                              "det.proposals.method=grid", "workers=1"])
+    for task in ("cls", "seg", "det"):
+        tasks.main(task, tcfg, data_cfg, ["random"], out, "cpu")
 
 run()
 print("\n" + "\n".join(f"rank={rt.rank} world={rt.world_size} {l}" for l in lines), flush=True)

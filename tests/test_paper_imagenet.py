@@ -67,7 +67,8 @@ def test_placed_state_dict_feeds_every_imagenet_row(torch_home, no_network, tmp_
 
     sd = _place_weights(torch_home)
     enc = imagenet_alexnet_encoder()
-    assert torch.equal(enc.conv1.weight, sd["features.0.weight"]) and torch.equal(enc.conv5.bias, sd["features.10.bias"])
+    assert torch.equal(enc.conv1.weight, sd["features.0.weight"])
+    assert torch.equal(enc.conv5.bias, sd["features.10.bias"])
     assert cli_main(["imagenet-weights", "--download"]) == 0  # present: nothing to fetch, no network used
     assert str(imagenet_weights_path()) in capsys.readouterr().out
 

@@ -95,7 +95,7 @@ def test_det_cli_reads_published_proposals(tmp_path):
     mats = tmp_path / "selective_search_data"
     _write_published(mats / "voc_2007_trainval.mat", ids[:2], [[[1, 1, 20, 20]], [[1, 1, 20, 20]]])
     args = ["transfer", "det", "--config", "tiny", "--data", str(voc), "--proposals-only", "--out",
-            str(tmp_path / "out"), "proposals.method=mat"]
+            str(tmp_path / "out"), "det.proposals.method=mat"]
     assert main(args) == 2  # the test images are missing from the published files
     _write_published(mats / "voc_2007_test.mat", ids[2:], [[[1, 1, 20, 20]], [[3, 3, 30, 30]]])
     assert main(args) == 0

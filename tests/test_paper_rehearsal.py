@@ -19,12 +19,12 @@ REPORT_FILES = ["results.md", "table1.csv", "table2.csv", "paired.csv", "per_see
                 "run.json", "fig_inpainting.png", "fig_retrieval.png", "fig_curves.png", "fig_detections.png"]
 # what the rehearsal may change in the paper config: schedules, batch sizes, worker counts, data
 CUT = {("data", "demo"), ("pretrain", "batch_size"), ("pretrain", "steps"), ("pretrain", "workers"),
-       ("pretrain", "ckpt_every"), ("pretrain", "sample_every"), ("pretrain", "log_every"), ("inpaint", "steps"),
-       ("inpaint", "batch_size"), ("transfer", "seeds"), ("transfer", "runtime", "ckpt_every"),
-       ("transfer", "runtime", "loader_workers"), ("transfer", "cls", "iterations"), ("transfer", "cls", "batch_size"),
-       ("transfer", "seg", "iterations"), ("transfer", "seg", "batch_size"), ("det", "seeds"), ("det", "iterations"),
-       ("det", "magic_images"), ("det", "proposals", "workers"), ("det", "runtime", "ckpt_every"),
-       ("det", "runtime", "loader_workers")}
+       ("pretrain", "ckpt_every"), ("pretrain", "sample_every"), ("pretrain", "log_every"),
+       ("inpaint", "train", "steps"), ("inpaint", "train", "batch_size"), ("transfer", "seeds"),
+       ("transfer", "runtime", "ckpt_every"), ("transfer", "runtime", "loader_workers"),
+       ("transfer", "cls", "iterations"), ("transfer", "cls", "batch_size"), ("transfer", "seg", "iterations"),
+       ("transfer", "seg", "batch_size"), ("transfer", "det", "iterations"), ("transfer", "det", "magic_images"),
+       ("transfer", "det", "proposals", "workers")}
 
 
 def _rows(path):
@@ -45,8 +45,9 @@ def test_rehearsal_is_the_paper_config_with_schedules_cut():
     assert paper.keys() | {k for k in CUT if k in reh} == reh.keys() | {k for k in CUT if k in paper}
     differ = {k for k in paper.keys() & reh.keys() if paper[k] != reh[k]}
     assert differ <= CUT, differ - CUT
-    assert reh[("pretrain", "encoder", "input_size")] == 227 and reh[("inpaint", "inpaint_net", "input_size")] == 128
-    assert reh[("det", "scale")] == 600 and reh[("transfer", "cls", "test_crops")] == 10
+    assert reh[("pretrain", "encoder", "input_size")] == 227
+    assert reh[("inpaint", "train", "inpaint_net", "input_size")] == 128
+    assert reh[("transfer", "det", "scale")] == 600 and reh[("transfer", "cls", "test_crops")] == 10
 
 
 def test_committed_paper_dry_run_routes_each_stage(tmp_path):
@@ -104,7 +105,8 @@ def test_rehearsal_runs_end_to_end_and_each_stage_reads_its_tree(tmp_path):
     inp = read("inpaint")
     assert inp["train_images"] == images and inp["heldout"] == f"{voc07} split test" and inp["input_size"] == 128
     assert read("retrieval")["voc"] == voc12
-    assert yaml.safe_load((out / "transfer/proposals/config.yaml").read_text())["proposals"]["method"] == "mat"
+    assert yaml.safe_load((out / "config.yaml").read_text())["transfer"]["det"]["proposals"]["method"] == "mat"
+    assert json.loads((rep / "run.json").read_text())["jobs"]["det-proposals"]["status"] == "done"
     for init in ("random", "context-encoder"):
         for task in ("cls", "svm", "det"):
             assert read(f"transfer/{task}/{init}")["voc"] == voc07, (task, init)
@@ -125,4 +127,5 @@ def test_rehearsal_runs_end_to_end_and_each_stage_reads_its_tree(tmp_path):
     assert {r["init"] for r in _rows(rep / "svm.csv")} >= {"random", "context encoder"}
     ret = _rows(rep / "retrieval.csv")
     assert {r["method"] for r in ret} >= {"hog", "random", "context encoder"}
-    assert {r["dim"] for r in ret if r["method"] == "random" and r["masked"] == "False"} == {"9216"}  # paper AlexNet pool5
+    random_dims = {r["dim"] for r in ret if r["method"] == "random" and r["masked"] == "False"}
+    assert random_dims == {"9216"}  # the paper AlexNet's pool5, 256 x 6 x 6

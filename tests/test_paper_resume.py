@@ -16,8 +16,9 @@ from cebench.transfer.finetune import TEST_SIGNAL_ENV
 
 CLS = ["--init", "random", "--seeds", "0", "cls.iterations=6", "cls.batch_size=8", "cls.fc_dim=16", "cls.test_crops=2",
        "cls.lrs=[3e-3]", "magic_images=8", "runtime.ckpt_every=2"]
-DET = ["--init", "random", "--seeds", "0", "iterations=6", "fc_dim=16", "lrs=[0.001]", "workers=1", "magic_images=4",
-       "eval_batch=8", "figure_images=0", "cache_images=false", "proposals.method=grid", "runtime.ckpt_every=2"]
+DET = ["--init", "random", "--seeds", "0", "det.iterations=6", "det.fc_dim=16", "det.lrs=[0.001]", "workers=1",
+       "det.magic_images=4", "det.eval_batch=8", "det.figure_images=0", "det.cache_images=false",
+       "det.proposals.method=grid", "runtime.ckpt_every=2"]
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +62,8 @@ def _resume_matches(common, out_ref, out_cut, task, signal_at, expect_rc, expect
     assert cli_main([*common, "--out", str(out_cut)]) == 0  # the same command again: resumes
     ref, cut = _final(out_ref, task), _final(out_cut, task)
     assert cut["metrics"] == ref["metrics"]  # to the last digit
-    assert cut["details"]["train_loss" if task != "det" else "ap"] == ref["details"]["train_loss" if task != "det" else "ap"]
+    detail = "train_loss" if task != "det" else "ap"
+    assert cut["details"][detail] == ref["details"][detail]
     assert _last(out_cut, task) is None  # removed once the job's result is written
     return ref
 

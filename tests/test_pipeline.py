@@ -7,9 +7,10 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
+
+from cebench.errors import CebenchError
 
 REPORT_FILES = ["results.md", "table1.csv", "table2.csv", "paired.csv", "per_seed.csv", "svm.csv", "retrieval.csv",
                 "run.json", "fig_inpainting.png", "fig_retrieval.png", "fig_curves.png"]
@@ -94,7 +95,8 @@ def test_run_rejects_bad_override_in_one_line(tmp_path):
 
 
 def test_dry_run_lists_jobs(tmp_path):
-    res = _cebench(["run", "--config", "tiny", "--out", str(tmp_path), "--dry-run", "data.demo_dir=" + str(tmp_path / "d"),
+    res = _cebench(["run", "--config", "tiny", "--out", str(tmp_path), "--dry-run",
+                    "data.demo_dir=" + str(tmp_path / "d"),
                     "run.methods=[ce, supervised]", "run.supervised_steps=3"], timeout=300)
     assert res.returncode == 0, res.stderr
     assert "pretrain/ce:" in res.stdout and "cls/random:" in res.stdout and "det/context-encoder:" in res.stdout
@@ -124,10 +126,26 @@ def test_transfer_protocol_states_the_trunk_lr_multiplier():
     from cebench.benchmarks.cli import resolve_config
     from cebench.benchmarks.pipeline import resolve, transfer_protocol
 
-    cfg = resolve(resolve_config("demo"), ["transfer.seg.optim.backbone_lr_mult=0.25", "det.lrs=[0.5]"])
+    cfg = resolve(resolve_config("demo"), ["transfer.seg.optim.backbone_lr_mult=0.25", "transfer.det.lrs=[0.5]",
+                                           "transfer.seeds=[3,4]"])
     p = transfer_protocol(cfg)
-    assert p["seg"]["trunk_lr_mult"] == 0.25 and p["cls"]["trunk_lr_mult"] == cfg["transfer"]["cls"]["optim"]["backbone_lr_mult"]
-    assert p["det"]["lrs"] == [0.5] and p["det"]["trunk_lr_mult"] == cfg["det"]["optim"]["backbone_lr_mult"]
+    assert p["seg"]["trunk_lr_mult"] == 0.25
+    assert p["cls"]["trunk_lr_mult"] == cfg["transfer"]["cls"]["optim"]["backbone_lr_mult"]
+    assert p["det"]["lrs"] == [0.5] and p["det"]["trunk_lr_mult"] == cfg["transfer"]["det"]["optim"]["backbone_lr_mult"]
+    assert all(p[t]["seeds"] == [3, 4] for t in ("cls", "seg", "det"))  # one seeds list drives every task
+    assert p["det"]["batch"] == "2 images x 64 RoIs" and p["cls"]["batch"] == "32 images"
+
+
+def test_the_old_det_section_names_its_new_place(tmp_path):
+    from cebench.benchmarks.cli import resolve_config
+    from cebench.benchmarks.pipeline import resolve
+
+    with pytest.raises(CebenchError, match="transfer.det"):
+        resolve(resolve_config("tiny"), ["det.seeds=[0]"])
+    old = tmp_path / "old.yaml"
+    old.write_text("det: {iterations: 3}\n")
+    with pytest.raises(CebenchError, match="moved into the transfer section"):
+        resolve(old, [])
 
 
 def test_changing_one_task_protocol_replans_that_task_only(tmp_path):
@@ -140,8 +158,8 @@ def test_changing_one_task_protocol_replans_that_task_only(tmp_path):
         cfg = resolve(resolve_config("demo"), list(overrides))
         return {j.name: j.key for j in plan(cfg, tmp_path, resolve_config("demo"), tmp_path / "voc", "cpu")}
 
-    base, seg, det = keys(), keys("transfer.seg.lrs=[0.5]"), keys("det.lrs=[0.5]")
+    base, seg, det = keys(), keys("transfer.seg.lrs=[0.5]"), keys("transfer.det.lrs=[0.5]")
     assert {n for n in base if base[n] != seg[n]} == {n for n in base if n.startswith("seg/")} != set()
     assert {n for n in base if base[n] != det[n]} == {n for n in base if n.startswith("det/")} != set()
-    shared = keys("transfer.magic=none")  # read by every cls / seg / svm stage
-    assert {n.split("/")[0] for n in base if base[n] != shared[n]} == {"cls", "seg", "svm"}
+    shared = keys("transfer.magic=none")  # read by every transfer stage
+    assert {n.split("/")[0] for n in base if base[n] != shared[n]} == {"cls", "seg", "svm", "det"}

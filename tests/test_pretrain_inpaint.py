@@ -58,7 +58,7 @@ def eval_run(tmp_path_factory):
     data_dir = str(base / "data")
     voc_root(DataConfig(demo="tiny", demo_dir=data_dir))
     args = _parser().parse_args(["inpaint-eval", "--config", "tiny", "--out", str(base / "out"), "--device", "cpu",
-                                 "steps=4", "batch_size=16", "n_test=12", f"data.demo_dir={data_dir}"])
+                                 "train.steps=4", "train.batch_size=16", "n_test=12", f"data.demo_dir={data_dir}"])
     assert args.func(args) == 0
     return base
 

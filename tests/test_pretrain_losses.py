@@ -49,7 +49,8 @@ def test_patch_standardize_hand_case_and_inverse():
     x[0, :, 2:, 2:] = 3.0                                      # patch (1,1) flat: mean 3, var 0
     z, mean, std = patch_standardize(x, 2, eps=1e-12)
     # patch (0,0) over 8 values (two 2s, six 0s): mean 0.5, var 0.75
-    assert torch.allclose(mean[0, 0, :2, :2], torch.full((2, 2), 0.5)) and torch.allclose(std[0, 0, 0, 0], torch.tensor(0.75).sqrt())
+    assert torch.allclose(mean[0, 0, :2, :2], torch.full((2, 2), 0.5))
+    assert torch.allclose(std[0, 0, 0, 0], torch.tensor(0.75).sqrt())
     assert torch.allclose(z[0, 0, :2, :2], (x[0, 0, :2, :2] - 0.5) / 0.75 ** 0.5, atol=1e-5)
     assert torch.allclose(z[0, 1, :2, :2], torch.full((2, 2), -0.5 / 0.75 ** 0.5), atol=1e-5)
     assert torch.allclose(z[0, :, 2:, 2:], torch.zeros(2, 2, 2), atol=1e-4)  # a flat patch stays flat
@@ -70,10 +71,10 @@ def test_patch_standardize_hand_case_and_inverse():
 
 
 def test_reconstruction_objective_patch_target():
+    from cebench.images import normalize
     from cebench.pretrain.losses import patch_standardize
     from cebench.pretrain.models import AlexNetConfig, ContextEncoder
     from cebench.pretrain.objectives import ReconstructionObjective
-    from cebench.images import normalize
 
     torch.manual_seed(0)
     net = ContextEncoder(AlexNetConfig(), decoder_widths=(16, 8, 8), decoder_layers=4).eval()

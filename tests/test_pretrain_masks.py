@@ -4,8 +4,15 @@ import torch
 from PIL import Image
 
 from cebench.errors import BadImageError
-from cebench.pretrain.masks import (Masker, NoiseMasker, RegionMasker, block_mask, center_mask, load_mask_file,
-                                    silhouettes_from_label_maps)
+from cebench.pretrain.masks import (
+    Masker,
+    NoiseMasker,
+    RegionMasker,
+    block_mask,
+    center_mask,
+    load_mask_file,
+    silhouettes_from_label_maps,
+)
 
 torch.set_num_threads(1)
 

@@ -5,8 +5,18 @@ import torch
 
 from cebench.errors import CheckpointError
 from cebench.pretrain.loading import imagenet_alexnet_encoder, load_encoder, save_encoder_checkpoint
-from cebench.pretrain.models import (AlexNetConfig, AlexNetEncoder, ChannelWiseFC, ContextEncoder, Discriminator,
-                                     InpaintingCE, InpaintNetConfig, SupervisedNet, build_encoder, count_parameters)
+from cebench.pretrain.models import (
+    AlexNetConfig,
+    AlexNetEncoder,
+    ChannelWiseFC,
+    ContextEncoder,
+    Discriminator,
+    InpaintingCE,
+    InpaintNetConfig,
+    SupervisedNet,
+    build_encoder,
+    count_parameters,
+)
 
 torch.set_num_threads(1)
 
@@ -95,7 +105,8 @@ def test_load_encoder_roundtrip_and_strict(tmp_path):
     with pytest.raises(CheckpointError, match="expected a 'ae'"):
         load_encoder(tmp_path / "ce.pt", expect="ae")
     # wrong architecture: strict error listing keys
-    save_checkpoint(tmp_path / "bad.pt", {"model": ce.state_dict(), "arch": {"name": "ce", "encoder": AlexNetConfig(norm="none").to_dict()}})
+    save_checkpoint(tmp_path / "bad.pt", {"model": ce.state_dict(),
+                                          "arch": {"name": "ce", "encoder": AlexNetConfig(norm="none").to_dict()}})
     with pytest.raises(CheckpointError, match="unexpected keys"):
         load_encoder(tmp_path / "bad.pt")
     save_encoder_checkpoint(tmp_path / "bare.pt", AlexNetEncoder(AlexNetConfig.demo()), method="mine")

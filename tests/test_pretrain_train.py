@@ -9,6 +9,7 @@ import torch
 
 from cebench.data.sources import DataConfig
 from cebench.errors import NonFiniteLossError
+from cebench.logs import LogConfig
 from cebench.pretrain import train as T
 
 os.environ["CEBENCH_NO_PROGRESS"] = "1"
@@ -25,7 +26,8 @@ def tiny_data(tmp_path_factory):
 
 
 def small(method="ce", **kw):
-    base = dict(method=method, steps=6, batch_size=8, ckpt_every=2, sample_every=3, eval_images=8, log_every=1)
+    base = dict(method=method, steps=6, batch_size=8, ckpt_every=2, sample_every=3, eval_images=8,
+                log=LogConfig(every=1))
     base.update(kw)
     return T.PretrainConfig(**base)
 
@@ -58,11 +60,13 @@ def test_kill_and_resume_is_bit_exact(tmp_path, tiny_data, method, schedule):
 
 
 def test_outputs_and_arch(tmp_path, tiny_data):
-    path = T.main(small("ae"), tiny_data, tmp_path, device="cpu")
+    path = T.main(small("ae", log=LogConfig(every=1, tensorboard=True)), tiny_data, tmp_path, device="cpu")
     ck = torch.load(path, weights_only=True)
     assert ck["arch"]["name"] == "ae" and ck["arch"]["encoder"]["input_size"] == 64
     lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert any("rec" in l for l in lines) and any("epoch_val_rec" in l for l in lines)
+    assert [l["step"] for l in lines if "rec" in l] == [1, 2, 3, 4, 5, 6]  # every step (log.every=1)
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))  # mirrored (log.tensorboard=true)
     assert (tmp_path / "config.yaml").is_file() and list((tmp_path / "samples").glob("step_*.png"))
     from cebench.pretrain.loading import load_encoder
 
@@ -141,7 +145,7 @@ def test_lr_schedule_values_and_bad_name(tmp_path, tiny_data):
 
 def test_bad_target_patch_is_a_config_error():
     from cebench.errors import ConfigError
-    from cebench.pretrain.train import PretrainConfig, build_ce
+    from cebench.pretrain.methods import PretrainConfig, build_ce
 
     with pytest.raises(ConfigError, match="pretrain.target_patch=7 must be 0 or divide the input size 64"):
         build_ce(PretrainConfig(target_patch=7), probe=True)

@@ -10,7 +10,7 @@ from scipy import stats
 from cebench.benchmarks.cli import main as cli_main
 from cebench.benchmarks.replicates import main as replicates_main
 from cebench.errors import CebenchError
-from cebench.transfer.results import combine_paired, paired_difference
+from cebench.transfer.stats import combine_paired, paired_difference
 
 
 def test_combine_paired_hand_case():

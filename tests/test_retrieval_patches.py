@@ -3,8 +3,15 @@ import pytest
 import torch
 
 from cebench.retrieval.evaluate import average_precision, precision_at_k, retrieval_metrics
-from cebench.retrieval.patches import (PatchSet, centre_labels, crop_patches, encoder_inputs, patch_positions,
-                                       sample_image_patches, split_queries)
+from cebench.retrieval.patches import (
+    PatchSet,
+    centre_labels,
+    crop_patches,
+    encoder_inputs,
+    patch_positions,
+    sample_image_patches,
+    split_queries,
+)
 
 
 def test_grid_positions_and_crops():

@@ -153,8 +153,13 @@ def test_fast_rcnn_shapes_and_detect():
 def test_proposals_selective_search_and_grid(tmp_path):
     from PIL import Image
 
-    from cebench.transfer.det.proposals import ProposalConfig, clean_boxes, grid_boxes, has_selective_search, \
-        load_proposals
+    from cebench.transfer.det.proposals import (
+        ProposalConfig,
+        clean_boxes,
+        grid_boxes,
+        has_selective_search,
+        load_proposals,
+    )
 
     rng = np.random.default_rng(0)
     voc = tmp_path / "VOC2007"

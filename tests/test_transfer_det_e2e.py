@@ -1,33 +1,24 @@
 """End to end: `cebench transfer det --config tiny`, and detection on a real-VOCdevkit-layout tree."""
 
-import argparse
 import json
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from cebench.benchmarks.cli import common_parser
+from cebench.benchmarks.cli import build_parser
 from cebench.errors import DatasetMissingError
+from cebench.logs import read_jsonl
 
-FAST = ["iterations=4", "seeds=[0,1]", "lrs=[0.001]", "workers=1", "magic_images=4", "fc_dim=32", "eval_batch=8",
-        "figure_images=2", "proposals.workers=1"]
-
-
-def _parser():
-    from cebench.transfer.det.cli import register_det
-
-    parser = argparse.ArgumentParser(prog="cebench")
-    sub = parser.add_subparsers(dest="command", required=True)
-    tr = sub.add_parser("transfer").add_subparsers(dest="task", required=True)
-    register_det(tr, common_parser())
-    return parser
+FAST = ["det.iterations=4", "seeds=[0,1]", "det.lrs=[0.001]", "workers=1", "det.magic_images=4", "det.fc_dim=32",
+        "det.eval_batch=8", "det.figure_images=2", "det.proposals.workers=1", "log.every=2",
+        "log.tensorboard=true"]
 
 
 def test_cli_tiny_end_to_end(tmp_path):
     out = tmp_path / "out"
-    args = _parser().parse_args(["transfer", "det", "--config", "tiny", "--out", str(out),
-                                 f"data.demo_dir={tmp_path / 'data'}", *FAST])
+    args = build_parser().parse_args(["transfer", "det", "--config", "tiny", "--out", str(out),
+                                      f"data.demo_dir={tmp_path / 'data'}", *FAST])
     assert args.func(args) == 0
     rows = json.loads((out / "results.json").read_text())["rows"]
     det = {r["metric"]: r for r in rows if r["task"] == "det" and r["init"] == "random"}
@@ -35,6 +26,9 @@ def test_cli_tiny_end_to_end(tmp_path):
     assert det["mAP"]["seeds"] == 2 and 0.0 <= det["mAP"]["mean"] <= 1.0
     jobs = list((out / "jobs" / "det").rglob("final_*.json"))
     assert len(jobs) == 2 and all(json.loads(j.read_text())["status"] == "ok" for j in jobs)
+    curve = read_jsonl(jobs[0].with_suffix(".metrics.jsonl"))  # the fine-tuning curve, every 2 of 4 iterations
+    assert [r["step"] for r in curve] == [2, 4] and all({"loss", "cls", "box", "lr"} <= set(r) for r in curve)
+    assert list((out / "tensorboard" / "det" / "random").glob("final_lr0.001_seed0/events.out.tfevents.*"))
     assert (out / "det_detections.png").stat().st_size > 1000
     assert (out / "config.yaml").is_file() and (out / "det_summary.json").is_file()
     # cached: a second run reuses every job
@@ -85,8 +79,8 @@ def make_vocdevkit(root, n=8):
 
 
 def test_detection_on_vocdevkit_layout(tmp_path):
-    from cebench.transfer.det.train import DetConfig, fit_and_score
     from cebench.transfer.det.proposals import ProposalConfig
+    from cebench.transfer.det.train import DetConfig, fit_and_score
 
     voc = make_vocdevkit(tmp_path)
     cfg = DetConfig(iterations=3, scale=96, max_size=200, fc_dim=32, magic_images=4,

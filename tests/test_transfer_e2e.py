@@ -77,9 +77,12 @@ def test_cls_seg_svm_on_tiny_demo(tiny_root, tmp_path):
     assert "alexnet-owt" in rows[("cls", "mAP", "imagenet")]["reason"]
     assert rows[("cls", "mAP", "random")]["lr"] in (1e-3, 3e-3)  # chosen on val
     assert set(rows[("cls", "mAP", "random")]["val_scores"]) == {"0.001", "0.003"}
-    jobs = sorted(p.name for p in (out / "jobs" / "cls" / "random").iterdir())
+    jobs = sorted(p.name for p in (out / "jobs" / "cls" / "random").glob("*.json"))
     assert [j for j in jobs if j.startswith("select")] == ["select_lr0.001_seed100.json", "select_lr0.003_seed100.json"]
     assert len([j for j in jobs if j.startswith("final")]) == 2
+    curves = sorted(p.name for p in (out / "jobs" / "cls" / "random").glob("final_*.metrics.jsonl"))
+    assert len(curves) == 2  # every fine-tuning job logs its curve (tiny: transfer.log.every=2)
+    assert not list((out / "jobs" / "svm").rglob("*.metrics.jsonl"))  # frozen features: no training loop
     text = (out / "results.csv").read_text()
     assert text.startswith("init,task,metric,mean,std,seeds,status")
 

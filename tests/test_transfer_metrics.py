@@ -3,8 +3,16 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
-from cebench.transfer.metrics import (classification_ap, confusion_matrix, iou_per_class, mean_ap,
-                                      mean_iu, pixel_accuracy, precision_recall, voc_ap)
+from cebench.transfer.metrics import (
+    classification_ap,
+    confusion_matrix,
+    iou_per_class,
+    mean_ap,
+    mean_iu,
+    pixel_accuracy,
+    precision_recall,
+    voc_ap,
+)
 
 
 def test_voc_ap_hand_case_11_point_and_all_point():

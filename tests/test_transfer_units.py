@@ -7,11 +7,22 @@ import torch
 
 from cebench.errors import CheckpointError, ConfigError
 from cebench.pretrain.loading import save_encoder_checkpoint
-from cebench.pretrain.models import AlexNetConfig, AlexNetEncoder, build_encoder
-from cebench.transfer.inits import (InitUnavailable, build_init, magic_init, parse_init)
-from cebench.transfer.results import ResultsTable, summarize
+from cebench.pretrain.models import AlexNetConfig, build_encoder
+from cebench.transfer.inits import (
+    INIT_NAMES,
+    INIT_ORDER,
+    InitUnavailable,
+    build_init,
+    canonical_name,
+    init_rank,
+    magic_init,
+    parse_init,
+    table_label,
+)
 from cebench.transfer.protocol import select_lr
+from cebench.transfer.results import ResultsTable
 from cebench.transfer.segmentation import FCN32, bilinear_kernel
+from cebench.transfer.stats import summarize
 
 torch.set_num_threads(1)
 
@@ -82,6 +93,19 @@ def test_parse_init():
         parse_init("autoencoder")
     with pytest.raises(ConfigError, match="unknown"):
         parse_init("nonsense")
+
+
+def test_one_table_of_init_names():
+    # every alias parses to its row, every row has its table label, pretraining methods name their rows
+    for name, (label, aliases) in INIT_NAMES.items():
+        for alias in (name, *aliases):
+            assert canonical_name(alias.upper()) == name and table_label(alias) == label
+    assert [canonical_name(m) for m in ("ce", "ae", "supervised", "ce-adv")] == \
+        ["context encoder", "autoencoder", "supervised", "ce-adv"]
+    assert table_label("supervised") == "supervised (demo labels)" and table_label("SimCLR-ish") == "SimCLR-ish"
+    assert parse_init("supervised (demo labels)=s.pt").name == "supervised"
+    assert INIT_ORDER == ["random", "autoencoder", "context encoder", "supervised (demo labels)", "imagenet"]
+    assert init_rank("imagenet") == 4 and init_rank("SimCLR-ish") == 5
 
 
 def test_results_table_merges_and_summarises(tmp_path):
@@ -167,4 +191,5 @@ def test_trunk_lr_multiplier_scales_the_trunk_step_only():
         lr = 0.05 if n.startswith("encoder.") else 0.5
         torch.testing.assert_close(dict(net.named_parameters())[n].detach(), before[n] - lr * grads[n])
     _, sched = make_optimizer(net, OptimConfig(backbone_lr_mult=0.1), 1e-2, 100, backbone=net.encoder)
-    assert sched.optimizer.param_groups[0]["max_lr"] == 1e-2 and math.isclose(sched.optimizer.param_groups[1]["max_lr"], 1e-3)
+    groups = sched.optimizer.param_groups
+    assert groups[0]["max_lr"] == 1e-2 and math.isclose(groups[1]["max_lr"], 1e-3)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,10 +19,11 @@ from torch import Tensor, nn
 
 from cebench.runtime import Runtime, autocast_context, place_model
 
-from .common import TaskContext, encoder_for_job, job_checkpoint
+from .common import TaskContext, encoder_for_job, job_checkpoint, job_sources
 from .data import apply_flip, draw_flip, draw_scale_crop, flip_rot_perm, scale_crop, to_input
 from .engine import OptimConfig, make_optimizer
-from .finetune import all_reduce_, fit as fit_job, job_runtime, open_split, shard, train_stream
+from .finetune import all_reduce_, job_runtime, shard, train_stream
+from .finetune import fit as fit_job
 from .metrics import classification_ap, mean_ap
 
 
@@ -128,14 +128,11 @@ def predict_scores(model: nn.Module, split, cfg: ClsConfig, out_size: int, rt: R
     return total / crops, int(counted.sum())
 
 
-def cls_task(job, ctx: TaskContext) -> dict:
+def cls_task(job, ctx: TaskContext, log=None) -> dict:
     """One classification job: fit on job.fit_split with job.lr, score on job.eval_split."""
     cfg: ClsConfig = ctx.cfg
     rt = job_runtime(ctx.runtime, ctx.device)
-    fit = open_split(ctx.root, job.fit_split, kind="cls", load_size=cfg.load_size, cache_dir=ctx.cache_dir,
-                     rt_cfg=ctx.runtime)
-    ev = open_split(ctx.root, job.eval_split, kind="cls", load_size=cfg.load_size, cache_dir=ctx.cache_dir,
-                    rt_cfg=ctx.runtime)
+    fit, ev = job_sources(job, ctx, "cls")  # in memory, or streamed from disk over the budget
     magic = to_input(fit.first(ctx.magic_images))
     encoder = encoder_for_job(job, ctx, magic)
     out_size = encoder.cfg.input_size
@@ -152,7 +149,8 @@ def cls_task(job, ctx: TaskContext) -> dict:
         return {"loss": bce_ignore_difficult(m(x), y)}
 
     stats = fit_job(model, batches, loss_fn, opt, sched, iterations=cfg.iterations, rt=rt,
-                    ckpt=job_checkpoint(job, ctx), grad_clip=cfg.optim.grad_clip)
+                    ckpt=job_checkpoint(job, ctx), grad_clip=cfg.optim.grad_clip, log_fn=log,
+                    log_every=ctx.log_every)
     t0 = time.perf_counter()
     scores, n_scored = predict_scores(model, ev, cfg, out_size, rt, seed=job.seed, workers=ctx.runtime.loader_workers)
     infer_s = time.perf_counter() - t0

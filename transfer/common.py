@@ -1,23 +1,27 @@
-"""What every transfer task shares: the run context, init resolution and the magic-init batch."""
+"""What every transfer task shares: the run context, init resolution, the random row's architecture and
+the seeded encoder of a job."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
+from cebench.checkpoint import load_checkpoint
+from cebench.errors import ConfigError
 from cebench.runtime import seed_everything
 
-from .finetune import FinetuneRuntime, JobCheckpoint
+from .data import load_split
+from .finetune import FinetuneRuntime, JobCheckpoint, open_split
 from .inits import InitSpec, build_init, parse_init
+from .protocol import last_path
 
 
 @dataclass
 class TaskContext:
     """Picklable context of one task run (sent to every job process)."""
 
-    cfg: object                 # the task's config dataclass (ClsConfig / SegConfig / SvmConfig)
+    cfg: object                 # the task's config dataclass (ClsConfig / SegConfig / SvmConfig / DetConfig)
     root: str                   # VOCyyyy folder
     cache_dir: str              # in-memory split cache (.pt files)
     device: str = "cpu"
@@ -26,6 +30,8 @@ class TaskContext:
     magic_images: int = 64
     runtime: FinetuneRuntime = field(default_factory=FinetuneRuntime)  # AMP, checkpoints, memory budget
     out_dir: str = ""           # the command's output folder: jobs keep their `last` checkpoints there
+    log_every: int = 10         # training metrics every this many iterations (the job's .metrics.jsonl)
+    tensorboard: bool = False   # mirror them to TensorBoard (out/tensorboard/...)
 
 
 def resolve_inits(items) -> list[InitSpec]:
@@ -36,11 +42,32 @@ def resolve_inits(items) -> list[InitSpec]:
     seen = set()
     for s in specs:
         if s.name in seen:
-            from cebench.errors import ConfigError
-
             raise ConfigError(f"--init {s.name!r} given twice")
         seen.add(s.name)
     return specs
+
+
+def arch_for(arch, inits: list[InitSpec]):
+    """The random row's architecture: the preset, or with arch=auto that of the first checkpoint."""
+    if arch != "auto":
+        return arch
+    for spec in inits:
+        if spec.checkpoint and spec.kind != "imagenet":
+            return dict(load_checkpoint(spec.checkpoint)["arch"]["encoder"])
+    return "demo"
+
+
+def job_splits(job, ctx: TaskContext, kind: str) -> tuple[dict, dict]:
+    """The job's fit and eval splits in memory (`data.load_split`, kind cls | seg) at the task's load_size."""
+    return tuple(load_split(ctx.root, split, kind=kind, load_size=ctx.cfg.load_size, cache_dir=ctx.cache_dir)
+                 for split in (job.fit_split, job.eval_split))
+
+
+def job_sources(job, ctx: TaskContext, kind: str):
+    """The fit and eval splits of a fine-tuning job (kind cls | seg): in memory when they fit
+    `transfer.runtime.memory_mb`, else streamed from disk (`finetune.open_split`)."""
+    return tuple(open_split(ctx.root, split, kind=kind, load_size=ctx.cfg.load_size, cache_dir=ctx.cache_dir,
+                            rt_cfg=ctx.runtime) for split in (job.fit_split, job.eval_split))
 
 
 def encoder_for_job(job, ctx: TaskContext, magic_batch: torch.Tensor | None):
@@ -53,8 +80,6 @@ def encoder_for_job(job, ctx: TaskContext, magic_batch: torch.Tensor | None):
 def job_checkpoint(job, ctx) -> JobCheckpoint:
     """The fixed `last` checkpoint of one (task, init, seed, lr, phase) job, beside its result JSON; it
     carries the job's identity and config key, so only the same job resumes from it."""
-    from .protocol import last_path
-
     key = {"key": job.key, "task": job.task, "init": job.init.name, "checkpoint": job.init.checkpoint,
            "seed": job.seed, "lr": job.lr, "phase": job.phase, "fit": job.fit_split, "eval": job.eval_split}
     return JobCheckpoint(last_path(ctx.out_dir, job) if ctx.out_dir else None, key, ctx.runtime.ckpt_every)

@@ -8,7 +8,6 @@ the training device, vectorised. Segmentation masks are resized with nearest nei
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
@@ -19,18 +18,12 @@ from PIL import Image
 from cebench.data.voc import VOCIndex
 from cebench.errors import DatasetMissingError
 from cebench.images import normalize
+from cebench.io import atomic_torch_save
 
 
 def _cache_file(cache_dir, root, split: str, kind: str, size: int) -> Path:
     h = hashlib.sha256(f"{Path(root).resolve()}|{split}|{kind}|{size}".encode()).hexdigest()[:12]
     return Path(cache_dir) / f"{kind}-{split}-{size}-{h}.pt"
-
-
-def _save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def load_split(root, split: str, *, kind: str, load_size: int, cache_dir=None) -> dict:
@@ -58,7 +51,7 @@ def load_split(root, split: str, *, kind: str, load_size: int, cache_dir=None) -
     if kind == "seg":
         out["masks"] = masks
     if path is not None:
-        _save(out, path)
+        atomic_torch_save(out, path)
     return out
 
 

@@ -287,7 +287,7 @@ def _until_stop(batches, flag, rt: Runtime, step0: int, hook):
 
 def fit(model: torch.nn.Module, stream, loss_fn: Callable, optimizer, scheduler, *, iterations: int,
         rt: Runtime, ckpt: JobCheckpoint, grad_clip: float = 0.0, generators: dict | None = None,
-        log_fn=None) -> dict:
+        log_fn=None, log_every: int = 50) -> dict:
     """Train `model` (placed on rt.device) for `iterations`, resuming from `ckpt`; returns the means of
     the named losses over all iterations (also those before a resumption) and the throughput.
 
@@ -331,7 +331,7 @@ def fit(model: torch.nn.Module, stream, loss_fn: Callable, optimizer, scheduler,
             every = ckpt.every if ckpt.every > 0 and ckpt.path is not None else iterations
             k = min((done // every + 1) * every, iterations) - done
             stats = train_one_epoch(ddp, _until_stop(stream.take(k), flag, rt, done, hook), amp_loss, optimizer,
-                                    scheduler, grad_clip=grad_clip, step0=done, log=log_fn)
+                                    scheduler, grad_clip=grad_clip, step0=done, log=log_fn, log_every=log_every)
             n = int(stats["iterations"])
             for name in stats:
                 if name not in ("iterations", "images", "seconds", "images_per_s"):

@@ -26,13 +26,18 @@ class InitUnavailable(CebenchError):
     """An initialisation whose weights are not on this machine (reported as unavailable, not an error)."""
 
 
-ALIASES = {
-    "ce": "context encoder", "context_encoder": "context encoder", "context-encoder": "context encoder",
-    "ae": "autoencoder", "auto-encoder": "autoencoder",
-    "sup": "supervised", "supervised (demo labels)": "supervised",
-    "rand": "random", "gaussian": "random",
-    "imagenet-supervised": "imagenet",
+# The one table of init names: canonical name -> (the label the report's tables give the row, other names
+# it answers to). The paper's row order. A pretraining method's row is `canonical_name(method)` (ce ->
+# context encoder); any other name is a custom row shown as given.
+INIT_NAMES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "random": ("random", ("rand", "gaussian")),
+    "autoencoder": ("autoencoder", ("ae", "auto-encoder")),
+    "context encoder": ("context encoder", ("ce", "context_encoder", "context-encoder")),
+    "supervised": ("supervised (demo labels)", ("sup", "supervised (demo labels)")),
+    "imagenet": ("imagenet", ("imagenet-supervised",)),
 }
+ALIASES = {alias: name for name, (_, aliases) in INIT_NAMES.items() for alias in aliases}
+INIT_ORDER = [label for label, _ in INIT_NAMES.values()]  # table labels in the paper's row order
 
 ARCH_PRESETS = {"demo": AlexNetConfig.demo, "paper": AlexNetConfig.paper, "caffenet": AlexNetConfig.caffenet}
 
@@ -40,6 +45,17 @@ ARCH_PRESETS = {"demo": AlexNetConfig.demo, "paper": AlexNetConfig.paper, "caffe
 def canonical_name(name: str) -> str:
     key = name.strip().lower()
     return ALIASES.get(key, key)
+
+
+def table_label(name: str) -> str:
+    """The label of an init row in the report's tables (a custom row keeps its own name)."""
+    canonical = canonical_name(name)
+    return INIT_NAMES[canonical][0] if canonical in INIT_NAMES else name
+
+
+def init_rank(label: str) -> int:
+    """Table position of a row (by its label): the paper's order, any other learner after them."""
+    return INIT_ORDER.index(label) if label in INIT_ORDER else len(INIT_ORDER)
 
 
 @dataclass
@@ -223,5 +239,6 @@ def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, forward=None) 
     model.train(was_training)
 
 
-__all__ = ["INITS", "ALIASES", "InitSpec", "InitUnavailable", "parse_init", "build_init", "magic_init",
-           "recalibrate_batchnorm", "canonical_name", "arch_from", "ARCH_PRESETS"]
+__all__ = ["INITS", "INIT_NAMES", "INIT_ORDER", "ALIASES", "table_label", "init_rank", "InitSpec", "InitUnavailable",
+           "parse_init", "build_init", "magic_init", "recalibrate_batchnorm", "canonical_name", "arch_from",
+           "ARCH_PRESETS"]

@@ -1,7 +1,9 @@
-"""Seeds, learning-rate selection on the validation split, parallel jobs, and the aggregation.
+"""The transfer protocol: seeds, learning-rate selection on the validation split, parallel jobs, and the
+aggregation.
 
-A *job* is one (task, init, seed, lr, phase) training run; it writes its own small JSON under
-`out/jobs/`, so runs resume and the pipeline can spread jobs over processes. The protocol:
+A *job* (`TransferJob`) is one (task, init, seed, lr, phase) training run; it writes its own small JSON
+under `out/jobs/` (and its per-step training metrics beside it, `<job>.metrics.jsonl`), so runs resume
+and the pipeline can spread jobs over processes. The protocol:
 
 1. select: for each init and each candidate lr, fit on `train` and score on `val` (both carved
    from trainval) for `select_seeds`; the lr with the best mean val score is that init's lr.
@@ -9,34 +11,40 @@ A *job* is one (task, init, seed, lr, phase) training run; it writes its own sma
 3. aggregate: mean, std and seed count per (init, task, metric) into `ResultsTable`.
 
 Nothing is ever chosen on the test split. A task is a picklable function
-`task_fn(job: Job, ctx) -> {"metrics": {name: value}, ...}`; `ctx` is any picklable object the task
-needs (its config, data cache folder, device, threads).
+`task_fn(job: TransferJob, ctx, log) -> {"metrics": {name: value}, ...}`; `ctx` is any picklable object the
+task needs (its config, data cache folder, device, threads) and `log(**metrics)` records one training step
+(`cebench.logs.JsonlLogger.log`; TensorBoard too when `ctx.tensorboard`).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import multiprocessing as mp
 import os
 import re
 import time
-import traceback
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import multiprocessing as mp
+import torch
 
-from cebench.errors import CebenchError, NonFiniteLossError
+from cebench.errors import NonFiniteLossError
+from cebench.io import atomic_write_json
+from cebench.logs import JsonlLogger, get_logger
 from cebench.runtime import barrier, is_dist, is_main_process
 
 from .inits import InitSpec, InitUnavailable
-from .results import ResultsTable, summarize, write_json
+from .results import ResultsTable
+from .stats import summarize
+
+log = get_logger("cebench.transfer")
 
 
 @dataclass
-class Job:
+class TransferJob:
     task: str
     init: InitSpec
     seed: int
@@ -51,24 +59,27 @@ class Job:
         return re.sub(r"[^A-Za-z0-9_.-]+", "_", self.init.name).strip("_") or "init"
 
 
-def job_path(out_dir, job: Job) -> Path:
+def job_path(out_dir, job: TransferJob) -> Path:
     return Path(out_dir) / "jobs" / job.task / job.slug / f"{job.phase}_lr{job.lr:g}_seed{job.seed}.json"
 
 
-def last_path(out_dir, job: Job) -> Path:
+def last_path(out_dir, job: TransferJob) -> Path:
     """The job's `last` checkpoint (fine-tuning resumes from it; removed once the job's JSON is written)."""
     return job_path(out_dir, job).with_suffix(".last.pt")
 
 
 def _set_threads(threads: int) -> None:
-    import torch
-
     if threads:
         torch.set_num_threads(int(threads))
         os.environ.setdefault("OMP_NUM_THREADS", str(threads))
 
 
-def run_job(task_fn: Callable, job: Job, ctx, out_dir, threads: int = 0) -> dict:
+def metrics_path(out_dir, job: TransferJob) -> Path:
+    """The job's training curve: one JSON line per logged step."""
+    return job_path(out_dir, job).with_suffix(".metrics.jsonl")
+
+
+def run_job(task_fn: Callable, job: TransferJob, ctx, out_dir, threads: int = 0) -> dict:
     """Run ONE job (or return its cached JSON) and write `jobs/<task>/<init>/<phase>_lr<lr>_seed<s>.json`."""
     path = job_path(out_dir, job)
     if path.is_file():
@@ -84,16 +95,26 @@ def run_job(task_fn: Callable, job: Job, ctx, out_dir, threads: int = 0) -> dict
     rec = {"task": job.task, "init": job.init.name, "kind": job.init.kind, "checkpoint": job.init.checkpoint,
            "seed": job.seed, "lr": job.lr, "phase": job.phase, "fit_split": job.fit_split,
            "eval_split": job.eval_split, "key": job.key}
+    curve = metrics_path(out_dir, job)
+    main_rank = is_main_process()  # under torchrun: one rank writes the curve and the record
+    if main_rank and not last_path(out_dir, job).is_file():  # a resumed job continues its curve
+        curve.unlink(missing_ok=True)  # a rerun (another config) draws its own curve, not after the old one
+    tb = None
+    if getattr(ctx, "tensorboard", False):  # out/tensorboard/<task>/<init>/<phase>_lr<lr>_seed<s>/
+        tb = Path(out_dir) / "tensorboard" / job_path(out_dir, job).relative_to(Path(out_dir) / "jobs").with_suffix("")
+    logger = JsonlLogger(curve, tensorboard_dir=tb, enabled=main_rank)
     try:
-        out = task_fn(job, ctx)
+        out = task_fn(job, ctx, logger.log)
         rec.update(status="ok", **out)
     except InitUnavailable as exc:
         rec.update(status="unavailable", reason=str(exc), metrics={})
     except NonFiniteLossError as exc:
         rec.update(status="non-finite", reason=str(exc), metrics={})
+    finally:
+        logger.close()
     rec["seconds"] = time.perf_counter() - t0
-    if is_main_process():  # under torchrun every rank ran the job; one writes it
-        write_json(path, rec)
+    if main_rank:
+        atomic_write_json(path, rec)
         last_path(out_dir, job).unlink(missing_ok=True)
     barrier()
     return rec
@@ -104,7 +125,8 @@ def _call(args):
     return run_job(task_fn, job, ctx, out_dir, threads)
 
 
-def run_jobs(task_fn: Callable, jobs: list[Job], ctx, out_dir, *, workers: int = 1, threads: int = 1) -> list[dict]:
+def run_jobs(task_fn: Callable, jobs: list[TransferJob], ctx, out_dir, *, workers: int = 1,
+             threads: int = 1) -> list[dict]:
     """All jobs, in `workers` one-`threads` processes (spawned) or in this process when workers <= 1."""
     if workers <= 1 or len(jobs) <= 1 or is_dist():  # under torchrun the ranks run each job together
         return [run_job(task_fn, j, ctx, out_dir, threads) for j in jobs]
@@ -138,7 +160,7 @@ class SeedPlan:
 
 def run_seeds(task_fn: Callable, task: str, inits: list[InitSpec], plan: SeedPlan, ctx, out_dir, *,
               metrics: list[str], primary: str, key: str = "", workers: int = 1, threads: int = 1,
-              table: ResultsTable | None = None, log=print) -> ResultsTable:
+              table: ResultsTable | None = None) -> ResultsTable:
     """lr selection on val, final runs on test for every seed, aggregated rows into the table."""
     out_dir = Path(out_dir)
     table = table or ResultsTable(out_dir)
@@ -146,9 +168,9 @@ def run_seeds(task_fn: Callable, task: str, inits: list[InitSpec], plan: SeedPla
     chosen: dict[str, float | None] = {}
     val_scores: dict[str, dict] = {}
     if len(lrs) > 1:
-        sel = [Job(task, spec, s, lr, "select", plan.train_split, plan.val_split, key)
+        sel = [TransferJob(task, spec, s, lr, "select", plan.train_split, plan.val_split, key)
                for spec in inits for lr in lrs for s in plan.select_seeds]
-        log(f"[{task}] selecting lr in {lrs} on {plan.val_split} ({len(sel)} jobs)")
+        log.info(f"[{task}] selecting lr in {lrs} on {plan.val_split} ({len(sel)} jobs)")
         recs = run_jobs(task_fn, sel, ctx, out_dir, workers=workers, threads=threads)
         for spec in inits:
             mine = [r for r in recs if r["init"] == spec.name]
@@ -157,14 +179,14 @@ def run_seeds(task_fn: Callable, task: str, inits: list[InitSpec], plan: SeedPla
                 table.add_unavailable(spec.name, task, primary, mine[0].get("reason", "unavailable"))
                 continue
             chosen[spec.name], val_scores[spec.name] = select_lr(mine, lrs, primary)
-            log(f"[{task}] {spec.name}: val {primary} " +
+            log.info(f"[{task}] {spec.name}: val {primary} " +
                 ", ".join(f"lr {lr:g}: {s:.4f}" for lr, s in val_scores[spec.name].items()) +
                 f" -> lr {chosen[spec.name]}")
     else:
         chosen = {spec.name: lrs[0] for spec in inits}
-    final = [Job(task, spec, s, chosen[spec.name], "final", plan.trainval_split, plan.test_split, key)
+    final = [TransferJob(task, spec, s, chosen[spec.name], "final", plan.trainval_split, plan.test_split, key)
              for spec in inits if chosen.get(spec.name) is not None for s in plan.seeds]
-    log(f"[{task}] final runs on {plan.test_split}: {len(final)} jobs")
+    log.info(f"[{task}] final runs on {plan.test_split}: {len(final)} jobs")
     recs = run_jobs(task_fn, final, ctx, out_dir, workers=workers, threads=threads)
     for spec in inits:
         mine = [r for r in recs if r["init"] == spec.name]
@@ -188,4 +210,5 @@ def run_seeds(task_fn: Callable, task: str, inits: list[InitSpec], plan: SeedPla
     return table
 
 
-__all__ = ["Job", "SeedPlan", "run_job", "run_jobs", "run_seeds", "select_lr", "job_path", "last_path"]
+__all__ = ["TransferJob", "SeedPlan", "run_job", "run_jobs", "run_seeds", "select_lr", "job_path", "metrics_path",
+           "last_path"]

@@ -23,12 +23,12 @@ from torch import Tensor, nn
 from cebench.errors import ConfigError
 from cebench.runtime import Runtime, autocast_context, place_model
 
-from .common import TaskContext, encoder_for_job, job_checkpoint
+from .common import TaskContext, encoder_for_job, job_checkpoint, job_sources
 from .data import flip_rot_perm, scale_crop, to_input
 from .engine import OptimConfig, make_optimizer
-from .finetune import all_reduce_, fit as fit_job, job_runtime, open_split, shard, train_stream
+from .finetune import all_reduce_, job_runtime, shard, train_stream
+from .finetune import fit as fit_job
 from .metrics import confusion_matrix, iou_per_class, mean_iu, pixel_accuracy
-
 
 SEG_FEATURES = ("pool5", "conv5")  # the trunk layer under fc6
 
@@ -139,14 +139,11 @@ def confusion_on(model: nn.Module, split, num_classes: int, cfg: SegConfig, rt: 
     return conf, int(counted)
 
 
-def seg_task(job, ctx: TaskContext) -> dict:
+def seg_task(job, ctx: TaskContext, log=None) -> dict:
     """One segmentation job: fit on job.fit_split with job.lr, mean IU on job.eval_split."""
     cfg: SegConfig = ctx.cfg
     rt = job_runtime(ctx.runtime, ctx.device)
-    fit = open_split(ctx.root, job.fit_split, kind="seg", load_size=cfg.load_size, cache_dir=ctx.cache_dir,
-                     rt_cfg=ctx.runtime)
-    ev = open_split(ctx.root, job.eval_split, kind="seg", load_size=cfg.load_size, cache_dir=ctx.cache_dir,
-                    rt_cfg=ctx.runtime)
+    fit, ev = job_sources(job, ctx, "seg")  # in memory, or streamed from disk over the budget
     encoder = encoder_for_job(job, ctx, to_input(fit.first(ctx.magic_images)))
     k = len(fit.classes)
     model = place_model(FCN32(encoder, k, fc_dim=cfg.fc_dim, fc6_kernel=cfg.fc6_kernel, dropout=cfg.dropout,
@@ -160,7 +157,8 @@ def seg_task(job, ctx: TaskContext) -> dict:
         return {"loss": F.cross_entropy(m(x).float(), y, ignore_index=cfg.ignore_index)}
 
     stats = fit_job(model, batches, loss_fn, opt, sched, iterations=cfg.iterations, rt=rt,
-                    ckpt=job_checkpoint(job, ctx), grad_clip=cfg.optim.grad_clip)
+                    ckpt=job_checkpoint(job, ctx), grad_clip=cfg.optim.grad_clip, log_fn=log,
+                    log_every=ctx.log_every)
     t0 = time.perf_counter()
     conf, n_scored = confusion_on(model, ev, k, cfg, rt, workers=ctx.runtime.loader_workers)
     infer_s = time.perf_counter() - t0

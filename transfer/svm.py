@@ -20,8 +20,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from cebench.features.extract import extract_features
 from cebench.runtime import autocast_context
 
-from .common import TaskContext, encoder_for_job
-from .data import load_split, to_input
+from .common import TaskContext, encoder_for_job, job_splits
+from .data import to_input
 from .finetune import job_runtime
 from .metrics import classification_ap, mean_ap
 
@@ -39,7 +39,8 @@ class SvmConfig:
     knn: bool = True
 
 
-def layer_features(encoder, images_u8: torch.Tensor, layers, cfg: SvmConfig, device, amp_context=None) -> dict[str, np.ndarray]:
+def layer_features(encoder, images_u8: torch.Tensor, layers, cfg: SvmConfig, device,
+                   amp_context=None) -> dict[str, np.ndarray]:
     """{layer: [N, C_l * grid^2] L2-normalised} for every layer, from one forward pass per batch
     (under `amp_context`, e.g. the runtime's bf16 autocast on CUDA; features are kept in fp32)."""
     encoder.eval()
@@ -101,12 +102,12 @@ def knn_scores(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, cfg: SvmConfig
     return vote(te @ tr.t(), best_k), best_k
 
 
-def svm_task(job, ctx: TaskContext) -> dict:
+def svm_task(job, ctx: TaskContext, log=None) -> dict:
+    """One frozen-feature job (no training loop, so nothing for `log`): fit on trainval, score on test."""
     cfg: SvmConfig = ctx.cfg
     rt = job_runtime(ctx.runtime, ctx.device)  # the shared runtime: device and AMP chosen once
     device = rt.device
-    tr = load_split(ctx.root, job.fit_split, kind="cls", load_size=cfg.load_size, cache_dir=ctx.cache_dir)
-    te = load_split(ctx.root, job.eval_split, kind="cls", load_size=cfg.load_size, cache_dir=ctx.cache_dir)
+    tr, te = job_splits(job, ctx, "cls")
     encoder = encoder_for_job(job, ctx, to_input(tr["images"][: ctx.magic_images])).to(device)
     ytr, yte = tr["labels"].numpy(), te["labels"].numpy()
     metrics, details = {}, {}

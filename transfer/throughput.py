@@ -7,18 +7,15 @@ can be passed as `extra=`) — each function takes
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 
+from cebench.io import atomic_write_json
 from cebench.pretrain.models import AlexNetConfig, build_encoder
-
-from cebench.runtime import place_model, timed_steps
+from cebench.runtime import choose_device, place_model, timed_steps
 
 from .classification import ClsNet, bce_ignore_difficult
 from .det.throughput import bench_det
-from .results import write_json
 from .segmentation import FCN32
 
 
@@ -69,8 +66,6 @@ BENCHES = [("cls", bench_cls), ("seg", bench_seg), ("seg_conv5", bench_seg_conv5
 
 
 def bench_transfer(out_path=None, device="auto", quick: bool = False, extra=()) -> dict:
-    from cebench.runtime import choose_device
-
     dev = choose_device(device)
     out = {"device": str(dev), "threads": torch.get_num_threads()}
     for name, fn in [*BENCHES, *extra]:
@@ -78,7 +73,7 @@ def bench_transfer(out_path=None, device="auto", quick: bool = False, extra=()) 
         if dev.type == "cuda" and not quick and name in ("cls", "seg"):
             out[f"{name}_paper_arch"] = fn(dev, quick, AlexNetConfig.paper())
     if out_path is not None:
-        write_json(Path(out_path), out)
+        atomic_write_json(out_path, out)
     return out
 
 

@@ -1,8 +1,9 @@
-"""Datasets: VOC readers (real VOC and the built-in demo tree), image folders, dataset checks."""
+"""Datasets: VOC readers (real VOC and the built-in demo tree), data sources, dataset checks.
 
-from .folder import ImageFolderDataset, SafeDataset
-from .voc import (VOC_CLASSES, VOCClassification, VOCDetection, VOCImages, VOCIndex, VOCSegmentation,
-                  find_voc_root)
+Every stage builds its own dataset on `cebench.data.voc.VOCIndex` (ids, images, annotations, masks of one
+split), so real VOC and the demo tree go through the same reader.
+"""
 
-__all__ = ["VOC_CLASSES", "find_voc_root", "VOCIndex", "VOCImages", "VOCClassification", "VOCDetection",
-           "VOCSegmentation", "ImageFolderDataset", "SafeDataset"]
+from .voc import VOC_CLASSES, VOCIndex, find_voc_root
+
+__all__ = ["VOC_CLASSES", "find_voc_root", "VOCIndex"]

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cebench.data.voc import (CLASSES_FILE, find_voc_root, parse_annotation, read_classes)
+from cebench.data.voc import CLASSES_FILE, find_voc_root, parse_annotation, read_classes
 from cebench.errors import CebenchError
 from cebench.images import inspect_image, list_images
 

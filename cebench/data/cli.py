@@ -6,13 +6,15 @@ import argparse
 import dataclasses
 import time
 
+from cebench.data.check import check_dataset, format_report
+from cebench.data.demo import DemoDataConfig, demo_config, generate_demo, paper_layout_paths
+from cebench.data.voc import VOCIndex
 from cebench.errors import ConfigError
+from cebench.images import list_images
 
 
 def _parse_overrides(items: list[str]) -> dict:
     """`key=value` overrides for DemoDataConfig fields (ints, floats, comma tuples)."""
-    from cebench.data.demo import DemoDataConfig
-
     fields = {f.name: f for f in dataclasses.fields(DemoDataConfig)}
     defaults = DemoDataConfig()
     out = {}
@@ -33,9 +35,6 @@ def _parse_overrides(items: list[str]) -> dict:
 
 
 def cmd_demo(args) -> int:
-    from cebench.data.demo import demo_config, generate_demo
-    from cebench.data.voc import VOCIndex
-
     overrides = _parse_overrides(getattr(args, "overrides", None) or [])
     if args.seed is not None:
         overrides["seed"] = args.seed
@@ -44,13 +43,12 @@ def cmd_demo(args) -> int:
     voc = generate_demo(args.out, cfg, force=args.force)
     seconds = time.perf_counter() - t0
     print(f"VOC root: {voc}")
-    splits = ("trainval", "train", "val", "test") if cfg.layout == "paper" else ("pretrain", "trainval", "train", "val", "test")
+    splits = ("trainval", "train", "val", "test")
+    if cfg.layout != "paper":  # the rehearsal's pretraining images are a folder, not a split
+        splits = ("pretrain", *splits)
     counts = {s: len(VOCIndex(voc, s).ids) for s in splits}
     print("images: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     if cfg.layout == "paper":  # the rehearsal of the paper protocol: what --config paper reads
-        from cebench.data.demo import paper_layout_paths
-        from cebench.images import list_images
-
         extra = paper_layout_paths(voc.parent.parent)
         seg = {s: len(VOCIndex(extra["voc2012"], s, kind="segmentation").ids) for s in ("train", "val")}
         print(f"VOC2012 (segmentation): {extra['voc2012']}: " + ", ".join(f"{k} {v}" for k, v in seg.items()))
@@ -62,8 +60,6 @@ def cmd_demo(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from cebench.data.check import check_dataset, format_report
-
     report = check_dataset(args.root)
     print(format_report(report, max_issues=args.max_issues))
     return 0 if report.ok else 1

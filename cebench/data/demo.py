@@ -14,7 +14,6 @@ Everything is a pure function of the config: same config, same bytes.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -26,9 +25,10 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from cebench.errors import CebenchError, ConfigError
-from cebench.locks import file_lock
 from cebench.data.voc import CLASSES_FILE, VOC_CLASSES, voc_palette
+from cebench.errors import CebenchError, ConfigError
+from cebench.io import atomic_directory
+from cebench.locks import file_lock
 
 GENERATOR_VERSION = 2
 MARKER_NAME = ".cebench_demo.json"
@@ -512,16 +512,15 @@ def _generate_locked(devkit: Path, cfg: DemoDataConfig, force: bool) -> Path:
     ours = voc.exists()  # checked above: an earlier demo tree, whose extras we may replace
     foreign = [str(p) for p in extras.values() if p.exists() and not ours]
     if foreign:
-        raise CebenchError(f"{foreign[0]} exists and is not part of a cebench demo tree; choose another output folder")
-    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+        raise CebenchError(f"{foreign[0]} exists and is not part of a cebench demo tree; choose another "
+                           "output folder")
     devkit.mkdir(parents=True, exist_ok=True)
-    for stale in devkit.glob(f".VOC{YEAR}.tmp-*"):  # left by an interrupted run
+    for stale in devkit.glob(f".VOC{YEAR}.*tmp*"):  # left by an interrupted run
         shutil.rmtree(stale, ignore_errors=True)
-    tmp = devkit / f".VOC{YEAR}.tmp-{digest}-{os.getpid()}"
-    # layout paper: the VOC2012 tree, the image folder and the proposal files are built inside the temporary
-    # VOC2007 folder and moved into place before it, so its marker appears only once everything is there
-    dests = {"2007": tmp, "2012": tmp / ".extra" / "voc2012", "folder": tmp / ".extra" / "pretrain_images"}
-    try:
+    with atomic_directory(voc) as tmp:  # an earlier demo tree with another config (checked above) is replaced
+        # layout paper: the VOC2012 tree, the image folder and the proposal files are built inside the
+        # temporary VOC2007 folder and moved into place before it, so its marker appears only once all is there
+        dests = {"2007": tmp, "2012": tmp / ".extra" / "voc2012", "folder": tmp / ".extra" / "pretrain_images"}
         for root in ((tmp, dests["2012"]) if extras else (tmp,)):
             for sub in ("JPEGImages", "Annotations", "SegmentationClass", "SegmentationObject",
                         "ImageSets/Main", "ImageSets/Segmentation"):
@@ -568,12 +567,6 @@ def _generate_locked(devkit: Path, cfg: DemoDataConfig, force: bool) -> Path:
                 os.replace(src, extras[name])
             shutil.rmtree(tmp / ".extra")
         (tmp / MARKER_NAME).write_text(json.dumps(dict(config=key, stats=stats), indent=1, sort_keys=True))
-        if voc.exists():
-            shutil.rmtree(voc)  # an earlier demo tree with another config (checked above)
-        os.replace(tmp, voc)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return voc
 
 

@@ -19,7 +19,10 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ..config import config_to_dict, save_config
 from ..errors import ConfigError, DatasetMissingError
+from .demo import DEMO_PRESETS, generate_demo, paper_layout_paths
+from .voc import find_voc_root
 
 
 @dataclass
@@ -46,8 +49,6 @@ def demo_root(cfg: DataConfig) -> Path:
 
 
 def _demo_preset(cfg: DataConfig):
-    from .demo import DEMO_PRESETS
-
     if cfg.demo not in DEMO_PRESETS:
         raise DatasetMissingError(f"unknown demo preset {cfg.demo!r}; choose one of {sorted(DEMO_PRESETS)}")
     return replace(DEMO_PRESETS[cfg.demo], seed=cfg.demo_seed)
@@ -68,8 +69,6 @@ def source_of(cfg: DataConfig, use: str, override: str | None = None) -> tuple[s
         return "data.pretrain_images", cfg.pretrain_images
     if cfg.root:
         return ("data.root" if use != "pretrain" else f"data.root split {cfg.pretrain_split}"), cfg.root
-    from .demo import paper_layout_paths
-
     base = demo_root(cfg)
     preset = _demo_preset(cfg)
     if preset.layout == "paper":
@@ -83,16 +82,12 @@ def source_of(cfg: DataConfig, use: str, override: str | None = None) -> tuple[s
 
 def _demo(cfg: DataConfig) -> Path:
     """Generate (or reuse) the demo data of preset `data.demo`; returns its VOC2007 root."""
-    from .demo import generate_demo
-
     return Path(generate_demo(demo_root(cfg), _demo_preset(cfg)))
 
 
 def voc_root(cfg: DataConfig, override: str | None = None, *, segmentation: bool = False) -> Path:
     """The VOCyyyy folder to read (segmentation: the "seg" source); generates the demo tree when no
     real root is configured."""
-    from .voc import find_voc_root
-
     what, path = source_of(cfg, "seg" if segmentation else "voc", override)
     if what.startswith("demo"):
         _demo(cfg)
@@ -112,8 +107,6 @@ def pretrain_folder(cfg: DataConfig) -> Path | None:
 def record_sources(out_dir, data_cfg: DataConfig, **read) -> Path:
     """Write `out_dir/data.yaml`: the data section and what this stage actually read (paths, sizes), so a
     run can be checked afterwards for which tree each stage used."""
-    from ..config import config_to_dict, save_config
-
     return save_config({"data": config_to_dict(data_cfg),
                         "read": {k: (str(v) if isinstance(v, Path) else v) for k, v in read.items()}},
                        out_dir, name="data.yaml")

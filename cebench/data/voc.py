@@ -12,9 +12,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
-from torch.utils.data import Dataset
 
 from cebench.errors import CebenchError, DatasetMissingError
 from cebench.images import open_rgb
@@ -204,110 +202,5 @@ class VOCIndex:
             np.zeros((0, self.num_classes), np.int8)
 
 
-class _VOCBase(Dataset):
-    kind = "main"
-
-    def __init__(self, root, split: str, year: str | int | None = None):
-        self.index = VOCIndex(root, split, kind=self.kind, year=year)
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    @property
-    def classes(self) -> tuple[str, ...]:
-        return self.index.classes
-
-    @property
-    def ids(self) -> list[str]:
-        return self.index.ids
-
-
-class VOCImages(_VOCBase):
-    """(image, index): pixels only, what self-supervised methods see."""
-
-    def __init__(self, root, split: str, transform=None, year=None, kind: str = "main"):
-        self.kind = kind
-        super().__init__(root, split, year)
-        self.transform = transform
-
-    def image_path(self, i: int) -> Path:
-        return self.index.image_path(i)
-
-    def __getitem__(self, i: int):
-        img = self.index.load_image(i)
-        if self.transform is not None:
-            img = self.transform(img)
-        return img, i
-
-
-class VOCClassification(_VOCBase):
-    """(image, labels float32 [C] in {1, 0, -1}, index); 0 = only difficult instances (ignored in mAP)."""
-
-    def __init__(self, root, split: str, transform=None, year=None):
-        super().__init__(root, split, year)
-        self.transform = transform
-
-    def __getitem__(self, i: int):
-        img = self.index.load_image(i)
-        if self.transform is not None:
-            img = self.transform(img)
-        return img, torch.from_numpy(self.index.image_labels(i).astype(np.float32)), i
-
-    def label_matrix(self) -> np.ndarray:
-        return self.index.label_matrix()
-
-
-class VOCDetection(_VOCBase):
-    """(image, target, index). target: boxes (tv_tensors.BoundingBoxes XYXY, 0-based), labels int64,
-    difficult bool, truncated bool, size int64 [h, w]. `transforms(img, target) -> (img, target)`."""
-
-    def __init__(self, root, split: str, transforms=None, year=None):
-        super().__init__(root, split, year)
-        self.transforms = transforms
-
-    def target(self, i: int, size_hw: tuple[int, int] | None = None) -> dict:
-        from torchvision import tv_tensors
-
-        ann = self.index.annotation(i)
-        h, w = size_hw if size_hw is not None else (ann["height"], ann["width"])
-        return dict(
-            boxes=tv_tensors.BoundingBoxes(torch.from_numpy(ann["boxes"].copy()), format="XYXY", canvas_size=(h, w)),
-            labels=torch.from_numpy(ann["labels"].copy()),
-            difficult=torch.from_numpy(ann["difficult"].copy()),
-            truncated=torch.from_numpy(ann["truncated"].copy()),
-            size=torch.tensor([h, w], dtype=torch.int64),
-        )
-
-    def __getitem__(self, i: int):
-        img = self.index.load_image(i)
-        target = self.target(i, (img.height, img.width))
-        if self.transforms is not None:
-            img, target = self.transforms(img, target)
-        return img, target, i
-
-
-class VOCSegmentation(_VOCBase):
-    """(image, mask LongTensor HxW with 255 = ignore, index); splits from ImageSets/Segmentation."""
-
-    kind = "segmentation"
-
-    def __init__(self, root, split: str, transforms=None, year=None):
-        super().__init__(root, split, year)
-        self.transforms = transforms
-
-    def __getitem__(self, i: int):
-        from torchvision import tv_tensors
-
-        img = self.index.load_image(i)
-        seg = self.index.segmentation(i)
-        if seg.shape != (img.height, img.width):
-            raise CebenchError(f"{self.index.segmentation_path(i)}: mask size {seg.shape[::-1]} differs from "
-                               f"image size {img.size}")
-        mask = tv_tensors.Mask(torch.from_numpy(seg.astype(np.int64)))
-        if self.transforms is not None:
-            img, mask = self.transforms(img, mask)
-        return img, mask, i
-
-
-__all__ = ["VOC_CLASSES", "voc_palette", "find_voc_root", "read_classes", "read_split", "parse_annotation", "read_segmentation",
-           "VOCIndex", "VOCImages", "VOCClassification", "VOCDetection", "VOCSegmentation"]
+__all__ = ["VOC_CLASSES", "voc_palette", "find_voc_root", "read_classes", "read_split", "parse_annotation",
+           "read_segmentation", "VOCIndex"]

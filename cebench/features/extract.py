@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+
+from cebench.errors import CebenchError
+from cebench.io import atomic_directory
+from cebench.logs import progress as _progress
 
 POOLS = (None, "avg", "max", "avgmax")
 
@@ -53,8 +55,6 @@ def pool_features(y: torch.Tensor, pool: str | None) -> torch.Tensor:
 
 def _gather_all_ranks(feats: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """all_gather variable-length [n_r, D] / [n_r] from every rank (padded to the longest)."""
-    import torch.distributed as dist
-
     dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
     world = dist.get_world_size()
     n = torch.tensor([feats.shape[0]], device=dev)
@@ -94,8 +94,6 @@ def extract_features(fn, loader, *, device, amp_context=None, l2_normalize: bool
         fn.eval()
     it = loader
     if progress:
-        from cebench.logs import progress as _progress
-
         it = _progress(loader, desc="features")
     chunks, idx_chunks = [], []
     for batch in it:
@@ -125,23 +123,11 @@ def save_features(path, feats: Features, meta: dict | None = None) -> Path:
     """Write a directory `path` with feats.npy, indices.npy (and meta.json) atomically: the
     directory is written under a temporary name and renamed into place."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp"))
-    try:
+    with atomic_directory(path) as tmp:
         np.save(tmp / "feats.npy", np.asarray(feats.feats, dtype=np.float32))
         np.save(tmp / "indices.npy", np.asarray(feats.indices, dtype=np.int64))
         if meta is not None:
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
-        old = None
-        if path.exists():
-            old = path.with_name(path.name + f".old{os.getpid()}")
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 
@@ -149,8 +135,6 @@ def load_features(path, mmap: bool = True) -> Features:
     """Read what save_features wrote; with mmap the features stay on disk (np.memmap)."""
     path = Path(path)
     if not (path / "feats.npy").is_file() or not (path / "indices.npy").is_file():
-        from cebench.errors import CebenchError
-
         raise CebenchError(f"{path}: no saved features (feats.npy / indices.npy) found")
     feats = np.load(path / "feats.npy", mmap_mode="r" if mmap else None)
     indices = np.load(path / "indices.npy")

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from cebench.images import denormalize
+
 BLOCK_NORMS = ("L1", "L1-sqrt", "L2", "L2-Hys")
 
 
@@ -161,8 +163,6 @@ class HOGExtractor:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if self.normalized:
-            from cebench.images import denormalize
-
             images = denormalize(images).clamp(0, 1)
         return hog(images, self.orientations, self.pixels_per_cell, self.cells_per_block,
                    self.block_norm, exact_orientation=self.exact_orientation)

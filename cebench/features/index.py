@@ -9,11 +9,12 @@ nearer) for "l2", as faiss returns them.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from cebench.errors import CebenchError
+from cebench.io import atomic_target
 
 KINDS = ("flat", "ivf", "hnsw")
 METRICS = ("ip", "l2")
@@ -163,18 +164,11 @@ class FeatureIndex:
         """Write the index atomically (temp file + os.replace) with faiss.write_index."""
         faiss = _faiss()
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         idx = faiss.index_gpu_to_cpu(self.index) if self.use_gpu else self.index
         if idx is None:
             raise ValueError("cannot save an IVF index before anything was added")
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-        os.close(fd)
-        try:
+        with atomic_target(path) as tmp:
             faiss.write_index(idx, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
         return path
 
     @classmethod
@@ -182,8 +176,6 @@ class FeatureIndex:
         faiss = _faiss()
         path = Path(path)
         if not path.is_file():
-            from cebench.errors import CebenchError
-
             raise CebenchError(f"{path}: index file not found")
         cpu = faiss.read_index(str(path))
         metric = "ip" if cpu.metric_type == faiss.METRIC_INNER_PRODUCT else "l2"

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from cebench.data.voc import VOCIndex
 from cebench.errors import DatasetMissingError
 from cebench.images import normalize
 
@@ -31,7 +32,8 @@ def check_voc_tree(root, splits) -> None:
     if missing:
         raise DatasetMissingError(
             f"detection needs a VOC2007 tree (VOCdevkit/VOC2007 with JPEGImages, Annotations, ImageSets/Main "
-            f"trainval/test lists: VOCtrainval_06-Nov-2007.tar + VOCtest_06-Nov-2007.tar); missing: {', '.join(missing)}")
+            f"trainval/test lists: VOCtrainval_06-Nov-2007.tar + VOCtest_06-Nov-2007.tar); "
+            f"missing: {', '.join(missing)}")
 
 
 def resize_scale(h: int, w: int, scale: int, max_size: int) -> float:
@@ -44,8 +46,6 @@ class DetDataset(Dataset):
 
     def __init__(self, root, split: str, proposals: dict, *, scale: int = 128, max_size: int = 1000,
                  train: bool = False, use_difficult: bool = False, cache_images: bool = False):
-        from cebench.data.voc import VOCIndex
-
         check_voc_tree(root, [split])
         self.index = VOCIndex(root, split)
         self.proposals = proposals
@@ -88,8 +88,8 @@ class DetDataset(Dataset):
         ann = self.index.annotation(i)
         keep = np.ones(len(ann["labels"]), bool) if (self.use_difficult or not self.train) else ~ann["difficult"]
         props = torch.as_tensor(self.proposals[self.index.ids[i]], dtype=torch.float32).reshape(-1, 4)
-        return dict(boxes=torch.from_numpy(ann["boxes"][keep]).float() * s, labels=torch.from_numpy(ann["labels"][keep]),
-                    proposals=props * s)
+        return dict(boxes=torch.from_numpy(ann["boxes"][keep]).float() * s,
+                    labels=torch.from_numpy(ann["labels"][keep]), proposals=props * s)
 
     def __getitem__(self, i: int) -> dict:
         img_u8, s, orig = self._image(i)

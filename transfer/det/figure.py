@@ -6,10 +6,13 @@ scores, labels), drawn over the images with the ground truth dashed.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
+
+from cebench.data.voc import parse_annotation
+from cebench.images import open_rgb
+from cebench.io import atomic_save_figure
 
 
 def draw_detections(root, examples: list[dict], classes, out_png, *, score_min: float = 0.3, title: str = "",
@@ -19,9 +22,6 @@ def draw_detections(root, examples: list[dict], classes, out_png, *, score_min: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
-
-    from cebench.data.voc import parse_annotation
-    from cebench.images import open_rgb
 
     root = Path(root)
     class_index = {c: i for i, c in enumerate(classes)}
@@ -54,12 +54,8 @@ def draw_detections(root, examples: list[dict], classes, out_png, *, score_min: 
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_png.with_name(f".{out_png.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=130)
+    out_png = atomic_save_figure(fig, out_png, dpi=130)
     plt.close(fig)
-    os.replace(tmp, out_png)
     return out_png
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from ..metrics import voc_ap
 
@@ -120,10 +121,12 @@ def evaluate_detections(detections, ground_truth, num_classes: int, *, iou_thres
         arrs = [np.asarray(_np(it[key]), dtype=dtype).reshape(shape) for it in items]
         return np.concatenate(arrs) if arrs else np.zeros((0,) + shape[1:], dtype)
 
-    d_img = np.concatenate([np.full(len(_np(d["scores"]).reshape(-1)), i) for i, d in enumerate(detections)] or [np.zeros(0)])
+    d_img = np.concatenate([np.full(len(_np(d["scores"]).reshape(-1)), i) for i, d in enumerate(detections)]
+                           or [np.zeros(0)])
     d_box, d_sc, d_lab = cat(detections, "boxes", (-1, 4), np.float64), cat(detections, "scores", (-1,), np.float64), \
         cat(detections, "labels", (-1,), np.int64)
-    g_img = np.concatenate([np.full(len(_np(g["labels"]).reshape(-1)), i) for i, g in enumerate(ground_truth)] or [np.zeros(0)])
+    g_img = np.concatenate([np.full(len(_np(g["labels"]).reshape(-1)), i) for i, g in enumerate(ground_truth)]
+                           or [np.zeros(0)])
     g_box, g_lab = cat(ground_truth, "boxes", (-1, 4), np.float64), cat(ground_truth, "labels", (-1,), np.int64)
     g_dif = cat(ground_truth, "difficult", (-1,), bool)
     aps = np.full(num_classes, np.nan)
@@ -139,14 +142,7 @@ def evaluate_detections(detections, ground_truth, num_classes: int, *, iou_thres
 
 
 def _np(x):
-    try:
-        import torch
-
-        if isinstance(x, torch.Tensor):
-            return x.detach().cpu().numpy()
-    except ImportError:  # pragma: no cover
-        pass
-    return np.asarray(x)
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
 __all__ = ["DetectionAP", "class_pr", "evaluate_detections"]

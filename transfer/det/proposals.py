@@ -25,7 +25,8 @@ atomically (temp + os.replace), computed in parallel over images with a process 
 
 from __future__ import annotations
 
-import json
+import ctypes
+import io
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -33,16 +34,22 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from cebench.config import config_hash
+from cebench.data.voc import read_split
 from cebench.errors import CebenchError, ConfigError, DatasetMissingError
+from cebench.images import open_rgb
+from cebench.io import atomic_write_bytes, atomic_write_json
+from cebench.logs import progress as pbar
 
 PROPOSAL_VERSION = 2  # 2: selective search seeded (v1 caches hold boxes in a run-dependent order)
 
 
 @dataclass
 class ProposalConfig:
-    method: str = "selective_search"   # selective_search | mat (published files) | grid (a box grid, NOT selective search)
+    method: str = "selective_search"   # selective_search | mat (published files) | grid (a box grid, NOT selective
+                                       # search)
     mode: str = "fast"                 # selective search strategy: fast | quality | single
     min_side: int = 64                 # upscale smaller images to this short side before segmenting
     max_proposals: int = 2000          # keep the first N (selective search's own ranking)
@@ -83,8 +90,6 @@ def seed_c_rand(seed: int) -> bool:
     samples and which boxes `max_proposals` keeps - depended on how many images the process had
     segmented before, i.e. on how the pool split the work: detection was not reproducible. False when
     no C library is found (the caller then falls back to a canonical order)."""
-    import ctypes
-
     try:  # the process's own symbols (libc among them); ctypes.util.find_library would spawn
         srand = ctypes.CDLL(None).srand  # `ldconfig`, which deadlocked in the forked pool workers
     except (OSError, AttributeError, TypeError):  # pragma: no cover - e.g. Windows
@@ -146,8 +151,6 @@ def clean_boxes(boxes: np.ndarray, h: int, w: int, cfg: ProposalConfig) -> np.nd
 
 
 def compute_one(path, cfg: ProposalConfig) -> np.ndarray:
-    from cebench.images import open_rgb
-
     rgb = np.asarray(open_rgb(path))
     h, w = rgb.shape[:2]
     raw = grid_boxes(h, w, cfg) if cfg.method == "grid" else selective_search(rgb, cfg)
@@ -155,16 +158,13 @@ def compute_one(path, cfg: ProposalConfig) -> np.ndarray:
 
 
 def _save_npz(path: Path, boxes: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.savez(f, boxes=boxes.astype(np.float32))
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    np.savez(buf, boxes=boxes.astype(np.float32))
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _worker(args) -> int:
     items, cfg = args
-    import torch
-
     torch.set_num_threads(1)
     for image_path, out_path in items:
         _save_npz(Path(out_path), compute_one(image_path, cfg))
@@ -196,9 +196,7 @@ def load_proposals(voc_root, ids, cfg: ProposalConfig, *, split: str = "", progr
     folder.mkdir(parents=True, exist_ok=True)
     settings = folder / "settings.json"
     if not settings.exists():
-        tmp = settings.with_name(f".settings.json.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(asdict(cfg), indent=1, default=list))
-        os.replace(tmp, settings)
+        atomic_write_json(settings, asdict(cfg), indent=1)
     todo = [(str(image_path(voc_root, i)), str(folder / f"{i}.npz")) for i in ids if not (folder / f"{i}.npz").exists()]
     if todo:
         compute_missing(todo, cfg, progress=progress)
@@ -207,8 +205,6 @@ def load_proposals(voc_root, ids, cfg: ProposalConfig, *, split: str = "", progr
 
 def compute_missing(todo, cfg: ProposalConfig, *, progress: bool = True) -> float:
     """Compute and cache proposals for [(image path, npz path)]; returns images/s."""
-    from cebench.logs import progress as pbar
-
     missing = [p for p, _ in todo if not Path(p).is_file()]
     if missing:
         raise DatasetMissingError(f"proposals: {len(missing)} image(s) missing, e.g. {missing[0]}")
@@ -253,8 +249,6 @@ def _hw(voc_root, image_id: str) -> tuple[int, int]:
 def published_proposals(voc_root, ids, cfg: ProposalConfig) -> dict:
     """Proposals of `ids` from the published files (every split's file present, trainval and test first),
     cleaned like the computed ones (clipped, small and duplicate boxes dropped, at most max_proposals)."""
-    from cebench.data.voc import read_split
-
     pattern = published_pattern(voc_root, cfg)
     want, table = set(ids), {}
     splits = ("trainval", "test", "train", "val") if "{split}" in pattern else ("",)

@@ -12,11 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from cebench.pretrain.models import AlexNetConfig, build_encoder
 from cebench.runtime import place_model, timed_steps
 
 from .model import FastRCNN, _rois_with_index, sample_rois
+from .proposals import ProposalConfig, compute_missing
 
 
 def _random_boxes(n: int, h: int, w: int, g: torch.Generator) -> torch.Tensor:
@@ -61,10 +63,6 @@ def det_throughput(device, arch: AlexNetConfig, size: tuple[int, int], *, num_cl
 def proposal_throughput(n: int, size: tuple[int, int], workers: int) -> float:
     """Selective search (fast) images/s over `n` synthetic scenes (coloured shapes on a noisy photo-like
     background) of `size`, computed in `workers` processes (the cache path of `load_proposals`)."""
-    from PIL import Image
-
-    from .proposals import ProposalConfig, compute_missing
-
     rng = np.random.default_rng(0)
     h, w = size
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,44 +1,43 @@
-"""`cebench transfer det`: Fast R-CNN fine-tuning from every initialisation, VOC07 detection mAP.
+"""Detection, the `det` task of `cebench transfer`: Fast R-CNN fine-tuning, VOC07 detection mAP.
 
-Protocol (through the shared transfer machinery, `seeds.run_seeds`): proposals are computed once and
-cached; for each init the learning rate is chosen on `val` after fitting on `train`; then every seed
-fits on `trainval` with that lr and is scored once on `test`. Each (init, seed, lr, phase) is one job
-(`det_task`) writing its own JSON, so jobs run in parallel one-thread processes. Rows go to the shared
-results file with task "det": metric `mAP` (the VOC2007 11-point AP by default, `use_07_metric`),
-`mAP_11pt` and `mAP_allpoint`.
+The protocol is the shared one (`transfer.protocol.run_seeds`, settings in the `transfer:` section):
+proposals are computed once and cached (`det.task.prepare`); for each init the learning rate is chosen
+on `val` after fitting on `train`; then every seed fits on `trainval` with that lr and is scored once
+on `test`. Each (init, seed, lr, phase) is one job (`det_task`) writing its own JSON. Rows go to the
+shared results file with task "det": metric `mAP` (the VOC2007 11-point AP by default,
+`use_07_metric`), `mAP_11pt` and `mAP_allpoint`. `DetConfig` is the `transfer.det` sub-section.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from types import SimpleNamespace
+from dataclasses import dataclass, field
 
 import torch
+from torchvision.ops import box_iou
 
-from cebench.config import config_hash, config_to_dict
+from cebench.data.voc import read_split
 from cebench.errors import ConfigError
 from cebench.runtime import Runtime, autocast_context, place_model, unwrap_model
 
+from ..common import job_checkpoint
 from ..engine import OptimConfig, make_optimizer
-from ..finetune import FinetuneRuntime, JobCheckpoint, fit as fit_job, gather, job_runtime, loader as make_loader, shard
+from ..finetune import FinetuneRuntime, JobCheckpoint, gather, job_runtime, shard
+from ..finetune import fit as fit_job
+from ..finetune import loader as make_loader
+from ..inits import build_init
 from .data import DetDataset, check_voc_tree, collate, hflip
 from .metrics import evaluate_detections
 from .model import FastRCNN, _rois_with_index, encode_boxes, sample_rois
 from .proposals import ProposalConfig, load_proposals
 
-TASK = "det"
+METRICS = ["mAP", "mAP_11pt", "mAP_allpoint"]
 
 
 @dataclass
 class DetConfig:
-    arch: str = "auto"                          # random row's encoder: demo | paper | caffenet | auto (= first checkpoint's)
-    inits: list[str] = field(default_factory=lambda: ["random"])  # NAME or NAME=CHECKPOINT (see transfer.inits)
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     lrs: list[float] = field(default_factory=lambda: [3e-4, 1e-3])  # demo: 3e-3 diverged for every init
-    select_seeds: list[int] = field(default_factory=lambda: [100])
     iterations: int = 400                       # SGD/Adam steps of `images_per_batch` images
     images_per_batch: int = 2                   # Fast R-CNN: 2 images x 64 RoIs
     rois_per_image: int = 64
@@ -54,8 +53,7 @@ class DetConfig:
     flip: bool = True
     bbox_weight: float = 1.0
     use_difficult: bool = False                 # train on difficult objects too (py-faster-rcnn: no)
-    magic: str = "random"                       # data-dependent init: random | all | none (transfer.inits)
-    magic_images: int = 32
+    magic_images: int = 32                      # det's own (its images are larger than cls/seg/svm's)
     optim: OptimConfig = field(default_factory=OptimConfig)
     score_thresh: float = 0.05
     nms_thresh: float = 0.3
@@ -64,27 +62,20 @@ class DetConfig:
     eval_batch: int = 16
     cache_images: bool = True                   # keep resized images in memory (demo sizes)
     proposals: ProposalConfig = field(default_factory=ProposalConfig)
-    workers: int = 2                            # parallel one-thread job processes
-    threads: int = 1
     figure_images: int = 6                      # test images whose detections each final job keeps
-    runtime: FinetuneRuntime = field(default_factory=FinetuneRuntime)  # AMP, checkpoints, image loaders
 
-
-@dataclass
-class DetContext:
-    """Everything a job needs (picklable): config, VOC root, device, the output folder (checkpoints)."""
-
-    cfg: DetConfig
-    root: str
-    device: str = "cpu"
-    out_dir: str = ""
+    def __post_init__(self):
+        if self.iterations < 1 or self.images_per_batch < 1 or self.rois_per_image < 1:
+            raise ConfigError("transfer.det: iterations, images_per_batch and rois_per_image must be >= 1")
+        if not (0 <= self.bg_lo < self.bg_hi <= self.fg_thresh <= 1) or not 0 < self.fg_fraction <= 1:
+            raise ConfigError("transfer.det: need 0 <= bg_lo < bg_hi <= fg_thresh <= 1 and 0 < fg_fraction <= 1 "
+                              f"(bg_lo {self.bg_lo}, bg_hi {self.bg_hi}, fg_thresh {self.fg_thresh}, "
+                              f"fg_fraction {self.fg_fraction})")
 
 
 # --------------------------------------------------------------------------------------------- pieces
 def target_stats(ds: DetDataset, fg_thresh: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and std of the regression targets of all foreground candidates of a split."""
-    from torchvision.ops import box_iou
-
     chunks = []
     for i in range(len(ds)):  # one pass over images; boxes vectorised within each
         s = ds.boxes(i)  # boxes and proposals as scaled for training, without decoding the image
@@ -223,25 +214,27 @@ def evaluate(model: FastRCNN, ds: DetDataset, cfg: DetConfig, device, keep_first
             "infer_images_per_s": len(ds) / max(seconds, 1e-9), "examples": examples, "test_images": len(found)}
 
 
-def build_model(cfg: DetConfig, init_name: str, checkpoint, seed: int, ds: DetDataset) -> FastRCNN:
-    from ..inits import build_init
-
+def build_model(cfg: DetConfig, init_name: str, checkpoint, seed: int, ds: DetDataset, *, arch="demo",
+                magic: str = "random") -> FastRCNN:
+    """The init's encoder (seeded; data-dependent init on the first `magic_images` training images) under
+    a Fast R-CNN head."""
     torch.manual_seed(seed)
-    magic = None
-    if cfg.magic != "none" and cfg.magic_images > 0:
-        magic, _ = collate([ds[i] for i in range(min(cfg.magic_images, len(ds)))])
-    arch = "demo" if cfg.arch == "auto" else cfg.arch  # "auto" is resolved from the checkpoints by det_cli.main
-    encoder = build_init(init_name, arch_cfg=arch, checkpoint=checkpoint, data_for_magic_init=magic,
-                         seed=seed, magic=cfg.magic)
+    batch = None
+    if magic != "none" and cfg.magic_images > 0:
+        batch, _ = collate([ds[i] for i in range(min(cfg.magic_images, len(ds)))])
+    encoder = build_init(init_name, arch_cfg=arch, checkpoint=checkpoint, data_for_magic_init=batch, seed=seed,
+                         magic=magic)
     return FastRCNN(encoder, len(ds.classes), fc_dim=cfg.fc_dim, roi_size=cfg.roi_size, dropout=cfg.dropout)
 
 
 def fit_and_score(cfg: DetConfig, root, init_name: str, checkpoint, seed: int, lr: float, fit_split: str,
-                  eval_split: str, device="cpu", keep_first: int = 0, log=None,
+                  eval_split: str, device="cpu", keep_first: int = 0, log=None, log_every: int = 10, *,
+                  arch="demo", magic: str = "random", runtime: FinetuneRuntime | None = None,
                   ckpt: JobCheckpoint | None = None) -> dict:
     """ONE detection run: build the init, fine-tune on `fit_split` (resuming from `ckpt`), score on
-    `eval_split`."""
-    rt = job_runtime(cfg.runtime, str(device))
+    `eval_split`; `runtime` is transfer.runtime (AMP, checkpoint interval, image loaders)."""
+    runtime = runtime or FinetuneRuntime()
+    rt = job_runtime(runtime, str(device))
     device = rt.device
     props = load_proposals(root, _split_ids(root, fit_split) + _split_ids(root, eval_split), cfg.proposals,
                            progress=False)
@@ -249,17 +242,18 @@ def fit_and_score(cfg: DetConfig, root, init_name: str, checkpoint, seed: int, l
                      use_difficult=cfg.use_difficult, cache_images=cfg.cache_images)
     ev = DetDataset(root, eval_split, props, scale=cfg.scale, max_size=cfg.max_size, train=False,
                     cache_images=cfg.cache_images)
-    model = build_model(cfg, init_name, checkpoint, seed, fit)
+    model = build_model(cfg, init_name, checkpoint, seed, fit, arch=arch, magic=magic)
     model.set_target_stats(*target_stats(fit, cfg.fg_thresh))
     model = place_model(model, device, channels_last=rt.channels_last)
     opt, sched = make_optimizer(model, cfg.optim, lr, cfg.iterations, backbone=model.encoder)
     # RoI sampling: its own generator (per rank under DDP), part of the job's resumable state
     gen = torch.Generator().manual_seed(seed + 7919 + (1000 * rt.rank if rt.distributed else 0))
     stream = DetBatches(fit, cfg, cfg.iterations, seed, rank=rt.rank, world=rt.world_size,
-                        workers=cfg.runtime.loader_workers)
+                        workers=runtime.loader_workers)
     train = fit_job(model, stream, make_loss_fn(cfg, gen, device), opt, sched, iterations=cfg.iterations, rt=rt,
-                    ckpt=ckpt or JobCheckpoint(None, {}), grad_clip=cfg.optim.grad_clip, generators={"roi": gen})
-    out = evaluate(model, ev, cfg, device, keep_first=keep_first, rt=rt, workers=cfg.runtime.loader_workers)
+                    ckpt=ckpt or JobCheckpoint(None, {}), grad_clip=cfg.optim.grad_clip, generators={"roi": gen},
+                    log_fn=log, log_every=log_every)
+    out = evaluate(model, ev, cfg, device, keep_first=keep_first, rt=rt, workers=runtime.loader_workers)
     out["train"] = {k: v for k, v in train.items() if isinstance(v, (int, float)) and math.isfinite(v)}
     out["inputs"] = {**train["inputs"], "test_images": out.pop("test_images"), "processes": rt.world_size,
                      "scale": cfg.scale, "max_size": cfg.max_size}
@@ -268,41 +262,21 @@ def fit_and_score(cfg: DetConfig, root, init_name: str, checkpoint, seed: int, l
     return out
 
 
-def det_task(job, ctx: DetContext) -> dict:
-    """The task function of `seeds.run_seeds` (module level, picklable): one (init, seed, lr) job."""
+def det_task(job, ctx, log=None) -> dict:
+    """The task function of `protocol.run_seeds` (module level, picklable): one (init, seed, lr) job;
+    `ctx` is the shell's TaskContext with `cfg` the DetConfig, `log(**metrics)` the job's metrics logger."""
     keep = ctx.cfg.figure_images if job.phase == "final" else 0
-    from ..common import job_checkpoint
-
-    ckpt = job_checkpoint(job, SimpleNamespace(out_dir=ctx.out_dir, runtime=ctx.cfg.runtime))
     out = fit_and_score(ctx.cfg, ctx.root, job.init.kind, job.init.checkpoint, job.seed, job.lr, job.fit_split,
-                        job.eval_split, ctx.device, keep_first=keep, ckpt=ckpt)
+                        job.eval_split, ctx.device, keep_first=keep, log=log, log_every=ctx.log_every, arch=ctx.arch,
+                        magic=ctx.magic, runtime=ctx.runtime, ckpt=job_checkpoint(job, ctx))
     out.pop("model")
     return out
 
 
 def _split_ids(root, split: str) -> list[str]:
-    from cebench.data.voc import read_split
-
     check_voc_tree(root, [split])
     return read_split(root, split)
 
 
-def job_key(cfg: DetConfig, root) -> str:
-    """Config hash for job caching: everything that changes a job's result (not parallelism)."""
-    d = config_to_dict(cfg)
-    for k in ("inits", "seeds", "lrs", "select_seeds", "workers", "threads"):
-        d.pop(k, None)
-    d["runtime"] = {"amp": cfg.runtime.amp}  # AMP changes the numbers; checkpoint interval, budget, loaders do not
-    d["root"] = str(Path(root).resolve())
-    return config_hash(d)
-
-
-def validate(cfg: DetConfig) -> None:
-    if cfg.iterations < 1 or cfg.images_per_batch < 1 or cfg.rois_per_image < 1:
-        raise ConfigError("det: iterations, images_per_batch and rois_per_image must be >= 1")
-    if not (0 <= cfg.bg_lo < cfg.bg_hi <= cfg.fg_thresh <= 1) or not 0 < cfg.fg_fraction <= 1:
-        raise ConfigError(f"det: need 0 <= bg_lo < bg_hi <= fg_thresh <= 1 and 0 < fg_fraction <= 1 ({asdict(cfg)})")
-
-
-__all__ = ["DetConfig", "DetContext", "det_task", "fit_and_score", "evaluate", "target_stats", "batches",
-           "make_loss_fn", "build_model", "job_key", "validate", "TASK"]
+__all__ = ["DetConfig", "METRICS", "det_task", "fit_and_score", "evaluate", "target_stats", "batches",
+           "make_loss_fn", "build_model"]
