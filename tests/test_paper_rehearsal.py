@@ -19,7 +19,7 @@ REPORT_FILES = ["results.md", "table1.csv", "table2.csv", "paired.csv", "per_see
                 "run.json", "fig_inpainting.png", "fig_retrieval.png", "fig_curves.png", "fig_detections.png"]
 # what the rehearsal may change in the paper config: schedules, batch sizes, worker counts, data
 CUT = {("data", "demo"), ("pretrain", "batch_size"), ("pretrain", "steps"), ("pretrain", "workers"),
-       ("pretrain", "ckpt_every"), ("pretrain", "sample_every"), ("pretrain", "log_every"),
+       ("pretrain", "ckpt_every"), ("pretrain", "sample_every"), ("pretrain", "log", "every"),
        ("inpaint", "train", "steps"), ("inpaint", "train", "batch_size"), ("transfer", "seeds"),
        ("transfer", "runtime", "ckpt_every"), ("transfer", "runtime", "loader_workers"),
        ("transfer", "cls", "iterations"), ("transfer", "cls", "batch_size"), ("transfer", "seg", "iterations"),
