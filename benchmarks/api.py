@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from cebench.config import read_yaml
 from cebench.errors import ConfigError
 from cebench.pretrain.compat import load_encoder, save_encoder, state_digest, to_alexnet_encoder
 from cebench.pretrain.loading import save_encoder_checkpoint
@@ -41,9 +42,11 @@ def _quote(value: str) -> str:
 
 def _config_path(config) -> Path:
     try:
-        return resolve_config(str(config))
+        path = resolve_config(str(config))
     except argparse.ArgumentTypeError as exc:
         raise ConfigError(str(exc)) from None
+    read_yaml(path)  # a missing, empty or unreadable file: one ConfigError naming it, before any work
+    return path
 
 
 def _check_name(name: str) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from cebench.cache import cache_root
 from cebench.config import (
     config_hash,
     config_to_dict,
@@ -144,10 +145,13 @@ def job_reads(name: str, cfg: dict) -> str:
     return ", ".join("{} ({})".format(*source_of(data_cfg, use)) for use in READS.get(kind, ()))
 
 
-def plan(cfg: dict, out: Path, config_file: Path, voc: Path | None = None, device: str = "auto") -> list[Job]:
+def plan(cfg: dict, out: Path, config_file: Path, voc: Path | None = None, device: str = "auto",
+         cache: Path | None = None) -> list[Job]:
     """The jobs of a run. `voc` is unused (kept for callers): each job reads its data from the config."""
     run = cfg["run"]
     base = ["--config", str(config_file), "--device", device]
+    # one cache folder for the run's derived files (proposals, decoded splits), shared by its transfer jobs
+    cache_args = ["--cache", str(cache if cache is not None else cache_root(None, out))]
     data_key = _key(cfg["data"], _demo_content(cfg))
     jobs: list[Job] = []
     est_pre, est_tr = 60 * run["minutes_pretrain"], 60 * run["minutes_transfer"]
@@ -203,9 +207,10 @@ def plan(cfg: dict, out: Path, config_file: Path, voc: Path | None = None, devic
         return {**{k: v for k, v in tr.items() if k not in TRANSFER_TASKS}, task: tr[task]}
 
     if "det" in run["tasks"]:
-        # selective search once, cached beside the data, before the per-init detection jobs
+        # selective search once, in the run's cache folder (never the data), before the per-init detection jobs
         d = out / "transfer" / "proposals"
-        jobs.append(Job("det-proposals", "transfer", ["transfer", "det", "--proposals-only", "--out", str(d), *base], d,
+        jobs.append(Job("det-proposals", "transfer", ["transfer", "det", "--proposals-only", "--out", str(d), *base,
+                                                      *cache_args], d,
                         _key(cfg["transfer"]["det"]["proposals"], data_key), est_seconds=60, threads=run["threads"]))
         dep_keys["det-proposals"] = jobs[-1].key
     for task in run["tasks"]:
@@ -214,15 +219,18 @@ def plan(cfg: dict, out: Path, config_file: Path, voc: Path | None = None, devic
                 deps = (*deps, "det-proposals")
             slug = label.replace(" ", "-").replace("(", "").replace(")", "")
             d = out / "transfer" / task / slug
-            jobs.append(Job(f"{task}/{slug}", "transfer", ["transfer", task, "--init", arg, "--out", str(d), *base],
+            jobs.append(Job(f"{task}/{slug}", "transfer", ["transfer", task, "--init", arg, "--out", str(d), *base,
+                                                           *cache_args],
                             d, _key(stage_config(task), data_key, arg, init_key(deps, arg)),
                             deps=deps, est_seconds=est_tr, threads=run["threads"]))
     if run["svm"]:
         for label, (arg, deps) in inits.items():
             slug = label.replace(" ", "-").replace("(", "").replace(")", "")
             d = out / "transfer" / "svm" / slug
-            jobs.append(Job(f"svm/{slug}", "svm", ["transfer", "svm", "--init", arg, "--out", str(d), *base],
-                            d, _key(stage_config("svm"), data_key, arg, init_key(deps, arg)), deps=deps, est_seconds=60,
+            jobs.append(Job(f"svm/{slug}", "svm", ["transfer", "svm", "--init", arg, "--out", str(d), *base,
+                                                   *cache_args],
+                            d, _key(stage_config("svm"), data_key, arg, init_key(deps, arg)), deps=deps,
+                            est_seconds=60,
                             threads=run["threads"]))
     return jobs
 
@@ -281,13 +289,15 @@ def _config_name(path: Path) -> str:
     return path.stem if path.parent.resolve() == bundled.resolve() else str(path)
 
 
-def main(config_path: Path, overrides, out: Path, *, device: str = "auto", force=(), dry_run: bool = False) -> Path:
+def main(config_path: Path, overrides, out: Path, *, device: str = "auto", force=(), dry_run: bool = False,
+         cache=None) -> Path:
+    """`cache`: the run's cache folder (--cache; default $CEBENCH_CACHE, else OUT/cache)."""
     out.mkdir(parents=True, exist_ok=True)
     with exclusive(out):
-        return _main(config_path, overrides, out, device=device, force=force, dry_run=dry_run)
+        return _main(config_path, overrides, out, device=device, force=force, dry_run=dry_run, cache=cache)
 
 
-def _main(config_path: Path, overrides, out: Path, *, device: str, force, dry_run: bool) -> Path:
+def _main(config_path: Path, overrides, out: Path, *, device: str, force, dry_run: bool, cache=None) -> Path:
     t0 = time.time()
     cfg = resolve(config_path, overrides)
     out.mkdir(parents=True, exist_ok=True)
@@ -306,7 +316,7 @@ def _main(config_path: Path, overrides, out: Path, *, device: str, force, dry_ru
     bad = [s for s in force if s not in STAGES]
     if bad:
         raise CebenchError(f"--force {bad[0]}: unknown stage; stages are {', '.join(STAGES)}")
-    jobs = plan(cfg, out, config_file, None, device)
+    jobs = plan(cfg, out, config_file, None, device, cache_root(cache, out))
     if dry_run:  # nothing generated or read: what each job would run and read
         for j in jobs:
             print(f"{j.name}: cebench {' '.join(j.args)}\n    reads {job_reads(j.name, cfg)}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cebench.cliutil import add_cache_arg
 from cebench.errors import ConfigError
 
 from .pipeline import main
@@ -24,7 +25,7 @@ def data_overrides(data: str | None, overrides) -> list[str]:
 
 def _cmd(args) -> int:
     main(args.config, data_overrides(args.data, args.overrides), Path(args.out or f"runs/{args.config.stem}"),
-         device=args.device, force=tuple(args.force), dry_run=args.dry_run)
+         device=args.device, force=tuple(args.force), dry_run=args.dry_run, cache=args.cache)
     return 0
 
 
@@ -39,4 +40,5 @@ def register(subparsers, common) -> None:
     p.add_argument("--force", action="append", default=[], metavar="STAGE",
                    help="rerun a stage even if cached: pretrain, inpaint, transfer, svm, retrieval")
     p.add_argument("--dry-run", action="store_true", help="print the jobs and their commands, run nothing")
+    add_cache_arg(p)
     p.set_defaults(func=_cmd)

@@ -7,8 +7,6 @@ so loading into the wrong architecture fails with the exact keys that differ.
 
 from __future__ import annotations
 
-import pickle
-import zipfile
 from pathlib import Path
 
 import torch
@@ -25,13 +23,23 @@ def save_checkpoint(path, state: dict) -> Path:
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:
+    """The checkpoint dict at `path`. Any file that is not one (random bytes, a truncated copy, an empty
+    file, a folder) raises CheckpointError naming it: the weights-only unpickler raises whatever its
+    parser hits on foreign bytes (UnpicklingError, RuntimeError, IndexError, KeyError, UnicodeDecodeError,
+    struct.error, ...), so every exception of the load itself is this file's problem, caught here at the
+    boundary of the one loader of checkpoints."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file, not a checkpoint")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except Exception as exc:  # noqa: BLE001 - see the docstring: foreign bytes, not a bug of ours
+        text = str(exc).strip()
+        first = f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
         raise CheckpointError(f"{path}: not a readable cebench checkpoint ({first[:200]})") from None
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path}: expected a dict checkpoint, found {type(ckpt).__name__}")

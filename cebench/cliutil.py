@@ -20,6 +20,13 @@ def split_overrides(overrides, *sections: str) -> dict[str, list[str]]:
     return out
 
 
+def add_cache_arg(parser) -> None:
+    """`--cache DIR`: where a command keeps what it derives from the data (see cebench.cache)."""
+    parser.add_argument("--cache", default=None, metavar="DIR",
+                        help="folder for derived files (proposals, decoded images); never the data folder "
+                             "(default: $CEBENCH_CACHE, else OUT/cache)")
+
+
 def out_dir(args, default: str) -> Path:
     path = Path(args.out or default)
     path.mkdir(parents=True, exist_ok=True)

@@ -129,15 +129,28 @@ def parse_overrides(overrides) -> list[tuple[str, Any]]:
 
 
 def read_yaml(path) -> dict:
+    """The mapping in a YAML config file; ConfigError naming the file for anything else."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder, expected a YAML config file (or one of tiny, demo, paper)")
     if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+        raise ConfigError(f"{path}: config file not found (neither one of tiny, demo, paper nor an existing YAML file)")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a YAML config file (not UTF-8 text)") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: unreadable ({exc.strerror or exc})") from None
+    if not text.strip():
+        raise ConfigError(f"{path}: empty config file")
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid YAML (nested too deeply)") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping")
+        raise ConfigError(f"{path}: top level must be a mapping, found {type(data).__name__}")
     return data
 
 

@@ -43,6 +43,8 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 def open_rgb(path) -> Image.Image:
     """Read an image file as 8-bit RGB, fully decoded. Raises BadImageError on any failure."""
     path = Path(path)
+    if path.is_dir():
+        raise BadImageError(path, "is a folder, expected an image file")
     if not path.is_file():
         raise BadImageError(path, "file not found")
     try:
@@ -53,7 +55,9 @@ def open_rgb(path) -> Image.Image:
                 return _to_rgb(img).copy()
     except BadImageError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise BadImageError(path, f"image too large to decode safely ({exc})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
         reason = "truncated image" if "truncated" in str(exc).lower() else f"unreadable image ({exc})"
         raise BadImageError(path, reason) from None
 
@@ -76,7 +80,7 @@ def inspect_image(path) -> ImageReport:
             with Image.open(path) as img:
                 mode, size = img.mode, img.size
                 img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
         reason = "truncated image" if "truncated" in str(exc).lower() else f"unreadable image ({exc})"
         return ImageReport(str(path), False, None, None, reason)
     problem = None if mode == "RGB" else f"mode {mode} (converted to RGB when loaded)"

@@ -81,9 +81,9 @@ class PretrainImages(Dataset):
         return x, lab, i
 
 
-def voc_split_paths(voc_root, split: str, with_labels: bool = False):
-    """Image paths of a VOC split, and its int8 label matrix [N, C] when asked."""
-    index = VOCIndex(voc_root, split)
+def voc_split_paths(voc_root, split: str, with_labels: bool = False, classes=None):
+    """Image paths of a VOC split, and its int8 label matrix [N, C] when asked (`classes`: data.classes)."""
+    index = VOCIndex(voc_root, split, classes=classes)
     paths = [index.image_path(i) for i in range(len(index))]
     labels = index.label_matrix() if with_labels else None
     return paths, labels, index.classes

@@ -80,13 +80,15 @@ def _dataset(cfg: PretrainConfig, data_cfg: DataConfig, data_override, input_siz
         paths, labels, classes, root = folder_paths(folder), None, (), None
     else:
         root = voc_root(data_cfg, data_override)
-        paths, labels, classes = voc_split_paths(root, data_cfg.pretrain_split, with_labels=needs_labels)
+        paths, labels, classes = voc_split_paths(root, data_cfg.pretrain_split, with_labels=needs_labels,
+                                                 classes=data_cfg.classes or None)
     ds = PretrainImages(paths, crop, cfg.load_size, cfg.flip, labels, cfg.seed, cache=cfg.cache_images,
                         colour=cfg.colour)
     val = None
     if cfg.eval_images and root is not None:
         try:
-            vpaths, vlabels, _ = voc_split_paths(root, data_cfg.val_split, with_labels=needs_labels)
+            vpaths, vlabels, _ = voc_split_paths(root, data_cfg.val_split, with_labels=needs_labels,
+                                                 classes=data_cfg.classes or None)
             n = min(cfg.eval_images, len(vpaths))
             val = PretrainImages(vpaths[:n], crop, cfg.load_size, False, None if vlabels is None else vlabels[:n],
                                  cache=cfg.cache_images, random=False, colour=cfg.colour)

@@ -7,6 +7,14 @@ os.environ.setdefault("CEBENCH_NO_PROGRESS", "1")
 
 
 @pytest.fixture(autouse=True)
+def _no_user_cache(monkeypatch, tmp_path_factory):
+    """Library calls that name no cache folder fall back to the user's cache directory: in tests, a
+    temporary one (never ~/.cache); and a developer's $CEBENCH_CACHE does not leak into the tests."""
+    monkeypatch.delenv("CEBENCH_CACHE", raising=False)
+    monkeypatch.setattr("cebench.cache.user_cache_dir", lambda: tmp_path_factory.getbasetemp() / "user-cache")
+
+
+@pytest.fixture(autouse=True)
 def _seed_and_threads():
     torch.manual_seed(0)
     torch.set_num_threads(1)

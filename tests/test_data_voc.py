@@ -95,8 +95,10 @@ def test_index_records(voc):
 def test_bad_annotations_name_the_file(voc):
     xml = voc / "Annotations" / "000007.xml"
     xml.write_text(xml.read_text().replace("<name>car</name>", "<name>spaceship</name>"))
-    with pytest.raises(CebenchError, match="000007.xml.*spaceship"):
-        VOCIndex(voc, "trainval").annotation(1)
+    with pytest.raises(CebenchError, match="000007.xml.*spaceship"):  # a fixed class list (data.classes)
+        VOCIndex(voc, "trainval", classes=list(VOC_CLASSES)).annotation(1)
+    index = VOCIndex(voc, "trainval")  # no class list given: the names come from the annotations
+    assert index.class_source == "annotations" and "spaceship" in index.classes
     xml.write_text("<annotation><size><width>3")
     with pytest.raises(CebenchError, match="000007.xml"):
         VOCIndex(voc, "trainval").annotation(1)

@@ -85,7 +85,7 @@ def test_streamed_split_resumes_and_matches(voc, tmp_path):
     common = ["transfer", "cls", "--config", "tiny", "--data", str(voc), *CLS, "runtime.memory_mb=0.01",
               "runtime.loader_workers=1"]
     ref = _resume_matches(common, tmp_path / "ref", tmp_path / "cut", "cls", "TERM:3", 130, 3)
-    assert not list((tmp_path / "ref" / "cache").glob("*.pt"))  # nothing held in the in-memory cache
+    assert not list((tmp_path / "ref").rglob("cls-*.pt"))  # no split decoded into the in-memory cache
     assert ref["inputs"]["test_images"] == 12
 
 

@@ -170,20 +170,30 @@ def test_proposals_selective_search_and_grid(tmp_path):
         Image.fromarray(img).save(voc / "JPEGImages" / f"im{i}.jpg")
     methods = ["grid"] + (["selective_search"] if has_selective_search() else [])
     for m in methods:
-        cfg = ProposalConfig(method=m, workers=1, max_proposals=500)
+        cfg = ProposalConfig(method=m, workers=1, max_proposals=500, cache_dir=str(tmp_path / "cache"))
         props = load_proposals(voc, ["im0", "im1", "im2"], cfg, progress=False)
         for i, b in props.items():
             h = 48 + 7 * int(i[-1])
             assert b.dtype == np.float32 and b.ndim == 2 and b.shape[1] == 4 and 0 < len(b) <= 500
             assert (b[:, 0] >= 0).all() and (b[:, 2] <= 61).all() and (b[:, 3] <= h).all()
             assert (b[:, 2] > b[:, 0]).all() and (b[:, 3] > b[:, 1]).all()
-        folder = next((voc / "proposals").glob(f"{m}-*"))
-        assert len(list(folder.glob("*.npz"))) == 3 and (folder / "settings.json").is_file()
-        # cached: a second call reads the files (no recomputation: works with the image moved away)
-        (voc / "JPEGImages" / "im0.jpg").rename(tmp_path / "im0.jpg")
-        again = load_proposals(voc, ["im0"], cfg, progress=False)
-        (tmp_path / "im0.jpg").rename(voc / "JPEGImages" / "im0.jpg")
-        assert np.array_equal(again["im0"], props["im0"])
+        folder = next((tmp_path / "cache").glob(f"{m}-*"))
+        entries = sorted(folder.glob("*.npz"))
+        assert len(entries) == 3 and (folder / "settings.json").is_file()
+        assert sorted(p.name for p in voc.iterdir()) == ["JPEGImages"]  # nothing written into the data
+        # cached: a second call reads the files (not one rewritten)
+        stamps = [p.stat().st_mtime_ns for p in entries]
+        again = load_proposals(voc, ["im0", "im1", "im2"], cfg, progress=False)
+        assert [p.stat().st_mtime_ns for p in entries] == stamps
+        assert all(np.array_equal(again[i], props[i]) for i in props)
+    # a changed image gets a new entry; the others are reused
+    img = np.full((48, 61, 3), 200, np.uint8)
+    img[5:40, 5:30] = 20
+    Image.fromarray(img).save(voc / "JPEGImages" / "im0.jpg")
+    cfg = ProposalConfig(method="grid", workers=1, max_proposals=500, cache_dir=str(tmp_path / "cache"))
+    load_proposals(voc, ["im0", "im1", "im2"], cfg, progress=False)
+    folder = next((tmp_path / "cache").glob("grid-*"))
+    assert len(list(folder.glob("im0-*.npz"))) == 2 and len(list(folder.glob("im1-*.npz"))) == 1
     assert has_selective_search(), "opencv-contrib selective search should be installed"
     g = grid_boxes(64, 64, ProposalConfig(method="grid"))
     assert len(g) > 20 and len(clean_boxes(np.vstack([g, g]), 64, 64, ProposalConfig())) == len(g)

@@ -9,8 +9,8 @@ the `transfer:` config section (`transfer.seeds=[...]` drives every task; `det.i
 
 from __future__ import annotations
 
+from cebench.cliutil import add_cache_arg, parse_seeds, split_overrides
 from cebench.cliutil import out_dir as make_out_dir
-from cebench.cliutil import parse_seeds, split_overrides
 from cebench.config import load_config
 from cebench.data.sources import DataConfig
 from cebench.runtime import cleanup
@@ -30,7 +30,7 @@ def _run(args) -> int:
     rt = job_runtime(cfg.runtime, args.device)  # under torchrun: joins the process group once, its own GPU
     try:
         main(args.task, cfg, data_cfg, args.init or ["random"], out, args.device, data=args.data,
-             prepare_only=getattr(args, "prepare_only", False))
+             prepare_only=getattr(args, "prepare_only", False), cache=args.cache)
     finally:
         cleanup(rt)
     return 0
@@ -51,6 +51,7 @@ def register(subparsers, common) -> None:
         if task.prepare_flag:
             q.add_argument(task.prepare_flag, dest="prepare_only", action="store_true",
                            help="only the preparation the jobs share (det: compute or check the cached proposals)")
+        add_cache_arg(q)
         q.set_defaults(func=_run, task=name)
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from cebench.checkpoint import load_checkpoint
-from cebench.errors import ConfigError
+from cebench.errors import CheckpointError, ConfigError
 from cebench.runtime import seed_everything
 
 from .data import load_split
@@ -23,13 +23,14 @@ class TaskContext:
 
     cfg: object                 # the task's config dataclass (ClsConfig / SegConfig / SvmConfig / DetConfig)
     root: str                   # VOCyyyy folder
-    cache_dir: str              # in-memory split cache (.pt files)
+    cache_dir: str              # decoded-split cache folder (.pt files; never inside the data)
     device: str = "cpu"
     arch: object = "demo"       # architecture of the random row: preset name or AlexNetConfig dict
     magic: str = "random"       # random | all | none (see build_init)
     magic_images: int = 64
     runtime: FinetuneRuntime = field(default_factory=FinetuneRuntime)  # AMP, checkpoints, memory budget
     out_dir: str = ""           # the command's output folder: jobs keep their `last` checkpoints there
+    classes: tuple | None = None  # data.classes resolved once by the command; None = the tree's own list
     log_every: int = 10         # training metrics every this many iterations (the job's .metrics.jsonl)
     tensorboard: bool = False   # mirror them to TensorBoard (out/tensorboard/...)
 
@@ -53,21 +54,26 @@ def arch_for(arch, inits: list[InitSpec]):
         return arch
     for spec in inits:
         if spec.checkpoint and spec.kind != "imagenet":
-            return dict(load_checkpoint(spec.checkpoint)["arch"]["encoder"])
+            arch = load_checkpoint(spec.checkpoint).get("arch")
+            if not isinstance(arch, dict) or not isinstance(arch.get("encoder"), dict):
+                raise CheckpointError(f"{spec.checkpoint}: no AlexNet encoder in this checkpoint (arch has no "
+                                      f"'encoder' entry; a bare state_dict? save it with "
+                                      f"cebench.pretrain.loading.save_encoder_checkpoint)")
+            return dict(arch["encoder"])
     return "demo"
 
 
 def job_splits(job, ctx: TaskContext, kind: str) -> tuple[dict, dict]:
     """The job's fit and eval splits in memory (`data.load_split`, kind cls | seg) at the task's load_size."""
-    return tuple(load_split(ctx.root, split, kind=kind, load_size=ctx.cfg.load_size, cache_dir=ctx.cache_dir)
-                 for split in (job.fit_split, job.eval_split))
+    return tuple(load_split(ctx.root, split, kind=kind, load_size=ctx.cfg.load_size, cache_dir=ctx.cache_dir,
+                            classes=ctx.classes) for split in (job.fit_split, job.eval_split))
 
 
 def job_sources(job, ctx: TaskContext, kind: str):
     """The fit and eval splits of a fine-tuning job (kind cls | seg): in memory when they fit
     `transfer.runtime.memory_mb`, else streamed from disk (`finetune.open_split`)."""
     return tuple(open_split(ctx.root, split, kind=kind, load_size=ctx.cfg.load_size, cache_dir=ctx.cache_dir,
-                            rt_cfg=ctx.runtime) for split in (job.fit_split, job.eval_split))
+                            rt_cfg=ctx.runtime, classes=ctx.classes) for split in (job.fit_split, job.eval_split))
 
 
 def encoder_for_job(job, ctx: TaskContext, magic_batch: torch.Tensor | None):

@@ -22,7 +22,7 @@ class TransferConfig:
     magic_images: int = 64        # images of the data-dependent init (det has its own: its images are larger)
     workers: int = 1              # job processes inside one command (the pipeline parallelises inits)
     threads: int = 1              # torch threads per job process
-    cache_dir: str = ""           # in-memory split cache ("" = <out>/cache)
+    cache_dir: str = ""           # decoded-split cache ("" = <the command's cache folder>/splits, see cebench.cache)
     runtime: FinetuneRuntime = field(default_factory=FinetuneRuntime)  # AMP, checkpoints, memory budget, loaders
     log: LogConfig = field(default_factory=LogConfig)  # per-step fine-tuning metrics of every job
     cls: ClsConfig = field(default_factory=ClsConfig)

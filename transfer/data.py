@@ -1,13 +1,14 @@
 """In-memory VOC splits for fine-tuning, read through the shared readers in `cebench.data.voc`.
 
 Images are read once, resized to `load_size` x `load_size` (uint8), and cached as one .pt file per
-(root, split, size), so every (init, seed, lr) job of a run loads them in milliseconds and augments on
-the training device, vectorised. Segmentation masks are resized with nearest neighbour (255 = ignore).
+(split, size, class list, and the name, size and mtime of every file it was read from) in the
+command's cache folder (never the data folder, see `cebench.cache`), so every (init, seed, lr) job of a
+run loads them in milliseconds and augments on the training device, vectorised; a changed image or
+split file makes a new entry. Segmentation masks are resized with nearest neighbour (255 = ignore).
 """
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -15,26 +16,46 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from cebench.cache import ensure_outside, files_key
 from cebench.data.voc import VOCIndex
 from cebench.errors import DatasetMissingError
 from cebench.images import normalize
 from cebench.io import atomic_torch_save
 
-
-def _cache_file(cache_dir, root, split: str, kind: str, size: int) -> Path:
-    h = hashlib.sha256(f"{Path(root).resolve()}|{split}|{kind}|{size}".encode()).hexdigest()[:12]
-    return Path(cache_dir) / f"{kind}-{split}-{size}-{h}.pt"
+CACHE_VERSION = 2  # 2: keyed by the files read (was: by the data folder's path)
 
 
-def load_split(root, split: str, *, kind: str, load_size: int, cache_dir=None) -> dict:
-    """kind "cls": {"images" uint8 [N,3,S,S], "labels" float [N,C] in {1,0,-1}, "classes"};
-    kind "seg": {"images", "masks" uint8 [N,S,S] (255 ignore), "classes" (background first)}."""
-    path = _cache_file(cache_dir, root, split, kind, load_size) if cache_dir else None
-    if path is not None and path.is_file():
+def _cache_file(cache_dir, index: VOCIndex, kind: str, size: int) -> Path:
+    """The entry of one split: keyed by every file it is read from, the class list and the settings."""
+    sub = "Segmentation" if index.kind == "segmentation" else "Main"
+    files = [index.root / "ImageSets" / sub / f"{index.split}.txt"]
+    for i in range(len(index)):
+        files += [index.image_path(i), index.segmentation_path(i) if kind == "seg" else index.annotation_path(i)]
+    key = files_key(files, kind, size, index.classes, CACHE_VERSION)
+    return ensure_outside(cache_dir, index.root) / f"{kind}-{index.split}-{size}-{key}.pt"
+
+
+def _load(path: Path) -> dict | None:
+    """A cached split, or None when absent or unreadable (then it is read from the data again)."""
+    if not path.is_file():
+        return None
+    try:
         return torch.load(path, weights_only=True)
-    index = VOCIndex(root, split, kind="segmentation" if kind == "seg" else "main")
+    except Exception:  # noqa: BLE001 - a damaged cache entry is rebuilt, never trusted
+        return None
+
+
+def load_split(root, split: str, *, kind: str, load_size: int, cache_dir=None, classes=None) -> dict:
+    """kind "cls": {"images" uint8 [N,3,S,S], "labels" float [N,C] in {1,0,-1}, "classes"};
+    kind "seg": {"images", "masks" uint8 [N,S,S] (255 ignore), "classes" (background first)}.
+    `classes`: data.classes (None = the tree's own class list)."""
+    index = VOCIndex(root, split, kind="segmentation" if kind == "seg" else "main", classes=classes)
     if len(index) == 0:
-        raise DatasetMissingError(f"{index.root}: split {split!r} is empty")
+        raise DatasetMissingError(f"{index.split_file}: split {split!r} is empty (no image ids)")
+    path = _cache_file(cache_dir, index, kind, load_size) if cache_dir else None
+    cached = _load(path) if path is not None else None
+    if cached is not None:
+        return cached
     n, s = len(index), int(load_size)
     images = torch.empty(n, 3, s, s, dtype=torch.uint8)
     out: dict = {"classes": list(index.classes)}
@@ -80,8 +101,8 @@ class DiskSplit(torch.utils.data.Dataset):
     """A split read from disk item by item (DataLoader workers decode): (uint8 [3,S,S], labels float [C]
     for cls | mask uint8 [S,S] for seg). Same pixels as `load_split`; for splits over the memory budget."""
 
-    def __init__(self, root, split: str, *, kind: str, load_size: int):
-        self.index = VOCIndex(root, split, kind="segmentation" if kind == "seg" else "main")
+    def __init__(self, root, split: str, *, kind: str, load_size: int, classes=None):
+        self.index = VOCIndex(root, split, kind="segmentation" if kind == "seg" else "main", classes=classes)
         if len(self.index) == 0:
             raise DatasetMissingError(f"{self.index.root}: split {split!r} is empty")
         self.kind, self.size = kind, int(load_size)

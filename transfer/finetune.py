@@ -109,13 +109,15 @@ def loader(ds, index_lists, workers: int, collate_fn=None) -> torch.utils.data.D
                                        generator=torch.Generator().manual_seed(0), persistent_workers=False)
 
 
-def open_split(root, split: str, *, kind: str, load_size: int, cache_dir, rt_cfg: FinetuneRuntime):
-    """The split in memory when it fits `rt_cfg.memory_mb`, else streamed from disk."""
+def open_split(root, split: str, *, kind: str, load_size: int, cache_dir, rt_cfg: FinetuneRuntime, classes=None):
+    """The split in memory when it fits `rt_cfg.memory_mb`, else streamed from disk. `classes`:
+    data.classes (None = the tree's own list)."""
     if split_bytes(root, split, kind, load_size) <= rt_cfg.memory_mb * 2**20:
-        return MemorySplit(load_split(root, split, kind=kind, load_size=load_size, cache_dir=cache_dir), kind)
+        return MemorySplit(load_split(root, split, kind=kind, load_size=load_size, cache_dir=cache_dir,
+                                      classes=classes), kind)
     log.info("%s split %s at %d px exceeds transfer.runtime.memory_mb=%g: streaming it from disk", kind, split,
              load_size, rt_cfg.memory_mb)
-    return StreamedSplit(DiskSplit(root, split, kind=kind, load_size=load_size))
+    return StreamedSplit(DiskSplit(root, split, kind=kind, load_size=load_size, classes=classes))
 
 
 class StreamBatches:

@@ -10,14 +10,16 @@ table - is the shared protocol (`protocol.run_seeds`) configured once in the `tr
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import pandas as pd
 
+from cebench.cache import cache_root
 from cebench.config import config_hash, config_to_dict, save_config
 from cebench.data.sources import DataConfig, record_sources, voc_root
+from cebench.data.voc import describe_classes, resolve_classes
 from cebench.errors import ConfigError
 from cebench.logs import get_logger
 from cebench.runtime import is_main_process
@@ -63,9 +65,10 @@ TASKS: dict[str, Task] = {
 
 
 def main(task: str, cfg: TransferConfig, data_cfg: DataConfig, inits, out_dir, device: str = "auto", *,
-         data: str | None = None, prepare_only: bool = False) -> pd.DataFrame | None:
+         data: str | None = None, prepare_only: bool = False, cache=None) -> pd.DataFrame | None:
     """Run `task` for every init over cfg.seeds -> the results table (also on disk, merged with the other
-    tasks' rows). `prepare_only`: the task's preparation (det: the proposals) and nothing else."""
+    tasks' rows). `prepare_only`: the task's preparation (det: the proposals) and nothing else. `cache`:
+    the folder of derived files (--cache; default $CEBENCH_CACHE, else out_dir/cache; never the data)."""
     if task not in TASKS:
         raise ConfigError(f"unknown transfer task {task!r}; choose one of {', '.join(TASKS)}")
     spec = TASKS[task]
@@ -74,14 +77,22 @@ def main(task: str, cfg: TransferConfig, data_cfg: DataConfig, inits, out_dir, d
     out_dir.mkdir(parents=True, exist_ok=True)
     specs = resolve_inits(inits)
     root = voc_root(data_cfg, data, segmentation=spec.segmentation)
+    classes, source = resolve_classes(root, data_cfg.classes or None)
+    log.info(f"[{task}] {describe_classes(classes, source)}")
+    given = classes if data_cfg.classes else None  # passed on only when configured (jobs resolve the same)
+    cache = cache_root(cache, out_dir)
+    # the checkpoints are read before the preparation (det: hours of selective search), not after
+    arch = arch_for(cfg.arch, specs) if not prepare_only else None
+    if getattr(sub, "proposals", None) is not None and not sub.proposals.cache_dir:  # det: its jobs read them too
+        sub = replace(sub, proposals=replace(sub.proposals, cache_dir=str(cache / "proposals")))
     prepared = spec.prepare(sub, root, data_cfg) if spec.prepare else None
     if prepare_only:
         return None
-    ctx = TaskContext(cfg=sub, root=str(root), cache_dir=cfg.cache_dir or str(out_dir / "cache"), device=device,
-                      arch=arch_for(cfg.arch, specs), magic=cfg.magic,
+    ctx = TaskContext(cfg=sub, root=str(root), cache_dir=cfg.cache_dir or str(cache / "splits"), device=device,
+                      arch=arch, magic=cfg.magic,
                       magic_images=getattr(sub, "magic_images", cfg.magic_images),  # a task's own wins (det)
                       runtime=cfg.runtime, out_dir=str(out_dir),
-                      log_every=cfg.log.every, tensorboard=cfg.log.tensorboard)
+                      log_every=cfg.log.every, tensorboard=cfg.log.tensorboard, classes=given)
     save_config({"transfer": config_to_dict(cfg), "data": config_to_dict(data_cfg), "task": task,
                  "root": str(root), "inits": [vars(s) for s in specs]}, out_dir)
     record_sources(out_dir, data_cfg, voc=str(root), task=task)
@@ -97,9 +108,13 @@ def main(task: str, cfg: TransferConfig, data_cfg: DataConfig, inits, out_dir, d
                     train_split=names["train"], val_split=names["val"], trainval_split=names["trainval"],
                     test_split=names["test"])
     # a cached job is reused only for the same result-changing settings (not the lr grid: each job has its lr)
-    key = config_hash({"task": task, "sub": {k: v for k, v in config_to_dict(sub).items() if k != "lrs"},
-                       "arch": str(ctx.arch), "magic": ctx.magic, "magic_images": ctx.magic_images,
-                       "root": str(Path(root).resolve()), "amp": cfg.runtime.amp})
+    # (nor where derived files are cached or how many processes compute them)
+    sub_key = {k: v for k, v in config_to_dict(sub).items() if k != "lrs"}
+    if "proposals" in sub_key:
+        sub_key["proposals"] = {k: v for k, v in sub_key["proposals"].items() if k not in ("cache_dir", "workers")}
+    key = config_hash({"task": task, "sub": sub_key, "arch": str(ctx.arch), "magic": ctx.magic,
+                       "magic_images": ctx.magic_images, "root": str(Path(root).resolve()),
+                       "amp": cfg.runtime.amp, **({"classes": list(given)} if given else {})})
     metrics = spec.metrics(sub)
     t0 = time.time()
     table = run_seeds(spec.run, task, specs, plan, ctx, out_dir, metrics=metrics, primary=metrics[0], key=key,

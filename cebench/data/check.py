@@ -1,10 +1,13 @@
 """`cebench data check ROOT`: find every problem in a VOC tree or an image folder, each with its path.
 
 Errors (report.ok is False): unreadable or truncated images, annotations that do not match their image
-(XML size differs from the real size, boxes outside the image or empty, unknown classes, broken XML),
-segmentation PNGs of the wrong size, ids listed in a split without an image / annotation / mask.
+(XML size differs from the real size, empty boxes, broken XML), classes missing from a given class list
+(`data.classes` / `classes.txt`: one line for all files), segmentation PNGs of the wrong size, ids listed
+in a split without an image / annotation / mask.
 Warnings (ok stays True): images in a mode other than 8-bit RGB (grayscale, CMYK, 16-bit, palette,
-alpha), which are converted when loaded.
+alpha), which are converted when loaded; boxes reaching outside their image (clipped when loaded; one
+line with the count); class names outside the 20 VOC classes with no class list given (one line: the
+classes are then read from the annotations).
 """
 
 from __future__ import annotations
@@ -15,7 +18,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cebench.data.voc import CLASSES_FILE, find_voc_root, parse_annotation, read_classes
+from cebench.data.voc import (
+    VOC_CLASSES,
+    annotation_class_names,
+    describe_classes,
+    find_voc_root,
+    parse_annotation,
+    resolve_classes,
+)
 from cebench.errors import CebenchError
 from cebench.images import inspect_image, list_images
 
@@ -36,6 +46,7 @@ class CheckReport:
     class_counts: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> class -> images (non-difficult)
     object_counts: dict[str, int] = field(default_factory=dict)  # class -> objects over all annotations
     classes: tuple[str, ...] = ()
+    class_source: str = ""
     issues: list[Issue] = field(default_factory=list)
 
     @property
@@ -77,27 +88,41 @@ def _split_files(voc: Path, sub: str, classes) -> list[Path]:
     return sorted(p for p in d.glob("*.txt") if not p.stem.startswith(prefixes))
 
 
-def _check_voc(report: CheckReport, voc: Path) -> None:
+def _short_list(names, n: int = 12) -> str:
+    return ", ".join(names[:n]) + (f", ... ({len(names) - n} more)" if len(names) > n else "")
+
+
+def _check_voc(report: CheckReport, voc: Path, classes_cfg=None) -> None:
     try:
-        classes = read_classes(voc)
+        classes, source = resolve_classes(voc, classes_cfg)
     except CebenchError as exc:
-        report.add(voc / CLASSES_FILE, str(exc).split(": ", 1)[-1])
+        where, _, problem = str(exc).partition(": ")
+        report.add(where, problem or str(exc))
         return
-    report.classes = classes
-    cindex = {c: i for i, c in enumerate(classes)}
+    report.classes, report.class_source = classes, source
+    extra = sorted(set(annotation_class_names(voc)) - set(classes) - {""})
+    cindex = {c: i for i, c in enumerate((*classes, *extra))}  # extra names parse, and are reported once
+    # with the classes read from the annotations, the names outside the VOC list are said once
+    flagged = np.asarray([c not in VOC_CLASSES if source == "annotations" else i >= len(classes)
+                          for i, c in enumerate(cindex)], dtype=bool)
     sizes = _check_images(report, list_images(voc / "JPEGImages", recursive=False))
     images = {p.stem for p in (voc / "JPEGImages").glob("*.jpg")}
 
     anns: dict[str, dict | None] = {}
+    outside_files: list[Path] = []   # annotations using a name outside the class list
+    clipped: list[tuple[Path, int]] = []  # (annotation, boxes reaching outside the image)
     for xml in sorted((voc / "Annotations").glob("*.xml")) if (voc / "Annotations").is_dir() else []:
         try:
-            ann = parse_annotation(xml, cindex)
+            ann = parse_annotation(xml, cindex, voc / "JPEGImages" / f"{xml.stem}.jpg")
         except CebenchError as exc:
             report.add(xml, str(exc).split(": ", 1)[-1])
             anns[xml.stem] = None
             continue
-        anns[xml.stem] = ann
-        for lab in ann["labels"]:
+        if flagged[ann["raw_labels"]].any():
+            outside_files.append(xml)
+        known = ann["labels"] < len(classes)
+        anns[xml.stem] = {"labels": ann["labels"][known], "difficult": ann["difficult"][known]}
+        for lab in ann["labels"][known]:
             report.object_counts[classes[lab]] = report.object_counts.get(classes[lab], 0) + 1
         real = sizes.get(xml.stem)
         w, h = ann["width"], ann["height"]
@@ -105,14 +130,30 @@ def _check_voc(report: CheckReport, voc: Path) -> None:
             report.add(xml, f"size {w}x{h} in XML but the image is {real[0]}x{real[1]}")
         if real is not None:
             w, h = real
-        b = ann["boxes"]
+        b, names = ann["raw_boxes"], list(cindex)
+        n_out = 0
         for k in range(len(b)):
             x0, y0, x1, y1 = b[k]
             if not (x1 > x0 and y1 > y0):
-                report.add(xml, f"object {k} ({classes[ann['labels'][k]]}): empty box {b[k].tolist()} (0-based)")
+                report.add(xml, f"object {k} ({names[ann['raw_labels'][k]]}): empty box {b[k].tolist()} (0-based)")
             elif x0 < 0 or y0 < 0 or x1 > w or y1 > h:
-                report.add(xml, f"object {k} ({classes[ann['labels'][k]]}): box {b[k].tolist()} (0-based) outside "
-                                f"the {w}x{h} image")
+                n_out += 1
+        if n_out:
+            clipped.append((xml, n_out))
+    if clipped:
+        n = sum(c for _, c in clipped)
+        report.add(clipped[0][0], f"{n} box(es) in {len(clipped)} annotation(s) reach outside their image; they "
+                                  f"are clipped to it when loaded (this file: {clipped[0][1]})", "warning")
+    if outside_files:
+        if source == "annotations":
+            names = [c for c in classes if c not in VOC_CLASSES]
+            report.add(voc / "Annotations", f"{len(outside_files)} annotations use classes outside the VOC list: "
+                                            f"{_short_list(names)} - they will be read from the annotations "
+                                            f"(or set data.classes)", "warning")
+        else:
+            report.add(outside_files[0], f"{len(outside_files)} annotations use classes not in {source}: "
+                                         f"{_short_list(extra)} - add them there, or leave out {source} to "
+                                         f"read the classes from the annotations")
 
     seg_dir = voc / "SegmentationClass"
     for png in sorted(seg_dir.glob("*.png")) if seg_dir.is_dir() else []:
@@ -150,8 +191,9 @@ def _check_voc(report: CheckReport, voc: Path) -> None:
         report.add(voc / "ImageSets", "no split files (ImageSets/Main/*.txt)")
 
 
-def check_dataset(root) -> CheckReport:
-    """Check a VOCyyyy folder (or the VOCdevkit above it, or its parent), or a plain folder of images."""
+def check_dataset(root, classes=None) -> CheckReport:
+    """Check a VOCyyyy folder (or the VOCdevkit above it, or its parent), or a plain folder of images.
+    `classes`: the configured class list (`data.classes`: names or a file), None for the tree's own."""
     root = Path(root).expanduser()
     try:
         voc = find_voc_root(root)
@@ -159,7 +201,7 @@ def check_dataset(root) -> CheckReport:
         voc = None
     if voc is not None:
         report = CheckReport(root=str(voc), kind="voc")
-        _check_voc(report, voc)
+        _check_voc(report, voc, classes)
         return report
     if not root.is_dir():
         report = CheckReport(root=str(root), kind="missing")
@@ -176,6 +218,8 @@ def check_dataset(root) -> CheckReport:
 
 def format_report(report: CheckReport, max_issues: int = 200) -> str:
     lines = [f"{report.kind} dataset at {report.root}: {report.n_images} images"]
+    if report.class_source:
+        lines.append(describe_classes(report.classes, report.class_source))
     if report.split_counts:
         lines.append("splits: " + ", ".join(f"{k} {v}" for k, v in report.split_counts.items()))
     if report.class_counts:

@@ -60,7 +60,8 @@ def cmd_demo(args) -> int:
 
 
 def cmd_check(args) -> int:
-    report = check_dataset(args.root)
+    classes = [c for c in (getattr(args, "classes", None) or "").split(",") if c.strip()] or None
+    report = check_dataset(args.root, classes=classes)
     print(format_report(report, max_issues=args.max_issues))
     return 0 if report.ok else 1
 
@@ -83,6 +84,9 @@ def register(subparsers, common: argparse.ArgumentParser | None = None) -> argpa
     c = sub.add_parser("check", help="check a VOC tree or an image folder; exit 1 if problems are found")
     c.add_argument("root", help="VOCyyyy folder, the VOCdevkit above it, its parent, or a folder of images")
     c.add_argument("--max-issues", type=int, default=200, help="list at most this many of each kind")
+    c.add_argument("--classes", default=None, metavar="NAMES_OR_FILE",
+                   help="the class list, as data.classes: comma-separated names or a file with one name a line "
+                        "(default: classes.txt at the VOC root, else the VOC classes or those the annotations use)")
     c.set_defaults(func=cmd_check)
     return p
 

@@ -493,6 +493,9 @@ def generate_demo(out_dir, cfg: DemoDataConfig | None = None, *, force: bool = F
     """
     cfg = cfg or DemoDataConfig()
     devkit = Path(out_dir) / "VOCdevkit"
+    voc = devkit / f"VOC{YEAR}"
+    if not force and (_read_marker(voc) or {}).get("config") == content_key(cfg):
+        return voc  # a finished tree (the marker is written last): reused without a lock file, read-only data too
     # two stage commands started side by side on a fresh data folder both land here: the second waits for
     # the first's tree instead of deleting its temporary folder as stale and then its finished tree
     with file_lock(devkit / f".VOC{YEAR}.lock"):

@@ -16,7 +16,7 @@ With no real root the demo preset `data.demo` provides all three: the demo tree,
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..config import config_to_dict, save_config
@@ -32,6 +32,8 @@ class DataConfig:
     demo_dir: str = ""            # where the demo tree is generated ("" = $CEBENCH_DATA or ./data)
     root: str = ""                # real VOC2007 (classification, detection): VOCdevkit, VOC2007 or parent
     seg_root: str = ""            # real VOC2012 for segmentation ("" = same as root)
+    classes: list[str] = field(default_factory=list)  # class names, or [a file with one name a line];
+    #                               [] = classes.txt at the VOC root, else the VOC classes / the annotations' names
     pretrain_images: str = ""     # a folder of images for pretraining (ImageNet, Paris StreetView, ...)
     pretrain_split: str = "pretrain"  # VOC split used for pretraining when pretrain_images is empty
     trainval_split: str = "trainval"

@@ -1,9 +1,20 @@
-"""PASCAL VOC readers: the same code path for real VOC2007/2012 and the built-in demo tree.
+"""PASCAL VOC readers: the same code path for real VOC2007/2012, the built-in demo tree and users' own
+VOC-format data sets.
 
 `find_voc_root` accepts a VOCyyyy folder, the VOCdevkit above it, or its parent. `VOCIndex` reads one
 split's records; the torch datasets on top return the dataset index as their last element so that
 feature extractors can keep indices. Boxes are 0-based pixel-edge xyxy: VOC's 1-based inclusive
 (xmin, ymin, xmax, ymax) becomes (xmin - 1, ymin - 1, xmax, ymax), so width = xmax - xmin + 1.
+
+Users' own data (one or a few custom classes, XML written by labelling tools):
+- classes come from, in order, `data.classes` (a list, or the path of a file with one name a line),
+  `classes.txt` at the VOC root, the 20 VOC classes when every annotation uses VOC names, else the
+  sorted set of names found in the annotations (`resolve_classes`, which says which source it used);
+- optional fields default as the VOC devkit's reader does (`PASreadrecord`): `<truncated>` and
+  `<difficult>` 0, `<pose>` "Unspecified", `<segmented>` 0; `<size>` may stand anywhere in the file,
+  and when it is missing (or 0 x 0) the size is read from the image's header;
+- boxes reaching outside the image are clipped to it and counted (`clipped`); boxes with no area left
+  are dropped and counted (`dropped`). `cebench data check` reports both.
 """
 
 from __future__ import annotations
@@ -14,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cebench.errors import CebenchError, DatasetMissingError
+from cebench.errors import BadImageError, CebenchError, DatasetMissingError
 from cebench.images import open_rgb
 
 VOC_CLASSES = (
@@ -59,59 +70,195 @@ def find_voc_root(path, year: str | int | None = None) -> Path:
     raise DatasetMissingError(f"{what}not found at {path}: {_DOWNLOAD_HELP}")
 
 
-def read_classes(voc_root) -> tuple[str, ...]:
-    """The class list: `classes.txt` at the VOC root when present (demo data), else the 20 VOC classes."""
-    f = Path(voc_root) / CLASSES_FILE
-    if not f.is_file():
-        return VOC_CLASSES
-    names = tuple(line.strip() for line in f.read_text().splitlines() if line.strip())
-    if not names or len(set(names)) != len(names):
-        raise CebenchError(f"{f}: empty or duplicate class names")
+CLASS_SOURCES = ("data.classes", CLASSES_FILE, "the 20 VOC classes", "annotations")
+
+
+def _read_names_file(f: Path, what: str) -> tuple[str, ...]:
+    try:
+        text = f.read_bytes().decode("utf-8")
+    except IsADirectoryError:
+        raise CebenchError(f"{f}: is a folder, expected {what} (one class name a line)") from None
+    except UnicodeDecodeError:
+        raise CebenchError(f"{f}: not a text file ({what}: one class name a line, UTF-8)") from None
+    except OSError as exc:
+        raise CebenchError(f"{f}: unreadable ({exc.strerror or exc})") from None
+    names = tuple(line.strip() for line in text.splitlines() if line.strip())
+    return _valid_names(names, f)
+
+
+def _valid_names(names, where) -> tuple[str, ...]:
+    names = tuple(names)
+    if not names:
+        raise CebenchError(f"{where}: no class names")
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise CebenchError(f"{where}: duplicate class names {', '.join(dup)}")
     return names
 
 
+def annotation_class_names(voc_root) -> dict[str, int]:
+    """{object name: count} over every readable `Annotations/*.xml` (unreadable files are skipped: the
+    readers and `cebench data check` report them). About 0.6 s for VOC2007's 9,963 files."""
+    counts: dict[str, int] = {}
+    ann = Path(voc_root) / "Annotations"
+    for xml in sorted(ann.glob("*.xml")) if ann.is_dir() else []:
+        try:
+            root = ET.parse(xml).getroot()
+        except (ET.ParseError, OSError):
+            continue
+        for obj in root.iter("object"):
+            name = (obj.findtext("name") or "").strip()
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def resolve_classes(voc_root, configured=None) -> tuple[tuple[str, ...], str]:
+    """(class names, where they came from: one of CLASS_SOURCES).
+
+    `configured` is `data.classes`: a list of names, or one path of a file with a name a line. Then
+    `classes.txt` at the VOC root; then the annotations: the 20 VOC classes when every object name is
+    one of them (real VOC, data sets of a few VOC classes), else the sorted names the annotations use.
+    """
+    if configured:
+        items = [configured] if isinstance(configured, (str, Path)) else list(configured)
+        if len(items) == 1 and (Path(str(items[0])).suffix or "/" in str(items[0])):
+            f = Path(str(items[0])).expanduser()
+            if not f.exists():
+                raise CebenchError(f"data.classes: file {f} not found (give a list of names or a file with "
+                                   f"one name a line)")
+            return _read_names_file(f, "data.classes"), "data.classes"
+        return _valid_names((str(c).strip() for c in items), "data.classes"), "data.classes"
+    f = Path(voc_root) / CLASSES_FILE
+    if f.exists():
+        return _read_names_file(f, CLASSES_FILE), CLASSES_FILE
+    names = annotation_class_names(voc_root)
+    names.pop("", None)  # an object without a <name>: the reader reports it
+    if all(n in VOC_CLASSES for n in names):
+        return VOC_CLASSES, "the 20 VOC classes"
+    return tuple(sorted(names)), "annotations"
+
+
+def describe_classes(classes, source: str) -> str:
+    """The one line every stage prints: which source the class list came from, and the list."""
+    shown = ", ".join(classes[:40]) + (f", ... ({len(classes) - 40} more)" if len(classes) > 40 else "")
+    return f"classes ({len(classes)}, from {source}): {shown}"
+
+
+def read_classes(voc_root, configured=None) -> tuple[str, ...]:
+    """The class list of a VOC tree (see `resolve_classes`)."""
+    return resolve_classes(voc_root, configured)[0]
+
+
 def read_split(voc_root, split: str, kind: str = "main") -> list[str]:
+    """The image ids of `ImageSets/{Main,Segmentation}/<split>.txt` (first word of each line)."""
     sub = {"main": "Main", "segmentation": "Segmentation"}.get(kind)
     if sub is None:
         raise ValueError(f"kind must be 'main' or 'segmentation', got {kind!r}")
     f = Path(voc_root) / "ImageSets" / sub / f"{split}.txt"
+    if f.is_dir():
+        raise CebenchError(f"{f}: is a folder, expected a split file (one image id a line)")
     if not f.is_file():
         avail = sorted(p.stem for p in f.parent.glob("*.txt") if "_" not in p.stem) if f.parent.is_dir() else []
         raise DatasetMissingError(f"split file {f} not found (splits there: {', '.join(avail) or 'none'})")
-    return [line.split()[0] for line in f.read_text().splitlines() if line.strip()]
+    try:
+        text = f.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise CebenchError(f"{f}: not a split file (not UTF-8 text; expected one image id a line)") from None
+    except OSError as exc:
+        raise CebenchError(f"{f}: unreadable ({exc.strerror or exc})") from None
+    ids = [line.split()[0] for line in text.splitlines() if line.strip()]
+    bad = [i for i in ids if not all(c.isprintable() for c in i)]
+    if bad:
+        raise CebenchError(f"{f}: not a split file (line {ids.index(bad[0]) + 1} holds control characters, "
+                           f"expected one image id a line)")
+    return ids
 
 
-def parse_annotation(xml_path, class_index: dict[str, int]) -> dict:
-    """Parse one VOC XML. Raises CebenchError naming the file on any problem."""
+def _flag(obj, tag: str) -> bool:
+    """A 0/1 field of an object; missing or empty = 0 (the devkit's default)."""
+    text = (obj.findtext(tag) or "").strip().lower()
+    if text in ("", "0", "false", "no"):
+        return False
+    if text in ("true", "yes"):
+        return True
+    return int(float(text)) == 1
+
+
+def _image_size(image_path) -> tuple[int, int]:
+    """(width, height) from the image's header, without decoding the pixels."""
+    try:
+        with Image.open(image_path) as im:
+            return im.size
+    except FileNotFoundError:
+        raise BadImageError(image_path, "file not found (the annotation has no <size>, so it is read from the "
+                                        "image)") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise BadImageError(image_path, f"unreadable image ({exc})") from None
+
+
+def parse_annotation(xml_path, class_index: dict[str, int], image_path=None) -> dict:
+    """Parse one VOC XML. Raises CebenchError naming the file on any problem.
+
+    Defaults as the VOC devkit: missing `<truncated>`/`<difficult>` 0, `<pose>` "Unspecified",
+    `<segmented>` 0. `<size>` anywhere; missing or 0 x 0, it is read from `image_path`. Boxes are
+    clipped to the image (`clipped` counts them); boxes left without area are dropped (`dropped`).
+    """
     xml_path = Path(xml_path)
     try:
         root = ET.parse(xml_path).getroot()
-        size = root.find("size")
-        width, height = int(size.findtext("width")), int(size.findtext("height"))
-        boxes, labels, difficult, truncated = [], [], [], []
+        size = root.find(".//size")
+        width = int(float(size.findtext("width") or 0)) if size is not None else 0
+        height = int(float(size.findtext("height") or 0)) if size is not None else 0
+        if width <= 0 or height <= 0:
+            if image_path is None:
+                raise CebenchError(f"{xml_path}: no <size> (width and height) in the annotation")
+            width, height = _image_size(image_path)
+        boxes, labels, difficult, truncated, pose = [], [], [], [], []
+        unknown = []
         for obj in root.iter("object"):
-            name = obj.findtext("name", "").strip()
+            name = (obj.findtext("name") or "").strip()
             if name not in class_index:
-                raise CebenchError(f"{xml_path}: unknown class {name!r}")
+                unknown.append(name)
+                continue
             bb = obj.find("bndbox")
             xmin, ymin, xmax, ymax = (float(bb.findtext(t)) for t in ("xmin", "ymin", "xmax", "ymax"))
             boxes.append((xmin - 1.0, ymin - 1.0, xmax, ymax))
             labels.append(class_index[name])
-            difficult.append(int(float(obj.findtext("difficult", "0") or 0)) == 1)
-            truncated.append(int(float(obj.findtext("truncated", "0") or 0)) == 1)
+            difficult.append(_flag(obj, "difficult"))
+            truncated.append(_flag(obj, "truncated"))
+            pose.append((obj.findtext("pose") or "").strip() or "Unspecified")
+        if unknown:
+            raise CebenchError(f"{xml_path}: unknown class {unknown[0]!r}" +
+                               (f" (and {len(unknown) - 1} more objects)" if len(unknown) > 1 else ""))
+        segmented = _flag(root, "segmented")
     except CebenchError:
         raise
     except FileNotFoundError:
         raise CebenchError(f"{xml_path}: annotation file missing") from None
-    except (ET.ParseError, AttributeError, TypeError, ValueError) as exc:
-        raise CebenchError(f"{xml_path}: bad annotation ({type(exc).__name__}: {exc})") from None
+    except IsADirectoryError:
+        raise CebenchError(f"{xml_path}: is a folder, expected a VOC annotation (XML) file") from None
+    except (ET.ParseError, AttributeError, TypeError, ValueError, OSError) as exc:
+        what = str(exc).splitlines()[0] if str(exc).strip() else ""
+        raise CebenchError(f"{xml_path}: bad annotation ({type(exc).__name__}{': ' + what if what else ''})") from None
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    if not np.isfinite(b).all():
+        raise CebenchError(f"{xml_path}: bad annotation (a box coordinate is not a finite number)")
+    clipped_b = np.clip(b, 0.0, np.array([width, height, width, height], dtype=np.float64))
+    moved = (clipped_b != b).any(1)
+    keep = (clipped_b[:, 2] > clipped_b[:, 0]) & (clipped_b[:, 3] > clipped_b[:, 1])
     return dict(
-        boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
-        labels=np.asarray(labels, dtype=np.int64),
-        difficult=np.asarray(difficult, dtype=bool),
-        truncated=np.asarray(truncated, dtype=bool),
+        boxes=clipped_b[keep].astype(np.float32).reshape(-1, 4),
+        labels=np.asarray(labels, dtype=np.int64).reshape(-1)[keep],
+        difficult=np.asarray(difficult, dtype=bool).reshape(-1)[keep],
+        truncated=np.asarray(truncated, dtype=bool).reshape(-1)[keep],
+        pose=[p for p, k in zip(pose, keep, strict=True) if k],
+        segmented=segmented,
         width=width,
         height=height,
+        raw_boxes=b.astype(np.float32),        # every object as written (0-based), before clipping ...
+        raw_labels=np.asarray(labels, dtype=np.int64).reshape(-1),  # ... and its label: for `data check`
+        clipped=int((moved & keep).sum()),     # boxes that reached outside the image, clipped to it
+        dropped=int((~keep).sum()),            # boxes with no area inside the image, left out
     )
 
 
@@ -137,7 +284,9 @@ def read_segmentation(png_path) -> np.ndarray:
             rgb = np.asarray(im.convert("RGB"), dtype=np.int64)
     except FileNotFoundError:
         raise CebenchError(f"{png_path}: segmentation file missing") from None
-    except OSError as exc:
+    except IsADirectoryError:
+        raise CebenchError(f"{png_path}: is a folder, expected a segmentation PNG") from None
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
         raise CebenchError(f"{png_path}: unreadable segmentation ({exc})") from None
     pal = np.asarray(voc_palette(), dtype=np.int64).reshape(256, 3)
     code = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
@@ -151,17 +300,27 @@ def read_segmentation(png_path) -> np.ndarray:
 class VOCIndex:
     """Records of one split of a VOC tree (no torch): ids, class list, images, annotations, masks."""
 
-    def __init__(self, root, split: str, kind: str = "main", year: str | int | None = None):
+    def __init__(self, root, split: str, kind: str = "main", year: str | int | None = None, classes=None):
+        """`classes`: `data.classes` (a list of names or a file), or None for the tree's own list."""
         self.root = find_voc_root(root, year)
         self.split = split
         self.kind = kind
-        self.classes = read_classes(self.root)
+        self.classes, self.class_source = resolve_classes(self.root, classes)
         self.class_index = {c: i for i, c in enumerate(self.classes)}
         self.ids = read_split(self.root, split, kind)
+        missing = [i for i in self.ids if not (self.root / "JPEGImages" / f"{i}.jpg").exists()]
+        if missing:  # e.g. a truncated split file: one line that ends mid-id
+            raise DatasetMissingError(f"{self.split_file}: {len(missing)} id(s) without an image "
+                                      f"JPEGImages/<id>.jpg, e.g. {missing[0]!r}")
         self._ann: dict[int, dict] = {}
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    @property
+    def split_file(self) -> Path:
+        sub = "Segmentation" if self.kind == "segmentation" else "Main"
+        return self.root / "ImageSets" / sub / f"{self.split}.txt"
 
     @property
     def num_classes(self) -> int:
@@ -182,7 +341,7 @@ class VOCIndex:
     def annotation(self, i: int) -> dict:
         """boxes float32 [N,4] xyxy 0-based, labels int64 [N], difficult/truncated bool [N], width, height."""
         if i not in self._ann:
-            self._ann[i] = parse_annotation(self.annotation_path(i), self.class_index)
+            self._ann[i] = parse_annotation(self.annotation_path(i), self.class_index, self.image_path(i))
         return self._ann[i]
 
     def segmentation(self, i: int) -> np.ndarray:
@@ -202,5 +361,6 @@ class VOCIndex:
             np.zeros((0, self.num_classes), np.int8)
 
 
-__all__ = ["VOC_CLASSES", "voc_palette", "find_voc_root", "read_classes", "read_split", "parse_annotation",
-           "read_segmentation", "VOCIndex"]
+__all__ = ["VOC_CLASSES", "CLASS_SOURCES", "voc_palette", "find_voc_root", "read_classes", "resolve_classes",
+           "describe_classes", "annotation_class_names", "read_split", "parse_annotation", "read_segmentation",
+           "VOCIndex"]

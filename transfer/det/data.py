@@ -45,9 +45,9 @@ class DetDataset(Dataset):
     size (h, w) after resizing, orig_size, index)."""
 
     def __init__(self, root, split: str, proposals: dict, *, scale: int = 128, max_size: int = 1000,
-                 train: bool = False, use_difficult: bool = False, cache_images: bool = False):
+                 train: bool = False, use_difficult: bool = False, cache_images: bool = False, classes=None):
         check_voc_tree(root, [split])
-        self.index = VOCIndex(root, split)
+        self.index = VOCIndex(root, split, classes=classes)
         self.proposals = proposals
         self.scale, self.max_size = scale, max_size
         self.train, self.use_difficult = train, use_difficult

@@ -35,7 +35,8 @@ def draw_detections(root, examples: list[dict], classes, out_png, *, score_min: 
     for ax, ex in zip(axes.ravel(), examples):
         img = np.asarray(open_rgb(root / "JPEGImages" / f"{ex['id']}.jpg"))
         ax.imshow(img)
-        gt = parse_annotation(root / "Annotations" / f"{ex['id']}.xml", class_index)
+        gt = parse_annotation(root / "Annotations" / f"{ex['id']}.xml", class_index,
+                              root / "JPEGImages" / f"{ex['id']}.jpg")
         for b in gt["boxes"]:
             ax.add_patch(Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False, ls="--", lw=0.8, ec="white"))
         boxes = np.asarray(ex["boxes"], dtype=float).reshape(-1, 4)

@@ -19,8 +19,11 @@ Methods:
   (x1 - 1, y1 - 1, x2, y2). An `.npz` file with one [N,4] xyxy 0-based array per image id works too.
 
 Boxes are float32 [N,4] xyxy in the image's own pixel coordinates (continuous, 0-based).
-Cache: `<cache_dir or VOC root>/proposals/<method>-<hash of settings>/<image id>.npz`, each written
-atomically (temp + os.replace), computed in parallel over images with a process pool.
+Cache (never in the data folder, see `cebench.cache`): `<cache>/proposals/<method>-<hash of settings>/
+<image id>-<hash of the image's name, size and mtime>.npz`, one file per image, each written atomically
+(temp + fsync + os.replace) as soon as it is computed, in parallel over images with a process pool.
+A job killed at any point (SIGKILL included) keeps every finished image; the rerun computes only the
+rest, and a changed image gets a new entry.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cebench.cache import cache_root, ensure_outside, files_key
 from cebench.config import config_hash
 from cebench.data.voc import read_split
 from cebench.errors import CebenchError, ConfigError, DatasetMissingError
@@ -59,7 +63,7 @@ class ProposalConfig:
     grid_aspects: tuple[float, ...] = (0.5, 1.0, 2.0)
     grid_stride: float = 0.5           # grid: step as a fraction of the box side
     file: str = ""                     # method mat: the published files, {split} replaced ("" = beside VOCdevkit)
-    cache_dir: str = ""                # "" = beside the dataset (VOC root / proposals)
+    cache_dir: str = ""                # "" = <the command's cache folder>/proposals (see cebench.cache)
     workers: int = 2
 
 
@@ -163,6 +167,15 @@ def _save_npz(path: Path, boxes: np.ndarray) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def _load_npz(path: Path) -> np.ndarray | None:
+    """A cached entry, or None when it is absent or unreadable (then it is computed again)."""
+    try:
+        with np.load(path) as z:
+            return np.asarray(z["boxes"], dtype=np.float32).reshape(-1, 4)
+    except (OSError, ValueError, KeyError, EOFError):
+        return None
+
+
 def _worker(args) -> int:
     items, cfg = args
     torch.set_num_threads(1)
@@ -173,8 +186,9 @@ def _worker(args) -> int:
 
 # --------------------------------------------------------------------------------------------- public
 def cache_folder(voc_root, cfg: ProposalConfig) -> Path:
-    base = Path(cfg.cache_dir) if cfg.cache_dir else Path(voc_root) / "proposals"
-    return base / settings_key(cfg)
+    """`<cache_dir>/<method>-<settings hash>`; refused inside the data folder."""
+    base = Path(cfg.cache_dir) if cfg.cache_dir else cache_root() / "proposals"
+    return ensure_outside(base, voc_root) / settings_key(cfg)
 
 
 def image_path(voc_root, image_id: str) -> Path:
@@ -182,6 +196,9 @@ def image_path(voc_root, image_id: str) -> Path:
 
 
 METHODS = ("selective_search", "mat", "grid")
+def entry_path(folder: Path, image: Path, image_id: str) -> Path:
+    """The cache file of one image: keyed by its id and by the image file's name, size and mtime."""
+    return folder / f"{image_id}-{files_key([image], length=12)}.npz"
 
 
 def load_proposals(voc_root, ids, cfg: ProposalConfig, *, split: str = "", progress: bool = True) -> dict:
@@ -197,10 +214,15 @@ def load_proposals(voc_root, ids, cfg: ProposalConfig, *, split: str = "", progr
     settings = folder / "settings.json"
     if not settings.exists():
         atomic_write_json(settings, asdict(cfg), indent=1)
-    todo = [(str(image_path(voc_root, i)), str(folder / f"{i}.npz")) for i in ids if not (folder / f"{i}.npz").exists()]
+    entries = {i: entry_path(folder, image_path(voc_root, i), i) for i in ids}
+    out = {i: _load_npz(p) for i, p in entries.items()}
+    todo = [(str(image_path(voc_root, i)), str(entries[i])) for i in ids if out[i] is None]
     if todo:
         compute_missing(todo, cfg, progress=progress)
-    return {i: np.load(folder / f"{i}.npz")["boxes"] for i in ids}
+        for i in ids:
+            if out[i] is None:
+                out[i] = _load_npz(entries[i])
+    return out
 
 
 def compute_missing(todo, cfg: ProposalConfig, *, progress: bool = True) -> float:
@@ -283,15 +305,17 @@ def read_proposal_file(path, ids, *, order=None) -> dict:
     .mat: `boxes` (a cell array, one [N,4] per image, 1-based [y1 x1 y2 x2]) and `images` (the ids; when
     absent the boxes are taken in the order of `order`, the split list, as Fast R-CNN does)."""
     path = Path(path)
+    if path.is_dir():
+        raise CebenchError(f"proposal file {path} is a folder, expected Fast R-CNN's .mat or an .npz file")
     if not path.is_file():
         raise DatasetMissingError(f"proposal file {path} not found ({_FETCH})")
     if path.suffix == ".mat":
         from scipy.io import loadmat
 
-        try:
+        try:  # whatever the parser raises on a file that is not one (random bytes, truncated, empty)
             mat = loadmat(str(path))
             cells = mat["boxes"].ravel()
-        except (ValueError, KeyError, OSError, TypeError) as exc:
+        except Exception as exc:  # noqa: BLE001 - the boundary of this file's loader
             raise CebenchError(f"{path}: not a Fast R-CNN proposal file with a 'boxes' cell array "
                                f"({type(exc).__name__}: {str(exc)[:120]})") from None
         if "images" in mat:
@@ -307,8 +331,14 @@ def read_proposal_file(path, ids, *, order=None) -> dict:
             yx = np.asarray(b, dtype=np.float32).reshape(-1, 4)  # 1-based [y1 x1 y2 x2], inclusive
             table[n] = np.stack([yx[:, 1] - 1, yx[:, 0] - 1, yx[:, 3], yx[:, 2]], 1)
     else:
-        with np.load(path) as z:
-            table = {k: np.asarray(z[k], dtype=np.float32).reshape(-1, 4) for k in z.files}
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                table = {k: np.asarray(z[k], dtype=np.float32).reshape(-1, 4) for k in z.files}
+        except Exception as exc:  # noqa: BLE001 - the boundary of this file's loader
+            text = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+            raise CebenchError(f"proposal file {path}: not a readable proposal file ({type(exc).__name__}"
+                               f"{': ' + text if text else ''}); expected Fast R-CNN's .mat (images, boxes) or an "
+                               f".npz of [N,4] boxes per image id") from None
     if ids is None:
         return table
     absent = [i for i in ids if i not in table]

@@ -58,7 +58,8 @@ def finish(table, specs, plan, ctx, out_dir, prepared: dict) -> None:
     atomic_write_json(out_dir / "det_summary.json", summary)
     if figure_src is not None and figure_src[1].get("examples"):
         name, rec = figure_src
-        png = draw_detections(ctx.root, rec["examples"], read_classes(ctx.root), out_dir / "det_detections.png",
+        classes = read_classes(ctx.root, ctx.classes)
+        png = draw_detections(ctx.root, rec["examples"], classes, out_dir / "det_detections.png",
                               title=f"Fast R-CNN detections, {name} init (seed {rec['seed']}, lr {rec['lr']:g}); "
                                     f"dashed: ground truth")
         log.info(f"[det] figure: {png}")

@@ -229,7 +229,7 @@ def build_model(cfg: DetConfig, init_name: str, checkpoint, seed: int, ds: DetDa
 
 def fit_and_score(cfg: DetConfig, root, init_name: str, checkpoint, seed: int, lr: float, fit_split: str,
                   eval_split: str, device="cpu", keep_first: int = 0, log=None, log_every: int = 10, *,
-                  arch="demo", magic: str = "random", runtime: FinetuneRuntime | None = None,
+                  arch="demo", magic: str = "random", classes=None, runtime: FinetuneRuntime | None = None,
                   ckpt: JobCheckpoint | None = None) -> dict:
     """ONE detection run: build the init, fine-tune on `fit_split` (resuming from `ckpt`), score on
     `eval_split`; `runtime` is transfer.runtime (AMP, checkpoint interval, image loaders)."""
@@ -239,9 +239,9 @@ def fit_and_score(cfg: DetConfig, root, init_name: str, checkpoint, seed: int, l
     props = load_proposals(root, _split_ids(root, fit_split) + _split_ids(root, eval_split), cfg.proposals,
                            progress=False)
     fit = DetDataset(root, fit_split, props, scale=cfg.scale, max_size=cfg.max_size, train=True,
-                     use_difficult=cfg.use_difficult, cache_images=cfg.cache_images)
+                     use_difficult=cfg.use_difficult, cache_images=cfg.cache_images, classes=classes)
     ev = DetDataset(root, eval_split, props, scale=cfg.scale, max_size=cfg.max_size, train=False,
-                    cache_images=cfg.cache_images)
+                    cache_images=cfg.cache_images, classes=classes)
     model = build_model(cfg, init_name, checkpoint, seed, fit, arch=arch, magic=magic)
     model.set_target_stats(*target_stats(fit, cfg.fg_thresh))
     model = place_model(model, device, channels_last=rt.channels_last)
@@ -268,7 +268,7 @@ def det_task(job, ctx, log=None) -> dict:
     keep = ctx.cfg.figure_images if job.phase == "final" else 0
     out = fit_and_score(ctx.cfg, ctx.root, job.init.kind, job.init.checkpoint, job.seed, job.lr, job.fit_split,
                         job.eval_split, ctx.device, keep_first=keep, log=log, log_every=ctx.log_every, arch=ctx.arch,
-                        magic=ctx.magic, runtime=ctx.runtime, ckpt=job_checkpoint(job, ctx))
+                        magic=ctx.magic, classes=ctx.classes, runtime=ctx.runtime, ckpt=job_checkpoint(job, ctx))
     out.pop("model")
     return out
 
