@@ -13,8 +13,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cebench.cliutil import split_overrides
 from cebench.config import load_config
-from cebench.data.sources import DataConfig
+from cebench.data.sources import DataConfig, record_sources
 from cebench.data.sources import voc_root as resolve
 from cebench.errors import BadImageError, CebenchError
 from cebench.features.extract import extract_features, load_features_meta, save_features
@@ -190,14 +191,15 @@ def _cmd_retrieve(args) -> int:
 
 
 def _cmd_retrieval(args) -> int:
-    cfg = load_config(RetrievalConfig, args.config, args.overrides, section="retrieval")
+    ov = split_overrides(args.overrides, "data")
+    cfg = load_config(RetrievalConfig, args.config, ov[""], section="retrieval")
     if args.out:
         cfg.out_dir = args.out
     if args.device and args.device != "auto":
         cfg.device = args.device
+    data_cfg = load_config(DataConfig, args.config, ov["data"], section="data")
     voc_root = None
-    if args.data or not cfg.data_root:
-        data_cfg = load_config(DataConfig, args.config, [], section="data")
+    if args.data or not cfg.data_root:  # labelled patches need segmentation masks: the seg source
         voc_root = resolve(data_cfg, args.data, segmentation=True)
     for item in args.checkpoint or []:
         label, sep, path = item.partition("=")
@@ -205,6 +207,8 @@ def _cmd_retrieval(args) -> int:
             raise CebenchError(f"--checkpoint {item!r}: expected LABEL=PATH")
         cfg.checkpoints[label] = path
     df = main(cfg, voc_root)
+    record_sources(cfg.out_dir or "results/retrieval", data_cfg, voc=str(voc_root or cfg.data_root),
+                   split=cfg.split, patch_size=cfg.patch_size)
     print(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return 0
 
