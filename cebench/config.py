@@ -155,7 +155,10 @@ def read_yaml(path) -> dict:
 
 
 def load_config(cls, path=None, overrides=(), section: str | None = None):
-    """Build `cls` from `path` (optionally one `section` of it) and `key=value` overrides."""
+    """Build `cls` from `path` (optionally one `section` of it) and `key=value` overrides.
+
+    With a `section`, an override may carry the section's own prefix (`pretrain.steps=3` as well as
+    `steps=3`), so a key copied from a `cebench run` command line works in the stage command too."""
     data: dict = {}
     where = str(path) if path is not None else cls.__name__
     if path is not None:
@@ -168,8 +171,12 @@ def load_config(cls, path=None, overrides=(), section: str | None = None):
         else:
             data = full
     data = dict(data)
+    own = set(_field_types(cls))
     for key, value in parse_overrides(overrides):
-        _set_dotted(data, key, value, cls, f"override {key}")
+        # `pretrain.steps=500` (the form `cebench run` needs) means `steps=500` in the pretrain section
+        head, dot, rest = key.partition(".")
+        dotted = rest if section is not None and head == section and dot and head not in own else key
+        _set_dotted(data, dotted, value, cls, f"override {key}")
     return _build(cls, data, where if path is not None else "")
 
 

@@ -136,6 +136,11 @@ def is_dist() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+def is_main_process() -> bool:
+    """True in a single process and on rank 0 under torchrun (the process that writes shared files)."""
+    return not is_dist() or dist.get_rank() == 0
+
+
 def barrier(rt: Runtime | None = None) -> None:
     if is_dist():
         dist.barrier()

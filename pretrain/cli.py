@@ -10,6 +10,7 @@ from cebench.data.sources import DataConfig
 from . import inpaint_eval, train
 from .config import PretrainConfig
 from .inpaint import inpaint_file
+from .loading import fetch_imagenet_weights, imagenet_weights_help, imagenet_weights_path
 from .methods import METHODS
 
 
@@ -46,6 +47,17 @@ def cmd_inpaint(args) -> int:
     return 0
 
 
+def cmd_imagenet_weights(args) -> int:
+    path = imagenet_weights_path()
+    if args.download:
+        path = fetch_imagenet_weights(timeout=args.timeout)
+    elif not path.is_file():
+        print(f"ImageNet AlexNet weights not found: {imagenet_weights_help(path)}")
+        return 1
+    print(f"ImageNet AlexNet weights: {path}")
+    return 0
+
+
 def register(subparsers, common) -> None:
     p = subparsers.add_parser("pretrain", parents=[common],
                               help="pretrain an encoder (context encoder, autoencoder, supervised)",
@@ -59,6 +71,15 @@ def register(subparsers, common) -> None:
     p.add_argument("--ce", default=None, help="trained inpainting checkpoint, L2 (default: train per config)")
     p.add_argument("--ce-adv", dest="ce_adv", default=None, help="trained inpainting checkpoint, L2+adv")
     p.set_defaults(func=cmd_inpaint_eval)
+
+    p = subparsers.add_parser("imagenet-weights",
+                              help="where the ImageNet AlexNet weights are; --download fetches them",
+                              description="torchvision's AlexNet_Weights.IMAGENET1K_V1 (the imagenet row of Table 2, "
+                              "the SVM table and retrieval) in the torch hub cache ($TORCH_HOME/hub/checkpoints). "
+                              "Nothing downloads unless --download is given.")
+    p.add_argument("--download", action="store_true", help="download them (about 233 MB) if absent")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the server before giving up")
+    p.set_defaults(func=cmd_imagenet_weights)
 
     p = subparsers.add_parser("inpaint", help="fill the centre (or a masked region) of an image",
                               description="Inpaint IMAGE with a trained inpainting checkpoint.")

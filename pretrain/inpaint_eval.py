@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from cebench.config import save_config
-from cebench.data.sources import DataConfig, voc_root
+from cebench.data.sources import DataConfig, pretrain_folder, record_sources, voc_root
 from cebench.errors import CebenchError
 from cebench.features.hog import hog
 from cebench.features.index import FeatureIndex
@@ -203,13 +203,17 @@ def main(cfg: InpaintEvalConfig, data_cfg: DataConfig | None = None, out_dir="."
         source = f"the {data_cfg.test_split} split of {root.name}"
     if cfg.n_test:
         test_paths = test_paths[: cfg.n_test]
-    if data_cfg.pretrain_images:
-        train_paths = folder_paths(data_cfg.pretrain_images)
+    folder = pretrain_folder(data_cfg)
+    if folder is not None:
+        train_paths = folder_paths(folder)
     else:
         root = root or voc_root(data_cfg, data_override)
         train_paths, _, _ = voc_split_paths(root, data_cfg.pretrain_split)
     if cfg.nn_max_images:
         train_paths = train_paths[: cfg.nn_max_images]
+    record_sources(out, data_cfg, heldout=str(images) if images else f"{root} split {data_cfg.test_split}",
+                   train_images=str(folder) if folder is not None else f"{root} split {data_cfg.pretrain_split}",
+                   input_size=size, n_heldout=len(test_paths), n_train=len(train_paths))
     # the CE nets (trained here if not given)
     ce = ce or _train_net(cfg, data_cfg, out, "inpaint", dev, data_override)
     ce_adv = ce_adv or _train_net(cfg, data_cfg, out, "inpaint-adv", dev, data_override)

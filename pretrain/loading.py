@@ -16,11 +16,12 @@ from cebench.checkpoint import (
     strip_prefixes,
     sub_state_dict,
 )
-from cebench.errors import CheckpointError
+from cebench.errors import CebenchError, CheckpointError
 
 from .models import AlexNetConfig, AlexNetEncoder
 
-IMAGENET_ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
+IMAGENET_ALEXNET_FILE = "alexnet-owt-7be5be79.pth"  # torchvision's AlexNet_Weights.IMAGENET1K_V1
+IMAGENET_ALEXNET_URL = f"https://download.pytorch.org/models/{IMAGENET_ALEXNET_FILE}"
 # torchvision AlexNet `features.<i>` index -> our conv name
 _TV_CONVS = {0: "conv1", 3: "conv2", 6: "conv3", 8: "conv4", 10: "conv5"}
 
@@ -68,6 +69,70 @@ def imagenet_weights_path(weights_path=None) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_ALEXNET_FILE
 
 
+def imagenet_weights_help(path: Path | None = None) -> str:
+    """Where the ImageNet AlexNet weights go, in one line."""
+    path = path or imagenet_weights_path()
+    return (f"place {IMAGENET_ALEXNET_FILE} (from {IMAGENET_ALEXNET_URL}) in {path.parent}, or fetch it with "
+            "`cebench data imagenet --download` (cebench run: imagenet.download=true)")
+
+
+def _reachable(host: str, port: int, timeout: float) -> str | None:
+    """None when a TCP connection to host:port opens within `timeout` s, else the reason. Name lookup
+    and connection run in a daemon thread, so a resolver that hangs cannot hold the caller longer."""
+    import socket
+    import threading
+
+    result: dict = {}
+
+    def probe():
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            result["ok"] = True
+        except OSError as exc:
+            result["error"] = f"{type(exc).__name__}: {exc}"
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout + 0.5)
+    if result.get("ok"):
+        return None
+    return result.get("error") or f"no answer within {timeout:g} s"
+
+
+def fetch_imagenet_weights(*, timeout: float = 5.0, progress: bool = True) -> Path:
+    """Opt-in download of torchvision's `AlexNet_Weights.IMAGENET1K_V1` into the torch hub cache
+    (`<TORCH_HOME>/hub/checkpoints`, with torchvision's progress bar and its hash check). Returns the file
+    at once when it is already there. Without network it fails within about `timeout` seconds with a
+    CebenchError saying what to place where; nothing else in the suite downloads."""
+    from urllib.parse import urlparse
+
+    path = imagenet_weights_path()
+    if path.is_file():
+        return path
+    from torchvision.models import AlexNet_Weights
+
+    url = AlexNet_Weights.IMAGENET1K_V1.url
+    host = urlparse(url).hostname or "download.pytorch.org"
+    reason = _reachable(host, 443, timeout)
+    if reason is not None:
+        raise CebenchError(f"cannot download the ImageNet AlexNet weights ({host} unreachable: {reason}); "
+                           + imagenet_weights_help(path))
+    import socket
+
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(60.0)  # a stalled transfer fails instead of hanging the run
+    try:
+        AlexNet_Weights.IMAGENET1K_V1.get_state_dict(progress=progress, check_hash=True)
+    except Exception as exc:  # noqa: BLE001 - any failure of the transfer becomes one line
+        raise CebenchError(f"downloading {url} failed ({type(exc).__name__}: {str(exc)[:160]}); "
+                           + imagenet_weights_help(path)) from None
+    finally:
+        socket.setdefaulttimeout(previous)
+    if not path.is_file():  # torchvision saved it under another name or folder
+        raise CebenchError(f"downloaded {url} but {path} is missing; " + imagenet_weights_help(path))
+    return path
+
+
 def imagenet_alexnet_encoder(weights_path=None) -> AlexNetEncoder:
     """torchvision's ImageNet AlexNet conv1..pool5 as an AlexNetEncoder (AlexNetConfig.paper()).
 
@@ -75,9 +140,7 @@ def imagenet_alexnet_encoder(weights_path=None) -> AlexNetEncoder:
     """
     path = imagenet_weights_path(weights_path)
     if not path.is_file():
-        raise CheckpointError(
-            f"ImageNet AlexNet weights unavailable: place {IMAGENET_ALEXNET_FILE} in {path.parent}"
-        )
+        raise CheckpointError(f"ImageNet AlexNet weights unavailable: {imagenet_weights_help(path)}")
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file becomes one clear line

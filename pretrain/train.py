@@ -2,7 +2,8 @@
 
 `main(cfg, data_cfg, out_dir)` only wires: data, model (from a constructor of `methods.METHODS`), optimisers,
 resume, the step loop (`engine.train_one_epoch`), checkpoints, metrics and sample grids. Outputs:
-  out/config.yaml, out/metrics.jsonl, out/checkpoints/last.pt (resume), out/checkpoint.pt (final),
+  out/config.yaml, out/metrics.jsonl, out/checkpoints/last.pt (resume; removed once out/checkpoint.pt, the
+  final checkpoint, is written),
   out/samples/step_XXXXXX.png.
 """
 
@@ -17,7 +18,7 @@ from torchvision.utils import save_image
 
 from cebench.checkpoint import load_checkpoint, load_state_strict, save_checkpoint
 from cebench.config import config_to_dict, save_config
-from cebench.data.sources import DataConfig, voc_root
+from cebench.data.sources import DataConfig, pretrain_folder, record_sources, voc_root
 from cebench.errors import CheckpointError, ConfigError
 from cebench.io import atomic_target
 from cebench.logs import JsonlLogger, get_logger, progress
@@ -74,8 +75,9 @@ def _dataset(cfg: PretrainConfig, data_cfg: DataConfig, data_override, input_siz
     crop = cfg.crop_size or input_size
     if crop != input_size:
         raise ConfigError(f"crop_size {crop} must equal the network input size {input_size}")
-    if data_cfg.pretrain_images and not needs_labels:
-        paths, labels, classes, root = folder_paths(data_cfg.pretrain_images), None, (), None
+    folder = None if needs_labels else pretrain_folder(data_cfg)  # data.pretrain_images (or the demo's folder)
+    if folder is not None:
+        paths, labels, classes, root = folder_paths(folder), None, (), None
     else:
         root = voc_root(data_cfg, data_override)
         paths, labels, classes = voc_split_paths(root, data_cfg.pretrain_split, with_labels=needs_labels,
@@ -124,9 +126,15 @@ def main(cfg: PretrainConfig, data_cfg: DataConfig | None = None, out_dir=".", d
     try:
         built_probe = METHODS[cfg.method](cfg, num_classes=1, silhouettes=None, device=rt.device, probe=True)
         ds, val, root, n_cls = _dataset(cfg, data_cfg, data_override, built_probe.input_size, built_probe.needs_labels)
-        sil = None
-        if built_probe.mask == "region":
-            sil = voc_silhouettes(root if root is not None else voc_root(data_cfg, data_override), cfg.region_split)
+        sil, sil_root = None, None
+        if built_probe.mask == "region":  # object shapes from the segmentation tree (VOC2012 in the paper)
+            sil_root = voc_root(data_cfg, data_override, segmentation=True)
+            sil = voc_silhouettes(sil_root, cfg.region_split)
+        if rt.is_main:
+            record_sources(out, data_cfg, images=str(pretrain_folder(data_cfg)) if root is None else
+                           f"{root} split {data_cfg.pretrain_split}", n_images=len(ds),
+                           input_size=built_probe.input_size, region_masks=None if sil_root is None else
+                           f"{sil_root} split {cfg.region_split}")
         torch.manual_seed(cfg.seed)
         built = METHODS[cfg.method](cfg, num_classes=max(n_cls, 1), silhouettes=sil, device=rt.device)
         return _train(cfg, data_cfg, built, ds, val, out, rt)
@@ -219,7 +227,9 @@ def _train(cfg, data_cfg, built: Built, ds, val, out: Path, rt) -> Path:
     final = out / "checkpoint.pt"
     if rt.is_main:
         save_checkpoint(final, snapshot(state.step))
-        save_checkpoint(last, snapshot(state.step))
+        # the final checkpoint supersedes the resume point (a rerun returns at once): not a second copy,
+        # which for the paper's 71M-parameter inpainting net with its Adam state is another 850 MB
+        last.unlink(missing_ok=True)
     barrier(rt)
     return final
 

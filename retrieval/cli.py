@@ -12,8 +12,9 @@ import torch.nn.functional as F
 
 from cebench.cache import ENV as CACHE_ENV
 from cebench.cache import cache_root, file_stamp
+from cebench.cliutil import split_overrides
 from cebench.config import load_config
-from cebench.data.sources import DataConfig
+from cebench.data.sources import DataConfig, record_sources
 from cebench.data.sources import voc_root as resolve
 from cebench.errors import CebenchError
 from cebench.features.extract import extract_features
@@ -150,14 +151,15 @@ def _cmd_retrieve(args) -> int:
 
 
 def _cmd_retrieval(args) -> int:
-    cfg = load_config(RetrievalConfig, args.config, args.overrides, section="retrieval")
+    ov = split_overrides(args.overrides, "data")
+    cfg = load_config(RetrievalConfig, args.config, ov[""], section="retrieval")
     if args.out:
         cfg.out_dir = args.out
     if args.device and args.device != "auto":
         cfg.device = args.device
+    data_cfg = load_config(DataConfig, args.config, ov["data"], section="data")
     voc_root = None
-    if args.data or not cfg.data_root:
-        data_cfg = load_config(DataConfig, args.config, [], section="data")
+    if args.data or not cfg.data_root:  # labelled patches need segmentation masks: the seg source
         voc_root = resolve(data_cfg, args.data, segmentation=True)
     for item in args.checkpoint or []:
         label, sep, path = item.partition("=")
@@ -165,6 +167,8 @@ def _cmd_retrieval(args) -> int:
             raise CebenchError(f"--checkpoint {item!r}: expected LABEL=PATH")
         cfg.checkpoints[label] = path
     df = main(cfg, voc_root)
+    record_sources(cfg.out_dir or "results/retrieval", data_cfg, voc=str(voc_root or cfg.data_root),
+                   split=cfg.split, patch_size=cfg.patch_size)
     print(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return 0
 

@@ -19,14 +19,14 @@ from torch.utils.data import DataLoader, TensorDataset
 from cebench.config import save_config
 from cebench.data.sources import DataConfig
 from cebench.data.sources import voc_root as resolve
-from cebench.errors import CebenchError, CheckpointError
+from cebench.errors import CebenchError, CheckpointError, ConfigError
 from cebench.features.extract import extract_features
 from cebench.features.hog import hog
 from cebench.features.index import FeatureIndex
 from cebench.io import atomic_write_csv, atomic_write_text
 from cebench.pretrain.loading import imagenet_alexnet_encoder, load_encoder
 from cebench.pretrain.models import AlexNetConfig, build_encoder
-from cebench.runtime import choose_device
+from cebench.runtime import autocast_context, init_runtime, to_channels_last
 
 from .figure import retrieval_figure
 from .patches import encoder_inputs, open_voc, split_queries, voc_patches
@@ -58,11 +58,13 @@ class RetrievalConfig:
     hog_block: int = 2
     batch_size: int = 256
     methods: list = field(default_factory=lambda: ["hog", "random", "imagenet"])  # built-in rows
+    random_arch: str = "demo"            # the random row's AlexNet: demo | paper (as the paper's encoders) | caffenet
     checkpoints: dict = field(default_factory=dict)  # label -> checkpoint path (context encoder, autoencoder, ...)
     figure_queries: int = 6              # Fig. 7: number of query rows
     figure_k: int = 8                    # Fig. 7: neighbours shown per method
     seed: int = 0
     device: str = "auto"
+    amp: str = "auto"                    # auto: bf16 autocast on CUDA, fp32 elsewhere | bf16 | none
     data_root: str = ""                  # VOC root; "" = the demo tree of the data section
     out_dir: str = ""
 
@@ -156,10 +158,10 @@ class HOGFeatures:
         return hog(x, self.orientations, (self.cell, self.cell), (self.block, self.block), "L2-Hys")
 
 
-def _features(fn, patches: torch.Tensor, device, batch_size: int, pool) -> np.ndarray:
+def _features(fn, patches: torch.Tensor, rt, batch_size: int, pool) -> np.ndarray:
     ds = TensorDataset(patches, torch.arange(len(patches)))
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False)
-    return extract_features(fn, loader, device=device, pool=pool).feats
+    return extract_features(fn, loader, device=rt.device, pool=pool, amp_context=lambda: autocast_context(rt)).feats
 
 
 # --------------------------------------------------------------------------------------------------
@@ -172,7 +174,8 @@ def run_retrieval(cfg: RetrievalConfig, voc_root, encoders: dict, out_dir, *,
     """Retrieval table over `encoders` (name -> encoder with forward_intermediates, or a callable on
     [0,1] patches such as HOGFeatures). Writes retrieval.csv (and fig_retrieval.png) to out_dir."""
     out_dir = Path(out_dir)
-    device = choose_device(cfg.device)
+    rt = init_runtime(cfg.device, cfg.amp)  # the shared runtime: device and AMP chosen once
+    device = rt.device
     voc = open_voc(voc_root, cfg.split)
     ps = voc_patches(voc, cfg.patch_size, mode=cfg.patch_mode, stride=cfg.patch_stride,
                      count=cfg.patches_per_image, ignore=cfg.ignore, max_images=cfg.max_images, seed=cfg.seed)
@@ -184,9 +187,11 @@ def run_retrieval(cfg: RetrievalConfig, voc_root, encoders: dict, out_dir, *,
     for name, obj in encoders.items():
         if is_encoder(obj):
             obj.to(device).eval()
+            if device.type == "cuda":  # NHWC for cuDNN (on the CPU the reference numbers stay as they were)
+                to_channels_last(obj, rt)
         for method, layer, masked, fn in feature_variants(name, obj, cfg):
-            qf = _features(fn, queries.patches, device, cfg.batch_size, cfg.pool)
-            dbf = _features(fn, db.patches, device, cfg.batch_size, cfg.pool)
+            qf = _features(fn, queries.patches, rt, cfg.batch_size, cfg.pool)
+            dbf = _features(fn, db.patches, rt, cfg.batch_size, cfg.pool)
             m, ids = retrieval_metrics(qf, queries.labels.numpy(), dbf, db.labels.numpy(), k=cfg.k,
                                        map_k=cfg.map_k, index_kind=cfg.index, nlist=cfg.nlist,
                                        nprobe=cfg.nprobe, hnsw_m=cfg.hnsw_m)
@@ -229,8 +234,12 @@ def build_encoders(cfg: RetrievalConfig) -> tuple[dict, list[str]]:
         if name == "hog":
             encoders[name] = HOGFeatures(cfg.hog_orientations, cfg.hog_cell, cfg.hog_block)
         elif name == "random":
+            presets = {"demo": AlexNetConfig.demo, "paper": AlexNetConfig.paper, "caffenet": AlexNetConfig.caffenet}
+            if cfg.random_arch not in presets:
+                raise ConfigError(f"retrieval.random_arch must be one of {', '.join(presets)}, "
+                                  f"got {cfg.random_arch!r}")
             torch.manual_seed(cfg.seed)
-            encoders[name] = build_encoder(AlexNetConfig.demo()).eval()
+            encoders[name] = build_encoder(presets[cfg.random_arch]()).eval()
         elif name == "imagenet":
             try:
                 encoders[name] = imagenet_alexnet_encoder()

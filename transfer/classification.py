@@ -17,11 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cebench.runtime import choose_device, place_model
+from cebench.runtime import Runtime, autocast_context, place_model
 
-from .common import TaskContext, encoder_for_job, job_splits
-from .data import flip_rot_perm, scale_crop, to_input
-from .engine import OptimConfig, TensorBatches, make_optimizer, train_one_epoch
+from .common import TaskContext, encoder_for_job, job_checkpoint, job_sources
+from .data import apply_flip, draw_flip, draw_scale_crop, flip_rot_perm, scale_crop, to_input
+from .engine import OptimConfig, make_optimizer
+from .finetune import all_reduce_, job_runtime, shard, train_stream
+from .finetune import fit as fit_job
 from .metrics import classification_ap, mean_ap
 
 
@@ -90,55 +92,76 @@ def make_augment(cfg: ClsConfig, out_size: int):
 
 
 @torch.no_grad()
-def predict_scores(model: nn.Module, images_u8: Tensor, cfg: ClsConfig, out_size: int, device, seed: int = 0) -> Tensor:
-    """Mean sigmoid score over `test_crops` random crops (scale range and flips of training)."""
+def predict_scores(model: nn.Module, split, cfg: ClsConfig, out_size: int, rt: Runtime, seed: int = 0,
+                   workers: int = 0) -> tuple[Tensor, int]:
+    """Mean sigmoid score over `test_crops` random crops (scale range and flips of training) of every
+    image of `split` -> (scores [N, C], images scored). The crops' random choices are drawn first, in
+    the order of one process going crop by crop and chunk by chunk; each rank then scores its share of
+    the chunks and the scores are summed over the ranks, so every image is scored exactly once and the
+    numbers do not depend on the number of processes."""
     model.eval()
     gen = torch.Generator().manual_seed(10_000 + seed)
-    total = torch.zeros(images_u8.shape[0], model.classifier.out_features)
+    n, s = len(split), cfg.load_size
     crops = max(1, cfg.test_crops)
-    for c in range(crops):
-        for i in range(0, images_u8.shape[0], cfg.eval_batch):
-            x = to_input(images_u8[i:i + cfg.eval_batch].to(device))
-            if crops > 1:
-                x, _ = scale_crop(x, gen, out_size, cfg.scale)
-                x, _ = flip_rot_perm(x, gen, flip=cfg.flip)
-            else:
-                x, _ = scale_crop(x, gen, out_size, (1.0, 1.0))
-            total[i:i + x.shape[0]] += torch.sigmoid(model(x).float()).cpu()
-    return total / crops
+    chunks = [list(range(i, min(i + cfg.eval_batch, n))) for i in range(0, n, cfg.eval_batch)]
+    params = [[(draw_scale_crop(gen, len(c), s, s, out_size, cfg.scale if crops > 1 else (1.0, 1.0)),
+                draw_flip(gen, len(c)) if crops > 1 and cfg.flip else None) for c in chunks] for _ in range(crops)]
+    total = torch.zeros(n, model.classifier.out_features)
+    counted = torch.zeros(n)
+    mine = shard(list(range(len(chunks))), rt)
+    for k, (x_u8, _) in zip(mine, split.batches([chunks[k] for k in mine], workers)):
+        x0 = to_input(x_u8.to(rt.device))
+        idx = torch.tensor(chunks[k])
+        for c in range(crops):  # per image, the crops are added in the order of the one-process loop
+            crop, flips = params[c][k]
+            x, _ = scale_crop(x0, None, out_size, params=crop)
+            if flips is not None:
+                x = apply_flip(x, flips)
+            with autocast_context(rt):
+                logits = model(x)  # the output follows the weights' channels_last format
+            total[idx] += torch.sigmoid(logits.float()).cpu()
+        counted[idx] += 1
+    all_reduce_(total, rt)
+    all_reduce_(counted, rt)
+    if not bool((counted == 1).all()):
+        raise RuntimeError(f"evaluation scored {int(counted.sum())} images for a split of {n}")
+    return total / crops, int(counted.sum())
 
 
 def cls_task(job, ctx: TaskContext, log=None) -> dict:
     """One classification job: fit on job.fit_split with job.lr, score on job.eval_split."""
     cfg: ClsConfig = ctx.cfg
-    device = choose_device(ctx.device)
-    fit, ev = job_splits(job, ctx, "cls")
-    magic = to_input(fit["images"][: ctx.magic_images])
+    rt = job_runtime(ctx.runtime, ctx.device)
+    fit, ev = job_sources(job, ctx, "cls")  # in memory, or streamed from disk over the budget
+    magic = to_input(fit.first(ctx.magic_images))
     encoder = encoder_for_job(job, ctx, magic)
     out_size = encoder.cfg.input_size
-    num_classes = fit["labels"].shape[1]
+    num_classes = len(fit.classes)
     model = ClsNet(encoder, num_classes, head=cfg.head, fc_dim=cfg.fc_dim, fc_layers=cfg.fc_layers,
                    dropout=cfg.dropout)
-    model = place_model(model, device)
+    model = place_model(model, rt.device, channels_last=rt.channels_last)
     opt, sched = make_optimizer(model, cfg.optim, job.lr, cfg.iterations, backbone=model.encoder)
-    batches = TensorBatches((fit["images"], fit["labels"]), cfg.batch_size, seed=job.seed,
-                            augment=make_augment(cfg, out_size), device=device)
+    batches = train_stream(fit, cfg.batch_size, seed=job.seed, augment=make_augment(cfg, out_size), rt=rt,
+                           rt_cfg=ctx.runtime)
 
     def loss_fn(m, batch):
         x, y = batch
         return {"loss": bce_ignore_difficult(m(x), y)}
 
-    stats = train_one_epoch(model, batches.take(cfg.iterations), loss_fn, opt, sched, grad_clip=cfg.optim.grad_clip,
-                            log=log, log_every=ctx.log_every)
+    stats = fit_job(model, batches, loss_fn, opt, sched, iterations=cfg.iterations, rt=rt,
+                    ckpt=job_checkpoint(job, ctx), grad_clip=cfg.optim.grad_clip, log_fn=log,
+                    log_every=ctx.log_every)
     t0 = time.perf_counter()
-    scores = predict_scores(model, ev["images"], cfg, out_size, device, seed=job.seed)
+    scores, n_scored = predict_scores(model, ev, cfg, out_size, rt, seed=job.seed, workers=ctx.runtime.loader_workers)
     infer_s = time.perf_counter() - t0
-    aps = classification_ap(scores.numpy(), ev["labels"].numpy(), use_07_metric=cfg.use_07_metric)
+    aps = classification_ap(scores.numpy(), ev.labels.numpy(), use_07_metric=cfg.use_07_metric)
     return {"metrics": {"mAP": mean_ap(aps)},
-            "details": {"ap": dict(zip(fit["classes"], [None if np.isnan(a) else float(a) for a in aps])),
+            "details": {"ap": dict(zip(fit.classes, [None if np.isnan(a) else float(a) for a in aps])),
                         "train_loss": stats["loss"]},
+            "inputs": {**stats["inputs"], "test_crops": max(1, cfg.test_crops), "test_images": n_scored,
+                       "processes": rt.world_size},
             "train_images_per_s": stats["images_per_s"],
-            "infer_images_per_s": ev["images"].shape[0] * max(1, cfg.test_crops) / max(infer_s, 1e-9)}
+            "infer_images_per_s": len(ev) * max(1, cfg.test_crops) / max(infer_s, 1e-9)}
 
 
 __all__ = ["ClsConfig", "ClsNet", "bce_ignore_difficult", "cls_task", "predict_scores"]

@@ -13,8 +13,10 @@ from cebench.cliutil import add_cache_arg, parse_seeds, split_overrides
 from cebench.cliutil import out_dir as make_out_dir
 from cebench.config import load_config
 from cebench.data.sources import DataConfig
+from cebench.runtime import cleanup
 
 from .config import TransferConfig
+from .finetune import job_runtime
 from .tasks import TASKS, main
 
 
@@ -25,8 +27,12 @@ def _run(args) -> int:
         cfg.seeds = parse_seeds(args.seeds)
     data_cfg = load_config(DataConfig, args.config, ov["data"], section="data")
     out = make_out_dir(args, f"runs/transfer/{args.task}")
-    main(args.task, cfg, data_cfg, args.init or ["random"], out, args.device, data=args.data,
-         prepare_only=getattr(args, "prepare_only", False), cache=args.cache)
+    rt = job_runtime(cfg.runtime, args.device)  # under torchrun: joins the process group once, its own GPU
+    try:
+        main(args.task, cfg, data_cfg, args.init or ["random"], out, args.device, data=args.data,
+             prepare_only=getattr(args, "prepare_only", False), cache=args.cache)
+    finally:
+        cleanup(rt)
     return 0
 
 

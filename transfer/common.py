@@ -3,7 +3,7 @@ the seeded encoder of a job."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -12,7 +12,9 @@ from cebench.errors import CheckpointError, ConfigError
 from cebench.runtime import seed_everything
 
 from .data import load_split
+from .finetune import FinetuneRuntime, JobCheckpoint, open_split
 from .inits import InitSpec, build_init, parse_init
+from .protocol import last_path
 
 
 @dataclass
@@ -26,6 +28,8 @@ class TaskContext:
     arch: object = "demo"       # architecture of the random row: preset name or AlexNetConfig dict
     magic: str = "random"       # random | all | none (see build_init)
     magic_images: int = 64
+    runtime: FinetuneRuntime = field(default_factory=FinetuneRuntime)  # AMP, checkpoints, memory budget
+    out_dir: str = ""           # the command's output folder: jobs keep their `last` checkpoints there
     classes: tuple | None = None  # data.classes resolved once by the command; None = the tree's own list
     log_every: int = 10         # training metrics every this many iterations (the job's .metrics.jsonl)
     tensorboard: bool = False   # mirror them to TensorBoard (out/tensorboard/...)
@@ -65,9 +69,23 @@ def job_splits(job, ctx: TaskContext, kind: str) -> tuple[dict, dict]:
                             classes=ctx.classes) for split in (job.fit_split, job.eval_split))
 
 
+def job_sources(job, ctx: TaskContext, kind: str):
+    """The fit and eval splits of a fine-tuning job (kind cls | seg): in memory when they fit
+    `transfer.runtime.memory_mb`, else streamed from disk (`finetune.open_split`)."""
+    return tuple(open_split(ctx.root, split, kind=kind, load_size=ctx.cfg.load_size, cache_dir=ctx.cache_dir,
+                            rt_cfg=ctx.runtime, classes=ctx.classes) for split in (job.fit_split, job.eval_split))
+
+
 def encoder_for_job(job, ctx: TaskContext, magic_batch: torch.Tensor | None):
     """Seeded encoder of the job's init (magic init on `magic_batch`, normalised images)."""
     seed_everything(job.seed)
     return build_init(job.init.kind, arch_cfg=ctx.arch, checkpoint=job.init.checkpoint,
                       data_for_magic_init=magic_batch, seed=job.seed, magic=ctx.magic)
 
+
+def job_checkpoint(job, ctx) -> JobCheckpoint:
+    """The fixed `last` checkpoint of one (task, init, seed, lr, phase) job, beside its result JSON; it
+    carries the job's identity and config key, so only the same job resumes from it."""
+    key = {"key": job.key, "task": job.task, "init": job.init.name, "checkpoint": job.init.checkpoint,
+           "seed": job.seed, "lr": job.lr, "phase": job.phase, "fit": job.fit_split, "eval": job.eval_split}
+    return JobCheckpoint(last_path(ctx.out_dir, job) if ctx.out_dir else None, key, ctx.runtime.ckpt_every)

@@ -8,6 +8,7 @@ from cebench.logs import LogConfig
 
 from .classification import ClsConfig
 from .det.train import DetConfig
+from .finetune import FinetuneRuntime
 from .segmentation import SegConfig
 from .svm import SvmConfig
 
@@ -22,6 +23,7 @@ class TransferConfig:
     workers: int = 1              # job processes inside one command (the pipeline parallelises inits)
     threads: int = 1              # torch threads per job process
     cache_dir: str = ""           # decoded-split cache ("" = <the command's cache folder>/splits, see cebench.cache)
+    runtime: FinetuneRuntime = field(default_factory=FinetuneRuntime)  # AMP, checkpoints, memory budget, loaders
     log: LogConfig = field(default_factory=LogConfig)  # per-step fine-tuning metrics of every job
     cls: ClsConfig = field(default_factory=ClsConfig)
     seg: SegConfig = field(default_factory=SegConfig)

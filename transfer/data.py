@@ -65,21 +65,56 @@ def load_split(root, split: str, *, kind: str, load_size: int, cache_dir=None, c
         out["classes"] = ["background", *index.classes]
         masks = torch.empty(n, s, s, dtype=torch.uint8)
     for i in range(n):
-        img = index.load_image(i)
-        if img.size != (s, s):
-            img = img.resize((s, s), Image.BILINEAR)
-        images[i] = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+        images[i], m = load_item(index, i, kind, s)
         if kind == "seg":
-            m = index.segmentation(i)
-            if m.shape != (s, s):
-                m = np.asarray(Image.fromarray(m).resize((s, s), Image.NEAREST))
-            masks[i] = torch.from_numpy(m.astype(np.uint8))
+            masks[i] = m
     out["images"] = images
     if kind == "seg":
         out["masks"] = masks
     if path is not None:
         atomic_torch_save(out, path)
     return out
+
+
+def load_item(index: VOCIndex, i: int, kind: str, size: int):
+    """Image i of a split at size x size: (uint8 [3,S,S], uint8 [S,S] mask for kind "seg" else None). The
+    one decoding path of the in-memory splits and of the ones streamed from disk."""
+    img = index.load_image(i)
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.BILINEAR)
+    x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+    if kind != "seg":
+        return x, None
+    m = index.segmentation(i)
+    if m.shape != (size, size):
+        m = np.asarray(Image.fromarray(m).resize((size, size), Image.NEAREST))
+    return x, torch.from_numpy(m.astype(np.uint8))
+
+
+def split_bytes(root, split: str, kind: str, load_size: int) -> int:
+    """Bytes the split takes in memory at load_size (uint8 images, plus masks for seg)."""
+    n = len(VOCIndex(root, split, kind="segmentation" if kind == "seg" else "main"))
+    return n * load_size * load_size * (4 if kind == "seg" else 3)
+
+
+class DiskSplit(torch.utils.data.Dataset):
+    """A split read from disk item by item (DataLoader workers decode): (uint8 [3,S,S], labels float [C]
+    for cls | mask uint8 [S,S] for seg). Same pixels as `load_split`; for splits over the memory budget."""
+
+    def __init__(self, root, split: str, *, kind: str, load_size: int, classes=None):
+        self.index = VOCIndex(root, split, kind="segmentation" if kind == "seg" else "main", classes=classes)
+        if len(self.index) == 0:
+            raise DatasetMissingError(f"{self.index.root}: split {split!r} is empty")
+        self.kind, self.size = kind, int(load_size)
+        self.classes = list(self.index.classes) if kind == "cls" else ["background", *self.index.classes]
+        self.labels = torch.from_numpy(self.index.label_matrix().astype(np.float32)) if kind == "cls" else None
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int):
+        x, m = load_item(self.index, i, self.kind, self.size)
+        return (x, self.labels[i]) if self.kind == "cls" else (x, m)
 
 
 def to_input(images_u8: torch.Tensor) -> torch.Tensor:
@@ -120,11 +155,32 @@ def flip_rot_perm(x: torch.Tensor, gen, *, flip=True, rot90=False, channel_perm=
     return x, masks
 
 
-def scale_crop(x: torch.Tensor, gen, out_size: int, scale=(1.0, 1.0), masks=None):
-    """One random scale per batch (vectorised resize), then a random out_size crop per sample
-    (zero/255 padding when the scaled image is smaller)."""
-    b, _, h, w = x.shape
+def draw_scale_crop(gen, b: int, h: int, w: int, out_size: int, scale=(1.0, 1.0)):
+    """The random choices of `scale_crop` for a batch of b images of h x w, drawn in its order:
+    (scale factor, row offsets [b], column offsets [b])."""
     s = float(scale[0] + (scale[1] - scale[0]) * float(_rand(gen, 1)))
+    nh, nw = max(1, round(h * s)), max(1, round(w * s))
+    nh, nw = max(nh, out_size), max(nw, out_size)  # after padding
+    oy = torch.randint(0, nh - out_size + 1, (b,), generator=gen)
+    ox = torch.randint(0, nw - out_size + 1, (b,), generator=gen)
+    return s, oy, ox
+
+
+def draw_flip(gen, b: int) -> torch.Tensor:
+    """The flip choices of `flip_rot_perm(flip=True)` for b images: bool [b]."""
+    return _rand(gen, b) < 0.5
+
+
+def apply_flip(x: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    return torch.where(flips.to(x.device).view(-1, 1, 1, 1), x.flip(-1), x)
+
+
+def scale_crop(x: torch.Tensor, gen, out_size: int, scale=(1.0, 1.0), masks=None, params=None):
+    """One random scale per batch (vectorised resize), then a random out_size crop per sample
+    (zero/255 padding when the scaled image is smaller). params: choices from `draw_scale_crop`
+    (drawn ahead, e.g. for the test crops of a sharded evaluation) instead of drawing them from gen."""
+    b, _, h, w = x.shape
+    s, oy, ox = params if params is not None else draw_scale_crop(gen, b, h, w, out_size, scale)
     nh, nw = max(1, round(h * s)), max(1, round(w * s))
     if (nh, nw) != (h, w):
         x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False)
@@ -136,8 +192,7 @@ def scale_crop(x: torch.Tensor, gen, out_size: int, scale=(1.0, 1.0), masks=None
         if masks is not None:
             masks = F.pad(masks, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), value=255)
         nh, nw = x.shape[-2:]
-    oy = torch.randint(0, nh - out_size + 1, (b,), generator=gen).to(x.device)
-    ox = torch.randint(0, nw - out_size + 1, (b,), generator=gen).to(x.device)
+    oy, ox = oy.to(x.device), ox.to(x.device)
     ar = torch.arange(out_size, device=x.device)
     rows = (oy[:, None] + ar).view(b, 1, out_size, 1)
     cols = (ox[:, None] + ar).view(b, 1, 1, out_size)
@@ -149,4 +204,5 @@ def scale_crop(x: torch.Tensor, gen, out_size: int, scale=(1.0, 1.0), masks=None
     return x, masks
 
 
-__all__ = ["load_split", "to_input", "flip_rot_perm", "scale_crop"]
+__all__ = ["load_split", "load_item", "split_bytes", "DiskSplit", "to_input", "flip_rot_perm", "scale_crop",
+           "draw_scale_crop", "draw_flip", "apply_flip"]

@@ -112,19 +112,27 @@ class TensorBatches:
     """Seeded infinite mini-batch stream over in-memory tensors (sampling without replacement per pass).
 
     tensors: tuple of tensors sharing dim 0; `augment(batch_tuple, generator) -> batch_tuple` runs on
-    the batch (vectorised; on the training device).
+    the batch (vectorised; on the training device). Under DDP (`world` > 1) every rank draws the same
+    global batch of `batch_size` indices and keeps its slice [rank::world]; its augmentations then come
+    from a generator of its own (`aug_seed`), the order from the shared one. `state_dict` holds the
+    pass order, the position and the generators: a resumed stream yields what the uninterrupted one would.
     """
 
     def __init__(self, tensors, batch_size: int, *, seed: int, augment: Callable | None = None,
-                 device="cpu"):
+                 device="cpu", rank: int = 0, world: int = 1):
         self.tensors = tensors
         self.n = int(tensors[0].shape[0])
         if self.n == 0:
             raise ConfigError("no training images")
         self.batch_size = min(int(batch_size), self.n)
+        if world > 1 and self.batch_size % world:
+            raise ConfigError(f"batch size {self.batch_size} is not divisible by the {world} processes")
         self.gen = torch.Generator().manual_seed(int(seed))
+        # one process: one generator for order and augmentation (the numbers of every earlier run)
+        self.aug_gen = self.gen if world == 1 else torch.Generator().manual_seed(int(seed) * 1000 + 7 + rank)
         self.augment = augment
         self.device = torch.device(device)
+        self.rank, self.world = int(rank), int(world)
         self._perm, self._pos = torch.randperm(self.n, generator=self.gen), 0
 
     def next(self):
@@ -132,12 +140,26 @@ class TensorBatches:
             self._perm, self._pos = torch.randperm(self.n, generator=self.gen), 0
         idx = self._perm[self._pos:self._pos + self.batch_size]
         self._pos += self.batch_size
+        if self.world > 1:
+            idx = idx[self.rank::self.world]
         batch = tuple(t[idx].to(self.device, non_blocking=True) for t in self.tensors)
-        return self.augment(batch, self.gen) if self.augment is not None else batch
+        return self.augment(batch, self.aug_gen) if self.augment is not None else batch
 
     def take(self, k: int):
         for _ in range(int(k)):
             yield self.next()
+
+    def state_dict(self) -> dict:
+        out = {"perm": self._perm.clone(), "pos": self._pos, "gen": self.gen.get_state()}
+        if self.aug_gen is not self.gen:
+            out["aug_gen"] = self.aug_gen.get_state()
+        return out
+
+    def load_state_dict(self, state: dict) -> None:
+        self._perm, self._pos = state["perm"].clone(), int(state["pos"])
+        self.gen.set_state(state["gen"])
+        if "aug_gen" in state and self.aug_gen is not self.gen:
+            self.aug_gen.set_state(state["aug_gen"])
 
 
 __all__ = ["OptimConfig", "make_optimizer", "check_finite", "train_one_epoch", "evaluate", "TensorBatches"]

@@ -34,6 +34,7 @@ import torch
 from cebench.errors import NonFiniteLossError
 from cebench.io import atomic_write_json
 from cebench.logs import JsonlLogger, get_logger
+from cebench.runtime import barrier, is_dist, is_main_process
 
 from .inits import InitSpec, InitUnavailable
 from .results import ResultsTable
@@ -62,6 +63,11 @@ def job_path(out_dir, job: TransferJob) -> Path:
     return Path(out_dir) / "jobs" / job.task / job.slug / f"{job.phase}_lr{job.lr:g}_seed{job.seed}.json"
 
 
+def last_path(out_dir, job: TransferJob) -> Path:
+    """The job's `last` checkpoint (fine-tuning resumes from it; removed once the job's JSON is written)."""
+    return job_path(out_dir, job).with_suffix(".last.pt")
+
+
 def _set_threads(threads: int) -> None:
     if threads:
         torch.set_num_threads(int(threads))
@@ -79,7 +85,8 @@ def run_job(task_fn: Callable, job: TransferJob, ctx, out_dir, threads: int = 0)
     if path.is_file():
         try:
             cached = json.loads(path.read_text())
-            if cached.get("key") == job.key and cached.get("status") in ("ok", "unavailable", "non-finite"):
+            # "unavailable" is not reused: the weights may have been placed since (checking is instant)
+            if cached.get("key") == job.key and cached.get("status") in ("ok", "non-finite"):
                 return cached
         except (OSError, json.JSONDecodeError):
             pass
@@ -89,11 +96,13 @@ def run_job(task_fn: Callable, job: TransferJob, ctx, out_dir, threads: int = 0)
            "seed": job.seed, "lr": job.lr, "phase": job.phase, "fit_split": job.fit_split,
            "eval_split": job.eval_split, "key": job.key}
     curve = metrics_path(out_dir, job)
-    curve.unlink(missing_ok=True)  # a rerun (another config) draws its own curve, not after the old one
+    main_rank = is_main_process()  # under torchrun: one rank writes the curve and the record
+    if main_rank and not last_path(out_dir, job).is_file():  # a resumed job continues its curve
+        curve.unlink(missing_ok=True)  # a rerun (another config) draws its own curve, not after the old one
     tb = None
     if getattr(ctx, "tensorboard", False):  # out/tensorboard/<task>/<init>/<phase>_lr<lr>_seed<s>/
         tb = Path(out_dir) / "tensorboard" / job_path(out_dir, job).relative_to(Path(out_dir) / "jobs").with_suffix("")
-    logger = JsonlLogger(curve, tensorboard_dir=tb)
+    logger = JsonlLogger(curve, tensorboard_dir=tb, enabled=main_rank)
     try:
         out = task_fn(job, ctx, logger.log)
         rec.update(status="ok", **out)
@@ -104,7 +113,10 @@ def run_job(task_fn: Callable, job: TransferJob, ctx, out_dir, threads: int = 0)
     finally:
         logger.close()
     rec["seconds"] = time.perf_counter() - t0
-    atomic_write_json(path, rec)
+    if main_rank:
+        atomic_write_json(path, rec)
+        last_path(out_dir, job).unlink(missing_ok=True)
+    barrier()
     return rec
 
 
@@ -116,7 +128,7 @@ def _call(args):
 def run_jobs(task_fn: Callable, jobs: list[TransferJob], ctx, out_dir, *, workers: int = 1,
              threads: int = 1) -> list[dict]:
     """All jobs, in `workers` one-`threads` processes (spawned) or in this process when workers <= 1."""
-    if workers <= 1 or len(jobs) <= 1:
+    if workers <= 1 or len(jobs) <= 1 or is_dist():  # under torchrun the ranks run each job together
         return [run_job(task_fn, j, ctx, out_dir, threads) for j in jobs]
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
         return list(pool.map(_call, [(task_fn, j, ctx, out_dir, threads) for j in jobs]))
@@ -198,4 +210,5 @@ def run_seeds(task_fn: Callable, task: str, inits: list[InitSpec], plan: SeedPla
     return table
 
 
-__all__ = ["TransferJob", "SeedPlan", "run_job", "run_jobs", "run_seeds", "select_lr", "job_path", "metrics_path"]
+__all__ = ["TransferJob", "SeedPlan", "run_job", "run_jobs", "run_seeds", "select_lr", "job_path", "metrics_path",
+           "last_path"]

@@ -21,11 +21,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cebench.errors import ConfigError
-from cebench.runtime import choose_device, place_model
+from cebench.runtime import Runtime, autocast_context, place_model
 
-from .common import TaskContext, encoder_for_job, job_splits
+from .common import TaskContext, encoder_for_job, job_checkpoint, job_sources
 from .data import flip_rot_perm, scale_crop, to_input
-from .engine import OptimConfig, TensorBatches, make_optimizer, train_one_epoch
+from .engine import OptimConfig, make_optimizer
+from .finetune import all_reduce_, job_runtime, shard, train_stream
+from .finetune import fit as fit_job
 from .metrics import confusion_matrix, iou_per_class, mean_iu, pixel_accuracy
 
 SEG_FEATURES = ("pool5", "conv5")  # the trunk layer under fc6
@@ -48,10 +50,17 @@ class SegConfig:
     channel_perm: bool = True
     eval_batch: int = 128
     ignore_index: int = 255
+    # split names of the segmentation tree where they differ from data.*_split: VOC2012 has no public
+    # test masks, so the paper protocol fits on train and scores val: {trainval: train, test: val}
+    splits: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.feature not in SEG_FEATURES:
             raise ConfigError(f"transfer.seg.feature must be one of {', '.join(SEG_FEATURES)}, got {self.feature!r}")
+        bad = sorted(set(self.splits) - {"train", "val", "trainval", "test"})
+        if bad:
+            raise ConfigError(f"transfer.seg.splits: unknown key(s) {', '.join(bad)}; valid keys: test, train, "
+                              "trainval, val")
 
 
 def bilinear_kernel(channels: int, k: int) -> Tensor:
@@ -109,45 +118,57 @@ def make_augment(cfg: SegConfig, out_size: int):
 
 
 @torch.no_grad()
-def confusion_on(model: nn.Module, images_u8: Tensor, masks: Tensor, num_classes: int, cfg: SegConfig,
-                 device) -> Tensor:
+def confusion_on(model: nn.Module, split, num_classes: int, cfg: SegConfig, rt: Runtime,
+                 workers: int = 0) -> tuple[Tensor, int]:
+    """Confusion matrix [K, K] over every image of `split` and the number of images scored: each rank
+    scores its share of the chunks, the matrices are summed over the ranks (every image once)."""
     model.eval()
+    n = len(split)
     conf = torch.zeros(num_classes, num_classes, dtype=torch.long)
-    for i in range(0, images_u8.shape[0], cfg.eval_batch):
-        x = to_input(images_u8[i:i + cfg.eval_batch].to(device))
-        pred = model(x).argmax(1).cpu()
-        conf += confusion_matrix(pred, masks[i:i + cfg.eval_batch].long(), num_classes, cfg.ignore_index)
-    return conf
+    chunks = shard([list(range(i, min(i + cfg.eval_batch, n))) for i in range(0, n, cfg.eval_batch)], rt)
+    counted = torch.zeros(1, dtype=torch.long)
+    for x_u8, masks in split.batches(chunks, workers):
+        with autocast_context(rt):
+            logits = model(to_input(x_u8.to(rt.device)))
+        conf += confusion_matrix(logits.float().argmax(1).cpu(), masks.long(), num_classes, cfg.ignore_index)
+        counted += x_u8.shape[0]
+    all_reduce_(conf, rt)
+    all_reduce_(counted, rt)
+    if int(counted) != n:
+        raise RuntimeError(f"evaluation scored {int(counted)} images for a split of {n}")
+    return conf, int(counted)
 
 
 def seg_task(job, ctx: TaskContext, log=None) -> dict:
     """One segmentation job: fit on job.fit_split with job.lr, mean IU on job.eval_split."""
     cfg: SegConfig = ctx.cfg
-    device = choose_device(ctx.device)
-    fit, ev = job_splits(job, ctx, "seg")
-    encoder = encoder_for_job(job, ctx, to_input(fit["images"][: ctx.magic_images]))
-    k = len(fit["classes"])
+    rt = job_runtime(ctx.runtime, ctx.device)
+    fit, ev = job_sources(job, ctx, "seg")  # in memory, or streamed from disk over the budget
+    encoder = encoder_for_job(job, ctx, to_input(fit.first(ctx.magic_images)))
+    k = len(fit.classes)
     model = place_model(FCN32(encoder, k, fc_dim=cfg.fc_dim, fc6_kernel=cfg.fc6_kernel, dropout=cfg.dropout,
-                              feature=cfg.feature), device)
+                              feature=cfg.feature), rt.device, channels_last=rt.channels_last)
     opt, sched = make_optimizer(model, cfg.optim, job.lr, cfg.iterations, backbone=model.encoder)
-    batches = TensorBatches((fit["images"], fit["masks"]), cfg.batch_size, seed=job.seed,
-                            augment=make_augment(cfg, encoder.cfg.input_size), device=device)
+    batches = train_stream(fit, cfg.batch_size, seed=job.seed, augment=make_augment(cfg, encoder.cfg.input_size),
+                           rt=rt, rt_cfg=ctx.runtime)
 
     def loss_fn(m, batch):
         x, y = batch
-        return {"loss": F.cross_entropy(m(x), y, ignore_index=cfg.ignore_index)}
+        return {"loss": F.cross_entropy(m(x).float(), y, ignore_index=cfg.ignore_index)}
 
-    stats = train_one_epoch(model, batches.take(cfg.iterations), loss_fn, opt, sched, grad_clip=cfg.optim.grad_clip,
-                            log=log, log_every=ctx.log_every)
+    stats = fit_job(model, batches, loss_fn, opt, sched, iterations=cfg.iterations, rt=rt,
+                    ckpt=job_checkpoint(job, ctx), grad_clip=cfg.optim.grad_clip, log_fn=log,
+                    log_every=ctx.log_every)
     t0 = time.perf_counter()
-    conf = confusion_on(model, ev["images"], ev["masks"], k, cfg, device)
+    conf, n_scored = confusion_on(model, ev, k, cfg, rt, workers=ctx.runtime.loader_workers)
     infer_s = time.perf_counter() - t0
     iu = iou_per_class(conf)
     return {"metrics": {"mean IU": mean_iu(conf)},
-            "details": {"iu": dict(zip(fit["classes"], [None if v != v else float(v) for v in iu])),
+            "details": {"iu": dict(zip(fit.classes, [None if v != v else float(v) for v in iu])),
                         "pixel_acc": pixel_accuracy(conf), "train_loss": stats["loss"]},
+            "inputs": {**stats["inputs"], "test_images": n_scored, "processes": rt.world_size},
             "train_images_per_s": stats["images_per_s"],
-            "infer_images_per_s": ev["images"].shape[0] / max(infer_s, 1e-9)}
+            "infer_images_per_s": len(ev) / max(infer_s, 1e-9)}
 
 
 __all__ = ["SegConfig", "FCN32", "bilinear_kernel", "seg_task"]

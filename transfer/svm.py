@@ -18,10 +18,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from cebench.features.extract import extract_features
-from cebench.runtime import choose_device
+from cebench.runtime import autocast_context
 
 from .common import TaskContext, encoder_for_job, job_splits
 from .data import to_input
+from .finetune import job_runtime
 from .metrics import classification_ap, mean_ap
 
 
@@ -38,8 +39,10 @@ class SvmConfig:
     knn: bool = True
 
 
-def layer_features(encoder, images_u8: torch.Tensor, layers, cfg: SvmConfig, device) -> dict[str, np.ndarray]:
-    """{layer: [N, C_l * grid^2] L2-normalised} for every layer, from one forward pass per batch."""
+def layer_features(encoder, images_u8: torch.Tensor, layers, cfg: SvmConfig, device,
+                   amp_context=None) -> dict[str, np.ndarray]:
+    """{layer: [N, C_l * grid^2] L2-normalised} for every layer, from one forward pass per batch
+    (under `amp_context`, e.g. the runtime's bf16 autocast on CUDA; features are kept in fp32)."""
     encoder.eval()
     layers = list(layers)
     loader = DataLoader(TensorDataset(images_u8, torch.arange(images_u8.shape[0])), batch_size=cfg.batch_size)
@@ -49,7 +52,7 @@ def layer_features(encoder, images_u8: torch.Tensor, layers, cfg: SvmConfig, dev
         return torch.cat([F.adaptive_avg_pool2d(ys[n], cfg.grid).flatten(1) for n in layers], dim=1)
 
     feats = torch.from_numpy(np.asarray(extract_features(fn, loader, device=device, l2_normalize=False,
-                                                         pool=None).feats))
+                                                         pool=None, amp_context=amp_context).feats))
     with torch.no_grad():  # each layer's width in the concatenation, from one image
         probe = encoder.forward_intermediates(to_input(images_u8[:1].to(device)), layers)
     widths = [probe[n].shape[1] * cfg.grid ** 2 for n in layers]
@@ -102,13 +105,15 @@ def knn_scores(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, cfg: SvmConfig
 def svm_task(job, ctx: TaskContext, log=None) -> dict:
     """One frozen-feature job (no training loop, so nothing for `log`): fit on trainval, score on test."""
     cfg: SvmConfig = ctx.cfg
-    device = choose_device(ctx.device)
+    rt = job_runtime(ctx.runtime, ctx.device)  # the shared runtime: device and AMP chosen once
+    device = rt.device
     tr, te = job_splits(job, ctx, "cls")
     encoder = encoder_for_job(job, ctx, to_input(tr["images"][: ctx.magic_images])).to(device)
     ytr, yte = tr["labels"].numpy(), te["labels"].numpy()
     metrics, details = {}, {}
-    ftr = layer_features(encoder, tr["images"], cfg.layers, cfg, device)
-    fte = layer_features(encoder, te["images"], cfg.layers, cfg, device)
+    amp = lambda: autocast_context(rt)  # noqa: E731
+    ftr = layer_features(encoder, tr["images"], cfg.layers, cfg, device, amp_context=amp)
+    fte = layer_features(encoder, te["images"], cfg.layers, cfg, device, amp_context=amp)
     for layer in cfg.layers:
         xtr, xte = ftr[layer], fte[layer]
         s, costs = svm_scores(xtr, ytr, xte, cfg, seed=job.seed)
@@ -118,7 +123,8 @@ def svm_task(job, ctx: TaskContext, log=None) -> dict:
             s, k = knn_scores(xtr, ytr, xte, cfg)
             metrics[f"knn {layer} mAP"] = mean_ap(classification_ap(s, yte, cfg.use_07_metric))
             details[f"knn {layer} k"] = k
-    return {"metrics": metrics, "details": details}
+    return {"metrics": metrics, "details": details,
+            "inputs": {"load_size": cfg.load_size, "train_images": len(ytr), "test_images": len(yte)}}
 
 
 __all__ = ["SvmConfig", "svm_task", "svm_scores", "knn_scores", "layer_features"]

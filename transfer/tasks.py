@@ -18,10 +18,11 @@ import pandas as pd
 
 from cebench.cache import cache_root
 from cebench.config import config_hash, config_to_dict, save_config
-from cebench.data.sources import DataConfig, voc_root
+from cebench.data.sources import DataConfig, record_sources, voc_root
 from cebench.data.voc import describe_classes, resolve_classes
 from cebench.errors import ConfigError
 from cebench.logs import get_logger
+from cebench.runtime import is_main_process
 
 from .classification import cls_task
 from .common import TaskContext, arch_for, resolve_inits
@@ -90,13 +91,22 @@ def main(task: str, cfg: TransferConfig, data_cfg: DataConfig, inits, out_dir, d
     ctx = TaskContext(cfg=sub, root=str(root), cache_dir=cfg.cache_dir or str(cache / "splits"), device=device,
                       arch=arch, magic=cfg.magic,
                       magic_images=getattr(sub, "magic_images", cfg.magic_images),  # a task's own wins (det)
+                      runtime=cfg.runtime, out_dir=str(out_dir),
                       log_every=cfg.log.every, tensorboard=cfg.log.tensorboard, classes=given)
     save_config({"transfer": config_to_dict(cfg), "data": config_to_dict(data_cfg), "task": task,
                  "root": str(root), "inits": [vars(s) for s in specs]}, out_dir)
-    plan = SeedPlan(seeds=list(cfg.seeds), lrs=list(sub.lrs) if spec.select_lr else [0.0],
-                    select_seeds=list(cfg.select_seeds), train_split=data_cfg.train_split,
-                    val_split=data_cfg.val_split, trainval_split=data_cfg.trainval_split,
-                    test_split=data_cfg.test_split)
+    record_sources(out_dir, data_cfg, voc=str(root), task=task)
+    lrs = list(sub.lrs) if spec.select_lr else [0.0]
+    # the tree's own split names (VOC2012 segmentation: no test masks, so fit train and score val)
+    names = {"train": data_cfg.train_split, "val": data_cfg.val_split, "trainval": data_cfg.trainval_split,
+             "test": data_cfg.test_split, **getattr(sub, "splits", {})}
+    if len(lrs) > 1 and names["test"] in (names["train"], names["val"]):
+        raise ConfigError(f"transfer.{task}: the test split {names['test']!r} would also choose the learning rate "
+                          f"(lr selection fits {names['train']!r}, scores {names['val']!r}); give one lr or other "
+                          "splits")
+    plan = SeedPlan(seeds=list(cfg.seeds), lrs=lrs, select_seeds=list(cfg.select_seeds),
+                    train_split=names["train"], val_split=names["val"], trainval_split=names["trainval"],
+                    test_split=names["test"])
     # a cached job is reused only for the same result-changing settings (not the lr grid: each job has its lr)
     # (nor where derived files are cached or how many processes compute them)
     sub_key = {k: v for k, v in config_to_dict(sub).items() if k != "lrs"}
@@ -104,11 +114,13 @@ def main(task: str, cfg: TransferConfig, data_cfg: DataConfig, inits, out_dir, d
         sub_key["proposals"] = {k: v for k, v in sub_key["proposals"].items() if k not in ("cache_dir", "workers")}
     key = config_hash({"task": task, "sub": sub_key, "arch": str(ctx.arch), "magic": ctx.magic,
                        "magic_images": ctx.magic_images, "root": str(Path(root).resolve()),
-                       **({"classes": list(given)} if given else {})})
+                       "amp": cfg.runtime.amp, **({"classes": list(given)} if given else {})})
     metrics = spec.metrics(sub)
     t0 = time.time()
     table = run_seeds(spec.run, task, specs, plan, ctx, out_dir, metrics=metrics, primary=metrics[0], key=key,
                       workers=cfg.workers, threads=cfg.threads)
+    if not is_main_process():  # under torchrun rank 0 writes the table and the task's extras
+        return table.frame(list(table.rows.values()))
     df = table.save()
     log.info("\n" + format_table(df[df["task"] == task]))
     if spec.finish:

@@ -7,9 +7,10 @@ import dataclasses
 import time
 
 from cebench.data.check import check_dataset, format_report
-from cebench.data.demo import DemoDataConfig, demo_config, generate_demo
+from cebench.data.demo import DemoDataConfig, demo_config, generate_demo, paper_layout_paths
 from cebench.data.voc import VOCIndex
 from cebench.errors import ConfigError
+from cebench.images import list_images
 
 
 def _parse_overrides(items: list[str]) -> dict:
@@ -42,8 +43,17 @@ def cmd_demo(args) -> int:
     voc = generate_demo(args.out, cfg, force=args.force)
     seconds = time.perf_counter() - t0
     print(f"VOC root: {voc}")
-    counts = {s: len(VOCIndex(voc, s).ids) for s in ("pretrain", "trainval", "train", "val", "test")}
+    splits = ("trainval", "train", "val", "test")
+    if cfg.layout != "paper":  # the rehearsal's pretraining images are a folder, not a split
+        splits = ("pretrain", *splits)
+    counts = {s: len(VOCIndex(voc, s).ids) for s in splits}
     print("images: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    if cfg.layout == "paper":  # the rehearsal of the paper protocol: what --config paper reads
+        extra = paper_layout_paths(voc.parent.parent)
+        seg = {s: len(VOCIndex(extra["voc2012"], s, kind="segmentation").ids) for s in ("train", "val")}
+        print(f"VOC2012 (segmentation): {extra['voc2012']}: " + ", ".join(f"{k} {v}" for k, v in seg.items()))
+        print(f"pretraining images: {extra['pretrain_images']}: {len(list_images(extra['pretrain_images']))}")
+        print(f"proposals (Fast R-CNN .mat format, not selective search): {extra['selective_search_data']}")
     print(f"classes ({len(cfg.classes)}): {', '.join(cfg.classes)}")
     print(f"took {seconds:.1f} s")
     return 0
@@ -63,7 +73,9 @@ def register(subparsers, common: argparse.ArgumentParser | None = None) -> argpa
 
     d = sub.add_parser("demo", help="write the built-in demo data as a VOC tree (reused when present)")
     d.add_argument("--out", required=True, help="folder that receives VOCdevkit/VOC2007")
-    d.add_argument("--size", default="demo", choices=["tiny", "demo", "large"])
+    d.add_argument("--size", default="demo", choices=["tiny", "demo", "large", "voc"],
+                   help="voc: the paper-protocol rehearsal (VOC2007 + VOC2012 trees at VOC sizes, 20 VOC classes, "
+                        "an image folder)")
     d.add_argument("--seed", type=int, default=None)
     d.add_argument("--force", action="store_true", help="regenerate even when an identical tree exists")
     d.add_argument("overrides", nargs="*", help="DemoDataConfig fields as key=value")

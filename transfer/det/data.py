@@ -76,6 +76,21 @@ class DetDataset(Dataset):
             self.cache[i] = out
         return out
 
+    def boxes(self, i: int) -> dict:
+        """Ground truth and proposals of image i scaled as `__getitem__` scales them, from the image's
+        header (no decoding): what the regression statistics need."""
+        if self.cache is not None and i in self.cache:
+            img_u8, s, _ = self.cache[i]
+        else:
+            with Image.open(self.index.image_path(i)) as im:
+                w, h = im.size
+            s = resize_scale(h, w, self.scale, self.max_size)
+        ann = self.index.annotation(i)
+        keep = np.ones(len(ann["labels"]), bool) if (self.use_difficult or not self.train) else ~ann["difficult"]
+        props = torch.as_tensor(self.proposals[self.index.ids[i]], dtype=torch.float32).reshape(-1, 4)
+        return dict(boxes=torch.from_numpy(ann["boxes"][keep]).float() * s,
+                    labels=torch.from_numpy(ann["labels"][keep]), proposals=props * s)
+
     def __getitem__(self, i: int) -> dict:
         img_u8, s, orig = self._image(i)
         ann = self.index.annotation(i)

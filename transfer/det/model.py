@@ -140,6 +140,7 @@ class FastRCNN(nn.Module):
         counts = [len(p) for p in proposals]
         rois = _rois_with_index(proposals, images.device)
         logits, deltas = self(images, rois)
+        logits, deltas = logits.float(), deltas.float()  # post-processing in fp32 (the forward may run in bf16)
         probs = logits.softmax(1)[:, 1:]  # [R, C]
         C = self.num_classes
         deltas = deltas.view(-1, C + 1, 4)[:, 1:] * self.target_std + self.target_mean  # [R, C, 4]

@@ -8,9 +8,15 @@ Methods:
 - "grid": NOT selective search - a dense multi-scale, multi-aspect sliding-window box grid, the
   documented fallback when OpenCV's contrib module is missing (or for speed). Labelled as such in
   every result that uses it (the settings key names the method).
-- A published proposal file (`ProposalConfig.file`) replaces the computation: Fast R-CNN's
-  `selective_search_data/voc_2007_{split}.mat` (`images`, `boxes` as 1-based [y1 x1 y2 x2]) or an
-  `.npz` with one [N,4] xyxy 0-based array per image id.
+- "mat" (the paper path): the selective-search proposals Fast R-CNN published, the files
+  `selective_search_data/voc_2007_{train,val,trainval,test}.mat` (Fast R-CNN's
+  `data/scripts/fetch_selective_search_data.sh`): `boxes` a cell array with one [N, 4] array per image,
+  1-based pixel coordinates in [y1 x1 y2 x2] order, `images` the image ids (without it, the split's
+  list order, which is how Fast R-CNN reads them). `file` is the path with `{split}` for the split name
+  ("" = `selective_search_data/voc_<year>_{split}.mat` beside the VOCdevkit folder); the files of every
+  split present are read until each requested image is found. Fast R-CNN makes them 0-based inclusive
+  (`boxes[:, (1, 0, 3, 2)] - 1`); here, as for the ground truth, they become pixel edges:
+  (x1 - 1, y1 - 1, x2, y2). An `.npz` file with one [N,4] xyxy 0-based array per image id works too.
 
 Boxes are float32 [N,4] xyxy in the image's own pixel coordinates (continuous, 0-based).
 Cache (never in the data folder, see `cebench.cache`): `<cache>/proposals/<method>-<hash of settings>/
@@ -35,6 +41,7 @@ import torch
 
 from cebench.cache import cache_root, ensure_outside, files_key
 from cebench.config import config_hash
+from cebench.data.voc import read_split
 from cebench.errors import CebenchError, ConfigError, DatasetMissingError
 from cebench.images import open_rgb
 from cebench.io import atomic_write_bytes, atomic_write_json
@@ -45,7 +52,8 @@ PROPOSAL_VERSION = 2  # 2: selective search seeded (v1 caches hold boxes in a ru
 
 @dataclass
 class ProposalConfig:
-    method: str = "selective_search"   # selective_search | grid (a box grid, NOT selective search)
+    method: str = "selective_search"   # selective_search | mat (published files) | grid (a box grid, NOT selective
+                                       # search)
     mode: str = "fast"                 # selective search strategy: fast | quality | single
     min_side: int = 64                 # upscale smaller images to this short side before segmenting
     max_proposals: int = 2000          # keep the first N (selective search's own ranking)
@@ -54,7 +62,7 @@ class ProposalConfig:
     grid_scales: tuple[float, ...] = (0.15, 0.25, 0.35, 0.5, 0.7, 0.9)  # grid: box side / image side
     grid_aspects: tuple[float, ...] = (0.5, 1.0, 2.0)
     grid_stride: float = 0.5           # grid: step as a fraction of the box side
-    file: str = ""                     # a published proposal file ({split} is replaced), instead of computing
+    file: str = ""                     # method mat: the published files, {split} replaced ("" = beside VOCdevkit)
     cache_dir: str = ""                # "" = <the command's cache folder>/proposals (see cebench.cache)
     workers: int = 2
 
@@ -187,18 +195,20 @@ def image_path(voc_root, image_id: str) -> Path:
     return Path(voc_root) / "JPEGImages" / f"{image_id}.jpg"
 
 
+METHODS = ("selective_search", "mat", "grid")
 def entry_path(folder: Path, image: Path, image_id: str) -> Path:
     """The cache file of one image: keyed by its id and by the image file's name, size and mtime."""
     return folder / f"{image_id}-{files_key([image], length=12)}.npz"
 
 
 def load_proposals(voc_root, ids, cfg: ProposalConfig, *, split: str = "", progress: bool = True) -> dict:
-    """{image id: float32 [N,4] xyxy}: from `cfg.file`, else from the cache, computing what is missing."""
+    """{image id: float32 [N,4] xyxy}: the published files (method mat), else from the cache, computing
+    what is missing."""
     ids = list(ids)
-    if cfg.file:
-        return read_proposal_file(cfg.file.replace("{split}", split), ids)
-    if cfg.method not in ("selective_search", "grid"):
-        raise ConfigError(f"proposals.method must be selective_search or grid, got {cfg.method!r}")
+    if cfg.method not in METHODS:
+        raise ConfigError(f"proposals.method must be one of {', '.join(METHODS)}, got {cfg.method!r}")
+    if cfg.method == "mat" or cfg.file:  # a given file (.mat or .npz) replaces the computation
+        return published_proposals(voc_root, ids, cfg)
     folder = cache_folder(voc_root, cfg)
     folder.mkdir(parents=True, exist_ok=True)
     settings = folder / "settings.json"
@@ -236,30 +246,101 @@ def compute_missing(todo, cfg: ProposalConfig, *, progress: bool = True) -> floa
     return len(todo) / max(time.perf_counter() - t0, 1e-9)
 
 
-def read_proposal_file(path, ids) -> dict:
-    """Published proposals: Fast R-CNN's .mat (1-based [y1 x1 y2 x2]) or .npz {id: [N,4] xyxy 0-based}."""
+_FETCH = ("Fast R-CNN's published selective-search proposals: run fast-rcnn's "
+          "data/scripts/fetch_selective_search_data.sh (selective_search_data.tgz) and put the folder "
+          "selective_search_data/ beside VOCdevkit, or give det.proposals.file=DIR/voc_2007_{split}.mat; "
+          "or compute them with det.proposals.method=selective_search")
+
+
+def published_pattern(voc_root, cfg: ProposalConfig) -> str:
+    """The published files' path with `{split}`: cfg.file, else beside the VOCdevkit folder."""
+    if cfg.file:
+        return cfg.file
+    voc = Path(voc_root)
+    year = voc.name[3:] if voc.name.startswith("VOC") else "2007"
+    return str(voc.parent.parent / "selective_search_data" / f"voc_{year}_{{split}}.mat")
+
+
+def _hw(voc_root, image_id: str) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(image_path(voc_root, image_id)) as im:
+        return im.height, im.width
+
+
+def published_proposals(voc_root, ids, cfg: ProposalConfig) -> dict:
+    """Proposals of `ids` from the published files (every split's file present, trainval and test first),
+    cleaned like the computed ones (clipped, small and duplicate boxes dropped, at most max_proposals)."""
+    pattern = published_pattern(voc_root, cfg)
+    want, table = set(ids), {}
+    splits = ("trainval", "test", "train", "val") if "{split}" in pattern else ("",)
+    found = []
+    for split in splits:
+        path = Path(pattern.replace("{split}", split))
+        if not want - set(table):
+            break
+        if not path.is_file():
+            continue
+        found.append(str(path))
+        order = None
+        if split:
+            try:
+                order = read_split(voc_root, split)
+            except DatasetMissingError:
+                order = None
+        table.update(read_proposal_file(path, None, order=order))
+    if not found:
+        raise DatasetMissingError(f"proposals.method=mat: {pattern} not found ({_FETCH})")
+    absent = [i for i in ids if i not in table]
+    if absent:
+        raise DatasetMissingError(f"proposals: no boxes for {len(absent)} image(s) in {', '.join(found)}, "
+                                  f"e.g. {absent[0]} ({_FETCH})")
+    return {i: clean_boxes(table[i], *_hw(voc_root, i), cfg) for i in ids}
+
+
+def read_proposal_file(path, ids, *, order=None) -> dict:
+    """Published proposals: Fast R-CNN's .mat or an .npz {id: [N,4] xyxy 0-based}; {id: float32 [N,4]
+    xyxy pixel edges} for `ids` (None: every image in the file).
+
+    .mat: `boxes` (a cell array, one [N,4] per image, 1-based [y1 x1 y2 x2]) and `images` (the ids; when
+    absent the boxes are taken in the order of `order`, the split list, as Fast R-CNN does)."""
     path = Path(path)
     if path.is_dir():
         raise CebenchError(f"proposal file {path} is a folder, expected Fast R-CNN's .mat or an .npz file")
     if not path.is_file():
-        raise DatasetMissingError(f"proposal file {path} not found (e.g. Fast R-CNN's selective_search_data/"
-                                  "voc_2007_trainval.mat / voc_2007_test.mat)")
-    try:  # whatever the parsers raise on a file that is not one (random bytes, truncated, empty): this file
-        if path.suffix == ".mat":
-            from scipy.io import loadmat
+        raise DatasetMissingError(f"proposal file {path} not found ({_FETCH})")
+    if path.suffix == ".mat":
+        from scipy.io import loadmat
 
+        try:  # whatever the parser raises on a file that is not one (random bytes, truncated, empty)
             mat = loadmat(str(path))
+            cells = mat["boxes"].ravel()
+        except Exception as exc:  # noqa: BLE001 - the boundary of this file's loader
+            raise CebenchError(f"{path}: not a Fast R-CNN proposal file with a 'boxes' cell array "
+                               f"({type(exc).__name__}: {str(exc)[:120]})") from None
+        if "images" in mat:
             names = [str(np.asarray(x).ravel()[0]) for x in mat["images"].ravel()]
-            table = {n: (np.asarray(b, dtype=np.float32).reshape(-1, 4)[:, [1, 0, 3, 2]] - 1) for n, b in
-                     zip(names, mat["boxes"].ravel())}
+        elif order is not None:
+            names = list(order)
         else:
+            raise CebenchError(f"{path}: no 'images' list in the file and no split list to align its boxes with")
+        if len(names) != len(cells):
+            raise CebenchError(f"{path}: {len(cells)} box arrays for {len(names)} images")
+        table = {}
+        for n, b in zip(names, cells):
+            yx = np.asarray(b, dtype=np.float32).reshape(-1, 4)  # 1-based [y1 x1 y2 x2], inclusive
+            table[n] = np.stack([yx[:, 1] - 1, yx[:, 0] - 1, yx[:, 3], yx[:, 2]], 1)
+    else:
+        try:
             with np.load(path, allow_pickle=False) as z:
                 table = {k: np.asarray(z[k], dtype=np.float32).reshape(-1, 4) for k in z.files}
-    except Exception as exc:  # noqa: BLE001 - the boundary of this file's loader
-        text = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
-        raise CebenchError(f"proposal file {path}: not a readable proposal file ({type(exc).__name__}"
-                           f"{': ' + text if text else ''}); expected Fast R-CNN's .mat (images, boxes) or an "
-                           f".npz of [N,4] boxes per image id") from None
+        except Exception as exc:  # noqa: BLE001 - the boundary of this file's loader
+            text = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+            raise CebenchError(f"proposal file {path}: not a readable proposal file ({type(exc).__name__}"
+                               f"{': ' + text if text else ''}); expected Fast R-CNN's .mat (images, boxes) or an "
+                               f".npz of [N,4] boxes per image id") from None
+    if ids is None:
+        return table
     absent = [i for i in ids if i not in table]
     if absent:
         raise DatasetMissingError(f"proposal file {path} has no boxes for {len(absent)} image(s), e.g. {absent[0]}")
@@ -267,4 +348,5 @@ def read_proposal_file(path, ids) -> dict:
 
 
 __all__ = ["ProposalConfig", "settings_key", "has_selective_search", "selective_search", "grid_boxes",
-           "clean_boxes", "compute_one", "load_proposals", "compute_missing", "read_proposal_file", "cache_folder"]
+           "clean_boxes", "compute_one", "load_proposals", "compute_missing", "read_proposal_file", "cache_folder",
+           "published_proposals", "published_pattern", "METHODS"]

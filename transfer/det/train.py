@@ -19,9 +19,13 @@ from torchvision.ops import box_iou
 
 from cebench.data.voc import read_split
 from cebench.errors import ConfigError
-from cebench.runtime import choose_device, place_model
+from cebench.runtime import Runtime, autocast_context, place_model, unwrap_model
 
-from ..engine import OptimConfig, make_optimizer, train_one_epoch
+from ..common import job_checkpoint
+from ..engine import OptimConfig, make_optimizer
+from ..finetune import FinetuneRuntime, JobCheckpoint, gather, job_runtime, shard
+from ..finetune import fit as fit_job
+from ..finetune import loader as make_loader
 from ..inits import build_init
 from .data import DetDataset, check_voc_tree, collate, hflip
 from .metrics import evaluate_detections
@@ -74,7 +78,7 @@ def target_stats(ds: DetDataset, fg_thresh: float) -> tuple[torch.Tensor, torch.
     """Mean and std of the regression targets of all foreground candidates of a split."""
     chunks = []
     for i in range(len(ds)):  # one pass over images; boxes vectorised within each
-        s = ds[i]
+        s = ds.boxes(i)  # boxes and proposals as scaled for training, without decoding the image
         if len(s["boxes"]) == 0:
             continue
         cand = torch.cat([s["proposals"], s["boxes"]])
@@ -87,23 +91,73 @@ def target_stats(ds: DetDataset, fg_thresh: float) -> tuple[torch.Tensor, torch.
     return t.mean(0), t.std(0).clamp(min=1e-3)
 
 
-def batches(ds: DetDataset, cfg: DetConfig, iterations: int, seed: int):
-    """Seeded stream of `iterations` minibatches (images, samples) with random horizontal flips."""
+def batch_plan(n: int, cfg: DetConfig, iterations: int, seed: int) -> list[list[tuple[int, bool]]]:
+    """The (image, flip) pairs of every iteration, from one seeded generator: sampling without replacement
+    per pass, random horizontal flips. A pure function of the seed, so the images of any iteration are
+    known ahead (DataLoader workers prefetch them) and a resumed job continues the same sequence."""
     g = torch.Generator().manual_seed(seed)
-    n, k = len(ds), min(cfg.images_per_batch, len(ds))
-    perm, pos = torch.randperm(n, generator=g), 0
+    k = min(cfg.images_per_batch, n)
+    perm, pos, plan = torch.randperm(n, generator=g), 0, []
     for _ in range(iterations):
         if pos + k > n:
             perm, pos = torch.randperm(n, generator=g), 0
         idx = perm[pos:pos + k].tolist()
         pos += k
         flips = (torch.rand(k, generator=g) < 0.5).tolist() if cfg.flip else [False] * k
-        samples = [hflip(ds[i]) if f else ds[i] for i, f in zip(idx, flips)]
-        yield collate(samples)
+        plan.append(list(zip(idx, flips)))
+    return plan
+
+
+class _Flipped(torch.utils.data.Dataset):
+    """Item (i, flip) of a DetDataset, flipped when asked (what a DataLoader worker computes)."""
+
+    def __init__(self, ds: DetDataset):
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, item):
+        i, f = item
+        return hflip(self.ds[i]) if f else self.ds[i]
+
+
+class DetBatches:
+    """The training minibatches (images, samples) of `batch_plan`, from step `step` on; under DDP each
+    rank takes its images [rank::world] of every iteration's images. State: the step."""
+
+    def __init__(self, ds: DetDataset, cfg: DetConfig, iterations: int, seed: int, *, rank: int = 0,
+                 world: int = 1, workers: int = 0):
+        k = min(cfg.images_per_batch, len(ds))
+        if world > 1 and k % world:
+            raise ConfigError(f"det.images_per_batch {k} is not divisible by the {world} processes")
+        self.ds, self.plan = ds, [b[rank::world] for b in batch_plan(len(ds), cfg, iterations, seed)]
+        self.workers, self.step = int(workers), 0
+
+    def take(self, k: int):
+        todo = self.plan[self.step:self.step + int(k)]
+        if self.workers > 0 and self.ds.cache is None:
+            loader = make_loader(_Flipped(self.ds), todo, self.workers, collate_fn=collate)
+        else:
+            loader = (collate([_Flipped(self.ds)[item] for item in items]) for items in todo)
+        for batch in loader:
+            self.step += 1
+            yield batch
+
+    def state_dict(self) -> dict:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state["step"])
+
+
+def batches(ds: DetDataset, cfg: DetConfig, iterations: int, seed: int):
+    """Seeded stream of `iterations` minibatches (images, samples) with random horizontal flips."""
+    return DetBatches(ds, cfg, iterations, seed).take(iterations)
 
 
 def make_loss_fn(cfg: DetConfig, generator: torch.Generator, device):
-    def loss_fn(model: FastRCNN, batch) -> dict:
+    def loss_fn(model, batch) -> dict:  # model: the FastRCNN, or its DDP wrapper
         images, samples = batch
         picks = [sample_rois(s["proposals"], s["boxes"], s["labels"], num=cfg.rois_per_image,
                              fg_fraction=cfg.fg_fraction, fg_thresh=cfg.fg_thresh,
@@ -112,25 +166,42 @@ def make_loss_fn(cfg: DetConfig, generator: torch.Generator, device):
         labels = torch.cat([p[1] for p in picks]).to(device)
         gt = torch.cat([p[2] for p in picks]).to(device)
         logits, deltas = model(images.to(device), rois)
-        losses = model.loss(logits, deltas, labels, rois[:, 1:], gt, bbox_weight=cfg.bbox_weight)
+        losses = unwrap_model(model).loss(logits.float(), deltas.float(), labels, rois[:, 1:], gt,
+                                          bbox_weight=cfg.bbox_weight)
         return {"loss": losses["total"], "cls": losses["cls"], "box": losses["box"]}
     return loss_fn
 
 
 @torch.no_grad()
-def evaluate(model: FastRCNN, ds: DetDataset, cfg: DetConfig, device, keep_first: int = 0) -> dict:
-    """Detections on a whole split, mapped back to original pixels; VOC AP (11-point and all-point)."""
+def evaluate(model: FastRCNN, ds: DetDataset, cfg: DetConfig, device, keep_first: int = 0, rt: Runtime | None = None,
+             workers: int = 0) -> dict:
+    """Detections on a whole split, mapped back to original pixels; VOC AP (11-point and all-point).
+    Under DDP each rank detects on its share of the chunks and the detections are gathered, so every
+    test image is scored exactly once (and the AP is that of one process)."""
     model.eval()
-    dets, gts, t0 = [], [], time.perf_counter()
-    for start in range(0, len(ds), cfg.eval_batch):
-        images, samples = collate([ds[i] for i in range(start, min(len(ds), start + cfg.eval_batch))])
-        out = model.detect(images.to(device), [s["proposals"] for s in samples], [s["size"] for s in samples],
-                           score_thresh=cfg.score_thresh, nms_thresh=cfg.nms_thresh,
-                           max_per_image=cfg.max_per_image)
+    rt = rt or Runtime(torch.device(device))
+    t0 = time.perf_counter()
+    chunks = shard([list(range(s, min(len(ds), s + cfg.eval_batch))) for s in range(0, len(ds), cfg.eval_batch)], rt)
+    if workers > 0 and ds.cache is None:
+        loader = make_loader(ds, chunks, workers, collate_fn=collate)
+    else:
+        loader = (collate([ds[i] for i in chunk]) for chunk in chunks)
+    mine = []
+    for images, samples in loader:
+        with autocast_context(rt):
+            out = model.detect(images.to(device), [s["proposals"] for s in samples], [s["size"] for s in samples],
+                               score_thresh=cfg.score_thresh, nms_thresh=cfg.nms_thresh,
+                               max_per_image=cfg.max_per_image)
         for s, d in zip(samples, out):
-            dets.append({k: v.cpu() / s["scale"] if k == "boxes" else v.cpu() for k, v in d.items()})
-            ann = ds.index.annotation(s["index"])
-            gts.append(dict(boxes=ann["boxes"], labels=ann["labels"], difficult=ann["difficult"]))
+            mine.append((s["index"], {k: v.float().cpu() / s["scale"] if k == "boxes" else v.cpu()
+                                      for k, v in d.items()}))
+    found = sorted(gather(mine, rt), key=lambda t: t[0])
+    if [i for i, _ in found] != list(range(len(ds))):
+        raise RuntimeError(f"evaluation scored {len(found)} images for a split of {len(ds)}")
+    dets, gts = [d for _, d in found], []
+    for i in range(len(ds)):
+        ann = ds.index.annotation(i)
+        gts.append(dict(boxes=ann["boxes"], labels=ann["labels"], difficult=ann["difficult"]))
     seconds = time.perf_counter() - t0
     C = len(ds.classes)
     ap07 = evaluate_detections(dets, gts, C, use_07_metric=True, classes=ds.classes)
@@ -140,7 +211,7 @@ def evaluate(model: FastRCNN, ds: DetDataset, cfg: DetConfig, device, keep_first
                  "labels": dets[i]["labels"].tolist()} for i in range(min(keep_first, len(dets)))]
     return {"metrics": {"mAP": main.map, "mAP_11pt": ap07.map, "mAP_allpoint": apall.map},
             "details": {"ap": main.as_dict()["ap"], "npos": main.as_dict()["npos"]},
-            "infer_images_per_s": len(ds) / max(seconds, 1e-9), "examples": examples}
+            "infer_images_per_s": len(ds) / max(seconds, 1e-9), "examples": examples, "test_images": len(found)}
 
 
 def build_model(cfg: DetConfig, init_name: str, checkpoint, seed: int, ds: DetDataset, *, arch="demo",
@@ -158,9 +229,13 @@ def build_model(cfg: DetConfig, init_name: str, checkpoint, seed: int, ds: DetDa
 
 def fit_and_score(cfg: DetConfig, root, init_name: str, checkpoint, seed: int, lr: float, fit_split: str,
                   eval_split: str, device="cpu", keep_first: int = 0, log=None, log_every: int = 10, *,
-                  arch="demo", magic: str = "random", classes=None) -> dict:
-    """ONE detection run: build the init, fine-tune on `fit_split`, score on `eval_split`."""
-    device = choose_device(device)
+                  arch="demo", magic: str = "random", classes=None, runtime: FinetuneRuntime | None = None,
+                  ckpt: JobCheckpoint | None = None) -> dict:
+    """ONE detection run: build the init, fine-tune on `fit_split` (resuming from `ckpt`), score on
+    `eval_split`; `runtime` is transfer.runtime (AMP, checkpoint interval, image loaders)."""
+    runtime = runtime or FinetuneRuntime()
+    rt = job_runtime(runtime, str(device))
+    device = rt.device
     props = load_proposals(root, _split_ids(root, fit_split) + _split_ids(root, eval_split), cfg.proposals,
                            progress=False)
     fit = DetDataset(root, fit_split, props, scale=cfg.scale, max_size=cfg.max_size, train=True,
@@ -169,13 +244,19 @@ def fit_and_score(cfg: DetConfig, root, init_name: str, checkpoint, seed: int, l
                     cache_images=cfg.cache_images, classes=classes)
     model = build_model(cfg, init_name, checkpoint, seed, fit, arch=arch, magic=magic)
     model.set_target_stats(*target_stats(fit, cfg.fg_thresh))
-    model = place_model(model, device)
+    model = place_model(model, device, channels_last=rt.channels_last)
     opt, sched = make_optimizer(model, cfg.optim, lr, cfg.iterations, backbone=model.encoder)
-    gen = torch.Generator().manual_seed(seed + 7919)
-    train = train_one_epoch(model, batches(fit, cfg, cfg.iterations, seed), make_loss_fn(cfg, gen, device), opt,
-                            sched, grad_clip=cfg.optim.grad_clip, log=log, log_every=log_every)
-    out = evaluate(model, ev, cfg, device, keep_first=keep_first)
+    # RoI sampling: its own generator (per rank under DDP), part of the job's resumable state
+    gen = torch.Generator().manual_seed(seed + 7919 + (1000 * rt.rank if rt.distributed else 0))
+    stream = DetBatches(fit, cfg, cfg.iterations, seed, rank=rt.rank, world=rt.world_size,
+                        workers=runtime.loader_workers)
+    train = fit_job(model, stream, make_loss_fn(cfg, gen, device), opt, sched, iterations=cfg.iterations, rt=rt,
+                    ckpt=ckpt or JobCheckpoint(None, {}), grad_clip=cfg.optim.grad_clip, generators={"roi": gen},
+                    log_fn=log, log_every=log_every)
+    out = evaluate(model, ev, cfg, device, keep_first=keep_first, rt=rt, workers=runtime.loader_workers)
     out["train"] = {k: v for k, v in train.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+    out["inputs"] = {**train["inputs"], "test_images": out.pop("test_images"), "processes": rt.world_size,
+                     "scale": cfg.scale, "max_size": cfg.max_size}
     out["train_images_per_s"] = train["images_per_s"]
     out["model"] = model
     return out
@@ -187,7 +268,7 @@ def det_task(job, ctx, log=None) -> dict:
     keep = ctx.cfg.figure_images if job.phase == "final" else 0
     out = fit_and_score(ctx.cfg, ctx.root, job.init.kind, job.init.checkpoint, job.seed, job.lr, job.fit_split,
                         job.eval_split, ctx.device, keep_first=keep, log=log, log_every=ctx.log_every, arch=ctx.arch,
-                        magic=ctx.magic, classes=ctx.classes)
+                        magic=ctx.magic, classes=ctx.classes, runtime=ctx.runtime, ckpt=job_checkpoint(job, ctx))
     out.pop("model")
     return out
 
