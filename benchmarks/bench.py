@@ -1,4 +1,4 @@
-"""`cebench bench [pretrain|transfer|retrieval|training|knn|folder|reference|profile|all]`: every stage's performance benchmark.
+"""`cebench bench [pretrain|transfer|retrieval|training|knn|folder|reference|profile|all]`: benchmarks.
 
 Each stage owns its benchmark function (`bench_pretrain`, `bench_transfer`, `bench_retrieval`),
 which measures throughput/memory and returns a dict; this module runs them, merges the numbers into
