@@ -95,7 +95,7 @@ def _query_patch(path: Path, box, size: int) -> torch.Tensor:
 def retrieve(images_dir, queries: list[str], features: list[str], out_png, *, checkpoint=None, k: int = 8,
              patch_size: int = 64, stride: int | None = None, layer: str = "pool5", mask: bool = False,
              cache_dir=None, device: str = "auto", index_kind: str = "auto", max_side: int = 640,
-             on_chunk=None) -> Path:
+             workers: int = 2, on_chunk=None) -> Path:
     """Extract (or reuse from the cache) the features of every grid patch of a folder of images, per
     feature type, and write the neighbour grid of the query patches as a PNG."""
     images_dir = Path(images_dir)
@@ -119,7 +119,8 @@ def retrieve(images_dir, queries: list[str], features: list[str], out_png, *, ch
                                                                  layer=layer, mask=mask))
         fn = feature_variants(name, obj, cfg)[0][3]
         feats, boxes = folder_features(fn, images, entry, grid, device=dev, desc=f"{name} features",
-                                       hog_params=obj if isinstance(obj, HOGFeatures) else None, on_chunk=on_chunk)
+                                       hog_params=obj if isinstance(obj, HOGFeatures) else None, workers=workers,
+                                       on_chunk=on_chunk)
         index = FeatureIndex(feats.shape[1], kind=index_kind, metric="ip").add(feats)  # float16 in chunks
         qf = extract_features(fn, [(qpatches, torch.arange(len(qpatches)))], device=dev).feats
         _, ids = index.search(qf, min(k, index.ntotal))

@@ -19,6 +19,7 @@ import contextlib
 import json
 import sys
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -112,13 +113,14 @@ def entry_dir(cache_root: Path, images: list[Path], images_dir: Path, feature: s
 
 @torch.no_grad()
 def folder_features(fn, images: list[Path], entry: Path, grid: PatchGrid, *, device, desc: str = "features",
-                    batch: int = 512, hog_params: HOGFeatures | None = None,
+                    batch: int = 512, hog_params: HOGFeatures | None = None, workers: int = 2,
                     on_chunk=None) -> tuple[np.ndarray, np.ndarray]:
     """Features (float16 [N, D], L2-normalised) and boxes (int64 [N, 3]: image number, x, y) of all grid
     patches of `images`, from the cache entry where present, computed and cached chunk by chunk where
     not. `fn(uint8 [B,3,s,s]) -> [B, ...]` is the feature function (`hog_params`: it is this HOG, then
     computed per image with `grid_hog` where the grid allows); `on_chunk(i)` runs after chunk i is
-    written (tests use it to kill the process midway). Unreadable images are skipped with a warning."""
+    written (in chunk order; tests use it to kill the process midway). Unreadable images are skipped with a
+    warning."""
     entry.mkdir(parents=True, exist_ok=True)
     meta_path = entry / "meta.json"
     if meta_path.is_dir() or meta_path.exists():
@@ -133,26 +135,40 @@ def folder_features(fn, images: list[Path], entry: Path, grid: PatchGrid, *, dev
         print(f"[retrieve] {desc}: reusing {len(cached)} of {n_chunks} cached chunks from {entry}", file=sys.stderr)
     if isinstance(fn, torch.nn.Module):
         fn.eval()
+    dense = hog_params is not None
+    # Dense HOG: `workers` Python threads, one chunk each, every thread's torch ops on one thread (they
+    # release the GIL): two one-thread streams beat one two-thread stream of many small element-wise
+    # passes here. Encoders: one stream, torch's own threads inside each batch.
+    workers = max(1, workers if dense else 1)
+
+    def compute(i: int):
+        lo, hi = i * CHUNK_IMAGES, min(len(images), (i + 1) * CHUNK_IMAGES)
+        with torch.no_grad():  # grad mode is per thread
+            f, b = _extract_chunk(fn, hog_params, images, lo, hi, grid, device, batch)
+        _write_chunk(_chunk_path(entry, i), f, b)
+        return f, b
+
     feats, boxes = [], []
     n_patches = 0
     bar = progress(total=len(images), desc=desc, unit="img")
-    for i in range(n_chunks):
-        lo, hi = i * CHUNK_IMAGES, min(len(images), (i + 1) * CHUNK_IMAGES)
-        path = _chunk_path(entry, i)
-        if i in cached:
-            f, b = cached.pop(i)
-        else:
-            with _threads(1 if hog_params is not None else None):
-                f, b = _extract_chunk(fn, hog_params, images, lo, hi, grid, device, batch)
-            _write_chunk(path, f, b)
-            if on_chunk is not None:
-                on_chunk(i)
-        if len(f):
-            feats.append(f)
-            boxes.append(b)
-        n_patches += len(f)
-        bar.update(hi - lo)
-        bar.set_postfix(patches=n_patches)
+    todo = [i for i in range(n_chunks) if i not in cached]
+    with _threads(1 if dense else None), ThreadPoolExecutor(
+            max_workers=workers, initializer=torch.set_num_threads if dense else None,
+            initargs=(1,) if dense else ()) as pool:
+        computed = pool.map(compute, todo)  # in chunk order, `workers` ahead
+        for i in range(n_chunks):
+            if i in cached:
+                f, b = cached.pop(i)
+            else:
+                f, b = next(computed)
+                if on_chunk is not None:
+                    on_chunk(i)
+            if len(f):
+                feats.append(f)
+                boxes.append(b)
+            n_patches += len(f)
+            bar.update(min(len(images), (i + 1) * CHUNK_IMAGES) - i * CHUNK_IMAGES)
+            bar.set_postfix(patches=n_patches)
     bar.close()
     if not feats:
         raise CebenchError(f"no patches of {grid.size} px could be cut from the {len(images)} images")

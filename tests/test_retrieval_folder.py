@@ -81,7 +81,7 @@ def test_killed_midway_the_rerun_reuses_the_finished_chunks(folder, full_run, tm
             if i == 1:  # SIGKILL right after the second chunk is on disk: no cleanup runs
                 os.kill(os.getpid(), signal.SIGKILL)
         retrieve({str(folder)!r}, [{str(folder / 'im00.jpg')!r} + ":2,2,30,30"], ["hog"], {str(out)!r},
-                 cache_dir={str(cache)!r}, patch_size=32, k=3, on_chunk=kill)
+                 cache_dir={str(cache)!r}, patch_size=32, k=3, workers=1, on_chunk=kill)
     """)
     env = {**os.environ, "CEBENCH_NO_PROGRESS": "1"}
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
