@@ -40,8 +40,12 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # L, P, CMYK, YCbCr, LAB, HSV, 1
 
 
-def open_rgb(path) -> Image.Image:
-    """Read an image file as 8-bit RGB, fully decoded. Raises BadImageError on any failure."""
+def open_rgb(path, max_side: int = 0) -> Image.Image:
+    """Read an image file as 8-bit RGB, fully decoded. Raises BadImageError on any failure.
+
+    max_side > 0: an image whose longer side exceeds it is scaled down to exactly that (aspect kept,
+    antialiased); a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) still at least that
+    large first (`Image.draft`), which makes large photos several times cheaper to read."""
     path = Path(path)
     if path.is_dir():
         raise BadImageError(path, "is a folder, expected an image file")
@@ -51,8 +55,17 @@ def open_rgb(path) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(path) as img:
+                target = None
+                if max_side and max(img.size) > max_side:
+                    s = max_side / max(img.size)
+                    target = (max(1, round(img.width * s)), max(1, round(img.height * s)))
+                    if img.format == "JPEG":
+                        img.draft("RGB", target)
                 img.load()  # force full decode: truncated files fail here, not later
-                return _to_rgb(img).copy()
+                out = _to_rgb(img)
+                if target is not None and out.size != target:
+                    out = out.resize(target, Image.BILINEAR)
+                return out.copy()
     except BadImageError:
         raise
     except Image.DecompressionBombError as exc:

@@ -276,6 +276,59 @@ class ContextEncoder(nn.Module):
 # --------------------------------------------------------------------------------------------------
 
 
+class _DenseWeight:
+    """Mixin: the weight stays in the plain contiguous layout when the model is converted to
+    channels_last (`model.to(memory_format=torch.channels_last)`): a matrix product gains nothing from
+    NHWC, and CPU fused Adam copies every non-contiguous tensor to a contiguous one and back each
+    step (2-3x its time on these 32.8M-weight layers)."""
+
+    def _apply(self, fn, recurse=True):
+        out = super()._apply(fn, recurse)
+        if not self.weight.is_contiguous():
+            self.weight.data = self.weight.data.contiguous()
+        return out
+
+
+class FullKernelConv2d(_DenseWeight, nn.Conv2d):
+    """A padding-0 convolution whose kernel covers its whole input ([B, C, k, k] -> [B, O, 1, 1]),
+    e.g. the 4x4 conv to the 4000-d bottleneck: computed as one matrix product
+    [B, C*k*k] x [C*k*k, O]. Same parameters (and state-dict keys) as nn.Conv2d and the same
+    result up to float rounding; on CPU oneDNN's convolution for this shape is several times slower
+    than the GEMM (see results/profile.md). Any other input size falls back to the convolution."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        if (h, w) != tuple(self.kernel_size) or self.groups != 1 or any(self.padding) or self.padding_mode != "zeros":
+            return super().forward(x)
+        w_ = self.weight  # [O, C, k, k]; flattened in its own memory order so it is never copied
+        if not w_.is_contiguous() and w_.is_contiguous(memory_format=torch.channels_last):
+            x, w_ = x.permute(0, 2, 3, 1), w_.permute(0, 2, 3, 1)  # (h, w, c) order: views of channels_last
+        y = F.linear(x.reshape(b, -1), w_.reshape(self.out_channels, -1), self.bias)  # [B, C*k*k] -> [B, O]
+        return y.reshape(b, self.out_channels, 1, 1)
+
+
+class FullKernelConvTranspose2d(_DenseWeight, nn.ConvTranspose2d):
+    """The transposed counterpart: a padding-0 up-convolution of a 1x1 input to k x k
+    ([B, C, 1, 1] -> [B, O, k, k], the bottleneck back to 4x4), computed as one matrix product
+    [B, C] x [C, O*k*k]. Same parameters as nn.ConvTranspose2d; other inputs use the convolution."""
+
+    def forward(self, x: Tensor, output_size=None) -> Tensor:
+        b, c, h, w = x.shape
+        if ((h, w) != (1, 1) or output_size is not None or self.groups != 1 or any(self.padding)
+                or any(self.output_padding) or any(d != 1 for d in self.dilation)):
+            return super().forward(x, output_size)
+        kh, kw = self.kernel_size
+        w_ = self.weight  # [C, O, k, k]; flattened in its own memory order so it is never copied
+        if not w_.is_contiguous() and w_.is_contiguous(memory_format=torch.channels_last):
+            y = (x.reshape(b, c) @ w_.permute(0, 2, 3, 1).reshape(c, -1)).reshape(b, kh, kw, self.out_channels)
+            y = y.permute(0, 3, 1, 2)  # [B, O, k, k] in channels_last memory
+        else:
+            y = (x.reshape(b, c) @ w_.reshape(c, -1)).reshape(b, self.out_channels, kh, kw)  # [B, O, k, k]
+        if self.bias is not None:
+            y = y + self.bias.view(1, -1, 1, 1)
+        return y
+
+
 def _dcgan_init(module: nn.Module) -> None:
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
@@ -342,12 +395,12 @@ class InpaintingCE(nn.Module):
                 enc.append(nn.BatchNorm2d(w))
             enc.append(nn.LeakyReLU(0.2, inplace=True))
             cin = w
-        enc += [nn.Conv2d(cin, cfg.bottleneck, 4, 1, 0, bias=False), nn.BatchNorm2d(cfg.bottleneck),
+        enc += [FullKernelConv2d(cin, cfg.bottleneck, 4, 1, 0, bias=False), nn.BatchNorm2d(cfg.bottleneck),
                 nn.LeakyReLU(0.2, inplace=True)]
         self.encoder = nn.Sequential(*enc)  # -> [B, bottleneck, 1, 1]
         n_up = n_down - 1  # 4 -> S/2
         dec_w = list(reversed(cfg.widths))[:n_up]  # e.g. 512, 256, 128, 64
-        dec: list[nn.Module] = [nn.ConvTranspose2d(cfg.bottleneck, dec_w[0], 4, 1, 0, bias=False),
+        dec: list[nn.Module] = [FullKernelConvTranspose2d(cfg.bottleneck, dec_w[0], 4, 1, 0, bias=False),
                                 nn.BatchNorm2d(dec_w[0]), nn.ReLU(inplace=True)]
         cin = dec_w[0]
         for i in range(1, n_up):
@@ -387,7 +440,7 @@ class Discriminator(nn.Module):
                 layers.append(nn.BatchNorm2d(w))
             layers.append(nn.LeakyReLU(0.2, inplace=True))
             cin = w
-        layers.append(nn.Conv2d(cin, 1, 4, 1, 0, bias=False))
+        layers.append(FullKernelConv2d(cin, 1, 4, 1, 0, bias=False))  # 4x4 -> one logit
         self.net = nn.Sequential(*layers)
         self.in_size = 4 * 2 ** len(widths)
         _dcgan_init(self)

@@ -14,9 +14,10 @@ import resource
 import torch
 
 from cebench.io import atomic_write_json
-from cebench.runtime import place_model, timed_steps
+from cebench.runtime import Runtime, place_model, timed_steps
 
-from .losses import gan_d_loss, gan_g_loss, joint
+from .engine import make_adam
+from .engine import train_step as engine_step
 from .masks import center_mask
 from .models import (
     AlexNetConfig,
@@ -52,33 +53,17 @@ def bench_one(build, device, batch: int, steps: int, warmup: int = 1, amp: bool 
     obj, dev = place_model(obj, device), torch.device(device)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    opt = torch.optim.Adam(obj.parameters(), 2e-4, betas=(0.5, 0.999))
-    if disc is not None:
-        disc = place_model(disc, device)
-        opt_d = torch.optim.Adam(disc.parameters(), 2e-5, betas=(0.5, 0.999))
+    disc = place_model(disc, device) if disc is not None else None
+    opt = make_adam(obj.parameters(), 2e-4, 0.5)
+    opt_d = make_adam(disc.parameters(), 2e-5, 0.5) if disc is not None else None
     x = torch.rand(batch, 3, size, size, device=device)
     mask = center_mask(batch, size, device)
     labels = torch.randint(-1, 2, (batch, 20), device=device).float()
     rss0 = _rss_mb()
-    ctx = ((lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if amp
-           else (lambda: torch.autocast(dev.type, enabled=False)))
+    rt = Runtime(dev, amp_dtype=torch.bfloat16 if amp else None, channels_last=True)
 
-    def train_step():
-        with ctx():
-            losses, out = obj(x, mask, labels)
-        loss = losses["loss"]
-        if disc is not None:
-            with ctx():
-                both = disc(torch.cat([out["real"].detach(), out["fake"].detach()]))
-                d = gan_d_loss(both[:batch], both[batch:])
-            opt_d.zero_grad()
-            d.backward()
-            opt_d.step()
-            with ctx():
-                loss = joint(losses["rec"], gan_g_loss(disc(out["fake"])))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    def train_step():  # the trainer's own step (pretrain.engine.train_step)
+        engine_step(obj, disc, opt, opt_d, x, mask, labels, rt)
 
     dt = timed_steps(train_step, steps, warmup, dev)
     peak = (torch.cuda.max_memory_allocated() / 2**20) if dev.type == "cuda" else max(_rss_mb() - rss0, 0.0)

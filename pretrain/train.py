@@ -42,7 +42,7 @@ from .data import (
     step_batches,
     voc_split_paths,
 )
-from .engine import TrainState, evaluate, train_one_epoch
+from .engine import TrainState, evaluate, make_adam, train_one_epoch
 from .masks import voc_silhouettes
 from .methods import METHODS, Built
 
@@ -145,9 +145,8 @@ def main(cfg: PretrainConfig, data_cfg: DataConfig | None = None, out_dir=".", d
 def _train(cfg, data_cfg, built: Built, ds, val, out: Path, rt) -> Path:
     obj = to_channels_last(built.objective.to(rt.device), rt)
     disc = to_channels_last(built.disc.to(rt.device), rt) if built.disc is not None else None
-    opt_g = torch.optim.Adam(obj.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999), weight_decay=cfg.weight_decay)
-    opt_d = (torch.optim.Adam(disc.parameters(), lr=cfg.lr * cfg.lr_d_factor, betas=(cfg.beta1, 0.999))
-             if disc is not None else None)
+    opt_g = make_adam(obj.parameters(), cfg.lr, cfg.beta1, cfg.weight_decay)
+    opt_d = make_adam(disc.parameters(), cfg.lr * cfg.lr_d_factor, cfg.beta1) if disc is not None else None
     masker = built.mask  # a Masker (constructors replace the kind name by the sampler)
     steps_per_epoch = len(ds) // (cfg.batch_size * rt.world_size)
     if steps_per_epoch < 1:

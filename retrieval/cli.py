@@ -3,22 +3,21 @@ retrieval` (the quantitative table on labelled data) and the `bench retrieval` s
 
 from __future__ import annotations
 
-import hashlib
-import json
-import sys
+from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cebench.cache import ENV as CACHE_ENV
+from cebench.cache import cache_root, file_stamp
 from cebench.cliutil import split_overrides
 from cebench.config import load_config
 from cebench.data.sources import DataConfig, record_sources
 from cebench.data.sources import voc_root as resolve
-from cebench.errors import BadImageError, CebenchError
-from cebench.features.extract import extract_features, load_features_meta, save_features
+from cebench.errors import CebenchError
+from cebench.features.extract import extract_features
 from cebench.features.index import FeatureIndex
 from cebench.images import open_rgb, require_images
 from cebench.pretrain.loading import imagenet_alexnet_encoder, load_encoder
@@ -27,7 +26,8 @@ from cebench.runtime import choose_device
 
 from .evaluate import HOGFeatures, RetrievalConfig, feature_variants, main
 from .figure import retrieval_figure
-from .patches import crop_patches, patch_positions, pil_to_uint8
+from .folder import PatchGrid, entry_dir, folder_features, load_image
+from .patches import pil_to_uint8
 
 
 def _hog(args):
@@ -92,51 +92,21 @@ def _query_patch(path: Path, box, size: int) -> torch.Tensor:
     return x.round().clamp(0, 255).to(torch.uint8)
 
 
-def _folder_key(images: list[Path], extra: dict) -> str:
-    h = hashlib.sha1(json.dumps(extra, sort_keys=True, default=str).encode())
-    for p in images:
-        st = p.stat()
-        h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:16]
-
-
-def _database_batches(images: list[Path], size: int, stride: int, batch: int, boxes_out: list):
-    """Yield (uint8 patches [b,3,s,s], index) over the grid patches of all images; fills boxes_out
-    with (image number, x, y) per patch. Unreadable images are skipped with a warning."""
-    buf, n = [], 0
-    for i, p in enumerate(images):
-        try:
-            img = _load_uint8(p, size)
-        except BadImageError as exc:
-            print(f"warning: skipping {exc}", file=sys.stderr)
-            continue
-        corners = patch_positions(img.shape[1], img.shape[2], size, mode="grid", stride=stride)
-        buf.append(crop_patches(img, corners, size))
-        boxes_out.extend((i, int(x), int(y)) for y, x in corners.tolist())
-        while sum(len(b) for b in buf) >= batch:
-            allp = torch.cat(buf)
-            yield allp[:batch], torch.arange(n, n + batch)
-            n += batch
-            buf = [allp[batch:]]
-    if buf and sum(len(b) for b in buf):
-        allp = torch.cat(buf)
-        yield allp, torch.arange(n, n + len(allp))
-
-
 def retrieve(images_dir, queries: list[str], features: list[str], out_png, *, checkpoint=None, k: int = 8,
              patch_size: int = 64, stride: int | None = None, layer: str = "pool5", mask: bool = False,
-             cache_dir=None, device: str = "auto", index_kind: str = "flat") -> Path:
-    """Build (or reuse) an index per feature type over the grid patches of a folder of images and
-    write the neighbour grid of the query patches as a PNG."""
+             cache_dir=None, device: str = "auto", index_kind: str = "auto", max_side: int = 640,
+             on_chunk=None) -> Path:
+    """Extract (or reuse from the cache) the features of every grid patch of a folder of images, per
+    feature type, and write the neighbour grid of the query patches as a PNG."""
     images_dir = Path(images_dir)
     images = require_images(images_dir)
     unknown = [f for f in features if f not in FEATURES]
     if unknown:
         raise CebenchError(f"unknown feature type(s) {unknown}; choose from {', '.join(FEATURES)}")
-    stride = stride or patch_size // 2
+    grid = PatchGrid(patch_size, stride or patch_size // 2, max_side)
     dev = choose_device(device)
     qpatches = torch.cat([_query_patch(*parse_query(q), patch_size) for q in queries])
-    cache_dir = Path(cache_dir) if cache_dir else Path(out_png).parent / ".cebench_retrieve_cache"
+    root = cache_root(cache_dir, out_dir=Path(out_png).parent)
     cfg = RetrievalConfig(layers=[layer], masked=[mask])
     args = SimpleNamespace(checkpoint=checkpoint, patch_size=patch_size)
     neighbours = {}
@@ -144,32 +114,22 @@ def retrieve(images_dir, queries: list[str], features: list[str], out_png, *, ch
         obj = FEATURES[name](args)
         if hasattr(obj, "to"):
             obj.to(dev)
-        ck = None
-        if name == "ce":
-            st = Path(checkpoint).stat()
-            ck = (str(Path(checkpoint).resolve()), st.st_size, st.st_mtime_ns)
-        key = _folder_key(images, dict(feature=name, ckpt=ck, size=patch_size, stride=stride, layer=layer,
-                                       mask=mask, index=index_kind, v=1))
-        cdir = cache_dir / f"{name}-{key}"
+        ck = file_stamp(checkpoint) if name == "ce" else None
+        entry = entry_dir(root, images, images_dir, name, dict(ckpt=ck, grid=tuple(asdict(grid).values()),
+                                                                 layer=layer, mask=mask))
         fn = feature_variants(name, obj, cfg)[0][3]
-        if (cdir / "index.faiss").is_file() and (cdir / "features" / "feats.npy").is_file():
-            index = FeatureIndex.load(cdir / "index.faiss")
-            boxes = np.asarray(load_features_meta(cdir / "features")["boxes"], dtype=np.int64)
-        else:
-            boxes_list: list = []
-            feats = extract_features(fn, _database_batches(images, patch_size, stride, 256, boxes_list), device=dev)
-            save_features(cdir / "features", feats, meta=dict(boxes=boxes_list, images=[str(p) for p in images]))
-            boxes = np.asarray(boxes_list, dtype=np.int64)
-            index = FeatureIndex(feats.dim, kind=index_kind, metric="ip").add(feats.feats)
-            index.save(cdir / "index.faiss")
+        feats, boxes = folder_features(fn, images, entry, grid, device=dev, desc=f"{name} features",
+                                       hog_params=obj if isinstance(obj, HOGFeatures) else None, on_chunk=on_chunk)
+        index = FeatureIndex(feats.shape[1], kind=index_kind, metric="ip").add(feats)  # float16 in chunks
         qf = extract_features(fn, [(qpatches, torch.arange(len(qpatches)))], device=dev).feats
         _, ids = index.search(qf, min(k, index.ntotal))
+        del index
         rows = []
         for qi in range(len(qpatches)):  # re-crop the k neighbours of each query from their images
             crops = []
             for j in ids[qi]:
                 im, x, y = boxes[j]
-                img = _load_uint8(images[im], patch_size)
+                img = load_image(images[im], grid)
                 crops.append(img[:, y : y + patch_size, x : x + patch_size])
             rows.append(torch.stack(crops))
         neighbours[name if name != "ce" else f"ce ({Path(checkpoint).name})"] = torch.stack(rows)
@@ -185,7 +145,7 @@ def _cmd_retrieve(args) -> int:
     feats = [f.strip() for f in args.features.split(",") if f.strip()]
     path = retrieve(args.images, args.query, feats, out, checkpoint=args.checkpoint, k=args.k,
                     patch_size=args.patch_size, stride=args.stride, layer=args.layer, mask=args.mask,
-                    cache_dir=args.cache, device=args.device, index_kind=args.index)
+                    cache_dir=args.cache, device=args.device, index_kind=args.index, max_side=args.max_side)
     print(f"wrote {path}")
     return 0
 
@@ -226,8 +186,12 @@ def register(subparsers, common) -> None:
     p.add_argument("--stride", type=int, default=None, help="database grid step (default: patch size / 2)")
     p.add_argument("--layer", default="pool5", help="encoder layer (conv3, conv4, conv5, pool5)")
     p.add_argument("--mask", action="store_true", help="mask the patch centre for encoders (as CE training)")
-    p.add_argument("--index", default="flat", choices=("flat", "ivf", "hnsw"))
-    p.add_argument("--cache", default=None, help="index cache folder (default: beside the output PNG)")
+    p.add_argument("--max-side", type=int, default=640,
+                   help="scale images whose longer side exceeds this down first (default 640; 0 = native size)")
+    p.add_argument("--index", default="auto", choices=("auto", "flat", "ivf", "hnsw"),
+                   help="auto (default): exact below 500k patches, IVF from there on")
+    p.add_argument("--cache", default=None,
+                   help=f"feature cache folder (default: ${CACHE_ENV}, else a 'cache' folder beside the output PNG)")
     p.set_defaults(func=_cmd_retrieve)
     t = subparsers.add_parser("retrieval-bench", parents=[common],
                               help="retrieval table (precision@1/@10, mAP in %%) on labelled data + Fig. 7")

@@ -49,7 +49,7 @@ class RetrievalConfig:
     mask_fraction: float = 0.5           # masked square side / input side (1/4 of the area)
     k: int = 10                          # neighbours for precision@k (also reports @1)
     map_k: int = 0                       # mAP over the top map_k (0 = over the whole database)
-    index: str = "flat"                  # flat (exact) | ivf | hnsw
+    index: str = "auto"                  # auto (exact below 500k patches, IVF above) | flat | ivf | hnsw
     nlist: int = 1024
     nprobe: int = 16
     hnsw_m: int = 32
@@ -91,7 +91,7 @@ def average_precision(ranked_relevance: np.ndarray, n_relevant: np.ndarray | Non
 
 
 def retrieval_metrics(q_feats, q_labels, db_feats, db_labels, *, k: int = 10, map_k: int = 0,
-                      index_kind: str = "flat", nlist: int = 1024, nprobe: int = 16,
+                      index_kind: str = "auto", nlist: int = 1024, nprobe: int = 16,
                       hnsw_m: int = 32) -> tuple[dict, np.ndarray]:
     """p@1, p@k, mAP and chance (in %) for L2-normalised features (inner-product search); also returns the
     neighbour ids [Q, max(k, map_k or N)] for figures."""
@@ -101,7 +101,7 @@ def retrieval_metrics(q_feats, q_labels, db_feats, db_labels, *, k: int = 10, ma
     depth = max(depth, min(k, n_db))
     index = FeatureIndex(db_feats.shape[1], kind=index_kind, metric="ip", nlist=nlist, nprobe=nprobe,
                          hnsw_m=hnsw_m)
-    if index_kind == "flat" and depth > 2048 and index.use_gpu:  # faiss GPU caps k at 2048
+    if depth > 2048 and index.use_gpu:  # faiss GPU caps k at 2048
         depth = 2048
     index.add(db_feats)
     _, ids = index.search(q_feats, depth)

@@ -35,18 +35,24 @@ def image_folder(tmp_path):
     return d
 
 
-def test_retrieve_hog_writes_png_and_reuses_index(image_folder, tmp_path):
+def test_retrieve_hog_writes_png_and_reuses_its_cache(image_folder, tmp_path):
     out = tmp_path / "out" / "grid.png"
+    before = sorted(p.name for p in image_folder.iterdir())
     args = _parser().parse_args(["retrieve", "--images", str(image_folder), "--query",
                                  f"{image_folder / 'im0.jpg'}:5,5,30,30", "--features", "hog",
                                  "--patch-size", "32", "--k", "3", "--out", str(out)])
     assert args.func(args) == 0
     assert out.is_file() and Image.open(out).size[0] > 100
-    cache = list((tmp_path / "out" / ".cebench_retrieve_cache").iterdir())
-    assert len(cache) == 1 and (cache[0] / "index.faiss").is_file()
-    mtime = (cache[0] / "index.faiss").stat().st_mtime_ns
-    assert args.func(args) == 0  # reuses the cached index
-    assert (cache[0] / "index.faiss").stat().st_mtime_ns == mtime
+    entries = list((tmp_path / "out" / "cache" / "retrieve").iterdir())  # default: beside the output
+    assert len(entries) == 1
+    chunks = sorted(entries[0].glob("chunk_*.npz"))
+    assert chunks and (entries[0] / "meta.json").is_file()
+    with np.load(chunks[0]) as z:
+        assert z["feats"].dtype == np.float16 and z["boxes"].shape[1] == 3
+    mtime = chunks[0].stat().st_mtime_ns
+    assert args.func(args) == 0  # reuses the cached features
+    assert chunks[0].stat().st_mtime_ns == mtime
+    assert sorted(p.name for p in image_folder.iterdir()) == before  # nothing written into the data
 
 
 def test_retrieve_with_checkpoint_and_errors(image_folder, tmp_path):

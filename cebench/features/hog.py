@@ -94,56 +94,167 @@ def hog(images: torch.Tensor, orientations: int = 9, pixels_per_cell=(8, 8),
     if transform_sqrt:
         x = torch.sqrt(x)
 
-    g_row, g_col = _gradients(x)
-    # Colour: the channel with the strongest gradient, per pixel (the first one on ties, as
-    # numpy's argmax). A running maximum over the few channels is much faster than argmax(dim=1).
-    mags = torch.hypot(g_row, g_col) if C > 1 else None
-    best_r, best_c = g_row[:, 0], g_col[:, 0]  # [B,H,W]
-    if C > 1:
+    g_row, g_col = _select_channel(*_gradients(x))
+    # Only the pixels inside whole cells vote.
+    ncr, ncc = H // c_row, W // c_col
+    votes = _votes(g_row[:, : ncr * c_row, : ncc * c_col], g_col[:, : ncr * c_row, : ncc * c_col],
+                   orientations, interpolate, exact_orientation, x.dtype)  # [B,O,h,w]
+    cells = F.avg_pool2d(votes, kernel_size=(c_row, c_col), stride=(c_row, c_col))  # [B,O,ncr,ncc]
+    return _cells_to_hog(cells, (b_row, b_col), block_norm, feature_vector)
+
+
+def _select_channel(g_row: torch.Tensor, g_col: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B,C,H,W] gradients -> [B,H,W]: per pixel, the channel with the strongest gradient (the first one
+    on ties, as numpy's argmax). A running maximum over the few channels is faster than argmax(dim=1)."""
+    best_r, best_c = g_row[:, 0], g_col[:, 0]
+    if g_row.shape[1] > 1:
+        mags = torch.hypot(g_row, g_col)
         best_m = mags[:, 0]
-        for ch in range(1, C):  # loop over channels only
+        for ch in range(1, g_row.shape[1]):  # loop over channels only
             take = mags[:, ch] > best_m
             best_m = torch.where(take, mags[:, ch], best_m)
             best_r = torch.where(take, g_row[:, ch], best_r)
             best_c = torch.where(take, g_col[:, ch], best_c)
-    g_row, g_col = best_r, best_c
+    return best_r, best_c
 
-    # Only the pixels inside whole cells vote.
-    ncr, ncc = H // c_row, W // c_col
-    g_row = g_row[:, : ncr * c_row, : ncc * c_col]
-    g_col = g_col[:, : ncr * c_row, : ncc * c_col]
-    adt = torch.float64 if exact_orientation else x.dtype
+
+def _angles(g_row: torch.Tensor, g_col: torch.Tensor, orientations: int, exact_orientation: bool):
+    """(magnitude, unsigned angle in [0, 180], bin edges) in skimage's precision."""
+    adt = torch.float64 if exact_orientation else g_row.dtype
     gr, gc = g_row.to(adt), g_col.to(adt)
-    mag = torch.hypot(gr, gc)
     angle = torch.rad2deg(torch.atan2(gr, gc)) % 180.0  # [0, 180]
-
     # Bin edges as skimage computes them: float32(180/n) * (i+1) in float32.
     per_bin = torch.tensor(180.0 / orientations, dtype=torch.float32)
-    edges = (per_bin * torch.arange(1, orientations + 1, dtype=torch.float32)).to(adt).to(x.device)
+    edges = (per_bin * torch.arange(1, orientations + 1, dtype=torch.float32)).to(adt).to(g_row.device)
+    return torch.hypot(gr, gc), angle, edges
+
+
+def _bins(g_row: torch.Tensor, g_col: torch.Tensor, orientations: int, exact_orientation: bool, dtype):
+    """skimage's hard binning: (bin index long, vote float) per pixel; an angle of exactly 180 votes 0."""
+    mag, angle, edges = _angles(g_row, g_col, orientations, exact_orientation)
+    bins = torch.bucketize(angle, edges[:-1].contiguous(), right=True)  # 0..n-1
+    return bins, torch.where(angle < edges[-1], mag, torch.zeros_like(mag)).to(dtype)
+
+
+def _votes(g_row: torch.Tensor, g_col: torch.Tensor, orientations: int, interpolate: bool,
+           exact_orientation: bool, dtype) -> torch.Tensor:
+    """Per-pixel orientation votes [B,O,h,w] of the selected gradients [B,h,w] (skimage's binning)."""
+    votes = torch.zeros(g_row.shape[0], orientations, *g_row.shape[1:], dtype=dtype, device=g_row.device)
     if interpolate:
-        pos = angle / float(per_bin) - 0.5  # bin centres at (i+0.5)*180/n
+        mag, angle, _ = _angles(g_row, g_col, orientations, exact_orientation)
+        pos = angle / (180.0 / orientations) - 0.5  # bin centres at (i+0.5)*180/n
         lo = torch.floor(pos)
-        frac = (pos - lo).to(x.dtype)
+        frac = (pos - lo).to(dtype)
         b0 = lo.long() % orientations
         b1 = (b0 + 1) % orientations
-        m = mag.to(x.dtype)
-        votes = torch.zeros(B, orientations, *mag.shape[1:], dtype=x.dtype, device=x.device)
+        m = mag.to(dtype)
         votes.scatter_add_(1, b0.unsqueeze(1), (m * (1 - frac)).unsqueeze(1))
         votes.scatter_add_(1, b1.unsqueeze(1), (m * frac).unsqueeze(1))
     else:
-        bins = torch.bucketize(angle, edges[:-1].contiguous(), right=True)  # [B,h,w] in 0..n-1
-        m = torch.where(angle < edges[-1], mag, torch.zeros_like(mag)).to(x.dtype)  # 180 -> no bin
-        votes = torch.zeros(B, orientations, *mag.shape[1:], dtype=x.dtype, device=x.device)
-        votes.scatter_(1, bins.unsqueeze(1), m.unsqueeze(1))  # [B,O,h,w]
+        bins, m = _bins(g_row, g_col, orientations, exact_orientation, dtype)
+        votes.scatter_(1, bins.unsqueeze(1), m.unsqueeze(1))
+    return votes
 
-    cells = F.avg_pool2d(votes, kernel_size=(c_row, c_col), stride=(c_row, c_col))  # [B,O,ncr,ncc]
+
+def _cells_to_hog(cells: torch.Tensor, block, block_norm: str, feature_vector: bool = True) -> torch.Tensor:
+    """Mean cell histograms [B,O,ncr,ncc] -> block-normalised HOG [B, D] (skimage's order)."""
+    b_row, b_col = block
+    B, O = cells.shape[:2]
     blocks = cells.unfold(2, b_row, 1).unfold(3, b_col, 1)  # [B,O,nbr,nbc,b_row,b_col]
     blocks = blocks.permute(0, 2, 3, 4, 5, 1)  # [B,nbr,nbc,b_row,b_col,O]
     nbr, nbc = blocks.shape[1], blocks.shape[2]
     out = _normalize_blocks(blocks.reshape(B, nbr, nbc, -1), block_norm)
     if feature_vector:
         return out.reshape(B, -1)
-    return out.reshape(B, nbr, nbc, b_row, b_col, orientations)
+    return out.reshape(B, nbr, nbc, b_row, b_col, O)
+
+
+def grid_hog(image: torch.Tensor, corners: torch.Tensor, size: int, orientations: int = 9, cell: int = 8,
+             block: int = 2, block_norm: str = "L2-Hys", exact_orientation: bool = True) -> torch.Tensor:
+    """`hog(crop_patches(image, corners, size))` for grid patches, computed once per image.
+
+    image [C,H,W] float in [0,1]; corners [P,2] (y, x) of size x size patches whose offsets from the
+    first corner are multiples of `cell`, with `cell` dividing `size` (a grid of stride k * cell).
+    Overlapping patches then share their cells: gradients, orientations and cell sums are computed
+    once on the image, and only what differs in a patch of its own is corrected -- the patch's
+    outermost rows and columns, where its gradient has no outside neighbour (zero across the border,
+    as in `hog`). Same numbers as the per-patch `hog` up to float rounding (tests/test_features_hog),
+    without recomputing each pixel for every patch that contains it (4x at stride size / 2).
+    """
+    H, W = image.shape[-2:]
+    P = corners.shape[0]
+    n = size // cell
+    if size % cell or P == 0:
+        raise ValueError(f"grid_hog needs cell {cell} to divide the patch size {size} and at least one patch")
+    oy, ox = int(corners[:, 0].min()), int(corners[:, 1].min())
+    if bool(((corners[:, 0] - oy) % cell).any() or ((corners[:, 1] - ox) % cell).any()):
+        raise ValueError(f"grid_hog: patch corners must lie on one {cell}-px lattice")
+    x = image.float()[None]
+    # Sums and corrections in float64: a patch whose true cell histograms are all zero (a flat
+    # area) must come out as zeros, not as the rounding residue of (sum - border), which L2-Hys's
+    # second normalisation would blow up to unit length.
+    dt = torch.float64
+    ncr, ncc = (H - oy) // cell, (W - ox) // cell  # lattice cells from (oy, ox)
+    gr_all, gc_all = _gradients(x)  # [1,C,H,W]
+    gr_all = gr_all[0, :, oy:oy + ncr * cell, ox:ox + ncc * cell]  # [C,h,w] on the lattice
+    gc_all = gc_all[0, :, oy:oy + ncr * cell, ox:ox + ncc * cell]
+    O, nc = orientations, ncr * ncc
+
+    def cell_sums(bins, m, cell_of):  # votes summed per (orientation, cell): one index_add, no [O,h,w] map
+        out = torch.zeros(O * nc, dtype=dt)
+        out.index_add_(0, (bins * nc + cell_of).reshape(-1), m.reshape(-1))
+        return out.reshape(O, ncr, ncc)
+
+    cy = torch.arange(ncr * cell) // cell  # lattice cell row / column of each pixel row / column
+    cx = torch.arange(ncc * cell) // cell
+    bins, m = _bins(*_select_channel(gr_all[None], gc_all[None]), O, exact_orientation, dt)  # [1,h,w]
+    bins, m = bins[0], m[0]
+    sums = cell_sums(bins, m, cy[:, None] * ncc + cx[None, :])  # [O, ncr, ncc]
+    # What a patch of its own sees differently: its outer rows have no vertical neighbour (g_row = 0),
+    # its outer columns no horizontal one (g_col = 0), with the colour chosen again on what is left.
+    # Cell-edge rows/columns: the dense votes there, and the patch-border votes, summed per cell.
+    ends = torch.tensor([0, cell - 1])
+    rows = (torch.arange(ncr)[:, None] * cell + ends).reshape(-1)  # [2 ncr]: first, last row of each cell
+    cols = (torch.arange(ncc)[:, None] * cell + ends).reshape(-1)
+    _, gc_r = _select_channel(torch.zeros_like(gc_all[None, :, rows]), gc_all[None, :, rows])  # [1, 2ncr, w]
+    gr_c, _ = _select_channel(gr_all[None, :, :, cols], torch.zeros_like(gr_all[None, :, :, cols]))
+    b_r, m_r = (t[0] for t in _bins(torch.zeros_like(gc_r), gc_r, O, exact_orientation, dt))  # [2ncr, w]
+    b_c, m_c = (t[0] for t in _bins(gr_c, torch.zeros_like(gr_c), O, exact_orientation, dt))  # [h, 2ncc]
+    row_cell = (torch.arange(ncr).repeat_interleave(2)[:, None] * ncc + cx[None, :])  # [2ncr, w]
+    col_cell = (cy[:, None] * ncc + torch.arange(ncc).repeat_interleave(2)[None, :])  # [h, 2ncc]
+    d_top = cell_sums(b_r[0::2], m_r[0::2], row_cell[0::2]) - cell_sums(bins[rows[0::2]], m[rows[0::2]], row_cell[0::2])
+    d_bot = cell_sums(b_r[1::2], m_r[1::2], row_cell[1::2]) - cell_sums(bins[rows[1::2]], m[rows[1::2]], row_cell[1::2])
+    d_lft = (cell_sums(b_c[:, 0::2], m_c[:, 0::2], col_cell[:, 0::2])
+             - cell_sums(bins[:, cols[0::2]], m[:, cols[0::2]], col_cell[:, 0::2]))
+    d_rgt = (cell_sums(b_c[:, 1::2], m_c[:, 1::2], col_cell[:, 1::2])
+             - cell_sums(bins[:, cols[1::2]], m[:, cols[1::2]], col_cell[:, 1::2]))
+
+    def onehot(b, v):  # [r, c] bins and votes -> [O, r, c]
+        return torch.zeros(O, *b.shape, dtype=dt).scatter_(0, b[None], v[None])
+
+    # a patch corner has neither neighbour: vote 0; the row and column fixes above gave vr + vc - v
+    k = {}
+    for a in (0, 1):
+        for c in (0, 1):
+            r_, c_ = rows[a::2], cols[c::2]
+            k[(-a, -c)] = (onehot(bins[r_][:, c_], m[r_][:, c_]) - onehot(b_r[a::2][:, c_], m_r[a::2][:, c_])
+                           - onehot(b_c[r_][:, c::2], m_c[r_][:, c::2]))
+    iy = torch.div(corners[:, 0] - oy, cell, rounding_mode="floor")  # [P] first lattice cell
+    ix = torch.div(corners[:, 1] - ox, cell, rounding_mode="floor")
+    r = iy[:, None] + torch.arange(n)  # [P, n]
+    c = ix[:, None] + torch.arange(n)
+    cells = sums[:, r[:, :, None], c[:, None, :]].permute(1, 0, 2, 3).clone()  # [P, O, n, n]
+    rows0, rows1 = iy, iy + n - 1
+    cols0, cols1 = ix, ix + n - 1
+    cells[:, :, 0, :] += d_top[:, rows0[:, None], c].permute(1, 0, 2)
+    cells[:, :, -1, :] += d_bot[:, rows1[:, None], c].permute(1, 0, 2)
+    cells[:, :, :, 0] += d_lft[:, r, cols0[:, None]].permute(1, 0, 2)
+    cells[:, :, :, -1] += d_rgt[:, r, cols1[:, None]].permute(1, 0, 2)
+    for (a, b), kk in k.items():  # a, b: 0 = first, -1 = last row / column of the patch
+        rr, cc = (rows0 if a == 0 else rows1), (cols0 if b == 0 else cols1)
+        cells[:, :, a, b] += kk[:, rr, cc].T
+    return _cells_to_hog((cells / (cell * cell)).to(image.dtype if image.is_floating_point() else torch.float32),
+                         (block, block), block_norm)
 
 
 @dataclass

@@ -1,7 +1,9 @@
 """FAISS index wrapper shared by retrieval and the nearest-neighbour inpainting baseline.
 
-`FeatureIndex(dim, kind="flat"|"ivf"|"hnsw", metric="ip"|"l2")`: exact search by default, IVF or
-HNSW for millions of vectors. On a machine where faiss has GPU support and a GPU is visible,
+`FeatureIndex(dim, kind="flat"|"ivf"|"hnsw"|"auto", metric="ip"|"l2")`: exact search by default, IVF or
+HNSW for millions of vectors; "auto" picks flat below `AUTO_IVF_MIN` vectors and IVF (nlist
+`auto_nlist(n)`, nprobe `AUTO_NPROBE`) from there on -- the winner of `cebench bench knn` at each size
+(results/bench_knn.json). On a machine where faiss has GPU support and a GPU is visible,
 flat and IVF indexes run on the GPU (`use_gpu="auto"`); HNSW always runs on the CPU (faiss has no
 GPU HNSW). Scores: inner products (higher is nearer) for "ip", squared L2 distances (lower is
 nearer) for "l2", as faiss returns them.
@@ -9,6 +11,7 @@ nearer) for "l2", as faiss returns them.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +19,11 @@ import numpy as np
 from cebench.errors import CebenchError
 from cebench.io import atomic_target
 
-KINDS = ("flat", "ivf", "hnsw")
+KINDS = ("flat", "ivf", "hnsw", "auto")
+# "auto": where IVF starts to beat exact search, build included, and its settings (see knn_scale.py)
+AUTO_IVF_MIN = 500_000
+AUTO_NPROBE = 4     # 1M vectors, nlist 256: nprobe 2 already gave recall@10 0.986 there; 4 for margin
+IVF_TRAIN_PER_LIST = 64  # k-means sample: 64 points per list (faiss wants >= 39), drawn at random
 METRICS = ("ip", "l2")
 
 
@@ -35,6 +42,13 @@ def _as_f32(x) -> np.ndarray:
     if x.ndim != 2:
         raise ValueError(f"expected [N, D] vectors, got shape {x.shape}")
     return x
+
+
+def auto_nlist(n: int) -> int:
+    """IVF lists for n vectors: 256 up to 1M, then growing with n (a power of two near n / 4000).
+    Few lists keep the build cheap (every vector is compared with every centroid once); IVF search
+    is bound by the bytes of the visited lists, which more lists shrink."""
+    return int(2 ** round(math.log2(max(256.0, n / 4000))))
 
 
 def faiss_gpu_available() -> bool:
@@ -73,8 +87,10 @@ def brute_force_search(db, q, k: int, metric: str = "ip") -> tuple[np.ndarray, n
 class FeatureIndex:
     """A FAISS index over float32 vectors.
 
-    kind: "flat" (exact), "ivf" (IndexIVFFlat; trained on the first `add`, nlist reduced so each
-    list gets >= 39 training points), "hnsw" (IndexHNSWFlat with `hnsw_m` links).
+    kind: "flat" (exact), "ivf" (IndexIVFFlat; k-means trained on a random sample of
+    IVF_TRAIN_PER_LIST * nlist vectors of the first `add`, nlist reduced so each list gets >= 39
+    training points), "hnsw" (IndexHNSWFlat with `hnsw_m` links), "auto" (flat or IVF by the size of
+    the first `add`, see AUTO_IVF_MIN; `kind` holds the resolved one afterwards).
     nprobe: IVF lists visited per query; ef_search: HNSW search breadth.
     """
 
@@ -93,8 +109,8 @@ class FeatureIndex:
             raise RuntimeError("use_gpu=True but faiss has no GPU support or no GPU is visible")
         self.use_gpu = want_gpu and kind != "hnsw"
         self._gpu_res = None
-        self.index = None  # built lazily for IVF (nlist depends on the data)
-        if kind != "ivf":
+        self.index = None  # built lazily for IVF and auto (they depend on the data)
+        if kind not in ("ivf", "auto"):
             self.index = self._place(self._make_cpu(None))
 
     # construction ---------------------------------------------------------------------------
@@ -112,6 +128,7 @@ class FeatureIndex:
             idx.hnsw.efSearch = self.ef_search
             return idx
         nlist = max(1, min(self.nlist, (n_train or 0) // 39))
+        self.nlist = nlist
         quant = faiss.IndexFlatIP(self.dim) if self.metric == "ip" else faiss.IndexFlatL2(self.dim)
         idx = faiss.IndexIVFFlat(quant, self.dim, nlist, self._metric_const())
         idx.nprobe = min(self.nprobe, nlist)
@@ -134,17 +151,37 @@ class FeatureIndex:
     def __len__(self) -> int:
         return self.ntotal
 
-    def add(self, x) -> "FeatureIndex":
-        """Add vectors [N, dim]; their ids are their positions in the order added."""
-        x = _as_f32(x)
-        if x.shape[1] != self.dim:
-            raise ValueError(f"vectors have dim {x.shape[1]}, index has dim {self.dim}")
+    def add(self, x, chunk: int = 131072) -> "FeatureIndex":
+        """Add vectors [N, dim] (any float dtype: float16 is converted `chunk` rows at a time, so no
+        float32 copy of the whole array is made beside the index); ids are positions in the order added."""
+        if hasattr(x, "detach"):
+            x = x.detach().cpu().numpy()
+        x = np.asarray(x)
+        if x.ndim == 1:
+            x = x[None]
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"vectors have shape {x.shape}, index has dim {self.dim}")
+        if self.index is None and self.kind == "auto":
+            if x.shape[0] < AUTO_IVF_MIN:
+                self.kind = "flat"
+            else:
+                self.kind, self.nlist, self.nprobe = "ivf", auto_nlist(x.shape[0]), AUTO_NPROBE
         if self.index is None:  # IVF: train on the first batch added
             self.index = self._place(self._make_cpu(x.shape[0]))
         if not self.index.is_trained:
-            self.index.train(x)
-        self.index.add(x)
+            n_train = min(x.shape[0], IVF_TRAIN_PER_LIST * self.nlist)
+            rows = np.sort(np.random.default_rng(0).choice(x.shape[0], n_train, replace=False))
+            self.index.train(_as_f32(x[rows] if n_train < x.shape[0] else x))
+        for s in range(0, x.shape[0], chunk):
+            self.index.add(_as_f32(x[s:s + chunk]))
         return self
+
+    def set_nprobe(self, nprobe: int) -> None:
+        """IVF lists visited per query (no-op for other kinds)."""
+        if self.kind == "ivf" and self.index is not None:
+            self.nprobe = int(nprobe)
+            ivf = _faiss().extract_index_ivf(self.index) if not self.use_gpu else self.index
+            ivf.nprobe = min(self.nprobe, ivf.nlist)
 
     def search(self, q, k: int, batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
         """Top-k for queries [M, dim] in batches -> (scores [M,k] float32, ids [M,k] int64)."""
