@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
@@ -35,13 +35,15 @@ from cebench.pretrain.inpaint_eval import InpaintEvalConfig
 from cebench.pretrain.loading import fetch_imagenet_weights, imagenet_weights_path
 from cebench.pretrain.train import PretrainConfig
 from cebench.retrieval.evaluate import RetrievalConfig
+from cebench.runtime import choose_device
 from cebench.transfer.config import TransferConfig
 from cebench.transfer.inits import canonical_name
 from cebench.transfer.tasks import TASKS as TRANSFER_TASKS
 
 from . import report
 from .bench import machine_info
-from .jobs import Job, Scheduler, exclusive
+from .executors import EXECUTORS, SlurmSection, SubmititLauncher
+from .jobs import FAKE_GPUS_ENV, Job, LocalLauncher, Scheduler, exclusive, visible_gpus
 
 
 @dataclass
@@ -58,8 +60,12 @@ class RunSection:
     svm: bool = True
     retrieval: bool = True
     imagenet: bool = True         # an imagenet row (reported unavailable without the weights file)
-    parallel: int = 0             # jobs side by side; 0 = one per CPU core (CPU) or 1 (GPU)
+    parallel: int = 0             # jobs side by side; 0 = one per CPU core (CPU), one per GPU (GPUs), no cap (slurm)
     threads: int = 1              # threads per job (one-thread processes beat one two-thread one on CPU)
+    pretrain_gpus: int = 1        # GPUs (torchrun DDP processes) per pretraining job; batch_size is per GPU
+    jobs_per_gpu: int = 1         # jobs sharing one GPU (small configs on a large GPU)
+    executor: str = "local"       # local | slurm (submitit; each job one SLURM job) | submitit-local (tests)
+    slurm: SlurmSection = field(default_factory=SlurmSection)  # passed to submitit (run.executor=slurm)
     minutes_pretrain: float = 4.0  # estimates for the time-left display only
     minutes_transfer: float = 2.0
 
@@ -157,12 +163,16 @@ def plan(cfg: dict, out: Path, config_file: Path, voc: Path | None = None, devic
     est_pre, est_tr = 60 * run["minutes_pretrain"], 60 * run["minutes_transfer"]
 
     ckpt = {}
+    k = run["pretrain_gpus"]
     for method in run["methods"]:
         d = out / "pretrain" / method
         extra = [f"steps={run['supervised_steps']}"] if method == "supervised" and run["supervised_steps"] else []
+        # k DDP processes train with k x batch_size images a step: another run, another key (k=1 keeps the old one)
+        world = [f"world_size={k}"] if k > 1 else []
         jobs.append(Job(f"pretrain/{method}", "pretrain", ["pretrain", "--method", method, "--out", str(d), *base,
                                                            *extra],
-                        d, _key(cfg["pretrain"], data_key, method, extra), est_seconds=est_pre, threads=run["threads"]))
+                        d, _key(cfg["pretrain"], data_key, method, extra, *world), est_seconds=est_pre,
+                        threads=run["threads"], procs=k))
         ckpt[method] = d / "checkpoint.pt"
     if run["inpaint"]:
         # one job trains both inpainting nets (L2, L2+adv; centre masks) and scores Table 1
@@ -211,7 +221,8 @@ def plan(cfg: dict, out: Path, config_file: Path, voc: Path | None = None, devic
         d = out / "transfer" / "proposals"
         jobs.append(Job("det-proposals", "transfer", ["transfer", "det", "--proposals-only", "--out", str(d), *base,
                                                       *cache_args], d,
-                        _key(cfg["transfer"]["det"]["proposals"], data_key), est_seconds=60, threads=run["threads"]))
+                        _key(cfg["transfer"]["det"]["proposals"], data_key), est_seconds=60, threads=run["threads"],
+                        gpu=False))
         dep_keys["det-proposals"] = jobs[-1].key
     for task in run["tasks"]:
         for label, (arg, deps) in inits.items():
@@ -290,16 +301,61 @@ def _config_name(path: Path) -> str:
 
 
 def main(config_path: Path, overrides, out: Path, *, device: str = "auto", force=(), dry_run: bool = False,
-         cache=None) -> Path:
-    """`cache`: the run's cache folder (--cache; default $CEBENCH_CACHE, else OUT/cache)."""
+         cache=None, wait: bool = True) -> Path:
+    """`cache`: the run's cache folder (--cache; default $CEBENCH_CACHE, else OUT/cache). `wait`: False
+    (cluster executors) submits and returns; the same command later collects."""
     out.mkdir(parents=True, exist_ok=True)
     with exclusive(out):
-        return _main(config_path, overrides, out, device=device, force=force, dry_run=dry_run, cache=cache)
+        return _main(config_path, overrides, out, device=device, force=force, dry_run=dry_run, cache=cache,
+                     wait=wait)
 
 
-def _main(config_path: Path, overrides, out: Path, *, device: str, force, dry_run: bool, cache=None) -> Path:
+@dataclass
+class Placement:
+    """Where the jobs run: the launcher, the GPU pool (None: CPU slots or a cluster), jobs side by side,
+    and the --device the jobs are given."""
+
+    launcher: object
+    gpus: list[str] | None
+    parallel: int
+    job_device: str
+
+
+def placement(run: dict, device: str, *, wait: bool = True, dry_run: bool = False) -> Placement:
+    """Resolve `run.executor`, `run.parallel`, `run.pretrain_gpus` and `run.jobs_per_gpu` for `device`
+    (a dry run builds no cluster launcher, so it lists the jobs where sbatch is missing too)."""
+    executor = run["executor"]
+    if executor not in EXECUTORS:
+        raise ConfigError(f"run.executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    for key in ("pretrain_gpus", "jobs_per_gpu"):
+        if run[key] < 1:
+            raise ConfigError(f"run.{key} must be at least 1, got {run[key]}")
+    if executor != "local":
+        # the cluster places the jobs (gpus_per_node each); its nodes, not this machine, have the GPUs
+        cap = run["parallel"] or (10**6 if executor == "slurm" else (os.cpu_count() or 1))
+        launcher = None if dry_run else SubmititLauncher(executor, SlurmSection(**run["slurm"]))
+        return Placement(launcher, None, cap, device)
+    if not wait:
+        raise ConfigError("--no-wait needs a cluster executor (run.executor=slurm): local jobs end with this command")
+    gpus = visible_gpus(device)
+    if not gpus:
+        if device.startswith("cuda") and not os.environ.get(FAKE_GPUS_ENV):
+            choose_device(device)  # the one clear "no CUDA device" error
+        return Placement(LocalLauncher(), None, run["parallel"] or (os.cpu_count() or 1), device)
+    if run["pretrain_gpus"] > len(gpus):
+        raise ConfigError(f"run.pretrain_gpus={run['pretrain_gpus']} but only {len(gpus)} GPU(s) are visible "
+                          f"({','.join(gpus)})")
+    pool = [g for g in gpus for _ in range(run["jobs_per_gpu"])]
+    # each job sees only its own GPU(s) as cuda:0.. through CUDA_VISIBLE_DEVICES
+    job_device = "cuda" if device.startswith("cuda:") else device
+    return Placement(LocalLauncher(), pool, run["parallel"] or len(pool), job_device)
+
+
+def _main(config_path: Path, overrides, out: Path, *, device: str, force, dry_run: bool, cache=None,
+          wait: bool = True) -> Path:
     t0 = time.time()
     cfg = resolve(config_path, overrides)
+    where = placement(cfg["run"], device, wait=wait, dry_run=dry_run)
     out.mkdir(parents=True, exist_ok=True)
     data_cfg = load_config(DataConfig, None, [f"{k}={v}" for k, v in cfg["data"].items() if v != ""])
     if not data_cfg.demo_dir and not data_cfg.root:
@@ -316,17 +372,33 @@ def _main(config_path: Path, overrides, out: Path, *, device: str, force, dry_ru
     bad = [s for s in force if s not in STAGES]
     if bad:
         raise CebenchError(f"--force {bad[0]}: unknown stage; stages are {', '.join(STAGES)}")
-    jobs = plan(cfg, out, config_file, None, device, cache_root(cache, out))
+    jobs = plan(cfg, out, config_file, None, where.job_device, cache_root(cache, out))
     if dry_run:  # nothing generated or read: what each job would run and read
         for j in jobs:
-            print(f"{j.name}: cebench {' '.join(j.args)}\n    reads {job_reads(j.name, cfg)}")
+            launch = f"  [torchrun: {j.procs} processes]" if j.procs > 1 else ""
+            print(f"{j.name}: cebench {' '.join(j.args)}{launch}\n    reads {job_reads(j.name, cfg)}")
         return out
     if cfg["run"]["imagenet"] and cfg["imagenet"]["download"]:
         print(f"[run] ImageNet AlexNet weights: {fetch_imagenet_weights()}", flush=True)
     voc = voc_root(data_cfg)  # generates the demo data once, before the jobs (which reuse it)
     print(f"[run] data: {voc} ({time.time() - t0:.1f}s)", flush=True)
-    parallel = cfg["run"]["parallel"] or (1 if device.startswith("cuda") else (os.cpu_count() or 1))
-    results = Scheduler(jobs, max_parallel=parallel, force_stages=tuple(force)).run()
+    if where.gpus:
+        print(f"[run] GPUs {','.join(sorted(set(where.gpus)))}: up to {where.parallel} job(s) side by side", flush=True)
+    elif where.launcher.cluster:
+        print(f"[run] executor {cfg['run']['executor']}: each job is one submitit job", flush=True)
+    results = Scheduler(jobs, max_parallel=where.parallel, force_stages=tuple(force), gpus=where.gpus,
+                        launcher=where.launcher, wait=wait).run()
+    if not wait:
+        open_jobs = [r for r in results.values() if r.status in ("submitted", "waiting")]
+        if open_jobs:
+            n_sub = sum(r.status == "submitted" for r in open_jobs)
+            print(f"[run] {n_sub} job(s) submitted or still running, {len(open_jobs) - n_sub} waiting for them; "
+                  "run the same command again to collect the results (and submit what waits)", flush=True)
+            failed = [r for r in results.values() if r.status == "failed"]
+            if failed:
+                names = ", ".join(f"{r.name} (log {r.log})" for r in failed)
+                raise CebenchError(f"{len(failed)} job(s) failed: {names}")
+            return out
     failed = [r for r in results.values() if r.status == "failed"]
     wall = (time.time() - t0) / 60
     wall_file = out / "wall.json"  # the wall time of the last run that computed every job (no cache)
@@ -335,6 +407,7 @@ def _main(config_path: Path, overrides, out: Path, *, device: str, force, dry_ru
     full = json.loads(wall_file.read_text())["wall_minutes"] if wall_file.is_file() else None
     info = {
         "config": str(config_path), "overrides": list(overrides), "machine": machine_info(),
+        "executor": cfg["run"]["executor"], "gpus": sorted(set(where.gpus or ())),
         "wall_minutes": wall, "uncached_wall_minutes": full, "demo": not cfg["data"]["root"],
         "jobs": {n: {"status": r.status, "seconds": r.seconds} for n, r in results.items()},
         "transfer_protocol": transfer_protocol(cfg),
