@@ -40,7 +40,7 @@ class AlexNetConfig:
     pool_kernel: int = 3
     pool_padding: int = 1        # 1 for the demo (64 -> 32 -> 16 -> 8 -> 4); 0 = AlexNet
     input_size: int = 64
-    norm: str = "batch"          # "none" (paper) | "batch" (demo departure, see DESIGN.md)
+    norm: str = "batch"          # "none" (paper) | "batch" (demo departure, see docs/protocol.md)
 
     # The dataclass default is the demo encoder; presets below.
     @classmethod

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # source folder -> package (pyproject's package-dir)
 FOLDERS = {"cebench": "cebench", "pretrain": "cebench.pretrain", "transfer": "cebench.transfer",
            "retrieval": "cebench.retrieval", "benchmarks": "cebench.benchmarks"}
-# stage -> the stages it may import (DESIGN.md: core <- pretrain <- transfer, retrieval <- benchmarks)
+# stage -> the stages it may import (the layout: core <- pretrain <- transfer, retrieval <- benchmarks)
 ALLOWED = {"core": {"core"}, "pretrain": {"core", "pretrain"}, "transfer": {"core", "pretrain", "transfer"},
            "retrieval": {"core", "pretrain", "retrieval"},
            "benchmarks": {"core", "pretrain", "transfer", "retrieval", "benchmarks"}}

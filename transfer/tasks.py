@@ -95,7 +95,6 @@ def main(task: str, cfg: TransferConfig, data_cfg: DataConfig, inits, out_dir, d
                       log_every=cfg.log.every, tensorboard=cfg.log.tensorboard, classes=given)
     save_config({"transfer": config_to_dict(cfg), "data": config_to_dict(data_cfg), "task": task,
                  "root": str(root), "inits": [vars(s) for s in specs]}, out_dir)
-    record_sources(out_dir, data_cfg, voc=str(root), task=task)
     lrs = list(sub.lrs) if spec.select_lr else [0.0]
     # the tree's own split names (VOC2012 segmentation: no test masks, so fit train and score val)
     names = {"train": data_cfg.train_split, "val": data_cfg.val_split, "trainval": data_cfg.trainval_split,
@@ -122,6 +121,7 @@ def main(task: str, cfg: TransferConfig, data_cfg: DataConfig, inits, out_dir, d
     if not is_main_process():  # under torchrun rank 0 writes the table and the task's extras
         return table.frame(list(table.rows.values()))
     df = table.save()
+    record_sources(out_dir, data_cfg, voc=str(root), task=task)  # what the jobs read (written once they ran)
     log.info("\n" + format_table(df[df["task"] == task]))
     if spec.finish:
         spec.finish(table, specs, plan, ctx, out_dir, prepared)
