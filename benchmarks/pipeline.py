@@ -151,9 +151,8 @@ def job_reads(name: str, cfg: dict) -> str:
     return ", ".join("{} ({})".format(*source_of(data_cfg, use)) for use in READS.get(kind, ()))
 
 
-def plan(cfg: dict, out: Path, config_file: Path, voc: Path | None = None, device: str = "auto",
-         cache: Path | None = None) -> list[Job]:
-    """The jobs of a run. `voc` is unused (kept for callers): each job reads its data from the config."""
+def plan(cfg: dict, out: Path, config_file: Path, device: str = "auto", cache: Path | None = None) -> list[Job]:
+    """The jobs of a run; each job reads its data from the config (no data is touched here)."""
     run = cfg["run"]
     base = ["--config", str(config_file), "--device", device]
     # one cache folder for the run's derived files (proposals, decoded splits), shared by its transfer jobs
@@ -372,7 +371,7 @@ def _main(config_path: Path, overrides, out: Path, *, device: str, force, dry_ru
     bad = [s for s in force if s not in STAGES]
     if bad:
         raise CebenchError(f"--force {bad[0]}: unknown stage; stages are {', '.join(STAGES)}")
-    jobs = plan(cfg, out, config_file, None, where.job_device, cache_root(cache, out))
+    jobs = plan(cfg, out, config_file, where.job_device, cache_root(cache, out))
     if dry_run:  # nothing generated or read: what each job would run and read
         for j in jobs:
             launch = f"  [torchrun: {j.procs} processes]" if j.procs > 1 else ""

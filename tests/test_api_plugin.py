@@ -204,7 +204,7 @@ def test_state_digest_follows_the_weights():
 def _plan(tmp_path, **kw):
     ckpt = tmp_path / "plugins" / "my-learner-abc.pt"
     cfg = pipeline.resolve(resolve_config("tiny"), run_overrides(checkpoint=ckpt, name="my learner", **kw))
-    jobs = pipeline.plan(cfg, tmp_path, tmp_path / "config.yaml", tmp_path / "voc", "cpu")
+    jobs = pipeline.plan(cfg, tmp_path, tmp_path / "config.yaml", "cpu")
     return {j.name: j for j in jobs}, ckpt
 
 

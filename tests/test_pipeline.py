@@ -156,7 +156,7 @@ def test_changing_one_task_protocol_replans_that_task_only(tmp_path):
 
     def keys(*overrides):
         cfg = resolve(resolve_config("demo"), list(overrides))
-        return {j.name: j.key for j in plan(cfg, tmp_path, resolve_config("demo"), tmp_path / "voc", "cpu")}
+        return {j.name: j.key for j in plan(cfg, tmp_path, resolve_config("demo"), "cpu")}
 
     base, seg, det = keys(), keys("transfer.seg.lrs=[0.5]"), keys("transfer.det.lrs=[0.5]")
     assert {n for n in base if base[n] != seg[n]} == {n for n in base if n.startswith("seg/")} != set()

@@ -124,7 +124,7 @@ def test_plan_gives_the_pretraining_k_processes_and_a_new_key():
 
     def jobs(*ov):
         cfg = resolve(resolve_config("tiny"), list(ov))
-        return {j.name: j for j in plan(cfg, Path("out"), resolve_config("tiny"), Path("voc"), "cuda")}
+        return {j.name: j for j in plan(cfg, Path("out"), resolve_config("tiny"), "cuda")}
 
     one, two = jobs(), jobs("run.pretrain_gpus=2")
     assert one["pretrain/ce"].procs == 1 and two["pretrain/ce"].procs == 2
