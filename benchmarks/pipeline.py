@@ -35,7 +35,7 @@ from cebench.pretrain.inpaint_eval import InpaintEvalConfig
 from cebench.pretrain.loading import fetch_imagenet_weights, imagenet_weights_path
 from cebench.pretrain.train import PretrainConfig
 from cebench.retrieval.evaluate import RetrievalConfig
-from cebench.runtime import choose_device
+from cebench.runtime import choose_device, cpu_amp
 from cebench.transfer.config import TransferConfig
 from cebench.transfer.inits import canonical_name
 from cebench.transfer.tasks import TASKS as TRANSFER_TASKS
@@ -245,6 +245,43 @@ def plan(cfg: dict, out: Path, config_file: Path, device: str = "auto", cache: P
     return jobs
 
 
+# every stage section's AMP key, as a path into the resolved config
+AMP_KEYS = (("pretrain",), ("inpaint", "train"), ("transfer", "runtime"), ("retrieval",))
+
+
+def resolve_precision(cfg: dict, out: Path, where: "Placement") -> dict:
+    """Resolve every stage's `amp: auto` once for the whole run, before the jobs are planned, so each
+    job gets an explicit precision (and a cache key that names it) instead of probing on its own.
+
+    On GPUs (or cluster nodes) `auto` stays: each job picks bf16 on its CUDA device. On CPU
+    `cebench.runtime.cpu_amp` ($CEBENCH_CPU_AMP if set, else the start-up probe `probe_cpu_bf16`) runs
+    once and its verdict is kept in OUT/precision.json, so an interrupted run resumes with the precision
+    (and the cached jobs) it started with. Returns {"stages": {section: amp}, "probe": {...} or None}
+    for run.json and the report."""
+    sections = {".".join(path): path for path in AMP_KEYS}
+    on_cpu = not where.gpus and not where.launcher_is_cluster and not where.job_device.startswith(("cuda", "mps"))
+    probe = None
+    autos = [name for name, path in sections.items() if _get(cfg, path).get("amp") == "auto"]
+    if autos and on_cpu:
+        record = out / "precision.json"
+        try:
+            probe = json.loads(record.read_text()) if record.is_file() else None
+        except (OSError, json.JSONDecodeError):
+            probe = None
+        if not isinstance(probe, dict) or probe.get("choice") not in ("bf16", "none"):
+            probe = cpu_amp()
+            atomic_write_json(record, probe)
+        for name in autos:
+            _get(cfg, sections[name])["amp"] = probe["choice"]
+    return {"stages": {name: _get(cfg, path).get("amp") for name, path in sections.items()}, "probe": probe}
+
+
+def _get(cfg: dict, path: tuple[str, ...]) -> dict:
+    for part in path:
+        cfg = cfg[part]
+    return cfg
+
+
 def transfer_protocol(cfg: dict) -> dict:
     """Per fine-tuned task: iterations, batch, lr grid and seeds, as the report states them."""
     tr = cfg["transfer"]
@@ -319,6 +356,10 @@ class Placement:
     parallel: int
     job_device: str
 
+    @property
+    def launcher_is_cluster(self) -> bool:
+        return bool(getattr(self.launcher, "cluster", False)) or self.launcher is None
+
 
 def placement(run: dict, device: str, *, wait: bool = True, dry_run: bool = False) -> Placement:
     """Resolve `run.executor`, `run.parallel`, `run.pretrain_gpus` and `run.jobs_per_gpu` for `device`
@@ -366,8 +407,11 @@ def _main(config_path: Path, overrides, out: Path, *, device: str, force, dry_ru
         keys = sorted({k for k, _ in data_problems(cfg)})
         print(f"[run] dry run: not found on this machine: {', '.join(keys)} (a real run stops with what to "
               "download)", flush=True)
+    precision = resolve_precision(cfg, out, where) if not dry_run else None
     config_file = save_config(cfg, out)
     print(f"[run] config {_config_name(config_path)} -> {config_file}", flush=True)
+    if precision and precision["probe"]:
+        print(f"[run] {report.precision_line(precision)}", flush=True)
     bad = [s for s in force if s not in STAGES]
     if bad:
         raise CebenchError(f"--force {bad[0]}: unknown stage; stages are {', '.join(STAGES)}")
@@ -409,7 +453,7 @@ def _main(config_path: Path, overrides, out: Path, *, device: str, force, dry_ru
         "executor": cfg["run"]["executor"], "gpus": sorted(set(where.gpus or ())),
         "wall_minutes": wall, "uncached_wall_minutes": full, "demo": not cfg["data"]["root"],
         "jobs": {n: {"status": r.status, "seconds": r.seconds} for n, r in results.items()},
-        "transfer_protocol": transfer_protocol(cfg),
+        "transfer_protocol": transfer_protocol(cfg), "precision": precision,
         # what makes two runs independent replicates (`cebench replicates` refuses two identical ones)
         "replicate": {"data": cfg["data"]["root"] or f"demo:{data_cfg.demo}", "demo_seed": data_cfg.demo_seed,
                       "pretrain_seed": cfg.get("pretrain", {}).get("seed")},

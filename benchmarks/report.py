@@ -285,6 +285,25 @@ def plot_curves(pretrain_dirs: dict[str, Path], transfer_dirs: list[Path], path:
     return True
 
 
+def precision_line(precision: dict | None) -> str:
+    """One sentence for the report: what precision every stage trained in, and the probe behind it."""
+    if not precision:
+        return ""
+    stages = precision.get("stages", {})
+    kinds = sorted(set(stages.values()))
+    what = {"bf16": "bf16 autocast", "none": "fp32", "auto": "auto (bf16 on CUDA)"}
+    said = ", ".join(f"{what.get(k, k)} ({', '.join(n for n, v in stages.items() if v == k)})" for k in kinds)
+    probe = precision.get("probe")
+    if probe and probe.get("pinned_by"):
+        said += f"; pinned by ${probe['pinned_by']}"
+    elif probe and probe.get("speedup") is not None:
+        said += (f"; chosen by the start-up probe on this CPU: a convolution training step took "
+                 f"{probe['fp32_ms']} ms in fp32 and {probe['bf16_ms']} ms in bf16 ({probe['speedup']}x)")
+    elif probe:
+        said += "; the start-up probe found no native bf16 on this CPU"
+    return f"Precision: {said}."
+
+
 def write_report(out: Path, *, inpaint_dir: Path, transfer_dirs: list[Path], retrieval_dir: Path,
                  pretrain_dirs: dict[str, Path], run_info: dict) -> Path:
     rep = out / "report"
@@ -335,6 +354,8 @@ def write_report(out: Path, *, inpaint_dir: Path, transfer_dirs: list[Path], ret
               f"{run_info.get('wall_minutes', float('nan')):.1f} min{full_txt} "
               f"on {machine.get('cpu', '?')} ({machine.get('cpu_count', '?')} cores), "
               f"torch {machine.get('torch', '?')}.")
+    if run_info.get("precision"):
+        md += ["", precision_line(run_info["precision"])]
     if run_info.get("demo"):
         md += ["", "Demo scale: built-in synthetic VOC-format data at 64 px, minutes of CPU pretraining. "
                "The paper's numbers come from ImageNet/Paris StreetView pretraining for days on a GPU and real "

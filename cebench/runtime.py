@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import gc
+import math
 import os
 import random
 import time
@@ -55,10 +56,96 @@ def choose_device(device: str | torch.device = "auto", local_rank: int = 0) -> t
     return dev
 
 
+AMP_CHOICES = ("auto", "bf16", "none")
+
+
+def cpu_bf16_native() -> bool:
+    """True where oneDNN computes bf16 in hardware (AVX512-BF16 or AMX); elsewhere bf16 is emulated
+    and slower than fp32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def probe_cpu_bf16(rounds: int = 6, min_speedup: float = 1.3) -> dict:
+    """The start-up probe behind amp=auto on CPU: a training step (forward + backward) of a small
+    convolution stack shaped like the demo AlexNet's conv2..conv3 (batch 32, 32->64->96 channels,
+    16x16 and 8x8 maps, channels_last), timed in fp32 and under bf16 autocast, the two alternating
+    `rounds` times (best of each, so a busy neighbour slows both alike). bf16 is chosen only where the
+    CPU computes it natively and it is at least `min_speedup` times faster. About 0.3 s.
+
+    Returns {"choice": "bf16" | "none", "native_bf16": bool, "fp32_ms": .., "bf16_ms": .., "speedup": ..}.
+    """
+    native = cpu_bf16_native()
+    out = {"choice": "none", "native_bf16": native, "fp32_ms": None, "bf16_ms": None, "speedup": None}
+    if not native:
+        return out
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 32, 16, 16, generator=gen).contiguous(memory_format=torch.channels_last)
+    w2 = torch.randn(64, 32, 5, 5, generator=gen).mul_(0.03).contiguous(memory_format=torch.channels_last)
+    w3 = torch.randn(96, 64, 3, 3, generator=gen).mul_(0.04).contiguous(memory_format=torch.channels_last)
+    w2.requires_grad_(True)
+    w3.requires_grad_(True)
+
+    def step(bf16: bool) -> float:
+        t0 = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            h = torch.nn.functional.conv2d(x, w2, padding=2).relu()           # [32, 64, 16, 16]
+            h = torch.nn.functional.max_pool2d(h, 3, 2, 1)                   # [32, 64, 8, 8]
+            h = torch.nn.functional.conv2d(h, w3, padding=1).relu()          # [32, 96, 8, 8]
+        h.float().square().mean().backward()
+        w2.grad = w3.grad = None
+        return time.perf_counter() - t0
+
+    step(False), step(True)  # warm-up: oneDNN builds its kernels
+    best = {False: math.inf, True: math.inf}
+    for _ in range(max(1, rounds)):
+        for mode in (False, True):
+            best[mode] = min(best[mode], step(mode))
+    speedup = best[False] / best[True]
+    out.update(fp32_ms=round(1000 * best[False], 2), bf16_ms=round(1000 * best[True], 2), speedup=round(speedup, 2),
+               choice="bf16" if speedup >= min_speedup else "none")
+    return out
+
+
+CPU_AMP_ENV = "CEBENCH_CPU_AMP"
+
+
+def cpu_amp() -> dict:
+    """What amp=auto means on this CPU: $CEBENCH_CPU_AMP (bf16 | none) when set - a pin, for bit-for-bit
+    reruns on a machine whose load could tip the probe - else `probe_cpu_bf16()`'s verdict."""
+    pinned = os.environ.get(CPU_AMP_ENV, "").strip().lower()
+    if pinned:
+        if pinned not in ("bf16", "none"):
+            raise ConfigError(f"${CPU_AMP_ENV} must be bf16 or none, got {pinned!r}")
+        return {"choice": pinned, "pinned_by": CPU_AMP_ENV}
+    return probe_cpu_bf16()
+
+
+def resolve_amp(amp: str, device) -> str:
+    """"auto" -> "bf16" on CUDA; on CPU the probe's choice (`cpu_amp`); "none" elsewhere.
+    "bf16" and "none" are returned as given. A stage's `main` resolves once and passes the result on,
+    so a process probes at most once and a cache key names the precision that ran."""
+    if amp in ("fp32", "off"):
+        return "none"
+    if amp not in AMP_CHOICES:
+        raise ConfigError(f"amp must be auto, bf16 or none, got {amp!r}")
+    if amp != "auto":
+        return amp
+    dev = torch.device(device) if not isinstance(device, torch.device) else device
+    if dev.type == "cuda":
+        return "bf16"
+    if dev.type == "cpu":
+        return cpu_amp()["choice"]
+    return "none"
+
+
 def init_runtime(device: str = "auto", amp: str = "auto", channels_last: bool | None = None) -> Runtime:
     """Read the torchrun environment (RANK, WORLD_SIZE, LOCAL_RANK); fall back to one process.
 
-    amp: "auto" (bf16 on CUDA, off elsewhere), "bf16" (also on CPU), "none".
+    amp: "auto" (bf16 on CUDA; on CPU bf16 where the start-up probe finds it native and faster, see
+    `resolve_amp`), "bf16" (also on CPU), "none".
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -70,14 +157,7 @@ def init_runtime(device: str = "auto", amp: str = "auto", channels_last: bool | 
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
-    if amp == "auto":
-        amp_dtype = torch.bfloat16 if dev.type == "cuda" else None
-    elif amp == "bf16":
-        amp_dtype = torch.bfloat16
-    elif amp in ("none", "fp32", "off"):
-        amp_dtype = None
-    else:
-        raise ConfigError(f"amp must be auto, bf16 or none, got {amp!r}")
+    amp_dtype = torch.bfloat16 if resolve_amp(amp, dev) == "bf16" else None
     use_cl = True if channels_last is None else channels_last  # faster on cuDNN and on oneDNN (CPU) alike
     return Runtime(dev, rank, world_size, local_rank, distributed, amp_dtype, use_cl)
 

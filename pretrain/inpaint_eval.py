@@ -22,7 +22,7 @@ from cebench.features.hog import hog
 from cebench.features.index import FeatureIndex
 from cebench.io import atomic_save_figure, atomic_write_csv, atomic_write_text
 from cebench.logs import get_logger
-from cebench.runtime import choose_device, set_cpu_threads
+from cebench.runtime import choose_device, resolve_amp, set_cpu_threads
 
 from . import train
 from .config import PretrainConfig
@@ -189,8 +189,10 @@ def main(cfg: InpaintEvalConfig, data_cfg: DataConfig | None = None, out_dir="."
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     set_cpu_threads(cfg.train.threads)
-    save_config(cfg, out)
     dev = choose_device(device)
+    # precision chosen once for both nets (amp=auto on CPU: the start-up probe) and saved as chosen
+    cfg = replace(cfg, train=replace(cfg.train, amp=resolve_amp(cfg.train.amp, dev)))
+    save_config(cfg, out)
     size = cfg.train.inpaint_net.input_size
     lo, side = center_box(size, 0.5)
     # held-out and training images

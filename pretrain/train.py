@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -121,6 +122,7 @@ def main(cfg: PretrainConfig, data_cfg: DataConfig | None = None, out_dir=".", d
         log.info("%s exists: %s already trained", final, cfg.method)
         return final
     rt = init_runtime(device, cfg.amp)
+    cfg = replace(cfg, amp="bf16" if rt.amp_dtype is not None else "none")  # the saved config says what ran
     set_cpu_threads(cfg.threads)
     seed_everything(cfg.seed, rt.rank)
     try:

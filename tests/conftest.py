@@ -4,6 +4,9 @@ import pytest
 import torch
 
 os.environ.setdefault("CEBENCH_NO_PROGRESS", "1")
+# amp=auto on CPU: fp32, not the start-up probe, whose verdict could differ between two runs a test compares
+# (subprocesses inherit it); tests/test_precision.py unsets it to test the probe
+os.environ.setdefault("CEBENCH_CPU_AMP", "none")
 
 
 @pytest.fixture(autouse=True)

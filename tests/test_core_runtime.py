@@ -12,12 +12,12 @@ from cebench.runtime import autocast_context, init_runtime, place_model, seed_ev
 
 
 def test_single_process_runtime():
-    rt = init_runtime("cpu")
+    rt = init_runtime("cpu", amp="none")  # amp=auto on CPU is the start-up probe's choice: tests/test_precision.py
     assert rt.device.type == "cpu" and rt.world_size == 1 and rt.is_main and not rt.distributed
     assert rt.amp_dtype is None and rt.channels_last
     x = torch.randn(2, 3, 4, 4)
     assert to_channels_last(x, rt).is_contiguous(memory_format=torch.channels_last)
-    assert to_channels_last(x, init_runtime("cpu", channels_last=False)) is x
+    assert to_channels_last(x, init_runtime("cpu", amp="none", channels_last=False)) is x
     conv = place_model(torch.nn.Conv2d(3, 5, 3), "cpu")
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(conv(x), torch.nn.functional.conv2d(x, conv.weight.contiguous(), conv.bias))
@@ -73,7 +73,7 @@ def test_two_process_gloo_ddp(tmp_path):
             g = model.module.weight.grad.clone()
             total = all_reduce_sum(torch.tensor([float(rt.rank + 1)]), rt)
             return f"rank={rt.rank} world={rt.world_size} total={total.item()} grad={g[0,0].item():.3f}"
-        rt = init_runtime("cpu")
+        rt = init_runtime("cpu", amp="none")
         print("\n" + run(rt), flush=True)
         cleanup(rt)
     """))

@@ -27,7 +27,7 @@ from cebench.transfer.segmentation import FCN32, SegConfig, confusion_on
 from cebench.pretrain.models import AlexNetConfig, build_encoder
 
 voc, out = sys.argv[1], Path(sys.argv[2])
-rt = init_runtime("cpu")
+rt = init_runtime("cpu", amp="none")
 one = Runtime(torch.device("cpu"))  # the same evaluation in one process, for comparison
 lines = []
 

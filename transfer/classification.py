@@ -77,7 +77,7 @@ class ClsNet(nn.Module):
 def bce_ignore_difficult(logits: Tensor, labels: Tensor) -> Tensor:
     """BCE over labels in {1, -1}; 0 (difficult only) contributes nothing."""
     weight = (labels != 0).float()
-    loss = F.binary_cross_entropy_with_logits(logits, (labels > 0).float(), weight=weight, reduction="sum")
+    loss = F.binary_cross_entropy_with_logits(logits.float(), (labels > 0).float(), weight=weight, reduction="sum")
     return loss / weight.sum().clamp_min(1.0)
 
 

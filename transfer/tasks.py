@@ -22,7 +22,7 @@ from cebench.data.sources import DataConfig, record_sources, voc_root
 from cebench.data.voc import describe_classes, resolve_classes
 from cebench.errors import ConfigError
 from cebench.logs import get_logger
-from cebench.runtime import is_main_process
+from cebench.runtime import choose_device, is_main_process, resolve_amp
 
 from .classification import cls_task
 from .common import TaskContext, arch_for, resolve_inits
@@ -72,6 +72,9 @@ def main(task: str, cfg: TransferConfig, data_cfg: DataConfig, inits, out_dir, d
     if task not in TASKS:
         raise ConfigError(f"unknown transfer task {task!r}; choose one of {', '.join(TASKS)}")
     spec = TASKS[task]
+    # precision chosen once for every job of the task (amp=auto on CPU: the start-up probe); the cache key
+    # and the saved config name the precision that ran
+    cfg = replace(cfg, runtime=replace(cfg.runtime, amp=resolve_amp(cfg.runtime.amp, choose_device(device))))
     sub = getattr(cfg, task)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -117,7 +117,10 @@ class FastRCNN(nn.Module):
     def forward(self, images: torch.Tensor, rois: torch.Tensor):
         """images [B,3,H,W] (normalised); rois [R,5] (batch index, x1, y1, x2, y2) in input pixels.
         Returns class logits [R, C+1] and normalised box deltas [R, 4(C+1)]."""
-        pooled = roi_pool(self.features(images), rois, (self.roi_size, self.roi_size), self.spatial_scale)  # [R,C5,6,6]
+        # RoI pooling in fp32 (boxes stay exact; under bf16 autocast the conv map is bf16 and torchvision's CPU
+        # kernel wants one dtype): [B,C5,h,w] -> [R,C5,6,6]; the fc head runs under the autocast again
+        feats = self.features(images)
+        pooled = roi_pool(feats.float(), rois.to(torch.float32), (self.roi_size, self.roi_size), self.spatial_scale)
         h = self.head(pooled)
         return self.cls_score(h), self.bbox_pred(h)
 
