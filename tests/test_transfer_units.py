@@ -193,3 +193,37 @@ def test_trunk_lr_multiplier_scales_the_trunk_step_only():
     _, sched = make_optimizer(net, OptimConfig(backbone_lr_mult=0.1), 1e-2, 100, backbone=net.encoder)
     groups = sched.optimizer.param_groups
     assert groups[0]["max_lr"] == 1e-2 and math.isclose(groups[1]["max_lr"], 1e-3)
+
+
+def test_svm_cost_search_agrees_with_gridsearchcv():
+    """svm_scores writes GridSearchCV out (speed): same chosen C per class and the same test scores."""
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+    from sklearn.svm import LinearSVC
+
+    from cebench.transfer.svm import SvmConfig, svm_scores
+
+    rng = np.random.default_rng(0)
+    xtr = rng.standard_normal((120, 16)).astype(np.float32)
+    xte = rng.standard_normal((50, 16)).astype(np.float32)
+    ytr = rng.choice([-1, 1, 0], size=(120, 5), p=[0.7, 0.25, 0.05])
+    ytr[:, 0] = np.where(xtr[:, 0] > 0.3, 1, -1)  # one learnable class (C matters), one constant class
+    ytr[:, 4] = -1
+    cfg = SvmConfig(costs=[0.01, 0.1, 1.0, 10.0], cv_folds=3)
+    np.random.seed(5)  # liblinear seeds each fit from numpy's global generator
+    scores, chosen = svm_scores(xtr, ytr, xte, cfg, seed=3)
+    np.random.seed(5)
+    ref_scores, ref_chosen = np.zeros_like(scores), []
+    for c in range(ytr.shape[1]):
+        keep = ytr[:, c] != 0
+        y = (ytr[keep, c] > 0).astype(int)
+        if y.min() == y.max():
+            ref_chosen.append(None)
+            continue
+        folds = max(2, min(cfg.cv_folds, int(y.sum()), int((1 - y).sum())))
+        search = GridSearchCV(LinearSVC(class_weight={1: 2, 0: 1}, max_iter=5000, dual="auto"), {"C": cfg.costs},
+                              scoring="average_precision", cv=StratifiedKFold(folds, shuffle=True, random_state=3))
+        search.fit(xtr[keep], y)
+        ref_chosen.append(float(search.best_params_["C"]))
+        ref_scores[:, c] = search.best_estimator_.decision_function(xte)
+    assert chosen == ref_chosen and chosen[4] is None and len(set(c for c in chosen if c)) >= 1
+    np.testing.assert_allclose(scores, ref_scores, rtol=1e-6, atol=1e-8)
