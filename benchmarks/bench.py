@@ -1,4 +1,4 @@
-"""`cebench bench [pretrain|transfer|retrieval|training|knn|folder|reference|profile|all]`: benchmarks.
+"""`cebench bench [pretrain|transfer|retrieval|training|knn|folder|reference|profile|demo|all]`: benchmarks.
 
 Each stage owns its benchmark function (`bench_pretrain`, `bench_transfer`, `bench_retrieval`),
 which measures throughput/memory and returns a dict; this module runs them, merges the numbers into
@@ -18,6 +18,7 @@ import torch
 import torchvision
 
 from cebench import __version__
+from cebench.benchmarks.demo_timing import compare_demo_runs, demo_markdown
 from cebench.benchmarks.profile import bench_profile
 from cebench.errors import CebenchError
 from cebench.io import atomic_write_json, atomic_write_text
@@ -183,6 +184,8 @@ def summary_markdown(data: dict) -> str:
              f"torch {m.get('torch')}, Python {m.get('python')}; written {data.get('date', '-')} by `cebench bench`.",
              "", "This machine is shared and its speed changes 2-4x from hour to hour: compare ratios measured "
              "side by side in one run (the ratio columns), not absolute times across rows of different runs."]
+    if data.get("demo"):
+        lines += ["", *demo_markdown(data["demo"], _table)]
     ref = data.get("reference")
     if ref:
         lines += ["", "## Side by side: the inpainting context encoder's training step vs the PyTorch port",
@@ -236,7 +239,7 @@ def summary_markdown(data: dict) -> str:
 
 
 def run_bench(which: str, out_dir: Path, device: str = "auto", quick: bool = False, *, reference=None,
-              knn_n: int = 200_000, photos: int = 1000) -> dict:
+              knn_n: int = 200_000, photos: int = 1000, demo_runs=None) -> dict:
     """Run one benchmark (or "all") and merge its numbers into out_dir/bench.json and bench.md.
     reference: the port's model.py for the side-by-side inpainting step (`reference`, and `all` when given)."""
     benches = _benches()
@@ -244,10 +247,15 @@ def run_bench(which: str, out_dir: Path, device: str = "auto", quick: bool = Fal
     benches["folder"] = lambda out, device, quick: bench_folder(out, n_photos=photos, quick=quick)
     benches["reference"] = lambda out, device, quick: compare_reference(reference, out, quick=quick)
     benches["profile"] = lambda out, device, quick: bench_profile(out, quick=quick)
+    benches["demo"] = lambda out, device, quick: compare_demo_runs(*demo_runs, out)
     if which == "reference" and not reference:
         raise CebenchError("bench reference needs --compare-reference PATH (the port's model.py)")
-    # "all": every benchmark but the profile (minutes of its own) and the reference (needs the port's path)
-    names = [n for n in benches if n != "profile" and (n != "reference" or reference)] if which == "all" else [which]
+    if which == "demo" and not (demo_runs and all(demo_runs)):
+        raise CebenchError("bench demo needs --old REPORT --new REPORT (two `cebench run` reports of one command)")
+    # "all": every benchmark but the profile (minutes of its own), the reference (needs the port's path) and the
+    # demo comparison (reads two finished runs)
+    names = ([n for n in benches if n not in ("profile", "demo") and (n != "reference" or reference)]
+             if which == "all" else [which])
     if which == "pretrain" and reference:
         names.append("reference")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -268,7 +276,7 @@ def run_bench(which: str, out_dir: Path, device: str = "auto", quick: bool = Fal
 
 def _cmd(args) -> int:
     run_bench(args.which, Path(args.out or "results"), device=args.device, quick=args.quick,
-              reference=args.compare_reference, knn_n=args.n, photos=args.photos)
+              reference=args.compare_reference, knn_n=args.n, photos=args.photos, demo_runs=(args.old, args.new))
     return 0
 
 
@@ -277,7 +285,7 @@ def register(subparsers, common) -> None:
                               description=__doc__)
     p.add_argument("which", nargs="?", default="all",
                    choices=["all", "pretrain", "transfer", "retrieval", "training", "knn", "folder", "reference",
-                            "profile"])
+                            "profile", "demo"])
     p.add_argument("--out", default=None, help="output folder (default: results)")
     p.add_argument("--device", default="auto")
     p.add_argument("--quick", action="store_true", help="fewer repetitions (used by the tests)")
@@ -286,4 +294,7 @@ def register(subparsers, common) -> None:
                         "inpainting training step and ours alternately in one process (with pretrain/reference/all)")
     p.add_argument("--n", type=int, default=200_000, help="knn: database vectors (committed numbers: 1000000)")
     p.add_argument("--photos", type=int, default=1000, help="folder: photos in the generated folder")
+    p.add_argument("--old", default=None, metavar="REPORT",
+                   help="demo: the report folder (or run.json) of the earlier run of the command")
+    p.add_argument("--new", default=None, metavar="REPORT", help="demo: the report of the run after it")
     p.set_defaults(func=_cmd)
