@@ -117,12 +117,16 @@ def test_every_stage_trains_under_bf16_on_cpu(tmp_path):
     fast = ["seeds=[0]", "runtime.amp=bf16", "cls.iterations=3", "cls.batch_size=8", "cls.test_crops=2",
             "seg.iterations=3", "seg.batch_size=8", "det.iterations=3", "det.magic_images=4", "det.fc_dim=32",
             "det.eval_batch=8", "det.figure_images=0", "det.proposals.workers=1"]
-    for task in ("cls", "seg", "det"):
+    for task in ("cls", "seg", "det", "svm"):
         run(["transfer", task, "--init", f"ce={tmp_path / 'ce' / 'checkpoint.pt'}"], out, *fast)
     rows = json.loads((out / "results.json").read_text())["rows"]
     got = {(r["task"], r["metric"]): r for r in rows}
-    for key in (("cls", "mAP"), ("seg", "mean IU"), ("det", "mAP")):
+    for key in (("cls", "mAP"), ("seg", "mean IU"), ("det", "mAP"), ("svm", "svm conv5 mAP")):
         assert got[key]["status"] == "ok" and 0.0 <= got[key]["mean"] <= 1.0, got[key]
     assert "amp: bf16" in (out / "config.yaml").read_text()
     run(["inpaint-eval"], tmp_path / "inp", "train.steps=2", "train.amp=bf16", "n_test=4")
     assert "amp: bf16" in (tmp_path / "inp" / "config.yaml").read_text()
+    run(["retrieval-bench", "--checkpoint", f"ce={tmp_path / 'ce' / 'checkpoint.pt'}"], tmp_path / "ret", "amp=bf16",
+        "methods=[random]", "layers=[pool5]", "masked=[false]", "max_queries=20", "max_images=6")
+    table = (tmp_path / "ret" / "retrieval.csv").read_text()
+    assert "ce" in table and "random" in table
