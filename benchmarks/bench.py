@@ -217,6 +217,12 @@ def summary_markdown(data: dict) -> str:
                         [[f"{f.get('photos')} ({f.get('long_side_px')})", f.get("patches"), f.get("fresh_s"),
                           f.get("cached_s"), f"{_fmt(f.get('cache_mb'))} MB", f"{_fmt(f.get('peak_rss_mb'))} MB",
                           f.get("float16_recall_at_10_vs_float32"), f"cpu, {f.get('cpu_count')} cores"]])
+        cnn = f.get("cnn")
+        if cnn:
+            lines += ["", f"With CNN features ({cnn['features']}), empty cache: "
+                      + ", ".join(f"{'fp32' if k.endswith('none') else k.removeprefix('fresh_s_')} {v} s"
+                                  for k, v in cnn.items() if k.startswith("fresh_s_"))
+                      + f" (amp=auto chose {cnn['auto_precision']})."]
     if data.get("pretrain"):
         lines += ["", "## Pretraining steps (forward, backward, optimiser; synthetic input)", ""]
         lines += _table(["architecture", "img/s", "batch", "memory", "device", "parameters"],

@@ -7,7 +7,9 @@ quality 90) in a temporary folder that is deleted afterwards. Measured: the wall
 again with the cache filled, its peak resident memory, the cache's size on disk, the number of patches,
 and how much the float16 storage changes the neighbours: recall@10 of the top-10 found with the
 float16 features against those found with float32 ones, for 200 database patches as queries on the
-first 64 photos. Times depend on the machine's load (shared here): see the note in results/.
+first 64 photos. The same command with CNN features (`--features random`, a demo AlexNet) is timed with an
+empty cache in the precision amp=auto chooses and in fp32. Times depend on the machine's load (shared here):
+see the note in results/.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from PIL import Image
 from cebench.features.hog import grid_hog
 from cebench.features.index import FeatureIndex
 from cebench.io import atomic_write_json
+from cebench.runtime import resolve_amp
 
 from .evaluate import HOGFeatures
 from .folder import PatchGrid, _finish, load_image
@@ -76,9 +79,9 @@ def _du(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def _run_retrieve(photos: Path, out: Path, cache: Path, query: str) -> float:
+def _run_retrieve(photos: Path, out: Path, cache: Path, query: str, *extra: str) -> float:
     cmd = [sys.executable, "-m", "cebench.benchmarks.cli", "retrieve", "--images", str(photos), "--query", query,
-           "--out", str(out), "--cache", str(cache)]
+           "--out", str(out), "--cache", str(cache), *extra]
     env = {**os.environ, "CEBENCH_NO_PROGRESS": "1"}
     t = time.perf_counter()
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
@@ -128,6 +131,15 @@ def bench_folder(out_path=None, *, n_photos: int = 1000, quick: bool = False) ->
                "peak_rss_mb": round(max(rss, before) / 1024, 1) if rss > before else None,
                "float16_recall_at_10_vs_float32": round(float16_recall(photos[:64], grid), 4),
                "threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
+        # CNN features (a random demo AlexNet: the compute of --features ce without a checkpoint), empty cache,
+        # in the precision amp=auto picks on this machine and in fp32, one after the other
+        amp_auto = resolve_amp("auto", "cpu")
+        res["cnn"] = {"features": "random (demo AlexNet, pool5)", "auto_precision": amp_auto}
+        for amp in dict.fromkeys([amp_auto, "none"]):
+            res["cnn"][f"fresh_s_{amp}"] = round(_run_retrieve(tmp / "photos", tmp / "out" / f"cnn_{amp}.png",
+                                                               tmp / f"cache_{amp}", query, "--features", "random",
+                                                               "--amp", amp), 1)
+            res["cnn"][f"cache_mb_{amp}"] = round(_du(tmp / f"cache_{amp}") / 2**20, 1)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if out_path is not None:

@@ -130,3 +130,25 @@ def test_every_stage_trains_under_bf16_on_cpu(tmp_path):
         "methods=[random]", "layers=[pool5]", "masked=[false]", "max_queries=20", "max_images=6")
     table = (tmp_path / "ret" / "retrieval.csv").read_text()
     assert "ce" in table and "random" in table
+
+
+def test_retrieve_cnn_features_under_bf16_have_their_own_cache_entry(tmp_path):
+    """`cebench retrieve --features random --amp bf16`: a grid is written, and the bf16 features are cached
+    apart from the fp32 ones (another precision, other features); HOG ignores the precision."""
+    import numpy as np
+    from PIL import Image
+
+    from cebench.benchmarks.cli import main as cli_main
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray((rng.random((70, 90, 3)) * 255).astype(np.uint8)).save(photos / f"p{i}.png")
+    base = ["retrieve", "--images", str(photos), "--query", f"{photos / 'p0.png'}:2,2,30,30", "--patch-size", "32",
+            "--k", "3", "--features", "random,hog", "--cache", str(tmp_path / "cache")]
+    assert cli_main([*base, "--out", str(tmp_path / "a.png"), "--amp", "bf16"]) == 0
+    assert cli_main([*base, "--out", str(tmp_path / "b.png"), "--amp", "none"]) == 0
+    assert (tmp_path / "a.png").stat().st_size > 1000 and (tmp_path / "b.png").stat().st_size > 1000
+    entries = {p.parent for p in (tmp_path / "cache").rglob("chunk_*.npz")}
+    assert len(entries) == 3, sorted(map(str, entries))  # random in bf16, random in fp32, one HOG

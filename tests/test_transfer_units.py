@@ -168,6 +168,30 @@ def test_fcn32_per_class_upscore_equals_dense_bilinear_at_init():
     torch.testing.assert_close(net.upscore(scores), dense)
 
 
+@pytest.mark.parametrize("stride,shape", [(8, (3, 5, 4, 4)), (8, (2, 5, 1, 1)), (5, (2, 5, 3, 6)), (16, (1, 5, 2, 3))])
+def test_per_class_upscore_equals_grouped_conv_transpose(stride, shape):
+    """PerClassUpscore (a batched matrix product) against torch's grouped ConvTranspose2d with the same
+    weight: outputs and both gradients, channels_last weights too (place_model's layout)."""
+    from cebench.transfer.segmentation import PerClassUpscore
+
+    k = shape[1]
+    ref = torch.nn.ConvTranspose2d(k, k, 2 * stride, stride=stride, padding=stride // 2, groups=k, bias=False)
+    ours = PerClassUpscore(k, stride)
+    with torch.no_grad():
+        ours.weight.copy_(ref.weight)
+    ours = ours.to(memory_format=torch.channels_last)
+    x = torch.randn(shape)
+    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    ya, yb = ref(xa), ours(xb)
+    assert ya.shape == yb.shape
+    torch.testing.assert_close(yb, ya)
+    g = torch.randn_like(ya)
+    (ya * g).sum().backward()
+    (yb * g).sum().backward()
+    torch.testing.assert_close(xb.grad, xa.grad)
+    torch.testing.assert_close(ours.weight.grad, ref.weight.grad, rtol=1e-4, atol=1e-4)
+
+
 def test_trunk_lr_multiplier_scales_the_trunk_step_only():
     """backbone_lr_mult puts the trunk in its own group: with SGD (no momentum, no decay) one step moves each
     parameter by lr * grad, the trunk's by lr * mult * grad; under one-cycle the trunk's peak is mult x the head's."""
