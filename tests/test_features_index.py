@@ -60,3 +60,21 @@ def test_errors():
         idx.search(np.zeros((1, 4)), 1)
     with pytest.raises(ValueError):
         idx.add(np.zeros((2, 5)))
+
+
+def test_ivf_search_in_list_order_returns_each_query_as_alone():
+    """IVF search sorts the queries by their nearest list (cache reuse) and restores the caller's order:
+    the batch gives every query exactly what a search for that query alone gives."""
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((20, 16)).astype(np.float32) * 3
+    db = (centres[rng.integers(0, 20, 4000)] + rng.standard_normal((4000, 16))).astype(np.float32)
+    q = (centres[rng.integers(0, 20, 300)] + rng.standard_normal((300, 16))).astype(np.float32)
+    ix = FeatureIndex(16, kind="ivf", nlist=16, nprobe=2, use_gpu=False).add(db)
+    order = ix._list_order(q)
+    assert order is not None and not np.array_equal(order, np.arange(300))  # the queries were reordered
+    scores, ids = ix.search(q, 5)
+    for i in (0, 7, 150, 299):
+        s1, i1 = ix.search(q[i : i + 1], 5)
+        np.testing.assert_array_equal(ids[i], i1[0])
+        np.testing.assert_allclose(scores[i], s1[0], rtol=1e-6)
+    assert FeatureIndex(16, kind="flat", use_gpu=False).add(db)._list_order(q) is None

@@ -190,12 +190,26 @@ class FeatureIndex:
             raise ValueError("search on an empty index: add vectors first")
         if q.shape[1] != self.dim:
             raise ValueError(f"queries have dim {q.shape[1]}, index has dim {self.dim}")
+        order = self._list_order(q)
+        if order is not None:  # IVF: queries that visit the same list one after the other (cache reuse)
+            q = q[order]
         scores = np.empty((q.shape[0], k), np.float32)
         ids = np.empty((q.shape[0], k), np.int64)
         for s in range(0, q.shape[0], batch_size):  # loop over query batches
             d, i = self.index.search(q[s : s + batch_size], k)
             scores[s : s + batch_size], ids[s : s + batch_size] = d, i
+        if order is not None:  # back to the caller's order (each query's result does not depend on the others)
+            scores[order], ids[order] = scores.copy(), ids.copy()
         return scores, ids
+
+    def _list_order(self, q: np.ndarray) -> np.ndarray | None:
+        """For a CPU IVF index: the queries sorted by their nearest list. faiss scans each query's lists
+        on its own; a list (4 MB-16 MB at 1M vectors) read by the previous query is still in cache, so
+        grouped queries read memory once per list instead of once per query. None for other indexes."""
+        if self.kind != "ivf" or self.use_gpu or q.shape[0] < 2:
+            return None
+        _, nearest = _faiss().extract_index_ivf(self.index).quantizer.search(q, 1)  # [M, 1] list ids
+        return np.argsort(nearest[:, 0], kind="stable")
 
     def save(self, path) -> Path:
         """Write the index atomically (temp file + os.replace) with faiss.write_index."""
