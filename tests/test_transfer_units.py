@@ -221,6 +221,8 @@ def test_trunk_lr_multiplier_scales_the_trunk_step_only():
 
 def test_svm_cost_search_agrees_with_gridsearchcv():
     """svm_scores writes GridSearchCV out (speed): same chosen C per class and the same test scores."""
+    import warnings
+
     from sklearn.model_selection import GridSearchCV, StratifiedKFold
     from sklearn.svm import LinearSVC
 
@@ -232,6 +234,8 @@ def test_svm_cost_search_agrees_with_gridsearchcv():
     ytr = rng.choice([-1, 1, 0], size=(120, 5), p=[0.7, 0.25, 0.05])
     ytr[:, 0] = np.where(xtr[:, 0] > 0.3, 1, -1)  # one learnable class (C matters), one constant class
     ytr[:, 4] = -1
+    ytr[:, 3] = -1
+    ytr[7, 3] = 1  # one positive: a training fold without it has one class (GridSearchCV scores it NaN)
     cfg = SvmConfig(costs=[0.01, 0.1, 1.0, 10.0], cv_folds=3)
     np.random.seed(5)  # liblinear seeds each fit from numpy's global generator
     scores, chosen = svm_scores(xtr, ytr, xte, cfg, seed=3)
@@ -246,7 +250,9 @@ def test_svm_cost_search_agrees_with_gridsearchcv():
         folds = max(2, min(cfg.cv_folds, int(y.sum()), int((1 - y).sum())))
         search = GridSearchCV(LinearSVC(class_weight={1: 2, 0: 1}, max_iter=5000, dual="auto"), {"C": cfg.costs},
                               scoring="average_precision", cv=StratifiedKFold(folds, shuffle=True, random_state=3))
-        search.fit(xtr[keep], y)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # GridSearchCV warns about the one-class fold
+            search.fit(xtr[keep], y)
         ref_chosen.append(float(search.best_params_["C"]))
         ref_scores[:, c] = search.best_estimator_.decision_function(xte)
     assert chosen == ref_chosen and chosen[4] is None and len(set(c for c in chosen if c)) >= 1

@@ -86,10 +86,13 @@ def svm_scores(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, cfg: SvmConfig
         splits = list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y))
         mean_ap_by_cost = []
         for cost in cfg.costs:  # GridSearchCV's order: every fold of one C, then the next C
+            # a training fold with one class (a class with a single positive) scores NaN, GridSearchCV's error_score
             fold_ap = [average_precision_score(y[va], svc(cost).fit(x[tr], y[tr]).decision_function(x[va]))
-                       for tr, va in splits]
+                       if np.unique(y[tr]).size > 1 else np.nan for tr, va in splits]
             mean_ap_by_cost.append(np.average(fold_ap))
-        best = float(cfg.costs[int(np.argmax(mean_ap_by_cost))])  # argmax: the first of equal scores
+        # the first C of the best mean fold AP; a NaN mean ranks last, all NaN -> the first C (GridSearchCV's ranks)
+        ranked = np.nan_to_num(np.asarray(mean_ap_by_cost, dtype=float), nan=-np.inf)
+        best = float(cfg.costs[int(np.argmax(ranked))])
         chosen.append(best)
         scores[:, c] = svc(best).fit(x, y).decision_function(xte)
     return scores, chosen
