@@ -46,6 +46,14 @@ def _seeds(run: dict) -> str:
     return "/".join(str(s) for s in sorted(seeds)) or "-"
 
 
+def _summary(run: dict) -> dict:
+    """What the comparison states about one run: wall time, version, CPU, seeds, precision, command."""
+    machine = run.get("machine", {})
+    return {"wall_minutes": round(run["wall_minutes"], 2), "cebench": machine.get("cebench"), "cpu": machine.get("cpu"),
+            "seeds": _seeds(run), "precision": run.get("precision"), "config": run.get("config"),
+            "overrides": run.get("overrides")}
+
+
 def compare_demo_runs(old: Path, new: Path, out_path=None) -> dict:
     """Wall time and per-job seconds of two uncached runs; ratio = new / old."""
     a, b = read_run(old), read_run(new)
@@ -65,12 +73,7 @@ def compare_demo_runs(old: Path, new: Path, out_path=None) -> dict:
         s["old_s"], s["new_s"] = round(s["old_s"], 1), round(s["new_s"], 1)
         s["ratio"] = round(s["new_s"] / s["old_s"], 3) if s["old_s"] else None
     res = {
-        "old": {"wall_minutes": round(a["wall_minutes"], 2), "cebench": a.get("machine", {}).get("cebench"),
-                "cpu": a.get("machine", {}).get("cpu"), "seeds": _seeds(a), "precision": a.get("precision"),
-                "config": a.get("config"), "overrides": a.get("overrides")},
-        "new": {"wall_minutes": round(b["wall_minutes"], 2), "cebench": b.get("machine", {}).get("cebench"),
-                "cpu": b.get("machine", {}).get("cpu"), "seeds": _seeds(b), "precision": b.get("precision"),
-                "config": b.get("config"), "overrides": b.get("overrides")},
+        "old": _summary(a), "new": _summary(b),
         "wall_ratio": round(b["wall_minutes"] / a["wall_minutes"], 3),
         "job_seconds_ratio": round(sum(r["new_s"] or 0 for r in rows.values())
                                    / max(1e-9, sum(r["old_s"] or 0 for r in rows.values())), 3),
