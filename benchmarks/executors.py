@@ -152,6 +152,25 @@ def _quiet_fds(active: bool):
             os.close(fd)
 
 
+@contextlib.contextmanager
+def _cancellable_controller(active: bool):
+    """SIGINT not ignored while submitit's local executor starts its controller. Its cancel (and
+    `cebench run` stopping a job) is a SIGINT to that controller, and a process started with SIGINT
+    ignored - `cebench run ... &` from a script, nohup, CI - passes SIG_IGN on to its children: the
+    "cancelled" job would train on to its end. A handler (not SIG_IGN) is reset to the default on exec."""
+    try:
+        ignored = active and signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        if ignored:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+    except ValueError:  # not the main thread: nothing can be changed here
+        ignored = False
+    try:
+        yield
+    finally:
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _die_with_parent() -> None:
     """In the command's process (Linux): SIGTERM it when this wrapper dies, even by SIGKILL (submitit's
     local executor kills a cancelled task 1 s after asking), so no orphan trains on beside a resubmission."""
@@ -264,7 +283,8 @@ class SubmititLauncher:
         fn = CommandJob(command(job), env_overrides(job), os.getcwd(), str(job.out_dir.absolute()), job.key, job.name,
                         title)
         try:
-            with _quiet_fds(self.executor == "submitit-local"):
+            local = self.executor == "submitit-local"
+            with _quiet_fds(local), _cancellable_controller(local):
                 sub = self._executor(job, after).submit(fn)
         except Exception as exc:  # noqa: BLE001 - sbatch missing or refusing: one line, not a traceback
             msg = str(exc).strip().splitlines()
