@@ -78,3 +78,40 @@ def test_ivf_search_in_list_order_returns_each_query_as_alone():
         np.testing.assert_array_equal(ids[i], i1[0])
         np.testing.assert_allclose(scores[i], s1[0], rtol=1e-6)
     assert FeatureIndex(16, kind="flat", use_gpu=False).add(db)._list_order(q) is None
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_ivf_with_pca_coarse_quantizer(metric, tmp_path):
+    """Lists chosen in a PCA projection: each vector sits in the list of its nearest centroid in the
+    projection (checked in NumPy from faiss's PCA matrix), visiting every list is exact search, and the
+    index saves and loads with its quantizer."""
+    import faiss
+
+    rng = np.random.default_rng(3)
+    centres = rng.standard_normal((20, 48)) * 3
+    db = _unit(centres[rng.integers(0, 20, 4000)] + rng.standard_normal((4000, 48)))
+    q = _unit(centres[rng.integers(0, 20, 50)] + rng.standard_normal((50, 48)))
+    idx = FeatureIndex(48, kind="ivf", metric=metric, nlist=16, nprobe=16, coarse_dim=8, use_gpu=False).add(db)
+    assert (idx.kind, idx.nlist, idx.coarse_dim) == ("ivf", 16, 8)
+    ivf = faiss.extract_index_ivf(idx.index)
+    quant = faiss.downcast_index(ivf.quantizer)
+    pca = faiss.downcast_VectorTransform(quant.chain.at(0))
+    A = faiss.vector_to_array(pca.A).reshape(8, 48)
+    b = faiss.vector_to_array(pca.b)
+    cents = faiss.vector_to_array(faiss.downcast_index(quant.index).codes).view(np.float32).reshape(16, 8)
+    proj = db.astype(np.float64) @ A.T.astype(np.float64) + b
+    nearest = ((proj[:, None, :] - cents[None]) ** 2).sum(-1).argmin(1)
+    lists = np.empty(len(db), np.int64)
+    invl = ivf.invlists
+    for li in range(16):
+        ids = faiss.rev_swig_ptr(invl.get_ids(li), invl.list_size(li)).copy()
+        lists[ids] = li
+    assert (lists == nearest).mean() > 0.999  # float32 vs float64 ties at a boundary at most
+    np.testing.assert_array_equal(idx.search(q, 10)[1], brute_force_search(db, q, 10, metric=metric)[1])
+    idx.set_nprobe(2)
+    some = idx.search(q, 10)[1]
+    loaded = FeatureIndex.load(idx.save(tmp_path / "pca.faiss"), use_gpu=False)
+    assert (loaded.kind, loaded.coarse_dim, loaded.nprobe) == ("ivf", 8, 2)
+    np.testing.assert_array_equal(loaded.search(q, 10)[1], some)
+    with pytest.raises(ValueError, match="coarse_dim"):
+        FeatureIndex(48, kind="ivf", coarse_dim=64)
