@@ -14,6 +14,9 @@ recall@10 is measured against the exact neighbours (scikit-learn's). Methods:
 - FAISS IVF-Flat whose lists are chosen in a 32-d PCA projection (`FeatureIndex(coarse_dim=32)`: an
   IndexPreTransform(PCA, flat) coarse quantizer, k-means in the projection), the build several times
   cheaper; distances within the visited lists stay exact; nprobe chosen the same way;
+- `FeatureIndex(kind="ivf-gemm")` (`cebench.features.gemm_ivf`): the same kind of coarse quantizer,
+  the lists as ids over the database array (the build writes no copy) and the search as one matrix
+  product per visited list for all the queries that visit it; nprobe chosen the same way;
 - FAISS IVF256 with 8-bit scalar-quantised lists (4x fewer bytes to scan) and exact re-ranking of
   the top 40 (IVF-PQ fast-scan, tried too, kept recall@10 under 0.2 here even with re-ranking);
 - `FeatureIndex(kind="auto")`: the default of `cebench retrieve` / `retrieval-bench`.
@@ -80,7 +83,8 @@ def _pick(search, values, val_q, val_ref, target: float):
 
 def bench_knn(out_path=None, *, n: int = 200_000, dim: int = 256, n_queries: int = 1000, k: int = 10,
               nlists=None, threads: int = 2, target: float = 0.95, hnsw_max_n: int = 300_000,
-              sq: bool = True, quick: bool = False, coarse_dims=(32,), pca_nlists=None) -> dict:
+              sq: bool = True, quick: bool = False, coarse_dims=(32,), pca_nlists=None,
+              gemm=None) -> dict:
     import faiss
     import torch
     from sklearn.neighbors import NearestNeighbors
@@ -115,10 +119,12 @@ def bench_knn(out_path=None, *, n: int = 200_000, dim: int = 256, n_queries: int
 
     record("faiss flat", lambda: FeatureIndex(dim, kind="flat", use_gpu=False).add(db),
            lambda ix, x: ix.search(x, k))
-    ivfs = [(nl, 0) for nl in nlists or ((128, 256, 512) if not quick else (32,))]
-    ivfs += [(nl, cd) for cd in coarse_dims for nl in (pca_nlists or ((256, 512, 1024) if not quick else (32,)))]
-    for nlist, cd in ivfs:
-        ix = FeatureIndex(dim, kind="ivf", nlist=nlist, coarse_dim=cd, use_gpu=False).add(db)  # untimed: nprobe
+    ivfs = [("ivf", nl, 0) for nl in nlists or ((128, 256, 512) if not quick else (32,))]
+    ivfs += [("ivf", nl, cd) for cd in coarse_dims for nl in (pca_nlists or ((256, 512) if not quick else (32,)))]
+    ivfs += [("ivf-gemm", nl, cd) for nl, cd in (gemm or (((256, 16), (256, 32), (1024, 32)) if not quick
+                                                        else ((32, 8),)))]
+    for kind, nlist, cd in ivfs:
+        ix = FeatureIndex(dim, kind=kind, nlist=nlist, coarse_dim=cd, use_gpu=False).add(db)  # untimed: nprobe
 
         def s_np(x, v, ix=ix):
             ix.set_nprobe(v)
@@ -126,9 +132,9 @@ def bench_knn(out_path=None, *, n: int = 200_000, dim: int = 256, n_queries: int
 
         nprobe, tried = _pick(s_np, [1, 2, 4, 8, 16, 32], val, val_ref, target)
         del ix
-        record(f"faiss ivf{nlist}" + (f" coarse-pca{cd}" if cd else ""),
-               lambda nlist=nlist, nprobe=nprobe, cd=cd: FeatureIndex(
-                   dim, kind="ivf", nlist=nlist, nprobe=nprobe, coarse_dim=cd, use_gpu=False).add(db),
+        name = ("faiss ivf" if kind == "ivf" else "ivf-gemm") + f"{nlist}" + (f" coarse-pca{cd}" if cd else "")
+        record(name, lambda kind=kind, nlist=nlist, nprobe=nprobe, cd=cd: FeatureIndex(
+                   dim, kind=kind, nlist=nlist, nprobe=nprobe, coarse_dim=cd, use_gpu=False).add(db),
                lambda ix, x: ix.search(x, k),
                {"nlist": nlist, "nprobe": nprobe, "coarse_dim": cd, "val_recall_by_nprobe": tried})
     if n <= hnsw_max_n:

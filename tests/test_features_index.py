@@ -115,3 +115,64 @@ def test_ivf_with_pca_coarse_quantizer(metric, tmp_path):
     np.testing.assert_array_equal(loaded.search(q, 10)[1], some)
     with pytest.raises(ValueError, match="coarse_dim"):
         FeatureIndex(48, kind="ivf", coarse_dim=64)
+
+
+def _clustered(rng, n, d=48, c=20):
+    centres = rng.standard_normal((c, d)) * 3
+    return centres, _unit(centres[rng.integers(0, c, n)] + rng.standard_normal((n, d)))
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+@pytest.mark.parametrize("coarse_dim", [0, 8])
+def test_ivf_gemm_matches_faiss_ivfflat_on_the_same_lists(metric, coarse_dim, tmp_path):
+    """ivf-gemm searches what faiss's IndexIVFFlat searches when both use the same coarse quantizer:
+    the same neighbours and scores at nprobe 2, exact search when every list is visited, float16
+    storage, a second add, padding when the visited lists hold fewer than k, save/load."""
+    import faiss
+
+    rng = np.random.default_rng(4)
+    centres, db = _clustered(rng, 3000)
+    q = _unit(centres[rng.integers(0, 20, 40)] + rng.standard_normal((40, 48)))
+    idx = FeatureIndex(48, kind="ivf-gemm", metric=metric, nlist=16, nprobe=2, coarse_dim=coarse_dim, use_gpu=False)
+    idx.add(db[:2000]).add(db[2000:])
+    assert (idx.kind, idx.ntotal, idx.nlist) == ("ivf-gemm", 3000, 16)
+    ref = faiss.IndexIVFFlat(idx.index.quantizer, 48, 16,
+                             faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2)
+    ref.add(db)
+    ref.nprobe = 2
+    rs, ri = ref.search(q, 10)
+    s, i = idx.search(q, 10)
+    np.testing.assert_array_equal(i, ri)
+    np.testing.assert_allclose(s, rs, rtol=1e-4, atol=1e-4)
+    idx.set_nprobe(16)
+    np.testing.assert_array_equal(idx.search(q, 10)[1], brute_force_search(db, q, 10, metric=metric)[1])
+    half = FeatureIndex(48, kind="ivf-gemm", metric=metric, nlist=16, nprobe=2, coarse_dim=coarse_dim,
+                        use_gpu=False).add(db.astype(np.float16))
+    assert half.index.x.dtype == torch.float16  # stored as given, not widened
+    found = half.search(q, 10)[1]
+    overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, ri)])
+    assert overlap > 0.97, overlap  # float16 rounding swaps near-ties at most
+    idx.set_nprobe(1)
+    tiny = idx.search(q[:1], 2500)  # more than one list holds: padded like faiss
+    assert (tiny[1][0] == -1).any() and np.isinf(tiny[0][0][tiny[1][0] == -1]).all()
+    idx.set_nprobe(2)
+    loaded = FeatureIndex.load(idx.save(tmp_path / "g.idx"), use_gpu=False)
+    assert (loaded.kind, loaded.nprobe, loaded.coarse_dim, loaded.metric) == ("ivf-gemm", 2, coarse_dim, metric)
+    np.testing.assert_array_equal(loaded.search(q, 10)[1], ri)
+
+
+def test_ivf_gemm_add_keeps_a_view_and_damaged_files_give_one_line(tmp_path):
+    from cebench.errors import CebenchError
+
+    rng = np.random.default_rng(5)
+    _, db = _clustered(rng, 1000)
+    idx = FeatureIndex(48, kind="ivf-gemm", nlist=8, nprobe=8, use_gpu=False).add(db)
+    assert np.shares_memory(idx.index.x.numpy(), db)  # the build writes no copy of the vectors
+    path = idx.save(tmp_path / "g.idx")
+    raw = path.read_bytes()
+    (tmp_path / "cut.idx").write_bytes(raw[: len(raw) // 2])
+    (tmp_path / "junk.idx").write_bytes(b"PK" + rng.bytes(500))
+    (tmp_path / "noise.idx").write_bytes(rng.bytes(500))
+    for name in ("cut.idx", "junk.idx", "noise.idx"):
+        with pytest.raises(CebenchError, match=name):
+            FeatureIndex.load(tmp_path / name, use_gpu=False)

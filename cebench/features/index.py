@@ -1,6 +1,6 @@
 """FAISS index wrapper shared by retrieval and the nearest-neighbour inpainting baseline.
 
-`FeatureIndex(dim, kind="flat"|"ivf"|"hnsw"|"auto", metric="ip"|"l2")`: exact search by default, IVF or
+`FeatureIndex(dim, kind="flat"|"ivf"|"ivf-gemm"|"hnsw"|"auto", metric="ip"|"l2")`: exact search by default, IVF or
 HNSW for millions of vectors; "auto" picks flat below `AUTO_IVF_MIN` vectors and IVF (nlist
 `auto_nlist(n)`, nprobe `AUTO_NPROBE`) from there on -- the winner of `cebench bench knn` at each size
 (results/bench_knn.json). On a machine where faiss has GPU support and a GPU is visible,
@@ -19,7 +19,9 @@ import numpy as np
 from cebench.errors import CebenchError
 from cebench.io import atomic_target
 
-KINDS = ("flat", "ivf", "hnsw", "auto")
+from .gemm_ivf import GemmIVF
+
+KINDS = ("flat", "ivf", "ivf-gemm", "hnsw", "auto")
 # "auto": where IVF starts to beat exact search, build included, and its settings (see knn_scale.py)
 AUTO_IVF_MIN = 500_000
 AUTO_NPROBE = 4     # 1M vectors, nlist 256: nprobe 2 already gave recall@10 0.986 there; 4 for margin
@@ -87,7 +89,9 @@ def brute_force_search(db, q, k: int, metric: str = "ip") -> tuple[np.ndarray, n
 class FeatureIndex:
     """A FAISS index over float32 vectors.
 
-    kind: "flat" (exact), "ivf" (IndexIVFFlat; k-means trained on a random sample of
+    kind: "flat" (exact), "ivf-gemm" (`gemm_ivf.GemmIVF`: a faiss coarse quantizer, the lists as ids over
+    the caller's array, searched with matrix products; keeps a view of the array added, which the caller
+    must not change), "ivf" (IndexIVFFlat; k-means trained on a random sample of
     IVF_TRAIN_PER_LIST * nlist vectors of the first `add`, nlist reduced so each list gets >= 39
     training points), "hnsw" (IndexHNSWFlat with `hnsw_m` links), "auto" (flat or IVF by the size of
     the first `add`, see AUTO_IVF_MIN; `kind` holds the resolved one afterwards).
@@ -115,11 +119,11 @@ class FeatureIndex:
         want_gpu = faiss_gpu_available() if use_gpu == "auto" else bool(use_gpu)
         if want_gpu and not faiss_gpu_available():
             raise RuntimeError("use_gpu=True but faiss has no GPU support or no GPU is visible")
-        # faiss's GPU IVF wants a flat coarse quantizer: the PCA-quantized IVF stays on the CPU
-        self.use_gpu = want_gpu and kind != "hnsw" and not self.coarse_dim
+        # faiss's GPU IVF wants a flat coarse quantizer: the PCA-quantized IVF stays on the CPU, as ivf-gemm
+        self.use_gpu = want_gpu and kind not in ("hnsw", "ivf-gemm") and not self.coarse_dim
         self._gpu_res = None
         self.index = None  # built lazily for IVF and auto (they depend on the data)
-        if kind not in ("ivf", "auto"):
+        if kind not in ("ivf", "ivf-gemm", "auto"):
             self.index = self._place(self._make_cpu(None))
 
     # construction ---------------------------------------------------------------------------
@@ -144,16 +148,22 @@ class FeatureIndex:
         self._quantizer = quant  # keep the quantizer alive as long as the index
         return idx
 
-    def _make_ivf_coarse_pca(self, sample: np.ndarray):
-        """IVF-Flat whose coarse quantizer works in a `coarse_dim`-d PCA projection, all in faiss:
-        IndexPreTransform(PCAMatrix(dim -> coarse_dim), IndexFlatL2(coarse_dim) holding k-means centroids
-        trained on the projected `sample` [S, dim]). Assigning N vectors to the lists costs
-        N*dim*coarse_dim + N*coarse_dim*nlist multiply-adds instead of N*dim*nlist (at 1M x 256, 32-d and
-        256 lists: 4x fewer); the lists keep the full vectors, so the distances of the visited lists are
-        exact (metric `self.metric`), only the choice of lists is made in the projection."""
+    def _coarse_quantizer(self, sample: np.ndarray):
+        """A trained faiss index of `nlist` k-means centroids (trained on `sample` [S, dim] float32) that
+        maps vectors to their lists. coarse_dim > 0: the centroids live in a PCA projection to coarse_dim
+        dimensions, IndexPreTransform(PCAMatrix(dim -> coarse_dim), IndexFlatL2(coarse_dim)), so
+        assigning N vectors costs N*dim*coarse_dim + N*coarse_dim*nlist multiply-adds instead of
+        N*dim*nlist (1M x 256, 32-d, 256 lists: 4x fewer); 0: full-dimension centroids (spherical
+        k-means for "ip"). Only the choice of lists uses the projection: distances stay exact."""
         faiss = _faiss()
-        nlist = max(1, min(self.nlist, sample.shape[0] // 39))
-        self.nlist = nlist
+        self.nlist = nlist = max(1, min(self.nlist, sample.shape[0] // 39))
+        if not self.coarse_dim:
+            km = faiss.Kmeans(self.dim, nlist, niter=self.kmeans_iters, seed=1234, spherical=self.metric == "ip")
+            km.train(sample)
+            quant = faiss.IndexFlatIP(self.dim) if self.metric == "ip" else faiss.IndexFlatL2(self.dim)
+            quant.add(km.centroids)
+            self._quantizer = quant
+            return quant
         pca = faiss.PCAMatrix(self.dim, self.coarse_dim)
         pca.train(sample)
         km = faiss.Kmeans(self.coarse_dim, nlist, niter=self.kmeans_iters, seed=1234)
@@ -161,11 +171,16 @@ class FeatureIndex:
         centres = faiss.IndexFlatL2(self.coarse_dim)
         centres.add(km.centroids)
         quant = faiss.IndexPreTransform(pca, centres)  # d = dim in, ntotal = nlist, trained
-        idx = faiss.IndexIVFFlat(quant, self.dim, nlist, self._metric_const())
+        self._quantizer = (pca, centres, quant)  # the python objects own them: alive as long as the index
+        return quant
+
+    def _make_ivf_coarse_pca(self, sample: np.ndarray):
+        """faiss IndexIVFFlat over `_coarse_quantizer`'s PCA quantizer (the lists hold full vectors)."""
+        quant = self._coarse_quantizer(sample)
+        idx = _faiss().IndexIVFFlat(quant, self.dim, self.nlist, self._metric_const())
         if not idx.is_trained:  # the constructor takes a trained quantizer with nlist entries as trained
             raise RuntimeError("IVF with a PCA coarse quantizer did not come out trained")
-        idx.nprobe = min(self.nprobe, nlist)
-        self._quantizer = (pca, centres, quant)  # the python objects own them: alive as long as the index
+        idx.nprobe = min(self.nprobe, self.nlist)
         return idx
 
     def _place(self, cpu_index):
@@ -199,6 +214,12 @@ class FeatureIndex:
                 self.kind = "flat"
             else:
                 self.kind, self.nlist, self.nprobe = "ivf", auto_nlist(x.shape[0]), AUTO_NPROBE
+        if self.index is None and self.kind == "ivf-gemm":
+            quant = self._coarse_quantizer(self._train_sample(x))
+            self.index = GemmIVF(quant, self.nlist, self.dim, self.metric, min(self.nprobe, self.nlist))
+        if self.kind == "ivf-gemm":  # keeps a view of x (float32 or float16): no copy is written
+            self.index.add(x)
+            return self
         if self.index is None and self.kind == "ivf" and self.coarse_dim:
             self.index = self._place(self._make_ivf_coarse_pca(self._train_sample(x)))
         if self.index is None:  # IVF: train on the first batch added
@@ -217,7 +238,9 @@ class FeatureIndex:
 
     def set_nprobe(self, nprobe: int) -> None:
         """IVF lists visited per query (no-op for other kinds)."""
-        if self.kind == "ivf" and self.index is not None:
+        if self.kind == "ivf-gemm" and self.index is not None:
+            self.nprobe = self.index.nprobe = min(int(nprobe), self.index.nlist)
+        elif self.kind == "ivf" and self.index is not None:
             self.nprobe = int(nprobe)
             ivf = _faiss().extract_index_ivf(self.index) if not self.use_gpu else self.index
             ivf.nprobe = min(self.nprobe, ivf.nlist)
@@ -229,6 +252,8 @@ class FeatureIndex:
             raise ValueError("search on an empty index: add vectors first")
         if q.shape[1] != self.dim:
             raise ValueError(f"queries have dim {q.shape[1]}, index has dim {self.dim}")
+        if self.kind == "ivf-gemm":  # all queries at once: the lists are read once per batch of queries
+            return self.index.search(q, k)
         order = self._list_order(q)
         if order is not None:  # IVF: queries that visit the same list one after the other (cache reuse)
             q = q[order]
@@ -251,15 +276,40 @@ class FeatureIndex:
         return np.argsort(nearest[:, 0], kind="stable")
 
     def save(self, path) -> Path:
-        """Write the index atomically (temp file + os.replace) with faiss.write_index."""
+        """Write the index atomically (temp file + os.replace): faiss.write_index, or for ivf-gemm an
+        .npz of plain arrays (its faiss quantizer serialised, the vectors, the list layout)."""
         faiss = _faiss()
         path = Path(path)
-        idx = faiss.index_gpu_to_cpu(self.index) if self.use_gpu else self.index
-        if idx is None:
+        if self.index is None:
             raise ValueError("cannot save an IVF index before anything was added")
         with atomic_target(path) as tmp:
-            faiss.write_index(idx, tmp)
+            if self.kind == "ivf-gemm":
+                with open(tmp, "wb") as fh:
+                    np.savez(fh, **self.index.state(faiss.serialize_index(self.index.quantizer)))
+            else:
+                faiss.write_index(faiss.index_gpu_to_cpu(self.index) if self.use_gpu else self.index, tmp)
         return path
+
+    @classmethod
+    def _load_gemm(cls, path: Path) -> "FeatureIndex":
+        try:
+            with np.load(path, allow_pickle=False) as st:
+                if str(st["format"]) != "cebench-ivf-gemm-1":
+                    raise ValueError(f"unknown format {st['format']}")
+                arrays = {k: st[k] for k in st.files}
+            quant = _faiss().deserialize_index(arrays["quantizer"])
+            gemm = GemmIVF.from_state(arrays, quant)
+        except Exception as exc:  # noqa: BLE001 - a damaged or foreign .npz: one line naming the file
+            raise CebenchError(f"{path}: not a readable ivf-gemm index ({type(exc).__name__}: {exc})") from None
+        obj = cls.__new__(cls)
+        obj.dim, obj.kind, obj.metric = gemm.dim, "ivf-gemm", gemm.metric
+        obj.nlist, obj.nprobe = gemm.nlist, gemm.nprobe
+        obj.hnsw_m, obj.ef_search, obj.ef_construction = 0, 0, 0
+        pre = _faiss().downcast_index(quant)
+        obj.coarse_dim = int(pre.index.d) if isinstance(pre, _faiss().IndexPreTransform) else 0
+        obj.kmeans_iters, obj.use_gpu, obj._gpu_res, obj.index = 0, False, None, gemm
+        obj._quantizer = quant
+        return obj
 
     @classmethod
     def load(cls, path, use_gpu="auto") -> "FeatureIndex":
@@ -267,7 +317,13 @@ class FeatureIndex:
         path = Path(path)
         if not path.is_file():
             raise CebenchError(f"{path}: index file not found")
-        cpu = faiss.read_index(str(path))
+        with open(path, "rb") as fh:
+            if fh.read(2) == b"PK":  # a zip: the .npz of an ivf-gemm index
+                return cls._load_gemm(path)
+        try:
+            cpu = faiss.read_index(str(path))
+        except RuntimeError as exc:
+            raise CebenchError(f"{path}: not a readable faiss index ({str(exc).strip().splitlines()[-1]})") from None
         metric = "ip" if cpu.metric_type == faiss.METRIC_INNER_PRODUCT else "l2"
         if isinstance(cpu, faiss.IndexHNSW):
             kind = "hnsw"
