@@ -138,7 +138,8 @@ def _knn_rows(kn: dict) -> list[list]:
         if "skipped" in r:
             rows.append([name, "-", "-", "-", "-", "-", r["skipped"]])
             continue
-        settings = ", ".join(f"{k} {r[k]}" for k in ("nlist", "nprobe", "ef_search", "refine_k_factor") if k in r)
+        settings = ", ".join(f"{k} {r[k]}" for k in ("nlist", "coarse_dim", "nprobe", "ef_search", "refine_k_factor")
+                             if k in r and (k != "coarse_dim" or r[k]))
         rows.append([name, r.get("build_s"), r.get("search_s"), r.get("total_s"), r.get("recall_at_10"),
                      f"**{r.get('speedup_vs_sklearn')}x**" if name != "sklearn brute" else "1x", settings])
     return rows
