@@ -176,3 +176,19 @@ def test_ivf_gemm_add_keeps_a_view_and_damaged_files_give_one_line(tmp_path):
     for name in ("cut.idx", "junk.idx", "noise.idx"):
         with pytest.raises(CebenchError, match=name):
             FeatureIndex.load(tmp_path / name, use_gpu=False)
+
+
+def test_auto_resolves_to_ivf_gemm_on_large_data(monkeypatch):
+    import cebench.features.index as fi
+
+    monkeypatch.setattr(fi, "AUTO_IVF_MIN", 2000)
+    rng = np.random.default_rng(6)
+    centres, db = _clustered(rng, 3000)
+    q = _unit(centres[rng.integers(0, 20, 30)] + rng.standard_normal((30, 48)))
+    idx = FeatureIndex(48, kind="auto", use_gpu=False).add(db)
+    assert (idx.kind, idx.nlist, idx.nprobe, idx.coarse_dim) == ("ivf-gemm", fi.auto_gemm_nlist(3000), 3, 16)
+    assert fi.auto_gemm_nlist(1_000_000) == 512 and fi.auto_gemm_nlist(10) == 64
+    found, exact = idx.search(q, 10)[1], brute_force_search(db, q, 10)[1]
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exact)]) > 0.9
+    small = FeatureIndex(48, kind="auto", use_gpu=False).add(db[:1500])
+    assert small.kind == "flat"

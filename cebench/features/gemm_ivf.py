@@ -97,16 +97,20 @@ class GemmIVF:
         buf = torch.empty(int(sizes.max()) if self.nlist else 0, self.dim, dtype=self.x.dtype)
         buf32 = torch.empty(buf.shape) if self.x.dtype != torch.float32 else buf
         nonempty = torch.nonzero((starts[1:] > starts[:-1]) & (sizes > 0)).flatten().tolist()
+        starts_l, offsets_l = starts.tolist(), self.offsets.tolist()  # python ints: no tensor.item() per list
+        q_sorted = qt[pq[order]]                                   # [M*P, dim] queries in probe order
         for li in nonempty:
-            a, b = int(starts[li]), int(starts[li + 1])
-            lo, n = int(self.offsets[li]), int(sizes[li])
-            rows = self.ids[lo:lo + n]                             # [n] database ids of the list
+            a, b = starts_l[li], starts_l[li + 1]
+            lo, hi = offsets_l[li], offsets_l[li + 1]
+            n = hi - lo
+            rows = self.ids[lo:hi]                                 # [n] database ids of the list
             torch.index_select(self.x, 0, rows, out=buf[:n])       # gather the list once
             xl = buf[:n] if buf32 is buf else buf32[:n].copy_(buf[:n])
             kk = min(k, n)
             for s in range(a, b, QUERY_BLOCK):
-                slots = order[s:min(b, s + QUERY_BLOCK)]           # [m] probe slots of these queries
-                scores = qt[pq[slots]] @ xl.T                      # [m, n]
+                e = min(b, s + QUERY_BLOCK)
+                slots = order[s:e]                                 # [m] probe slots of these queries
+                scores = q_sorted[s:e] @ xl.T                      # [m, n]
                 if self.metric == "l2":                            # -|q-x|^2 + |q|^2 = 2 q.x - |x|^2
                     scores = 2 * scores - self.sq_norms[rows][None]
                 top = torch.topk(scores, kk, dim=1)

@@ -1,8 +1,8 @@
 """FAISS index wrapper shared by retrieval and the nearest-neighbour inpainting baseline.
 
 `FeatureIndex(dim, kind="flat"|"ivf"|"ivf-gemm"|"hnsw"|"auto", metric="ip"|"l2")`: exact search by default, IVF or
-HNSW for millions of vectors; "auto" picks flat below `AUTO_IVF_MIN` vectors and IVF (nlist
-`auto_nlist(n)`, nprobe `AUTO_NPROBE`) from there on -- the winner of `cebench bench knn` at each size
+HNSW for millions of vectors; "auto" picks flat below `AUTO_IVF_MIN` vectors and from there ivf-gemm
+(`gemm_ivf.GemmIVF`; faiss IVF when a GPU is used) -- the winner of `cebench bench knn` at each size
 (results/bench_knn.json). On a machine where faiss has GPU support and a GPU is visible,
 flat and IVF indexes run on the GPU (`use_gpu="auto"`); HNSW always runs on the CPU (faiss has no
 GPU HNSW). Scores: inner products (higher is nearer) for "ip", squared L2 distances (lower is
@@ -22,10 +22,18 @@ from cebench.io import atomic_target
 from .gemm_ivf import GemmIVF
 
 KINDS = ("flat", "ivf", "ivf-gemm", "hnsw", "auto")
-# "auto": where IVF starts to beat exact search, build included, and its settings (see knn_scale.py)
+# "auto": exact search below AUTO_IVF_MIN vectors; from there ivf-gemm on the CPU (faiss IVF on a GPU), with
+# the settings that won `cebench bench knn --n 1000000` build included (results/bench_knn.json): nlist
+# `auto_gemm_nlist(n)` (512 at 1M), lists chosen in a 16-d PCA projection, nprobe 3 (2 reached recall@10
+# 0.95 there on the validation queries; 3 for margin on other data)
 AUTO_IVF_MIN = 500_000
-AUTO_NPROBE = 4     # 1M vectors, nlist 256: nprobe 2 already gave recall@10 0.986 there; 4 for margin
+AUTO_NPROBE = 4     # faiss IVF (GPU): 1M vectors, nlist 256: nprobe 2 gave recall@10 0.986; 4 for margin
+AUTO_GEMM_NPROBE = 3
+AUTO_GEMM_COARSE_DIM = 16
 IVF_TRAIN_PER_LIST = 64  # k-means sample: 64 points per list (faiss wants >= 39), drawn at random
+# ivf-gemm: 40 per list (just over faiss's 39; the k-means runs in the PCA projection): at 1M x 256 the
+# quantizer's training is then ~0.1 s of a ~0.6 s build + search (knn_scale.py)
+GEMM_TRAIN_PER_LIST = 40
 METRICS = ("ip", "l2")
 
 
@@ -51,6 +59,12 @@ def auto_nlist(n: int) -> int:
     Few lists keep the build cheap (every vector is compared with every centroid once); IVF search
     is bound by the bytes of the visited lists, which more lists shrink."""
     return int(2 ** round(math.log2(max(256.0, n / 4000))))
+
+
+def auto_gemm_nlist(n: int) -> int:
+    """ivf-gemm lists for n vectors: a power of two near n / 2000 (512 at 1M), at least 64. Its build
+    assigns in a 16-d projection, so more lists cost little there; its search reads each visited list once."""
+    return int(2 ** round(math.log2(max(64.0, n / 2000))))
 
 
 def faiss_gpu_available() -> bool:
@@ -212,8 +226,11 @@ class FeatureIndex:
         if self.index is None and self.kind == "auto":
             if x.shape[0] < AUTO_IVF_MIN:
                 self.kind = "flat"
-            else:
+            elif self.use_gpu:
                 self.kind, self.nlist, self.nprobe = "ivf", auto_nlist(x.shape[0]), AUTO_NPROBE
+            else:
+                self.kind, self.nlist, self.nprobe = "ivf-gemm", auto_gemm_nlist(x.shape[0]), AUTO_GEMM_NPROBE
+                self.coarse_dim = min(AUTO_GEMM_COARSE_DIM, self.dim) if AUTO_GEMM_COARSE_DIM < self.dim else 0
         if self.index is None and self.kind == "ivf-gemm":
             quant = self._coarse_quantizer(self._train_sample(x))
             self.index = GemmIVF(quant, self.nlist, self.dim, self.metric, min(self.nprobe, self.nlist))
@@ -231,8 +248,10 @@ class FeatureIndex:
         return self
 
     def _train_sample(self, x: np.ndarray) -> np.ndarray:
-        """IVF_TRAIN_PER_LIST * nlist rows of x drawn at random (seeded), float32 [S, dim]."""
-        n_train = min(x.shape[0], IVF_TRAIN_PER_LIST * self.nlist)
+        """IVF_TRAIN_PER_LIST (ivf-gemm: GEMM_TRAIN_PER_LIST) * nlist rows of x drawn at random (seeded),
+        float32 [S, dim]."""
+        per = GEMM_TRAIN_PER_LIST if self.kind == "ivf-gemm" else IVF_TRAIN_PER_LIST
+        n_train = min(x.shape[0], per * self.nlist)
         rows = np.sort(np.random.default_rng(0).choice(x.shape[0], n_train, replace=False))
         return _as_f32(x[rows] if n_train < x.shape[0] else x)
 
