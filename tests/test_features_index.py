@@ -186,9 +186,10 @@ def test_auto_resolves_to_ivf_gemm_on_large_data(monkeypatch):
     centres, db = _clustered(rng, 3000)
     q = _unit(centres[rng.integers(0, 20, 30)] + rng.standard_normal((30, 48)))
     idx = FeatureIndex(48, kind="auto", use_gpu=False).add(db)
-    assert (idx.kind, idx.nlist, idx.nprobe, idx.coarse_dim) == ("ivf-gemm", fi.auto_gemm_nlist(3000), 3, 16)
+    assert (idx.kind, idx.nlist, idx.nprobe, idx.coarse_dim) == ("ivf-gemm", fi.auto_gemm_nlist(3000), 2, 24)
     assert fi.auto_gemm_nlist(1_000_000) == 512 and fi.auto_gemm_nlist(10) == 64
+    idx.set_nprobe(8)  # 8 of its 64 lists: the small data's clusters span several lists
     found, exact = idx.search(q, 10)[1], brute_force_search(db, q, 10)[1]
-    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exact)]) > 0.9
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exact)]) > 0.95
     small = FeatureIndex(48, kind="auto", use_gpu=False).add(db[:1500])
     assert small.kind == "flat"
