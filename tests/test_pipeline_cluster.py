@@ -143,7 +143,7 @@ def test_submitit_run_preempted_and_killed_gives_the_local_tables(tmp_path):
     suite run in the background failed here before the launcher reset it: submitit-local cancels with a
     SIGINT, which the controller inherited as ignored, so the "killed" job trained on to its end)."""
     ov = [f"data.demo_dir={tmp_path / 'data'}", "run.methods=[ce]", "run.tasks=[cls]", "run.inpaint=false",
-          "run.svm=false", "run.retrieval=false", "transfer.seeds=[0]", "pretrain.steps=120", "pretrain.ckpt_every=1",
+          "run.svm=false", "run.retrieval=false", "transfer.seeds=[0]", "pretrain.steps=60", "pretrain.ckpt_every=1",
           "pretrain.sample_every=0", "pretrain.eval_images=0"]
     local = _cebench(["run", "--config", "tiny", "--out", str(tmp_path / "local"), *ov], timeout=600)
     assert local.returncode == 0, local.stdout[-2000:] + local.stderr[-2000:]
