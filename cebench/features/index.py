@@ -63,7 +63,8 @@ def auto_nlist(n: int) -> int:
 
 def auto_gemm_nlist(n: int) -> int:
     """ivf-gemm lists for n vectors: a power of two near n / 2000 (512 at 1M), at least 64. Its build
-    assigns in a 16-d projection, so more lists cost little there; its search reads each visited list once."""
+    assigns in a low-dimensional projection, so more lists cost little there; its search reads each
+    visited list once."""
     return int(2 ** round(math.log2(max(64.0, n / 2000))))
 
 
@@ -107,8 +108,8 @@ class FeatureIndex:
     the caller's array, searched with matrix products; keeps a view of the array added, which the caller
     must not change), "ivf" (IndexIVFFlat; k-means trained on a random sample of
     IVF_TRAIN_PER_LIST * nlist vectors of the first `add`, nlist reduced so each list gets >= 39
-    training points), "hnsw" (IndexHNSWFlat with `hnsw_m` links), "auto" (flat or IVF by the size of
-    the first `add`, see AUTO_IVF_MIN; `kind` holds the resolved one afterwards).
+    training points), "hnsw" (IndexHNSWFlat with `hnsw_m` links), "auto" (flat, ivf-gemm or, on a GPU,
+    ivf by the size of the first `add`, see AUTO_IVF_MIN; `kind` holds the resolved one afterwards).
     nprobe: IVF lists visited per query; ef_search: HNSW search breadth.
     coarse_dim: IVF only; > 0 chooses the lists in a PCA projection to that many dimensions (k-means
     with `kmeans_iters` iterations there), which makes the build several times cheaper at 1M vectors;
@@ -230,7 +231,7 @@ class FeatureIndex:
                 self.kind, self.nlist, self.nprobe = "ivf", auto_nlist(x.shape[0]), AUTO_NPROBE
             else:
                 self.kind, self.nlist, self.nprobe = "ivf-gemm", auto_gemm_nlist(x.shape[0]), AUTO_GEMM_NPROBE
-                self.coarse_dim = min(AUTO_GEMM_COARSE_DIM, self.dim) if AUTO_GEMM_COARSE_DIM < self.dim else 0
+                self.coarse_dim = AUTO_GEMM_COARSE_DIM if AUTO_GEMM_COARSE_DIM < self.dim else 0
         if self.index is None and self.kind == "ivf-gemm":
             quant = self._coarse_quantizer(self._train_sample(x))
             self.index = GemmIVF(quant, self.nlist, self.dim, self.metric, min(self.nprobe, self.nlist))
