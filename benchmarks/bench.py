@@ -181,10 +181,17 @@ def summary_markdown(data: dict) -> str:
     side-by-side ratios first; every number of bench.json is also listed at the end."""
     m = data.get("machine", {})
     lines = ["# cebench performance benchmarks", "",
-             f"Machine: {m.get('cpu')} ({m.get('cpu_count')} cores), GPU: {m.get('cuda') or 'none'}, "
-             f"torch {m.get('torch')}, Python {m.get('python')}; written {data.get('date', '-')} by `cebench bench`.",
+             f"Last written {data.get('date', '-')} by `cebench bench` on {m.get('cpu')} ({m.get('cpu_count')} "
+             f"cores), GPU: {m.get('cuda') or 'none'}, torch {m.get('torch')}, Python {m.get('python')}. The "
+             "sections come from runs on different days and CPUs: each names its own machine where it was "
+             "recorded.",
              "", "This machine is shared and its speed changes 2-4x from hour to hour: compare ratios measured "
              "side by side in one run (the ratio columns), not absolute times across rows of different runs."]
+    on = data.get("measured_on", {})
+
+    def measured(name: str) -> list[str]:
+        where = on.get(name)
+        return [f"Measured on {where['cpu']}, {where['date']}.", ""] if where else []
     if data.get("demo"):
         lines += ["", *demo_markdown(data["demo"], _table)]
     ref = data.get("reference")
@@ -192,7 +199,8 @@ def summary_markdown(data: dict) -> str:
         lines += ["", "## Side by side: the inpainting context encoder's training step vs the PyTorch port",
                   "", f"`cebench bench reference --compare-reference PATH/model.py`; the port is "
                   f"{ref.get('reference')}, {_fmt(ref.get('g_params'))} G parameters. Ratio: median of the "
-                  "per-round ratios (range); CPU ratio: CPU time per image, port / cebench.", ""]
+                  "per-round ratios (range); CPU ratio: CPU time per image, port / cebench.", "",
+                  *measured("reference")]
         lines += _table(["what", "cebench img/s", "port img/s", "ratio", "CPU-time ratio", "batch", "device",
                          "rounds"], _reference_rows(ref))
     if "training" in data:
@@ -204,7 +212,8 @@ def summary_markdown(data: dict) -> str:
                   f"`cebench bench knn --n {kn.get('n')}`; data: {kn.get('data')}. Speed-up = scikit-learn's "
                   "brute force time / (build + search); recall@10 against the exact neighbours; nprobe and "
                   "efSearch chosen on separate validation queries for recall >= "
-                  f"{kn.get('target_recall')}. FeatureIndex auto resolved to {kn.get('auto_resolved')}.", ""]
+                  f"{kn.get('target_recall')}. FeatureIndex auto resolved to {kn.get('auto_resolved')}.", "",
+                  *measured("knn")]
         lines += _table(["method", "build s", "search s", "total s", "recall@10", "vs sklearn", "settings"],
                         _knn_rows(kn))
     if data.get("folder"):
@@ -212,7 +221,7 @@ def summary_markdown(data: dict) -> str:
         lines += ["", "## `cebench retrieve` over a folder of photos", "",
                   f"`cebench bench folder --photos {f.get('photos')}`: the command as a user runs it (a fresh "
                   f"process), HOG, {f.get('patch')} px patches every {f.get('stride')} px, photos scaled to "
-                  f"{f.get('max_side')} px first.", ""]
+                  f"{f.get('max_side')} px first.", "", *measured("folder")]
         lines += _table(["photos (long side px)", "patches", "empty cache s", "filled cache s", "cache on disk",
                          "peak RSS", "float16 vs float32 recall@10", "device"],
                         [[f"{f.get('photos')} ({f.get('long_side_px')})", f.get("patches"), f.get("fresh_s"),
@@ -225,18 +234,18 @@ def summary_markdown(data: dict) -> str:
                                   for k, v in cnn.items() if k.startswith("fresh_s_"))
                       + f" (amp=auto chose {cnn['auto_precision']})."]
     if data.get("pretrain"):
-        lines += ["", "## Pretraining steps (forward, backward, optimiser; synthetic input)", ""]
+        lines += ["", "## Pretraining steps (forward, backward, optimiser; synthetic input)", "", *measured("pretrain")]
         lines += _table(["architecture", "img/s", "batch", "memory", "device", "parameters"],
                         _pretrain_rows(data["pretrain"]))
     if data.get("transfer"):
-        lines += ["", "## Transfer tasks", ""]
+        lines += ["", "## Transfer tasks", "", *measured("transfer")]
         lines += _table(["task", "train img/s", "inference img/s", "batch", "input", "device"],
                         _transfer_rows(data["transfer"]))
     if data.get("retrieval"):
-        lines += ["", "## Retrieval features", ""]
+        lines += ["", "## Retrieval features", "", *measured("retrieval")]
         lines += _table(["extractor", "patches/s", "vs reference", "patches"], _retrieval_rows(data["retrieval"]))
     lines += ["", "<details><summary>Every number in bench.json</summary>", ""]
-    for stage in [k for k in data if k not in ("machine", "date")]:
+    for stage in [k for k in data if k not in ("machine", "date", "measured_on")]:
         rows: list = []
         _flatten("", data[stage], rows)
         lines += ["", f"### {stage}", ""] + _table(["measurement", "value"], [[k, v] for k, v in rows
@@ -273,6 +282,9 @@ def run_bench(which: str, out_dir: Path, device: str = "auto", quick: bool = Fal
         print(f"[bench] {name} ...", flush=True)
         data[name] = benches[name](out_dir / f"bench_{name}.json", device=device, quick=quick)
         print(f"[bench] {name} done in {time.time() - t0:.1f}s", flush=True)
+        # each section keeps the machine and date it ran on: bench.json merges runs of several days and CPUs
+        data.setdefault("measured_on", {})[name] = {"cpu": machine_info().get("cpu"),
+                                                    "date": time.strftime("%Y-%m-%d")}
     data["machine"] = machine_info()
     data["date"] = time.strftime("%Y-%m-%d %H:%M:%S")
     atomic_write_json(path, data)

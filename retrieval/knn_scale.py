@@ -121,7 +121,7 @@ def bench_knn(out_path=None, *, n: int = 200_000, dim: int = 256, n_queries: int
            lambda ix, x: ix.search(x, k))
     ivfs = [("ivf", nl, 0) for nl in nlists or ((128, 256, 512) if not quick else (32,))]
     ivfs += [("ivf", nl, cd) for cd in coarse_dims for nl in (pca_nlists or ((256, 512) if not quick else (32,)))]
-    ivfs += [("ivf-gemm", nl, cd) for nl, cd in (gemm or (((512, 16), (512, 24), (1024, 16)) if not quick
+    ivfs += [("ivf-gemm", nl, cd) for nl, cd in (gemm or (((512, 16), (512, 20), (512, 24), (1024, 16)) if not quick
                                                         else ((32, 8),)))]
     for kind, nlist, cd in ivfs:
         ix = FeatureIndex(dim, kind=kind, nlist=nlist, coarse_dim=cd, use_gpu=False).add(db)  # untimed: nprobe

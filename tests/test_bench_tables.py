@@ -43,6 +43,10 @@ def test_tables_have_one_row_per_measurement():
     assert md.index("Side by side") < md.index("Nearest neighbours") < md.index("Pretraining steps")
     assert "### knn" in md and "| methods.faiss ivf256.recall_at_10 | 0.986 |" in md  # every number still listed
     assert "raw" not in md  # but not the per-round lists
+    assert "Measured on" not in md  # sections of older files name no machine: none is made up
+    dated = summary_markdown({**DATA, "measured_on": {"knn": {"cpu": "Other CPU", "date": "2000-01-02"}}})
+    knn_part = dated[dated.index("## Nearest neighbours"):dated.index("| method |")]
+    assert "Measured on Other CPU, 2000-01-02." in knn_part and dated.count("Measured on") == 1
 
 
 def test_bench_knn_quick_through_the_cli(tmp_path):
@@ -51,3 +55,4 @@ def test_bench_knn_quick_through_the_cli(tmp_path):
     assert data["knn"]["methods"]["faiss flat"]["recall_at_10"] == 1.0
     md = (tmp_path / "bench.md").read_text()
     assert "## Nearest neighbours at scale: 20,000 x 256 vectors" in md and "| faiss flat |" in md
+    assert set(data["measured_on"]) == {"knn"} and "Measured on " in md  # the section names its machine

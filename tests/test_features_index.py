@@ -124,12 +124,16 @@ def _clustered(rng, n, d=48, c=20):
 
 @pytest.mark.parametrize("metric", ["ip", "l2"])
 @pytest.mark.parametrize("coarse_dim", [0, 8])
-def test_ivf_gemm_matches_faiss_ivfflat_on_the_same_lists(metric, coarse_dim, tmp_path):
+@pytest.mark.parametrize("gather_block", [1024, 64])  # 64: lists of ~190 vectors gathered in several blocks
+def test_ivf_gemm_matches_faiss_ivfflat_on_the_same_lists(metric, coarse_dim, gather_block, tmp_path, monkeypatch):
     """ivf-gemm searches what faiss's IndexIVFFlat searches when both use the same coarse quantizer:
     the same neighbours and scores at nprobe 2, exact search when every list is visited, float16
     storage, a second add, padding when the visited lists hold fewer than k, save/load."""
     import faiss
 
+    import cebench.features.gemm_ivf as gemm_ivf
+
+    monkeypatch.setattr(gemm_ivf, "GATHER_BLOCK", gather_block)
     rng = np.random.default_rng(4)
     centres, db = _clustered(rng, 3000)
     q = _unit(centres[rng.integers(0, 20, 40)] + rng.standard_normal((40, 48)))
@@ -161,6 +165,23 @@ def test_ivf_gemm_matches_faiss_ivfflat_on_the_same_lists(metric, coarse_dim, tm
     np.testing.assert_array_equal(loaded.search(q, 10)[1], ri)
 
 
+@pytest.mark.parametrize("coarse_dim", [0, 8])
+def test_ivf_gemm_assign_agrees_with_the_faiss_quantizer(coarse_dim):
+    """GemmIVF.assign projects through the PCA matrix as one matrix product per chunk (chunks smaller
+    than the data here, so several run) and hands the projection to the inner faiss index: the lists are
+    faiss's own quantizer.assign's; without a projection it calls the quantizer directly."""
+    rng = np.random.default_rng(8)
+    _, db = _clustered(rng, 5000)
+    idx = FeatureIndex(48, kind="ivf-gemm", nlist=32, nprobe=2, coarse_dim=coarse_dim, use_gpu=False).add(db[:100])
+    g = idx.index
+    assert (g._projection is not None) == bool(coarse_dim)
+    ref = g.quantizer.assign(db, 1)[:, 0]
+    for data in (db, db.astype(np.float16)):
+        ours = g.assign(data, chunk=1500)
+        want = ref if data.dtype == np.float32 else g.quantizer.assign(data.astype(np.float32), 1)[:, 0]
+        assert (ours == want).mean() > 0.999  # the projection's float32 sums in another order: ties at most
+
+
 def test_ivf_gemm_add_keeps_a_view_and_damaged_files_give_one_line(tmp_path):
     from cebench.errors import CebenchError
 
@@ -186,7 +207,7 @@ def test_auto_resolves_to_ivf_gemm_on_large_data(monkeypatch):
     centres, db = _clustered(rng, 3000)
     q = _unit(centres[rng.integers(0, 20, 30)] + rng.standard_normal((30, 48)))
     idx = FeatureIndex(48, kind="auto", use_gpu=False).add(db)
-    assert (idx.kind, idx.nlist, idx.nprobe, idx.coarse_dim) == ("ivf-gemm", fi.auto_gemm_nlist(3000), 2, 24)
+    assert (idx.kind, idx.nlist, idx.nprobe, idx.coarse_dim) == ("ivf-gemm", fi.auto_gemm_nlist(3000), 3, 16)
     assert fi.auto_gemm_nlist(1_000_000) == 512 and fi.auto_gemm_nlist(10) == 64
     idx.set_nprobe(8)  # 8 of its 64 lists: the small data's clusters span several lists
     found, exact = idx.search(q, 10)[1], brute_force_search(db, q, 10)[1]

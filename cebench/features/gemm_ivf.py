@@ -22,6 +22,26 @@ import numpy as np
 import torch
 
 QUERY_BLOCK = 2048  # queries of one list scored per matrix product ([block, list size] float32 scores)
+GATHER_BLOCK = 1024  # list vectors gathered at a time (1 MB float32): the block is scored while in cache
+ASSIGN_CHUNK = 32768  # rows projected and assigned at a time: the [chunk, coarse_dim] projection stays in cache
+
+
+def _split_projection(quantizer):
+    """(A [d_out, dim], b [d_out], inner faiss index over the projection) when `quantizer` is an
+    IndexPreTransform(LinearTransform, index) such as FeatureIndex's PCA quantizer, else None.
+    faiss applies the transform a vector at a time outside its BLAS path; as one float32 matrix
+    product per chunk it is ~3x faster at 1M x 256 -> 24 (and gives the same lists, tested)."""
+    import faiss  # the quantizer is a faiss index: faiss is installed
+
+    pre = faiss.downcast_index(quantizer)
+    if not isinstance(pre, faiss.IndexPreTransform) or pre.chain.size() != 1:
+        return None
+    lt = faiss.downcast_VectorTransform(pre.chain.at(0))
+    if not isinstance(lt, faiss.LinearTransform):
+        return None
+    a = torch.from_numpy(faiss.vector_to_array(lt.A).reshape(lt.d_out, lt.d_in).copy())
+    b = torch.from_numpy(faiss.vector_to_array(lt.b).copy()) if lt.have_bias else torch.zeros(lt.d_out)
+    return a, b, faiss.downcast_index(pre.index)
 
 
 def _torch_view(x: np.ndarray) -> torch.Tensor:
@@ -43,17 +63,29 @@ class GemmIVF:
         self.ids = torch.zeros(0, dtype=torch.long)        # [N] database ids sorted by list
         self.offsets = torch.zeros(self.nlist + 1, dtype=torch.long)  # list l = ids[offsets[l]:offsets[l+1]]
         self.sq_norms: torch.Tensor | None = None          # [N] |x|^2 (l2 only)
+        self._projection = _split_projection(quantizer)   # (A, b, inner) or None: assign through faiss
 
     @property
     def ntotal(self) -> int:
         return 0 if self.x is None else int(self.x.shape[0])
 
-    def assign(self, x: np.ndarray, chunk: int = 131072) -> np.ndarray:
-        """The list of every row of x [N, dim] -> int64 [N] (float16 converted a chunk at a time)."""
+    def assign(self, x: np.ndarray, chunk: int = ASSIGN_CHUNK) -> np.ndarray:
+        """The list of every row of x [N, dim] -> int64 [N] (float16 converted a chunk at a time). With a
+        linear projection in front of the quantizer, a chunk is projected by one matrix product into a
+        reused [chunk, d_out] buffer and assigned by the inner index while it is still in cache."""
         out = np.empty(x.shape[0], np.int64)
+        if self._projection is None:
+            for s in range(0, x.shape[0], chunk):
+                part = np.ascontiguousarray(x[s:s + chunk], dtype=np.float32)
+                out[s:s + chunk] = self.quantizer.assign(part, 1)[:, 0]
+            return out
+        a, b, inner = self._projection
+        proj = torch.empty(min(chunk, x.shape[0]), a.shape[0])  # [chunk, d_out]
         for s in range(0, x.shape[0], chunk):
-            part = np.ascontiguousarray(x[s:s + chunk], dtype=np.float32)
-            out[s:s + chunk] = self.quantizer.assign(part, 1)[:, 0]
+            part = _torch_view(np.ascontiguousarray(x[s:s + chunk], dtype=np.float32))
+            p = proj[:part.shape[0]]
+            torch.addmm(b, part, a.T, out=p)                     # x A^T + b: the PCA projection
+            out[s:s + chunk] = inner.assign(p.numpy(), 1)[:, 0]
         return out
 
     def add(self, x: np.ndarray) -> None:
@@ -73,7 +105,10 @@ class GemmIVF:
             prev_lists[self.ids.numpy()] = np.repeat(np.arange(self.nlist), counts)
             self.x = torch.cat([self.x, new.to(self.x.dtype)])
         all_lists = torch.from_numpy(np.concatenate([prev_lists, lists]))
-        self.ids = torch.argsort(all_lists, stable=True)  # ids grouped by list, ascending within a list
+        # ids grouped by list, ascending within a list; numpy's stable sort of int16 keys is a radix sort
+        # (~0.01 s at 1M, half of torch's argsort)
+        self.ids = (torch.from_numpy(np.argsort(all_lists.numpy().astype(np.int16), kind="stable"))
+                    if self.nlist <= np.iinfo(np.int16).max else torch.argsort(all_lists, stable=True))
         counts = torch.bincount(all_lists, minlength=self.nlist)
         self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(counts, 0)])
         if self.metric == "l2":
@@ -91,10 +126,12 @@ class GemmIVF:
         order = torch.argsort(pl, stable=True)                     # probes grouped by list
         pl_sorted = pl[order]
         starts = torch.searchsorted(pl_sorted, torch.arange(self.nlist + 1))  # probe runs per list
-        best = torch.full((M * P, k), -torch.inf)                  # per probe: its top k ("higher is nearer")
-        best_ids = torch.full((M * P, k), -1, dtype=torch.long)
+        # per probe, in probe (list) order: its top k ("higher is nearer"); unsorted once at the end
+        best_sorted = torch.full((M * P, k), -torch.inf)
+        best_ids_sorted = torch.full((M * P, k), -1, dtype=torch.long)
         sizes = self.offsets[1:] - self.offsets[:-1]
-        buf = torch.empty(int(sizes.max()) if self.nlist else 0, self.dim, dtype=self.x.dtype)
+        blk = GATHER_BLOCK
+        buf = torch.empty(blk, self.dim, dtype=self.x.dtype)        # one block of a list's vectors
         buf32 = torch.empty(buf.shape) if self.x.dtype != torch.float32 else buf
         nonempty = torch.nonzero((starts[1:] > starts[:-1]) & (sizes > 0)).flatten().tolist()
         starts_l, offsets_l = starts.tolist(), self.offsets.tolist()  # python ints: no tensor.item() per list
@@ -104,18 +141,24 @@ class GemmIVF:
             lo, hi = offsets_l[li], offsets_l[li + 1]
             n = hi - lo
             rows = self.ids[lo:hi]                                 # [n] database ids of the list
-            torch.index_select(self.x, 0, rows, out=buf[:n])       # gather the list once
-            xl = buf[:n] if buf32 is buf else buf32[:n].copy_(buf[:n])
             kk = min(k, n)
             for s in range(a, b, QUERY_BLOCK):
                 e = min(b, s + QUERY_BLOCK)
-                slots = order[s:e]                                 # [m] probe slots of these queries
-                scores = q_sorted[s:e] @ xl.T                      # [m, n]
+                scores_t = torch.empty(n, e - s)                   # [n, m]: row blocks are contiguous
+                for c in range(0, n, blk):                         # gather a block (stays in cache), score it
+                    c1 = min(n, c + blk)
+                    torch.index_select(self.x, 0, rows[c:c1], out=buf[:c1 - c])
+                    xb = buf[:c1 - c] if buf32 is buf else buf32[:c1 - c].copy_(buf[:c1 - c])
+                    torch.mm(xb, q_sorted[s:e].T, out=scores_t[c:c1])
+                scores = scores_t.T                                # [m, n]
                 if self.metric == "l2":                            # -|q-x|^2 + |q|^2 = 2 q.x - |x|^2
                     scores = 2 * scores - self.sq_norms[rows][None]
                 top = torch.topk(scores, kk, dim=1)
-                best[slots, :kk] = top.values
-                best_ids[slots, :kk] = rows[top.indices]
+                best_sorted[s:e, :kk] = top.values
+                best_ids_sorted[s:e, :kk] = rows[top.indices]
+        best = torch.empty_like(best_sorted)
+        best_ids = torch.empty_like(best_ids_sorted)
+        best[order], best_ids[order] = best_sorted, best_ids_sorted
         top = torch.topk(best.view(M, P * k), k, dim=1)            # merge the nprobe lists of each query
         ids = torch.gather(best_ids.view(M, P * k), 1, top.indices)
         scores = top.values
