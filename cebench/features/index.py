@@ -325,14 +325,23 @@ class FeatureIndex:
             gemm = GemmIVF.from_state(arrays, quant)
         except Exception as exc:  # noqa: BLE001 - a damaged or foreign .npz: one line naming the file
             raise CebenchError(f"{path}: not a readable ivf-gemm index ({type(exc).__name__}: {exc})") from None
-        obj = cls.__new__(cls)
-        obj.dim, obj.kind, obj.metric = gemm.dim, "ivf-gemm", gemm.metric
-        obj.nlist, obj.nprobe = gemm.nlist, gemm.nprobe
-        obj.hnsw_m, obj.ef_search, obj.ef_construction = 0, 0, 0
         pre = _faiss().downcast_index(quant)
-        obj.coarse_dim = int(pre.index.d) if isinstance(pre, _faiss().IndexPreTransform) else 0
-        obj.kmeans_iters, obj.use_gpu, obj._gpu_res, obj.index = 0, False, None, gemm
-        obj._quantizer = quant
+        coarse_dim = int(pre.index.d) if isinstance(pre, _faiss().IndexPreTransform) else 0
+        obj = cls._restored(dim=gemm.dim, kind="ivf-gemm", metric=gemm.metric, nlist=gemm.nlist, nprobe=gemm.nprobe,
+                            coarse_dim=coarse_dim, use_gpu=False)
+        obj.index, obj._quantizer = gemm, quant
+        return obj
+
+    @classmethod
+    def _restored(cls, *, dim: int, kind: str, metric: str, nlist: int, nprobe: int, coarse_dim: int,
+                  use_gpu: bool) -> "FeatureIndex":
+        """An instance for an index read from disk (its `index` set by the caller): the settings the file
+        holds; the build-only ones (HNSW breadths, k-means iterations) are 0, as nothing is built again."""
+        obj = cls.__new__(cls)
+        obj.dim, obj.kind, obj.metric = int(dim), kind, metric
+        obj.nlist, obj.nprobe, obj.coarse_dim = int(nlist), int(nprobe), int(coarse_dim)
+        obj.hnsw_m, obj.ef_search, obj.ef_construction, obj.kmeans_iters = 0, 0, 0, 0
+        obj.use_gpu, obj._gpu_res, obj.index = bool(use_gpu), None, None
         return obj
 
     @classmethod
@@ -355,20 +364,15 @@ class FeatureIndex:
             kind = "ivf"
         else:
             kind = "flat"
-        obj = cls.__new__(cls)
-        obj.dim, obj.kind, obj.metric = int(cpu.d), kind, metric
-        obj.nlist = int(getattr(cpu, "nlist", 0))
-        obj.nprobe = int(getattr(cpu, "nprobe", 0))
-        obj.hnsw_m, obj.ef_search, obj.ef_construction = 0, 0, 0
-        obj.coarse_dim, obj.kmeans_iters = 0, 0
+        coarse_dim = 0
         if kind == "ivf":
             ivf = faiss.extract_index_ivf(cpu)
-            ivf.nprobe = obj.nprobe
             quant = faiss.downcast_index(ivf.quantizer)
             if isinstance(quant, faiss.IndexPreTransform):
-                obj.coarse_dim = int(quant.index.d)
+                coarse_dim = int(quant.index.d)
         want_gpu = faiss_gpu_available() if use_gpu == "auto" else bool(use_gpu)
-        obj.use_gpu = want_gpu and kind != "hnsw"
-        obj._gpu_res = None
+        obj = cls._restored(dim=cpu.d, kind=kind, metric=metric, nlist=getattr(cpu, "nlist", 0),
+                            nprobe=getattr(cpu, "nprobe", 0), coarse_dim=coarse_dim,
+                            use_gpu=want_gpu and kind != "hnsw")
         obj.index = obj._place(cpu)
         return obj
