@@ -277,15 +277,15 @@ def run_bench(which: str, out_dir: Path, device: str = "auto", quick: bool = Fal
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "bench.json"
     data = json.loads(path.read_text()) if path.is_file() else {}
+    machine = machine_info()  # read once: every section of this run names it, and the file's header
     for name in names:
         t0 = time.time()
         print(f"[bench] {name} ...", flush=True)
         data[name] = benches[name](out_dir / f"bench_{name}.json", device=device, quick=quick)
         print(f"[bench] {name} done in {time.time() - t0:.1f}s", flush=True)
         # each section keeps the machine and date it ran on: bench.json merges runs of several days and CPUs
-        data.setdefault("measured_on", {})[name] = {"cpu": machine_info().get("cpu"),
-                                                    "date": time.strftime("%Y-%m-%d")}
-    data["machine"] = machine_info()
+        data.setdefault("measured_on", {})[name] = {"cpu": machine.get("cpu"), "date": time.strftime("%Y-%m-%d")}
+    data["machine"] = machine
     data["date"] = time.strftime("%Y-%m-%d %H:%M:%S")
     atomic_write_json(path, data)
     atomic_write_text(out_dir / "bench.md", summary_markdown(data))
