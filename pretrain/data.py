@@ -16,15 +16,18 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from cebench.data.folders import read_image_folder
 from cebench.data.voc import VOCIndex
 from cebench.errors import DatasetMissingError
-from cebench.images import open_rgb, require_images
+from cebench.images import open_rgb
 
 COLOURS = ("rgb", "permute", "gray")  # the `colour` options (see the module docstring)
 
 
 class PretrainImages(Dataset):
-    """(uint8 image [3,c,c], labels float [C] (empty without labels), index)."""
+    """(uint8 image [3,c,c], labels, index). Labels: float [C] for a VOC label matrix [N, C] (multi-label,
+    1 / 0 difficult / -1), int64 scalar for class indices [N] (an image folder's one class per image),
+    empty without labels."""
 
     def __init__(self, paths, crop: int, load_size: int = 0, flip: bool = True, labels=None, seed: int = 0,
                  cache: bool = False, random: bool = True, colour: str = "rgb"):
@@ -32,7 +35,11 @@ class PretrainImages(Dataset):
         if not self.paths:
             raise DatasetMissingError("no pretraining images found")
         self.crop, self.load_size, self.flip, self.seed = crop, load_size or crop, flip, seed
-        self.labels = None if labels is None else torch.as_tensor(np.asarray(labels), dtype=torch.float32)
+        if labels is None:
+            self.labels = None
+        else:
+            labels = np.asarray(labels)
+            self.labels = torch.as_tensor(labels, dtype=torch.int64 if labels.ndim == 1 else torch.float32)
         self.cache = {} if cache else None
         if colour not in COLOURS:
             raise ValueError(f"colour must be one of {', '.join(COLOURS)}, got {colour!r}")
@@ -90,7 +97,9 @@ def voc_split_paths(voc_root, split: str, with_labels: bool = False, classes=Non
 
 
 def folder_paths(folder) -> list[Path]:
-    return require_images(folder)
+    """The training images of a folder (`cebench.data.folders`: a Tiny ImageNet root gives its train split,
+    never its val or test images)."""
+    return read_image_folder(folder, "train").paths
 
 
 def step_batches(n: int, batch: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[list[int]]:

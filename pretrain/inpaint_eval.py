@@ -16,8 +16,9 @@ import pandas as pd
 import torch
 
 from cebench.config import save_config
+from cebench.data.folders import has_split, read_image_folder
 from cebench.data.sources import DataConfig, pretrain_folder, record_sources, voc_root
-from cebench.errors import CebenchError
+from cebench.errors import CebenchError, ConfigError
 from cebench.features.hog import hog
 from cebench.features.index import FeatureIndex
 from cebench.io import atomic_save_figure, atomic_write_csv, atomic_write_text
@@ -62,11 +63,16 @@ class InpaintTrainConfig(PretrainConfig):
     eval_images: int = 0               # no held-out loss curve
 
 
+HELDOUT = ("test", "pretrain-val")  # the `heldout` options
+
+
 @dataclass
 class InpaintEvalConfig:
     train: InpaintTrainConfig = field(default_factory=InpaintTrainConfig)
+    heldout: str = "test"         # held-out images: "test" (the VOC test split of data.root) or "pretrain-val"
+    #                               (the val split of data.pretrain_images: Tiny ImageNet's val photos)
     n_test: int = 0               # held-out images scored (0 = all)
-    nn_max_images: int = 0        # training images searched by the NN baselines (0 = all)
+    nn_max_images: int = 0        # training images searched by the NN baselines (0 = all; else evenly spaced)
     figure_rows: int = 6
     telea_radius: int = 5
 
@@ -197,8 +203,16 @@ def main(cfg: InpaintEvalConfig, data_cfg: DataConfig | None = None, out_dir="."
     lo, side = center_box(size, 0.5)
     # held-out and training images
     root = None
+    if cfg.heldout not in HELDOUT:
+        raise ConfigError(f"inpaint.heldout must be one of {', '.join(HELDOUT)}, got {cfg.heldout!r}")
     if images:
         test_paths, source = folder_paths(images), str(images)
+    elif cfg.heldout == "pretrain-val":
+        folder = pretrain_folder(data_cfg)
+        if folder is None or not has_split(folder, "val"):
+            raise ConfigError("inpaint.heldout=pretrain-val needs data.pretrain_images with a val split "
+                              f"(the Tiny ImageNet layout); got {folder or 'no image folder'}")
+        test_paths, source = read_image_folder(folder, "val").paths, f"the val split of {folder}"
     else:
         root = voc_root(data_cfg, data_override)
         test_paths, _, _ = voc_split_paths(root, data_cfg.test_split)
@@ -211,9 +225,12 @@ def main(cfg: InpaintEvalConfig, data_cfg: DataConfig | None = None, out_dir="."
     else:
         root = root or voc_root(data_cfg, data_override)
         train_paths, _, _ = voc_split_paths(root, data_cfg.pretrain_split)
-    if cfg.nn_max_images:
-        train_paths = train_paths[: cfg.nn_max_images]
-    record_sources(out, data_cfg, heldout=str(images) if images else f"{root} split {data_cfg.test_split}",
+    if cfg.nn_max_images and len(train_paths) > cfg.nn_max_images:
+        # evenly spaced, not the first N: a class-ordered folder (Tiny ImageNet) would give a few classes only
+        pick = np.linspace(0, len(train_paths) - 1, cfg.nn_max_images).round().astype(int)
+        train_paths = [train_paths[i] for i in pick]
+    record_sources(out, data_cfg, heldout=str(images) if images else (f"{root} split {data_cfg.test_split}"
+                                                                      if root is not None else source),
                    train_images=str(folder) if folder is not None else f"{root} split {data_cfg.pretrain_split}",
                    input_size=size, n_heldout=len(test_paths), n_train=len(train_paths))
     # the CE nets (trained here if not given)

@@ -11,6 +11,7 @@ DDP wraps the objective, so its forward is the whole generator step.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cebench.images import IMAGENET_MEAN, denormalize, normalize
@@ -109,13 +110,19 @@ class InpaintObjective(nn.Module):
 
 
 class SupervisedObjective(nn.Module):
-    """The supervised upper bound: multi-label BCE on the pretraining split's labels."""
+    """The supervised upper bound: multi-label BCE on a VOC split's labels ([B, C] in {1, 0, -1}), or
+    softmax cross-entropy on one class index per image ([B] int64: an image folder's labels, e.g. Tiny
+    ImageNet's ImageNet classes). The labels' type says which; the loss is returned under its own name."""
 
     def __init__(self, net: SupervisedNet):
         super().__init__()
         self.net = net
 
     def forward(self, x01: Tensor, mask: Tensor | None = None, labels: Tensor | None = None):
-        logits = self.net(normalize(x01))
+        logits = self.net(normalize(x01))  # [B, C]
+        out = {"pred": x01.detach(), "logits": logits.detach()}
+        if labels.dim() == 1:  # [B] class indices
+            xent = F.cross_entropy(logits.float(), labels)
+            return {"loss": xent, "xent": xent}, out
         bce = multilabel_bce(logits, labels)
-        return {"loss": bce, "bce": bce}, {"pred": x01.detach(), "logits": logits.detach()}
+        return {"loss": bce, "bce": bce}, out

@@ -19,6 +19,7 @@ from torchvision.utils import save_image
 
 from cebench.checkpoint import load_checkpoint, load_state_strict, save_checkpoint
 from cebench.config import config_to_dict, save_config
+from cebench.data.folders import detect_layout, has_split, read_image_folder
 from cebench.data.sources import DataConfig, pretrain_folder, record_sources, voc_root
 from cebench.errors import CheckpointError, ConfigError
 from cebench.io import atomic_target
@@ -38,7 +39,6 @@ from .config import PretrainConfig
 from .data import (
     COLOURS,
     PretrainImages,
-    folder_paths,
     make_loader,
     step_batches,
     voc_split_paths,
@@ -73,12 +73,20 @@ def _iter_epochs(ds, cfg, rt, state, steps_per_epoch, total):
 
 
 def _dataset(cfg: PretrainConfig, data_cfg: DataConfig, data_override, input_size: int, needs_labels: bool):
+    """(train images, held-out images or None, the VOC root read or None, number of classes).
+
+    Images come from data.pretrain_images (any layout of `cebench.data.folders`) or the VOC pretrain split.
+    A method that needs labels takes them from the folder where its layout has them (one class per image:
+    Tiny ImageNet, one folder per class), else from the VOC split's annotations. The held-out images are
+    the folder's val split where it has one (Tiny ImageNet), else the VOC val split."""
     crop = cfg.crop_size or input_size
     if crop != input_size:
         raise ConfigError(f"crop_size {crop} must equal the network input size {input_size}")
-    folder = None if needs_labels else pretrain_folder(data_cfg)  # data.pretrain_images (or the demo's folder)
-    if folder is not None:
-        paths, labels, classes, root = folder_paths(folder), None, (), None
+    folder = pretrain_folder(data_cfg)  # data.pretrain_images (or the demo's folder)
+    labelled = folder is not None and needs_labels and detect_layout(folder) != "plain"
+    if folder is not None and (labelled or not needs_labels):
+        split = read_image_folder(folder, "train")
+        paths, labels, classes, root = split.paths, split.labels if needs_labels else None, split.classes, None
     else:
         root = voc_root(data_cfg, data_override)
         paths, labels, classes = voc_split_paths(root, data_cfg.pretrain_split, with_labels=needs_labels,
@@ -86,7 +94,12 @@ def _dataset(cfg: PretrainConfig, data_cfg: DataConfig, data_override, input_siz
     ds = PretrainImages(paths, crop, cfg.load_size, cfg.flip, labels, cfg.seed, cache=cfg.cache_images,
                         colour=cfg.colour)
     val = None
-    if cfg.eval_images and root is not None:
+    if cfg.eval_images and root is None and has_split(folder, "val"):
+        held = read_image_folder(folder, "val")
+        n = min(cfg.eval_images, len(held.paths))
+        val = PretrainImages(held.paths[:n], crop, cfg.load_size, False, held.labels[:n] if needs_labels else None,
+                             cache=cfg.cache_images, random=False, colour=cfg.colour)
+    elif cfg.eval_images and root is not None:
         try:
             vpaths, vlabels, _ = voc_split_paths(root, data_cfg.val_split, with_labels=needs_labels,
                                                  classes=data_cfg.classes or None)
