@@ -142,9 +142,15 @@ READS = {"pretrain": ("pretrain", "seg"), "inpaint": ("pretrain", "voc"), "cls":
          "det-proposals": ("voc",), "svm": ("voc",), "seg": ("seg",), "retrieval": ("seg",)}
 
 
+def _data_config(cfg: dict) -> DataConfig:
+    """The `data` section of a resolved config as the stage commands load it."""
+    return load_config(DataConfig, None, [f"{k}={v}" for k, v in cfg["data"].items() if v != ""])
+
+
 def job_reads(name: str, cfg: dict) -> str:
-    """`data.seg_root=B/VOC2012`-style description of what job `name` reads (for --dry-run)."""
-    data_cfg = load_config(DataConfig, None, [f"{k}={v}" for k, v in cfg["data"].items() if v != ""])
+    """`data.seg_root (B/VOC2012)`-style description of what job `name` reads (for --dry-run); a year picked
+    from a VOCdevkit holding both is named: `data.root VOC2012 (A/VOCdevkit/VOC2012)`."""
+    data_cfg = _data_config(cfg)
     kind = name.split("/")[0]
     if kind == "retrieval" and cfg["retrieval"].get("data_root"):
         return f"retrieval.data_root={cfg['retrieval']['data_root']}"
@@ -305,15 +311,17 @@ def data_problems(cfg: dict) -> list[tuple[str, str]]:
     if not data["root"]:
         problems.append(("data.root", "data.root is empty: extract VOCtrainval_06-Nov-2007.tar and "
                          "VOCtest_06-Nov-2007.tar and pass data.root=/path/to/VOCdevkit"))
-    for key in ("root", "seg_root"):
+    data_cfg = _data_config(cfg)
+    for key, use in (("root", "voc"), ("seg_root", "seg")):
         if data[key]:
-            try:
-                find_voc_root(data[key])
+            try:  # a VOCdevkit holding VOC2007 and VOC2012: each use reads its year (source_of)
+                find_voc_root(source_of(data_cfg, use)[1])
             except CebenchError as exc:
                 problems.append((f"data.{key}", f"data.{key}: {exc}"))
-    if "seg" in cfg["run"]["tasks"] and not data["seg_root"]:
-        problems.append(("data.seg_root", "data.seg_root is empty: extract VOCtrainval_11-May-2012.tar and pass "
-                         "data.seg_root=/path/to/VOCdevkit/VOC2012"))
+    seg_reads_root = not data["root"] or source_of(data_cfg, "seg")[0] == "data.root"  # no VOC2012 beside it
+    if "seg" in cfg["run"]["tasks"] and not data["seg_root"] and seg_reads_root:
+        problems.append(("data.seg_root", "data.seg_root is empty: extract VOCtrainval_11-May-2012.tar beside "
+                         "VOC2007 (data.root=/path/to/VOCdevkit) or pass data.seg_root=/path/to/VOCdevkit/VOC2012"))
     if not data["pretrain_images"]:
         problems.append(("data.pretrain_images", "data.pretrain_images is empty: pass a folder of pretraining "
                          "images (ImageNet train or Paris StreetView), e.g. data.pretrain_images=/data/imagenet/train"))

@@ -31,14 +31,14 @@ GPU check of a new machine: bash scripts/gpu_check.sh (see docs/gpus-and-cluster
 
 
 def data_overrides(data: str | None, overrides) -> list[str]:
-    """`cebench run --data DIR` is `data.root=DIR` (the VOC2007 tree; segmentation still reads
-    data.seg_root when set); refused when it contradicts a data.root override."""
+    """`cebench run --data DIR` is `data.root=DIR` (the VOC2007 tree, or a VOCdevkit holding VOC2007 and
+    VOC2012; segmentation reads data.seg_root when set); refused when it contradicts a data.root override."""
     overrides = list(overrides)
     if not data:
         return overrides
     given = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].strip() == "data.root"]
     if any(g != data for g in given):
-        raise ConfigError(f"--data {data} and data.root={given[0]} disagree: give the VOC2007 root once "
+        raise ConfigError(f"--data {data} and data.root={given[0]} disagree: give the VOC root once "
                           "(--data DIR is data.root=DIR; segmentation reads data.seg_root)")
     return overrides if given else [*overrides, f"data.root={data}"]
 
@@ -56,8 +56,9 @@ def register(subparsers, common) -> None:
         description="Run every stage (data, pretraining, inpainting evaluation, transfer, SVMs, retrieval, "
         "report) with caching: a second run skips finished stages; an interrupted run resumes. "
         "Overrides are SECTION.key=value (e.g. pretrain.steps=500), plus encoder.checkpoint=PATH name=NAME "
-        "to add your own learner to every table. --data DIR is data.root=DIR (VOC2007); segmentation reads "
-        "data.seg_root (VOC2012) and pretraining data.pretrain_images. --device cuda uses every visible GPU "
+        "to add your own learner to every table. --data DIR is data.root=DIR (VOC2007, or a VOCdevkit holding "
+        "VOC2007 and VOC2012); segmentation reads data.seg_root, else that VOCdevkit's VOC2012, and pretraining "
+        "data.pretrain_images; --dry-run prints what each job reads. --device cuda uses every visible GPU "
         "(one job each); --device cuda:N only GPU N.",
         epilog=PLACEMENT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--force", action="append", default=[], metavar="STAGE",

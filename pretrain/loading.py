@@ -73,7 +73,7 @@ def imagenet_weights_help(path: Path | None = None) -> str:
     """Where the ImageNet AlexNet weights go, in one line."""
     path = path or imagenet_weights_path()
     return (f"place {IMAGENET_ALEXNET_FILE} (from {IMAGENET_ALEXNET_URL}) in {path.parent}, or fetch it with "
-            "`cebench data imagenet --download` (cebench run: imagenet.download=true)")
+            "`cebench imagenet-weights --download` (cebench run: imagenet.download=true)")
 
 
 def _reachable(host: str, port: int, timeout: float) -> str | None:

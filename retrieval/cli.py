@@ -1,5 +1,5 @@
-"""`cebench retrieve` (neighbours of a query in a folder of the user's own images), `cebench
-retrieval` (the quantitative table on labelled data) and the `bench retrieval` speed benchmark."""
+"""`cebench retrieve` (neighbours of a query in a folder of the user's own images) and `cebench
+retrieval-bench` (the quantitative table on labelled data)."""
 
 from __future__ import annotations
 

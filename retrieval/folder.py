@@ -10,7 +10,7 @@ Each chunk is written to a temporary file and renamed, so a killed run leaves on
 and the next run computes only the missing ones. Nothing is ever written into the image folder.
 
 float16 keeps the features at half the size of float32; the neighbours found with them against
-those of the float32 features are measured by `cebench bench retrieve-folder` (results/).
+those of the float32 features are measured by `cebench bench folder` (results/).
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 own tree, `cebench run --data`, and stage overrides with or without their section prefix."""
 
 import dataclasses
+import re
 import xml.etree.ElementTree as ET
 
 import numpy as np
@@ -9,9 +10,12 @@ import pytest
 from PIL import Image
 
 from cebench.benchmarks.cli import main as cli_main
+from cebench.benchmarks.cli import resolve_config
+from cebench.benchmarks.pipeline import data_problems, resolve
 from cebench.data.demo import DEMO_PRESETS, generate_demo, paper_layout_paths
 from cebench.data.sources import DataConfig, pretrain_folder, source_of, voc_root
-from cebench.data.voc import VOC_CLASSES, VOCIndex, read_classes, read_segmentation
+from cebench.data.voc import VOC_CLASSES, VOCIndex, find_voc_root, read_classes, read_segmentation
+from cebench.errors import CebenchError
 from cebench.transfer.det.proposals import read_proposal_file
 
 SMALL_VOC = dataclasses.replace(DEMO_PRESETS["voc"], n_pretrain=5, n_trainval=6, n_test=3, n_seg_trainval=4, workers=1)
@@ -81,6 +85,43 @@ def test_each_stage_reads_its_own_source(tmp_path):
     assert pretrain_folder(cfg).name == "pretrain_images"
     assert pretrain_folder(DataConfig(demo="tiny", demo_dir=str(tmp_path))) is None  # the VOC pretrain split
     assert voc_root(DataConfig(demo="tiny", demo_dir=str(tmp_path)), segmentation=True).name == "VOC2007"
+
+
+def test_a_vocdevkit_with_both_years_routes_each_stage_to_its_year(rehearsal_data):
+    """data.root may be the VOCdevkit real VOC extracts into: VOC2007 for classification, detection, the SVMs
+    and pretraining's VOC split, VOC2012 for segmentation and retrieval, unless data.seg_root names a tree."""
+    base, voc07 = rehearsal_data
+    devkit, voc12 = base / "VOCdevkit", base / "VOCdevkit" / "VOC2012"
+    for root in (devkit, base):  # the VOCdevkit or the folder above it
+        cfg = DataConfig(demo="", root=str(root))
+        assert source_of(cfg, "voc") == ("data.root VOC2007", str(voc07))
+        assert source_of(cfg, "seg") == ("data.root VOC2012", str(voc12))
+        assert source_of(cfg, "pretrain") == ("data.root VOC2007 split pretrain", str(voc07))
+        assert voc_root(cfg) == voc07 and voc_root(cfg, segmentation=True) == voc12
+        assert voc_root(DataConfig(demo=""), str(root), segmentation=True) == voc12  # --data DIR of a stage
+    assert source_of(DataConfig(demo="", root=str(devkit), seg_root=str(voc07)), "seg") == ("data.seg_root", str(voc07))
+    assert source_of(DataConfig(demo="", root=str(voc07)), "seg") == ("data.root", str(voc07))  # one tree: as given
+    with pytest.raises(CebenchError, match="several VOC years .*give the VOCyyyy folder itself"):
+        find_voc_root(devkit)  # a reader asked for no year
+
+
+def test_paper_dry_run_on_a_vocdevkit_plans_cls_on_voc2007_and_seg_on_voc2012(rehearsal_data, tmp_path, capsys):
+    base, voc07 = rehearsal_data
+    devkit, voc12 = base / "VOCdevkit", base / "VOCdevkit" / "VOC2012"
+    images = base / "pretrain_images"
+    assert cli_main(["run", "--config", "paper", "--dry-run", "--out", str(tmp_path / "out"), f"data.root={devkit}",
+                     f"data.pretrain_images={images}"]) == 0
+    text = capsys.readouterr().out
+    assert "not found on this machine" not in text  # nothing missing: data.seg_root is not needed
+    reads = dict(re.findall(r"^(\S+): cebench .*\n    reads (.*)$", text, flags=re.M))
+    assert reads["cls/random"] == reads["det/random"] == reads["svm/random"] == f"data.root VOC2007 ({voc07})"
+    assert reads["seg/random"] == reads["retrieval"] == f"data.root VOC2012 ({voc12})"
+    assert reads["pretrain/ce"] == f"data.pretrain_images ({images}), data.root VOC2012 ({voc12})"
+    # the same data for a real run: nothing missing, so check_real_data lets it start
+    cfg = resolve(resolve_config("paper"), [f"data.root={devkit}", f"data.pretrain_images={images}"])
+    assert data_problems(cfg) == []
+    only07 = resolve(resolve_config("paper"), [f"data.root={voc07}", f"data.pretrain_images={images}"])
+    assert [k for k, _ in data_problems(only07)] == ["data.seg_root"]  # VOC2007 alone: segmentation has no tree
 
 
 def _err(capsys) -> str:

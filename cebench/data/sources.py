@@ -9,6 +9,9 @@ its own source (`source_of` is the one routing table):
   pretraining, retrieval (which needs segmentation masks);
 - "pretrain": the pretraining images (`data.pretrain_images`, else the `pretrain` split of `data.root`).
 
+`data.root` (or `--data`) may be a VOCdevkit holding both years, as real VOC extracts: then "voc" and
+"pretrain" read its VOC2007 and "seg" its VOC2012 (`YEAR_OF`), unless `data.seg_root` names another tree.
+
 With no real root the demo preset `data.demo` provides all three: the demo tree, or for preset
 "voc" (the paper-protocol rehearsal) a VOC2007 tree, a VOC2012 tree and an image folder beside them.
 """
@@ -22,7 +25,7 @@ from pathlib import Path
 from ..config import config_to_dict, save_config
 from ..errors import ConfigError, DatasetMissingError
 from .demo import DEMO_PRESETS, generate_demo, paper_layout_paths
-from .voc import find_voc_root
+from .voc import find_voc_root, voc_years
 
 
 @dataclass
@@ -31,7 +34,8 @@ class DataConfig:
     demo_seed: int = 0
     demo_dir: str = ""            # where the demo tree is generated ("" = $CEBENCH_DATA or ./data)
     root: str = ""                # real VOC2007 (classification, detection): VOCdevkit, VOC2007 or parent
-    seg_root: str = ""            # real VOC2012 for segmentation ("" = same as root)
+    seg_root: str = ""            # real VOC2012 for segmentation ("" = root's VOC2012 when root is a
+    #                               VOCdevkit holding both years, else root itself)
     classes: list[str] = field(default_factory=list)  # class names, or [a file with one name a line];
     #                               [] = classes.txt at the VOC root, else the VOC classes / the annotations' names
     pretrain_images: str = ""     # a folder of images for pretraining (ImageNet, Paris StreetView, ...)
@@ -43,6 +47,8 @@ class DataConfig:
 
 
 USES = ("voc", "seg", "pretrain")
+# the year each use reads from a VOCdevkit that holds several (VOC2007 and VOC2012 side by side)
+YEAR_OF = {"voc": "2007", "seg": "2012", "pretrain": "2007"}
 
 
 def demo_root(cfg: DataConfig) -> Path:
@@ -57,20 +63,22 @@ def _demo_preset(cfg: DataConfig):
 
 
 def source_of(cfg: DataConfig, use: str, override: str | None = None) -> tuple[str, str]:
-    """(what, path) a stage with data `use` reads, as configured; checks and generates nothing.
+    """(what, path) a stage with data `use` reads, as configured; generates nothing, and looks at a real
+    root's folder names only to pick the year from a VOCdevkit holding several.
 
     what names the source: "--data", "data.root", "data.seg_root", "data.pretrain_images",
-    "data.root split <pretrain_split>", or "demo <preset>" (path then the demo folder it lives in)."""
+    "data.root split <pretrain_split>", or "demo <preset>" (path then the demo folder it lives in); a year
+    picked from a VOCdevkit is named after it, e.g. ("data.root VOC2012", "/data/VOCdevkit/VOC2012")."""
     if use not in USES:
         raise ConfigError(f"data use must be one of {', '.join(USES)}, got {use!r}")
     if override:
-        return "--data", str(override)
+        return _year_of(use, "--data", str(override))
     if use == "seg" and cfg.seg_root:
-        return "data.seg_root", cfg.seg_root
+        return _year_of(use, "data.seg_root", cfg.seg_root)
     if use == "pretrain" and cfg.pretrain_images:
         return "data.pretrain_images", cfg.pretrain_images
     if cfg.root:
-        return ("data.root" if use != "pretrain" else f"data.root split {cfg.pretrain_split}"), cfg.root
+        return _year_of(use, "data.root", cfg.root, f" split {cfg.pretrain_split}" if use == "pretrain" else "")
     base = demo_root(cfg)
     preset = _demo_preset(cfg)
     if preset.layout == "paper":
@@ -80,6 +88,16 @@ def source_of(cfg: DataConfig, use: str, override: str | None = None) -> tuple[s
     else:
         path = base / "VOCdevkit" / "VOC2007"
     return f"demo {cfg.demo}", str(path)
+
+
+def _year_of(use: str, what: str, path: str, suffix: str = "") -> tuple[str, str]:
+    """The tree of year YEAR_OF[use] when `path` is a VOCdevkit (or its parent) holding several years and
+    that one among them; else `path` as given (a VOCyyyy folder, a devkit of one year, a path not here)."""
+    years = voc_years(path)
+    year = YEAR_OF[use]
+    if len(years) > 1 and year in years:
+        return f"{what} VOC{year}{suffix}", str(years[year])
+    return f"{what}{suffix}", path
 
 
 def _demo(cfg: DataConfig) -> Path:
@@ -114,4 +132,4 @@ def record_sources(out_dir, data_cfg: DataConfig, **read) -> Path:
                        out_dir, name="data.yaml")
 
 
-__all__ = ["DataConfig", "USES", "demo_root", "source_of", "voc_root", "pretrain_folder", "record_sources"]
+__all__ = ["DataConfig", "USES", "YEAR_OF", "demo_root", "source_of", "voc_root", "pretrain_folder", "record_sources"]

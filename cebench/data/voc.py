@@ -47,25 +47,37 @@ def _is_voc_dir(p: Path) -> bool:
     return p.is_dir() and (p / "JPEGImages").is_dir() and (p / "ImageSets").is_dir()
 
 
+def voc_years(path) -> dict[str, Path]:
+    """{"2007": .../VOC2007, ...}: the VOCyyyy trees of `path` when it is a VOCdevkit or the folder above
+    one (real VOC extracts VOC2007 and VOC2012 side by side); {} when `path` is itself a VOC tree or
+    holds none. Looks at folder names only."""
+    path = Path(path).expanduser()
+    if _is_voc_dir(path):
+        return {}
+    for devkit in (path, path / "VOCdevkit"):
+        found = {p.name[3:]: p for p in sorted(devkit.glob("VOC*")) if _is_voc_dir(p)} if devkit.is_dir() else {}
+        if found:
+            return found
+    return {}
+
+
 def find_voc_root(path, year: str | int | None = None) -> Path:
-    """Resolve a VOCyyyy folder from itself, the VOCdevkit above it, or the VOCdevkit's parent."""
+    """Resolve a VOCyyyy folder from itself, the VOCdevkit above it, or the VOCdevkit's parent. A VOCdevkit
+    holding several years needs `year` (the data sources pick it per stage: `cebench.data.sources`)."""
     path = Path(path).expanduser()
     want = f"VOC{year}" if year is not None else None
     if _is_voc_dir(path) and (want is None or path.name == want or not path.name.startswith("VOC20")):
         return path
-    for devkit in (path, path / "VOCdevkit"):
-        if not devkit.is_dir():
-            continue
-        if want is not None:
-            if _is_voc_dir(devkit / want):
-                return devkit / want
-            continue
-        found = sorted(p for p in devkit.glob("VOC*") if _is_voc_dir(p))
+    if want is None:
+        found = list(voc_years(path).values())
         if len(found) == 1:
             return found[0]
         if len(found) > 1:
-            raise CebenchError(f"{devkit} holds several VOC years ({', '.join(p.name for p in found)}); "
-                               "say which one (year=...)")
+            raise CebenchError(f"{found[0].parent} holds several VOC years ({', '.join(p.name for p in found)}); "
+                               "give the VOCyyyy folder itself")
+    for devkit in (path, path / "VOCdevkit") if want is not None else ():
+        if _is_voc_dir(devkit / want):
+            return devkit / want
     what = f"{want} " if want else "a VOC dataset "
     raise DatasetMissingError(f"{what}not found at {path}: {_DOWNLOAD_HELP}")
 
@@ -361,6 +373,6 @@ class VOCIndex:
             np.zeros((0, self.num_classes), np.int8)
 
 
-__all__ = ["VOC_CLASSES", "CLASS_SOURCES", "voc_palette", "find_voc_root", "read_classes", "resolve_classes",
-           "describe_classes", "annotation_class_names", "read_split", "parse_annotation", "read_segmentation",
-           "VOCIndex"]
+__all__ = ["VOC_CLASSES", "CLASS_SOURCES", "voc_palette", "voc_years", "find_voc_root", "read_classes",
+           "resolve_classes", "describe_classes", "annotation_class_names", "read_split", "parse_annotation",
+           "read_segmentation", "VOCIndex"]

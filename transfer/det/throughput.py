@@ -1,8 +1,8 @@
 """Detection numbers for `cebench bench transfer`: Fast R-CNN training / inference images/s and proposal
 images/s (selective search, fast mode, one process and a process pool).
 
-`bench_det(device, quick)` follows `transfer.bench`'s convention (returns a dict with
-`train_images_per_s` and `infer_images_per_s`); `transfer.bench.BENCHES` lists it.
+`bench_det(device, quick)` follows the convention of `cebench.transfer.throughput` (returns a dict with
+`train_images_per_s` and `infer_images_per_s`); `BENCHES` there lists it.
 """
 
 from __future__ import annotations
