@@ -1,13 +1,17 @@
-"""`cebench data demo` and `cebench data check`."""
+"""`cebench data demo`, `cebench data check` and `cebench data prepare sysu-shapes`."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import shlex
+import sys
 import time
 
 from cebench.data.check import check_dataset, format_report
 from cebench.data.demo import DemoDataConfig, demo_config, generate_demo, paper_layout_paths
+from cebench.data.sysu import SysuConfig, prepare_sysu
+from cebench.data.sysu import format_report as format_prepare_report
 from cebench.data.voc import VOCIndex
 from cebench.errors import ConfigError
 from cebench.images import list_images
@@ -66,9 +70,24 @@ def cmd_check(args) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_prepare_sysu(args) -> int:
+    cfg = SysuConfig(seed=args.seed, test_frac=args.test_frac, val_frac=args.val_frac, void_px=args.void_px,
+                     limit_per_class=args.limit_per_class, strict=args.strict, origin=args.origin)
+    command = "cebench data prepare sysu-shapes " + " ".join(shlex.quote(a) for a in (
+        args.src, "--out", args.out, "--seed", str(args.seed), "--test-frac", f"{args.test_frac:g}",
+        "--val-frac", f"{args.val_frac:g}", "--void-px", str(args.void_px), "--origin", args.origin,
+        *(["--limit-per-class", str(args.limit_per_class)] if args.limit_per_class else []),
+        *(["--strict"] if args.strict else [])))
+    report = prepare_sysu(args.src, args.out, cfg, force=args.force, command=command)
+    for path, problem in report.skipped:
+        print(f"warning: {path}: {problem} (skipped)", file=sys.stderr)
+    print(format_prepare_report(report))
+    return 0
+
+
 def register(subparsers, common: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    """Add `data demo` and `data check` (they take their own options, not the common ones)."""
-    p = subparsers.add_parser("data", help="built-in demo data and dataset checks")
+    """Add `data demo`, `data check` and `data prepare` (they take their own options, not the common ones)."""
+    p = subparsers.add_parser("data", help="built-in demo data, dataset checks, conversion of published layouts")
     sub = p.add_subparsers(dest="data_command", required=True)
 
     d = sub.add_parser("demo", help="write the built-in demo data as a VOC tree (reused when present)")
@@ -88,6 +107,27 @@ def register(subparsers, common: argparse.ArgumentParser | None = None) -> argpa
                    help="the class list, as data.classes: comma-separated names or a file with one name a line "
                         "(default: classes.txt at the VOC root, else the VOC classes or those the annotations use)")
     c.set_defaults(func=cmd_check)
+
+    prep = sub.add_parser("prepare", help="convert a data set in its published layout into a VOC tree")
+    kinds = prep.add_subparsers(dest="prepare_kind", required=True)
+    s = kinds.add_parser("sysu-shapes", help="SYSU-Shapes (<class>/images/*.jpg, <class>/annotations/*.mat) "
+                                             "-> a VOC tree with boxes, outline masks and stratified splits")
+    s.add_argument("src", help="the SYSU-Shapes folder (read only; nothing is written into it)")
+    s.add_argument("--out", required=True, help="the VOC root to write (data.root=OUT); reused when it holds a "
+                                                "conversion with the same settings and source")
+    s.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
+    s.add_argument("--test-frac", type=float, default=0.4, help="test share of each class (default 0.4)")
+    s.add_argument("--val-frac", type=float, default=0.25, help="val share of each class's trainval (default 0.25)")
+    s.add_argument("--void-px", type=int, default=5,
+                   help="width of the void (255) band along each outline in the masks (default 5, 0: none)")
+    s.add_argument("--limit-per-class", type=int, default=0,
+                   help="only this many images of each class folder, chosen by a hash of the name (default: all)")
+    s.add_argument("--origin", default="auto", choices=["auto", "0", "1"],
+                   help="pixel-coordinate origin of the annotations: auto = 1 for the Caltech-101 photos (101_*, "
+                        "MATLAB), 0 for the VOC photos (LabelMe), as the image edges show (default auto)")
+    s.add_argument("--strict", action="store_true", help="stop at the first damaged file instead of skipping it")
+    s.add_argument("--force", action="store_true", help="replace an earlier conversion with other settings at --out")
+    s.set_defaults(func=cmd_prepare_sysu)
     return p
 
 
