@@ -25,7 +25,7 @@ from cebench.transfer import cli as transfer_cli
 from . import bench as bench_cli
 from . import pipeline_cli, replicates
 
-CONFIG_NAMES = ("tiny", "demo", "paper", "rehearsal")
+CONFIG_NAMES = ("tiny", "demo", "real", "paper", "rehearsal")
 
 
 def resolve_config(value: str) -> Path:
@@ -40,7 +40,7 @@ def resolve_config(value: str) -> Path:
 def common_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", type=resolve_config, default=resolve_config("demo"),
-                        help="tiny | demo | paper | rehearsal, or a YAML file (default: demo)")
+                        help="tiny | demo | real | paper | rehearsal, or a YAML file (default: demo)")
     common.add_argument("--out", default=None, help="output folder")
     common.add_argument("--data", default=None,
                         help="VOC root (VOCdevkit, VOCyyyy or its parent); default: the demo tree")

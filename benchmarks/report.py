@@ -96,7 +96,8 @@ def build_table2(transfer_rows: list[dict]) -> pd.DataFrame:
 
 # The paper's orderings, each as (better, worse): what the paired differences test
 ORDERINGS = [("context encoder", "random"), ("context encoder", "autoencoder"), ("autoencoder", "random"),
-             ("supervised (demo labels)", "context encoder"), ("imagenet", "context encoder")]
+             ("supervised (demo labels)", "context encoder"), ("supervised (ImageNet labels)", "context encoder"),
+             ("imagenet", "context encoder")]
 
 
 def per_seed_values(transfer_rows: list[dict]) -> dict[tuple[str, str], dict]:
@@ -360,6 +361,12 @@ def write_report(out: Path, *, inpaint_dir: Path, transfer_dirs: list[Path], ret
         md += ["", "Demo scale: built-in synthetic VOC-format data at 64 px, minutes of CPU pretraining. "
                "The paper's numbers come from ImageNet/Paris StreetView pretraining for days on a GPU and real "
                "VOC; compare orderings, not absolute values."]
+    elif (run_info.get("data") or {}).get("pretrain_images"):
+        data = run_info["data"]
+        md += ["", f"Real photographs: pretraining images `{data['pretrain_images']}`, transfer tree `{data['root']}`"
+               f"{' (segmentation: `' + data['seg_root'] + '`)' if data.get('seg_root') else ''}. The paper's numbers "
+               "come from ImageNet at 227 px pretrained for days on a GPU and PASCAL VOC's 20 classes; compare "
+               "orderings, not absolute values."]
     md += ["", "## Table 1: semantic inpainting (centre 1/4 mask)", ""]
     protocol = (inpaint_dir / "protocol.txt")
     if protocol.is_file():

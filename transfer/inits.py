@@ -34,6 +34,9 @@ INIT_NAMES: dict[str, tuple[str, tuple[str, ...]]] = {
     "autoencoder": ("autoencoder", ("ae", "auto-encoder")),
     "context encoder": ("context encoder", ("ce", "context_encoder", "context-encoder")),
     "supervised": ("supervised (demo labels)", ("sup", "supervised (demo labels)")),
+    # the supervised row trained on the pretraining photos' ImageNet classes (Tiny ImageNet, the real-photo
+    # track): the paper's "ImageNet" row at this scale (run.supervised_row picks it)
+    "supervised-imagenet": ("supervised (ImageNet labels)", ("supervised (imagenet labels)",)),
     "imagenet": ("imagenet", ("imagenet-supervised",)),
 }
 ALIASES = {alias: name for name, (_, aliases) in INIT_NAMES.items() for alias in aliases}
@@ -79,7 +82,7 @@ def parse_init(text: str) -> InitSpec:
             raise ConfigError(f"--init {text!r}: unknown initialisation {name!r}; known: {', '.join(INITS)} "
                               f"(any other NAME=CHECKPOINT is loaded as a custom AlexNet-compatible row)")
         kind = "custom"
-    if kind in ("context encoder", "autoencoder", "supervised", "custom") and ckpt is None:
+    if kind in ("context encoder", "autoencoder", "supervised", "supervised-imagenet", "custom") and ckpt is None:
         raise ConfigError(f"--init {name!r} needs a checkpoint: --init '{name}=PATH/checkpoint.pt'")
     display = kind if kind != "custom" else name
     return InitSpec(display, kind, ckpt)
@@ -132,6 +135,7 @@ INITS: dict[str, Callable] = {
     "context encoder": _from_checkpoint("ce"),
     "autoencoder": _from_checkpoint("ae"),
     "supervised": _from_checkpoint("sup"),
+    "supervised-imagenet": _from_checkpoint("sup"),
     "imagenet": _imagenet,
     "custom": _from_checkpoint(None),
 }
