@@ -55,6 +55,8 @@ class EncoderPlugin:
 class RunSection:
     methods: tuple[str, ...] = ("ce", "ae", "supervised")   # feature-learning pretrainings (transfer inits)
     supervised_steps: int = 0     # steps of the supervised upper bound (0: pretrain.steps, like the others)
+    supervised_row: str = "supervised"  # its row: supervised (demo labels) | supervised-imagenet (the pretraining
+    #                                     photos' ImageNet classes: the paper's ImageNet row at this scale)
     inpaint: bool = True          # train the inpainting nets (L2, L2+adv) and evaluate Table 1
     tasks: tuple[str, ...] = ("cls", "seg", "det")
     svm: bool = True
@@ -76,6 +78,7 @@ class ImagenetSection:
 
 
 STAGES = ("pretrain", "inpaint", "transfer", "svm", "retrieval")
+SUPERVISED_ROWS = ("supervised", "supervised-imagenet")  # the rows the supervised pretraining may fill
 
 
 def _sections():
@@ -167,6 +170,9 @@ def plan(cfg: dict, out: Path, config_file: Path, device: str = "auto", cache: P
     jobs: list[Job] = []
     est_pre, est_tr = 60 * run["minutes_pretrain"], 60 * run["minutes_transfer"]
 
+    if run["supervised_row"] not in SUPERVISED_ROWS:
+        raise ConfigError(f"run.supervised_row must be one of {', '.join(SUPERVISED_ROWS)}, "
+                          f"got {run['supervised_row']!r}")
     ckpt = {}
     k = run["pretrain_gpus"]
     for method in run["methods"]:
@@ -188,7 +194,8 @@ def plan(cfg: dict, out: Path, config_file: Path, device: str = "auto", cache: P
     # initialisations: name -> (init argument, dependency job)
     inits: dict[str, tuple[str, tuple[str, ...]]] = {"random": ("random", ())}
     for method in run["methods"]:
-        inits[canonical_name(method)] = (f"{canonical_name(method)}={ckpt[method]}", (f"pretrain/{method}",))
+        row = canonical_name(run["supervised_row"] if method == "supervised" else method)
+        inits[row] = (f"{row}={ckpt[method]}", (f"pretrain/{method}",))
     if cfg["encoder"]["checkpoint"]:
         label = cfg["name"] or Path(cfg["encoder"]["checkpoint"]).stem
         inits[label] = (f"{label}={cfg['encoder']['checkpoint']}", ())
@@ -319,7 +326,7 @@ def data_problems(cfg: dict) -> list[tuple[str, str]]:
             except CebenchError as exc:
                 problems.append((f"data.{key}", f"data.{key}: {exc}"))
     seg_reads_root = not data["root"] or source_of(data_cfg, "seg")[0] == "data.root"  # no VOC2012 beside it
-    if "seg" in cfg["run"]["tasks"] and not data["seg_root"] and seg_reads_root:
+    if "seg" in cfg["run"]["tasks"] and not data["seg_root"] and seg_reads_root and not _has_segmentation(data["root"]):
         problems.append(("data.seg_root", "data.seg_root is empty: extract VOCtrainval_11-May-2012.tar beside "
                          "VOC2007 (data.root=/path/to/VOCdevkit) or pass data.seg_root=/path/to/VOCdevkit/VOC2012"))
     if not data["pretrain_images"]:
@@ -328,6 +335,18 @@ def data_problems(cfg: dict) -> list[tuple[str, str]]:
     elif not Path(data["pretrain_images"]).is_dir():
         problems.append(("data.pretrain_images", f"data.pretrain_images: folder {data['pretrain_images']} not found"))
     return problems
+
+
+def _has_segmentation(root: str) -> bool:
+    """Whether `root` is a custom VOC-format tree (its own classes.txt, e.g. made by `cebench data prepare`)
+    with segmentation splits and masks, which then serves as data.seg_root too. Real VOC2007 (20 VOC
+    classes, no classes.txt) does not: the paper segments VOC2012."""
+    try:
+        voc = find_voc_root(root)
+    except CebenchError:
+        return False
+    return ((voc / "classes.txt").is_file() and (voc / "SegmentationClass").is_dir()
+            and (voc / "ImageSets" / "Segmentation" / "trainval.txt").is_file())
 
 
 def check_real_data(cfg: dict) -> None:
@@ -460,6 +479,7 @@ def _main(config_path: Path, overrides, out: Path, *, device: str, force, dry_ru
         "config": str(config_path), "overrides": list(overrides), "machine": machine_info(),
         "executor": cfg["run"]["executor"], "gpus": sorted(set(where.gpus or ())),
         "wall_minutes": wall, "uncached_wall_minutes": full, "demo": not cfg["data"]["root"],
+        "data": {k: cfg["data"][k] for k in ("root", "seg_root", "pretrain_images") if cfg["data"][k]},
         "jobs": {n: {"status": r.status, "seconds": r.seconds} for n, r in results.items()},
         "transfer_protocol": transfer_protocol(cfg), "precision": precision,
         # what makes two runs independent replicates (`cebench replicates` refuses two identical ones)
