@@ -11,6 +11,7 @@ from PIL import Image
 
 from cebench.benchmarks import bench
 from cebench.benchmarks.gpu_check import main as gpu_check
+from cebench.pretrain import training_throughput
 from cebench.pretrain.config import PretrainConfig
 from cebench.pretrain.data import PretrainImages
 from cebench.pretrain.device_decode import JpegBytes, augment_batch, collate_bytes, crop_params, decode_batch
@@ -105,19 +106,39 @@ def test_verdicts_name_the_goal_the_pipeline_and_the_limit():
     assert not verdicts(_res(3500, 1200, (1, 1, 1), (1, 1, 1)), None)["applies"]
 
 
-def test_bench_training_runs_the_real_loop_on_cpu(tmp_path):
+def test_bench_training_runs_the_real_loop_on_cpu(tmp_path, monkeypatch):
+    timed = []  # (images, seconds) of every timed step run, as the benchmark measured them
 
+    def record(fn, sync):
+        n, secs = real_timed(fn, sync)
+        timed.append((n, secs))
+        return n, secs
+
+    real_timed = training_throughput._timed
+    monkeypatch.setattr(training_throughput, "_timed", record)
     ce = PretrainConfig(method="ce", encoder=AlexNetConfig.demo(), mask="region", batch_size=4, load_size=72)
     inp = PretrainConfig(method="inpaint-adv", mask="center", batch_size=4, load_size=72)
     res = bench_training(tmp_path / "t.json", device="cpu", quick=True, ce_cfg=ce, inpaint_cfg=inp, n_images=12)
     assert json.loads((tmp_path / "t.json").read_text()) == res
-    assert res["ce_step"]["masks"] == "region" and res["ce_step"]["input"] == 64 and res["ce_step"]["img_per_s"] > 0
-    assert res["inpaint_step"]["adversarial"] and res["inpaint_step"]["img_per_s"] > 0
+    ce_step, inp_step = res["ce_step"], res["inpaint_step"]
+    assert ce_step["masks"] == "region" and ce_step["input"] == 64 and inp_step["adversarial"]
+    # quick on a CPU: one timed step of batch 2 each; the rate is the images the loop saw over its seconds
+    assert [n for n, _ in timed] == [2, 2] and ce_step["steps"] == inp_step["steps"] == 1
+    assert ce_step["batch"] == inp_step["batch"] == 2
+    for step, (n, secs) in zip((ce_step, inp_step), timed):
+        assert step["img_per_s"] == round(n / secs, 1) and step["seconds"] == round(secs, 3)
     j = res["jpeg"]
-    assert j["crop"] == 64 and j["images"] == 12 and j["jpeg_size"] == [500, 375]
+    assert j["crop"] == 64 and j["images"] == 12 and j["jpeg_size"] == [500, 375] and j["batch"] == 2
     assert all(j[k] > 0 for k in j if k.endswith("img_per_s"))
-    assert res["verdict"]["ce_end_to_end"]["limit"] in ("decode", "augmentation", "step")
-    assert not res["verdict"]["applies"]
+    # the verdict is computed from these numbers: the faster pipeline end to end, the limit of its parts
+    v = res["verdict"]
+    assert v["ce_step"]["value"] == ce_step["img_per_s"] and v["inpaint_step"]["value"] == inp_step["img_per_s"]
+    best = max(("loader", "device"), key=lambda p: j[f"{p}_end_to_end_img_per_s"])
+    assert v["ce_end_to_end"]["value"] == j[f"{best}_end_to_end_img_per_s"]
+    assert v["ce_end_to_end"]["limit"] == limit_of(ce_step["img_per_s"], j[f"{best}_decode_img_per_s"],
+                                                   j[f"{best}_decode_augment_img_per_s"])
+    assert v["paper_pretraining_hours"] == round(6_400_000 / v["ce_end_to_end"]["value"] / 3600, 2)
+    assert not v["applies"]
 
 
 @pytest.fixture

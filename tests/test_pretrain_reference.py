@@ -5,6 +5,7 @@ comparison against a port-style model.py on a small architecture."""
 
 from __future__ import annotations
 
+import statistics
 import textwrap
 
 import pytest
@@ -140,7 +141,16 @@ def test_compare_reference_side_by_side_on_a_small_architecture(tmp_path):
                             width=4, bottleneck=16)
     fp32 = res["modes"]["fp32"]
     assert list(res["modes"]) == ["fp32"] and fp32["rounds"] == 2
-    assert fp32["port_img_per_s"] > 0 and fp32["cebench_img_per_s"] > 0 and fp32["ratio"] > 0
+    # two alternating rounds of one step each; the ratio is the median of the per-round ratios ours / port's
+    raw = fp32["raw"]["img_per_s"]
+    assert len(raw["port"]) == len(raw["cebench"]) == 2 and all(v > 0 for v in raw["port"] + raw["cebench"])
+    ratios = [c / p for c, p in zip(raw["cebench"], raw["port"])]
+    assert fp32["ratio"] == round(statistics.median(ratios), 3)
+    assert (fp32["ratio_min"], fp32["ratio_max"]) == (round(min(ratios), 3), round(max(ratios), 3))
+    assert fp32["port_img_per_s"] == round(statistics.median(raw["port"]), 2)
+    assert fp32["cebench_img_per_s"] == round(statistics.median(raw["cebench"]), 2)
+    cpu = fp32["raw"]["cpu_ms_per_img"]
+    assert fp32["cpu_ratio"] == round(statistics.median(cpu["port"]) / statistics.median(cpu["cebench"]), 3)
     assert res["g_params"] > 0 and (tmp_path / "ref.json").is_file()
     other = tmp_path / "other" / "model.py"  # one bias more than the port's bottleneck conv
     other.parent.mkdir()
