@@ -1,6 +1,6 @@
 """Context encoder models: plain nn.Modules with explicit arguments.
 
-- `AlexNetEncoder` (conv1..pool5; the shared encoder of the suite, see docs/CONVENTIONS.md),
+- `AlexNetEncoder` (conv1..pool5; the shared encoder of the suite, see CONTRIBUTING.md),
 - `ChannelWiseFC` (m channels of n x n, each fully connected to itself: m*n^4 weights),
 - `AlexNetDecoder` (5 up-convolutions with ReLU back to image space),
 - `ContextEncoder` (feature learning: encoder + channel-wise FC + dropout + 1x1 conv + decoder; the
