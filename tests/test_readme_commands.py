@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import itertools
 import re
@@ -135,9 +136,14 @@ def _lenient(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+@functools.cache
+def _parser(lenient: bool) -> argparse.ArgumentParser:
+    return _lenient(build_parser()) if lenient else build_parser()
+
+
 def _parse(argv: list[str], *, lenient: bool):
     """The parsed namespace; None for `--help` / `--version` (argparse exits 0 after printing)."""
-    parser = _lenient(build_parser()) if lenient else build_parser()
+    parser = _parser(lenient)
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
