@@ -33,6 +33,7 @@ from cebench.errors import CebenchError, ConfigError
 from cebench.io import atomic_write_json
 from cebench.pretrain.inpaint_eval import InpaintEvalConfig
 from cebench.pretrain.loading import fetch_imagenet_weights, imagenet_weights_path
+from cebench.pretrain.methods import cache_view
 from cebench.pretrain.train import PretrainConfig
 from cebench.retrieval.evaluate import RetrievalConfig
 from cebench.runtime import choose_device, cpu_amp
@@ -182,14 +183,15 @@ def plan(cfg: dict, out: Path, config_file: Path, device: str = "auto", cache: P
         world = [f"world_size={k}"] if k > 1 else []
         jobs.append(Job(f"pretrain/{method}", "pretrain", ["pretrain", "--method", method, "--out", str(d), *base,
                                                            *extra],
-                        d, _key(cfg["pretrain"], data_key, method, extra, *world), est_seconds=est_pre,
-                        threads=run["threads"], procs=k))
+                        d, _key(cache_view(cfg["pretrain"], method), data_key, method, extra, *world),
+                        est_seconds=est_pre, threads=run["threads"], procs=k))
         ckpt[method] = d / "checkpoint.pt"
     if run["inpaint"]:
         # one job trains both inpainting nets (L2, L2+adv; centre masks) and scores Table 1
         d = out / "inpaint"
+        inpaint_cfg = {**cfg["inpaint"], "train": cache_view(cfg["inpaint"]["train"], "inpaint")}  # as before pretext
         jobs.append(Job("inpaint", "inpaint", ["inpaint-eval", "--out", str(d), *base], d,
-                        _key(cfg["inpaint"], data_key), est_seconds=2.5 * est_pre, threads=run["threads"]))
+                        _key(inpaint_cfg, data_key), est_seconds=2.5 * est_pre, threads=run["threads"]))
 
     # initialisations: name -> (init argument, dependency job)
     inits: dict[str, tuple[str, tuple[str, ...]]] = {"random": ("random", ())}

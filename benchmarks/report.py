@@ -20,7 +20,7 @@ from cebench.transfer.inits import init_rank, table_label
 from cebench.transfer.results import ResultsTable
 from cebench.transfer.stats import paired_difference
 
-from .paper import TABLE1, TABLE1_MATCH, TABLE2, TASK_METRIC
+from .paper import TABLE1, TABLE1_MATCH, TABLE2, TASK_METRIC, published_sources
 
 TABLE1_ORDER = ["mean colour", "Telea (OpenCV)", "NN (HOG)", "NN (pixels)", "CE (L2)", "CE (L2+adv)"]
 
@@ -114,10 +114,18 @@ def build_per_seed(transfer_rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["init", "task", "metric", "seed", "value"])
 
 
+def comparisons(per: dict[tuple[str, str], dict], task: str) -> list[tuple[str, str]]:
+    """The paper's orderings, then the context encoder minus every other row of `task` that none of them
+    pairs with it (the other self-supervised learners, a plugged-in encoder), in table order."""
+    with_ce = {x for pair in ORDERINGS if "context encoder" in pair for x in pair}
+    others = sorted({init for init, t in per if t == task} - with_ce, key=lambda lab: (init_rank(lab), lab))
+    return ORDERINGS + [("context encoder", o) for o in others]
+
+
 def paired_rows(per: dict[tuple[str, str], dict]):
-    """(task, better, worse, paired_difference) for each of the paper's orderings both inits have."""
+    """(task, better, worse, paired_difference) for each comparison (`comparisons`) both inits have."""
     for task in TASK_METRIC:
-        for a, b in ORDERINGS:
+        for a, b in comparisons(per, task):
             if (a, task) in per and (b, task) in per:
                 d = paired_difference(per[(a, task)], per[(b, task)])
                 if d["n"]:
@@ -378,8 +386,10 @@ def write_report(out: Path, *, inpaint_dir: Path, transfer_dirs: list[Path], ret
     md += ["## Table 2: transfer (mean ± std over seeds; n = seeds)", "",
            "cls = classification mAP, det = detection mAP, seg = segmentation mean IU (%).", "",
            table2_markdown(t2), ""]
+    md += published_sources(sorted(t2["init"].unique(), key=init_rank) if len(t2) else [])
     md += protocol_lines(run_info.get("transfer_protocol") or {}, t2)
-    md += ["Seed-paired differences for the paper's orderings (points; seed k of one init against seed k of "
+    md += ["Seed-paired differences for the paper's orderings and the context encoder against every other row "
+           "(points; seed k of one init against seed k of "
            "the other; two-sided paired t-test; a positive mean whose interval excludes 0 is an ordering the "
            "seeds support):", "", paired_markdown(paired), ""]
     unavailable = t2[t2["status"] == "unavailable"] if len(t2) else t2

@@ -6,12 +6,17 @@ from dataclasses import dataclass, field
 
 from cebench.logs import LogConfig
 
+from .colorization import ColorizationConfig
+from .context_prediction import ContextPredictionConfig
+from .jigsaw import JigsawConfig
 from .models import AlexNetConfig, InpaintNetConfig
+from .rotation import RotationConfig
 
 
 @dataclass
 class PretrainConfig:
-    method: str = "ce"                 # ce | ce-adv | ae | supervised | inpaint | inpaint-adv
+    method: str = "ce"                 # ce | ce-adv | ae | supervised | inpaint | inpaint-adv | context-prediction
+    #                                    | rotation | jigsaw | colorization
     encoder: AlexNetConfig = field(default_factory=AlexNetConfig)        # AlexNet methods
     inpaint_net: InpaintNetConfig = field(default_factory=InpaintNetConfig)  # inpaint methods
     mask: str = "region"               # ce/ce-adv: center | blocks | region | noise | file (ae: none)
@@ -49,6 +54,12 @@ class PretrainConfig:
     sample_every: int = 400
     ckpt_every: int = 200
     stop_after: int = 0                # testing: exit after this many steps as if killed (0: off)
+    # the pretext methods' own settings (docs/methods.md); each also sets its batch, steps, colour, load size
+    # and optimiser where they differ from the keys above (0 / "": the keys above, the context encoder's)
+    context_prediction: ContextPredictionConfig = field(default_factory=ContextPredictionConfig)
+    rotation: RotationConfig = field(default_factory=RotationConfig)
+    jigsaw: JigsawConfig = field(default_factory=JigsawConfig)
+    colorization: ColorizationConfig = field(default_factory=ColorizationConfig)
 
 
 __all__ = ["PretrainConfig"]

@@ -18,7 +18,7 @@ from cebench.checkpoint import (
 )
 from cebench.errors import CebenchError, CheckpointError
 
-from .models import AlexNetConfig, AlexNetEncoder
+from .models import INPUT_SPACES, AlexNetConfig, AlexNetEncoder
 
 IMAGENET_ALEXNET_FILE = "alexnet-owt-7be5be79.pth"  # torchvision's AlexNet_Weights.IMAGENET1K_V1
 IMAGENET_ALEXNET_URL = f"https://download.pytorch.org/models/{IMAGENET_ALEXNET_FILE}"
@@ -32,6 +32,8 @@ def load_encoder(path, *, expect: str | None = None) -> tuple[AlexNetEncoder, Al
     The checkpoint's `arch["encoder"]` gives the AlexNetConfig; the encoder weights are the model's
     `encoder.*` keys (or all keys, for a checkpoint holding a bare encoder). Strict: a CheckpointError
     lists missing / unexpected keys. `expect`: a method name the checkpoint must have been trained with.
+    `arch["input_space"]` ("lab" for the colorization row, absent = "rgb") says what conv1 reads: a "lab"
+    encoder takes the same normalised RGB input as every other and converts it to Lab itself.
     Returns (encoder in eval mode on CPU, its config, meta {"method", "step", "config", "arch"}).
     """
     ckpt = load_checkpoint(path)
@@ -43,11 +45,14 @@ def load_encoder(path, *, expect: str | None = None) -> tuple[AlexNetEncoder, Al
     if expect is not None and method != expect:
         raise CheckpointError(f"{path}: expected a {expect!r} checkpoint, found {method!r}")
     cfg = AlexNetConfig.from_dict(arch["encoder"])
+    space = arch.get("input_space", "rgb")
+    if space not in INPUT_SPACES:
+        raise CheckpointError(f"{path}: unknown encoder input_space {space!r} (known: {', '.join(INPUT_SPACES)})")
     model_sd = strip_prefixes(ckpt.get("model") or {})
     enc_sd = sub_state_dict(model_sd, "encoder")
     if not enc_sd:
         enc_sd = model_sd
-    encoder = AlexNetEncoder(cfg)
+    encoder = AlexNetEncoder(cfg, input_space=space)
     load_state_strict(encoder, enc_sd, path)
     encoder.eval()
     meta = {"method": method, "step": ckpt.get("step"), "config": ckpt.get("config"), "arch": arch}
@@ -57,9 +62,11 @@ def load_encoder(path, *, expect: str | None = None) -> tuple[AlexNetEncoder, Al
 def save_encoder_checkpoint(path, encoder: AlexNetEncoder, method: str = "encoder", config: dict | None = None,
                             step: int = 0) -> Path:
     """Write a bare-encoder checkpoint in our format (for plugged-in learners); `load_encoder` reads it."""
+    arch = {"name": method, "encoder": encoder.cfg.to_dict()}
+    if getattr(encoder, "input_space", "rgb") != "rgb":  # a Lab-input encoder (colorization) stays one
+        arch["input_space"] = encoder.input_space
     state = {"model": {f"encoder.{k}": v for k, v in encoder.state_dict().items()}, "optimizer": None,
-             "scaler": None, "step": step, "epoch": 0, "config": config or {},
-             "arch": {"name": method, "encoder": encoder.cfg.to_dict()}}
+             "scaler": None, "step": step, "epoch": 0, "config": config or {}, "arch": arch}
     return save_checkpoint(path, state)
 
 

@@ -4,25 +4,34 @@ A constructor `(cfg, num_classes, silhouettes, device, probe) -> Built` builds t
 with its loss), the discriminator of adversarial methods, the mask sampler and the architecture dict
 saved in the checkpoint. With `probe=True` it returns only what the data loading needs (input size,
 labels or not, mask kind) and checks the config, before any image is read.
+
+The self-supervised pretext methods (context prediction, rotation, jigsaw, colorization) are one module
+each (see docs/methods.md); `pretext(module, section)` makes a constructor of one, reading its settings
+from `pretrain.<section>`, and `method_config` applies the pretrain keys a method's section replaces.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Callable
 
 import torch
 
+from cebench.config import config_to_dict
 from cebench.errors import ConfigError
 
+from . import colorization, context_prediction, jigsaw, rotation
 from .config import PretrainConfig
 from .masks import Masker
 from .models import ContextEncoder, Discriminator, InpaintingCE, SupervisedNet
 from .objectives import InpaintObjective, ReconstructionObjective, SupervisedObjective
+from .pretext import lr_steps, make_optimizer, schedule_overrides
 
 
 @dataclass
 class Built:
-    """What a method constructor returns."""
+    """What a method constructor returns. The last three are for methods that train otherwise than the
+    context encoder (None: the trainer's Adam on pretrain.lr, its lr_schedule, no data statistics)."""
 
     objective: torch.nn.Module
     disc: torch.nn.Module | None
@@ -30,6 +39,9 @@ class Built:
     input_size: int
     arch: dict
     needs_labels: bool = False
+    optimizer: Callable | None = None   # (params, lr) -> torch optimizer
+    lr_scale: Callable | None = None    # total steps -> (step -> lr factor) or None
+    prepare: Callable | None = None     # called once with the training images before the first step
 
 
 def _alexnet_arch(cfg: PretrainConfig, name: str) -> dict:
@@ -94,6 +106,33 @@ def build_inpaint_adv(cfg, **kw) -> Built:
     return build_inpaint(cfg, adversarial=True, **kw)
 
 
+def pretext(module, section: str) -> Callable:
+    """The constructor of a pretext method module (rotation, jigsaw, ...; docs/methods.md says what one
+    provides), reading its settings from `pretrain.<section>`."""
+    name = section.replace("_", "-")
+
+    def build(cfg: PretrainConfig, num_classes=1, silhouettes=None, device="cpu", probe=False) -> Built:
+        settings = getattr(cfg, section)
+        try:  # before the probe returns: a bad value stops the run before any data is read
+            module.check(cfg.encoder, settings, f"pretrain.{section}")
+            size = module.input_size(cfg.encoder, settings)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if probe:
+            return Built(torch.nn.Identity(), None, "none", size, {})
+        try:
+            obj = module.build(cfg.encoder, settings, seed=cfg.seed)
+        except ValueError as exc:  # e.g. an input too small for the encoder
+            raise ConfigError(f"pretrain.{section}: {exc}") from None
+        arch = {"name": name, "encoder": cfg.encoder.to_dict(), section: config_to_dict(settings),
+                **obj.arch_extra()}
+        b = Built(obj, None, "none", size, arch, optimizer=make_optimizer(settings),
+                  lr_scale=lambda total: lr_steps(settings, total), prepare=getattr(obj, "prepare", None))
+        b.mask = Masker("none", size, device)
+        return b
+    return build
+
+
 METHODS = {
     "ce": build_ce,                  # context encoder, L2 (feature learning)
     "ce-adv": build_ce_adv,          # context encoder, L2 + adversarial
@@ -101,7 +140,32 @@ METHODS = {
     "supervised": build_supervised,  # supervised upper bound (labels of the pretrain split)
     "inpaint": build_inpaint,        # inpainting CE (DCGAN-style, centre), L2
     "inpaint-adv": build_inpaint_adv,  # inpainting CE, L2 + adversarial
+    "context-prediction": pretext(context_prediction, "context_prediction"),  # Doersch et al. 2015
+    "rotation": pretext(rotation, "rotation"),                                # Gidaris et al. 2018
+    "jigsaw": pretext(jigsaw, "jigsaw"),                                      # Noroozi and Favaro 2016
+    "colorization": pretext(colorization, "colorization"),                    # Zhang et al. 2016
 }
+# pretrain sections owned by one method each (the pretext methods' settings)
+METHOD_SECTIONS = {"context-prediction": "context_prediction", "rotation": "rotation", "jigsaw": "jigsaw",
+                   "colorization": "colorization"}
 
-__all__ = ["METHODS", "Built", "build_ce", "build_ce_adv", "build_ae", "build_supervised", "build_inpaint",
-           "build_inpaint_adv"]
+
+def method_config(cfg: PretrainConfig) -> PretrainConfig:
+    """`cfg` with the pretrain keys that `cfg.method`'s own section replaces (its batch, steps, colour,
+    load size and optimiser, where set; see `pretext.PretextSchedule`): what the trainer runs and saves."""
+    section = METHOD_SECTIONS.get(cfg.method)
+    if section is None:
+        return cfg
+    return replace(cfg, **schedule_overrides(getattr(cfg, section)))
+
+
+def cache_view(pretrain: dict, method: str) -> dict:
+    """The pretrain section (a config dict) as a pretraining job of `method` depends on it: without the
+    sections other methods own, so changing the jigsaw settings does not rerun the context encoder (whose
+    view is the section as it was before these methods existed)."""
+    own = METHOD_SECTIONS.get(method)
+    return {k: v for k, v in pretrain.items() if k not in METHOD_SECTIONS.values() or k == own}
+
+
+__all__ = ["METHODS", "METHOD_SECTIONS", "Built", "build_ce", "build_ce_adv", "build_ae", "build_supervised",
+           "build_inpaint", "build_inpaint_adv", "pretext", "method_config", "cache_view"]

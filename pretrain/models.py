@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cebench.images import denormalize
+
 # --------------------------------------------------------------------------------------------------
 # AlexNet encoder (shared API)
 # --------------------------------------------------------------------------------------------------
@@ -78,6 +80,34 @@ def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
+# What conv1 of an encoder sees: "rgb" (every encoder: the normalised RGB input itself) or "lab" (an encoder
+# pretrained on lightness, the colorization row: CIE Lab computed from that RGB input, scaled by `LAB_SCALE`)
+INPUT_SPACES = ("rgb", "lab")
+LAB_SCALE = 50.0  # conv1 of a "lab" encoder sees ((L - 50) / 50, a / 50, b / 50): L in [-1, 1], ab ~ [-2, 2]
+# sRGB (D65) -> CIE XYZ and the D65 white point, as skimage.color.rgb2lab (2 degree observer)
+_XYZ_FROM_RGB = ((0.412453, 0.357580, 0.180423), (0.212671, 0.715160, 0.072169), (0.019334, 0.119193, 0.950227))
+_D65_WHITE = (0.95047, 1.0, 1.08883)
+
+
+def rgb_to_lab(x01: Tensor) -> Tensor:
+    """CIE Lab of sRGB images in [0, 1] ([B,3,H,W] -> [B,3,H,W]: L in [0, 100], a and b in about +-110), with
+    the constants of skimage.color.rgb2lab (sRGB gamma, D65 white, 2 degree observer). Computed in float32
+    with autocast off (the cube root and the gamma are not for bf16)."""
+    with torch.autocast(device_type=x01.device.type, enabled=False):
+        x = x01.float().clamp(0, 1)
+        lin = torch.where(x > 0.04045, ((x + 0.055) / 1.055) ** 2.4, x / 12.92)
+        m = torch.tensor(_XYZ_FROM_RGB, device=x.device) / torch.tensor(_D65_WHITE, device=x.device)[:, None]
+        t = torch.einsum("ij,bjhw->bihw", m, lin)  # XYZ / white, [B,3,H,W]
+        f = torch.where(t > 0.008856, t.clamp_min(1e-12) ** (1 / 3), 7.787 * t + 16 / 116)
+        return torch.stack([116 * f[:, 1] - 16, 500 * (f[:, 0] - f[:, 1]), 200 * (f[:, 1] - f[:, 2])], 1)
+
+
+def lab_input(x: Tensor) -> Tensor:
+    """The suite's normalised RGB [B,3,H,W] -> what conv1 of a "lab" encoder sees: ((L-50)/50, a/50, b/50)."""
+    lab = rgb_to_lab(denormalize(x.float()))
+    return (lab - torch.tensor([50.0, 0.0, 0.0], device=lab.device).view(1, 3, 1, 1)) / LAB_SCALE
+
+
 class AlexNetEncoder(nn.Module):
     """AlexNet conv1..pool5 (ReLU after every conv, optional BatchNorm before it), random init.
 
@@ -87,13 +117,19 @@ class AlexNetEncoder(nn.Module):
 
     layer_names = ("conv1", "pool1", "conv2", "pool2", "conv3", "conv4", "conv5", "pool5")
 
-    def __init__(self, cfg: AlexNetConfig):
+    def __init__(self, cfg: AlexNetConfig, input_space: str = "rgb"):
         super().__init__()
         if cfg.norm not in ("none", "batch"):
             raise ValueError(f"AlexNetConfig.norm must be 'none' or 'batch', got {cfg.norm!r}")
         if len(cfg.channels) != 5:
             raise ValueError(f"AlexNetConfig.channels needs 5 widths, got {cfg.channels}")
+        if input_space not in INPUT_SPACES:
+            raise ValueError(f"input_space must be one of {', '.join(INPUT_SPACES)}, got {input_space!r}")
         self.cfg = cfg
+        # "lab": conv1 reads (L, a, b) computed from the RGB input (`lab_input`), the way Zhang et al. fed RGB to
+        # their L-trained colorization net (a ColorConv layer, then conv1 on L plus a zero-initialised conv1 on ab);
+        # not a parameter, so the state dict is the same; checkpoints record it as arch["input_space"]
+        self.input_space = input_space
         c1, c2, c3, c4, c5 = (int(c) for c in cfg.channels)
         self.conv1 = nn.Conv2d(3, c1, cfg.conv1_kernel, cfg.conv1_stride, cfg.conv1_padding)
         self.conv2 = nn.Conv2d(c1, c2, cfg.conv2_kernel, 1, cfg.conv2_kernel // 2)
@@ -139,13 +175,16 @@ class AlexNetEncoder(nn.Module):
             raise ValueError(f"unknown layer {layer!r}; choose one of {self.layer_names}")
         return strides[layer]
 
-    def forward_intermediates(self, x: Tensor, layers=("pool5",)) -> dict[str, Tensor]:
-        """Outputs of the named layers (conv layers after their ReLU); stops after the last asked."""
+    def forward_intermediates(self, x: Tensor, layers=("pool5",), *, stem: bool = True) -> dict[str, Tensor]:
+        """Outputs of the named layers (conv layers after their ReLU); stops after the last asked.
+        stem=False: `x` is conv1's input already (a "lab" encoder's pretext net builds it itself)."""
         layers = tuple(layers)
         bad = [n for n in layers if n not in self.layer_names]
         if bad:
             raise ValueError(f"unknown layer(s) {bad}; choose from {self.layer_names}")
         last = max(self.layer_names.index(n) for n in layers)
+        if stem and self.input_space == "lab":
+            x = lab_input(x)
         out: dict[str, Tensor] = {}
         for idx, name in enumerate(self.layer_names[: last + 1]):
             if name.startswith("conv"):

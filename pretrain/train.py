@@ -45,7 +45,7 @@ from .data import (
 )
 from .engine import TrainState, evaluate, make_adam, train_one_epoch
 from .masks import voc_silhouettes
-from .methods import METHODS, Built
+from .methods import METHODS, Built, method_config
 
 log = get_logger("cebench.pretrain")
 
@@ -124,6 +124,7 @@ def main(cfg: PretrainConfig, data_cfg: DataConfig | None = None, out_dir=".", d
     """Train `cfg.method`; returns the final checkpoint path (immediately if it already exists)."""
     if cfg.method not in METHODS:
         raise ConfigError(f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}")
+    cfg = method_config(cfg)  # a pretext method's own batch, steps, colour, load size, lr (pretrain.<method>)
     if cfg.lr_schedule not in SCHEDULES:
         raise ConfigError(f"lr_schedule must be one of {', '.join(SCHEDULES)}, got {cfg.lr_schedule!r}")
     if cfg.colour not in COLOURS:
@@ -160,7 +161,10 @@ def main(cfg: PretrainConfig, data_cfg: DataConfig | None = None, out_dir=".", d
 def _train(cfg, data_cfg, built: Built, ds, val, out: Path, rt) -> Path:
     obj = to_channels_last(built.objective.to(rt.device), rt)
     disc = to_channels_last(built.disc.to(rt.device), rt) if built.disc is not None else None
-    opt_g = make_adam(obj.parameters(), cfg.lr, cfg.beta1, cfg.weight_decay)
+    opt_g = (built.optimizer(obj.parameters(), cfg.lr) if built.optimizer is not None
+             else make_adam(obj.parameters(), cfg.lr, cfg.beta1, cfg.weight_decay))
+    if built.prepare is not None:  # data statistics the objective needs (colorization: the ab prior)
+        built.prepare(ds)
     opt_d = make_adam(disc.parameters(), cfg.lr * cfg.lr_d_factor, cfg.beta1) if disc is not None else None
     masker = built.mask  # a Masker (constructors replace the kind name by the sampler)
     steps_per_epoch = len(ds) // (cfg.batch_size * rt.world_size)
@@ -225,7 +229,8 @@ def _train(cfg, data_cfg, built: Built, ds, val, out: Path, rt) -> Path:
     for epoch, loader in _iter_epochs(ds, cfg, rt, state, steps_per_epoch, stop_at):
         means = train_one_epoch(obj_ddp, disc_ddp, opt_g, opt_d, loader, masker, state, rt, seed=cfg.seed,
                                 method=cfg.method, w_rec=cfg.w_rec, w_adv=cfg.w_adv, on_step=on_step,
-                                stop_at=stop_at, lr_scale=lr_scale(cfg.lr_schedule, total))
+                                stop_at=stop_at, lr_scale=(built.lr_scale and built.lr_scale(total))
+                                or lr_scale(cfg.lr_schedule, total))
         if val_loader is not None and (state.step % steps_per_epoch == 0 or state.step >= total):
             means.update(evaluate(unwrap_model(obj), val_loader, masker, rt, seed=cfg.seed))
         logger.log(epoch=epoch, step=state.step, **{f"epoch_{k}": v for k, v in means.items()})

@@ -1,7 +1,9 @@
 """Initialisations of one AlexNet encoder for transfer, and the data-dependent ("magic") init.
 
 Rows of the transfer tables: `random` (Gaussian, then optionally the data-dependent rescaling of
-Krähenbühl et al. 2015), `context encoder`, `autoencoder`, `supervised` (the demo-label upper bound),
+Krähenbühl et al. 2015), `context encoder`, `autoencoder`, `context prediction`, `jigsaw`, `colorization`,
+`rotation` (the pretext methods of cebench.pretrain; a colorization checkpoint loads as a Lab-input encoder,
+see `cebench.pretrain.loading.load_encoder`), `supervised` (the demo-label upper bound),
 `imagenet` (torchvision's AlexNet weights from the local torch cache, else `InitUnavailable`), and
 `custom` (any checkpoint whose encoder is AlexNet-compatible, shown under the name it was given).
 Loading is strict: `cebench.pretrain.loading.load_encoder` lists missing / unexpected keys.
@@ -32,6 +34,12 @@ class InitUnavailable(CebenchError):
 INIT_NAMES: dict[str, tuple[str, tuple[str, ...]]] = {
     "random": ("random", ("rand", "gaussian")),
     "autoencoder": ("autoencoder", ("ae", "auto-encoder")),
+    # the other self-supervised learners of the paper's Table 2 and of Gidaris et al.'s Table 7 (pretrain methods
+    # context-prediction, jigsaw, colorization, rotation), in the order they were published
+    "context prediction": ("context prediction", ("context-prediction", "context_prediction", "doersch")),
+    "jigsaw": ("jigsaw", ("noroozi", "jigsaw puzzles")),
+    "colorization": ("colorization", ("colourization", "zhang")),
+    "rotation": ("rotation", ("rotnet", "gidaris")),
     "context encoder": ("context encoder", ("ce", "context_encoder", "context-encoder")),
     "supervised": ("supervised (demo labels)", ("sup", "supervised (demo labels)")),
     # the supervised row trained on the pretraining photos' ImageNet classes (Tiny ImageNet, the real-photo
@@ -82,7 +90,7 @@ def parse_init(text: str) -> InitSpec:
             raise ConfigError(f"--init {text!r}: unknown initialisation {name!r}; known: {', '.join(INITS)} "
                               f"(any other NAME=CHECKPOINT is loaded as a custom AlexNet-compatible row)")
         kind = "custom"
-    if kind in ("context encoder", "autoencoder", "supervised", "supervised-imagenet", "custom") and ckpt is None:
+    if kind not in ("random", "imagenet") and ckpt is None:
         raise ConfigError(f"--init {name!r} needs a checkpoint: --init '{name}=PATH/checkpoint.pt'")
     display = kind if kind != "custom" else name
     return InitSpec(display, kind, ckpt)
@@ -136,6 +144,10 @@ INITS: dict[str, Callable] = {
     "autoencoder": _from_checkpoint("ae"),
     "supervised": _from_checkpoint("sup"),
     "supervised-imagenet": _from_checkpoint("sup"),
+    "context prediction": _from_checkpoint("context-prediction"),
+    "jigsaw": _from_checkpoint("jigsaw"),
+    "colorization": _from_checkpoint("colorization"),
+    "rotation": _from_checkpoint("rotation"),
     "imagenet": _imagenet,
     "custom": _from_checkpoint(None),
 }
