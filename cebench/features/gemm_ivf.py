@@ -116,6 +116,18 @@ class GemmIVF:
             self.sq_norms = torch.cat([self.sq_norms if self.sq_norms is not None else torch.zeros(0),
                                        new.float().pow(2).sum(1)])
 
+    def list_sizes(self) -> np.ndarray:
+        """Vectors per list, int64 [nlist]."""
+        return (self.offsets[1:] - self.offsets[:-1]).numpy()
+
+    def lists_of(self, ids: np.ndarray) -> np.ndarray:
+        """The list that holds each database id of `ids` (any shape) -> int64, same shape: from the sorted
+        layout, i.e. the lists the search visits (not an assignment computed again)."""
+        where = torch.empty_like(self.ids)
+        where[self.ids] = torch.arange(len(self.ids))            # id -> its position in the sorted layout
+        pos = where[torch.from_numpy(np.asarray(ids, np.int64).reshape(-1))]
+        return (torch.searchsorted(self.offsets, pos, right=True) - 1).numpy().reshape(np.shape(ids))
+
     def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k of q [M, dim] float32 over each query's `nprobe` nearest lists -> (scores [M, k] float32,
         ids [M, k] int64), padded with -inf/inf and -1 where the visited lists hold fewer than k."""

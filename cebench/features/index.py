@@ -2,19 +2,27 @@
 
 `FeatureIndex(dim, kind="flat"|"ivf"|"ivf-gemm"|"hnsw"|"auto", metric="ip"|"l2")`: exact search by default, IVF or
 HNSW for millions of vectors; "auto" picks flat below `AUTO_IVF_MIN` vectors and from there ivf-gemm
-(`gemm_ivf.GemmIVF`; faiss IVF when a GPU is used) -- the winner of `cebench bench knn` at each size
-(results/bench_knn.json). On a machine where faiss has GPU support and a GPU is visible,
-flat and IVF indexes run on the GPU (`use_gpu="auto"`); HNSW always runs on the CPU (faiss has no
-GPU HNSW). Scores: inner products (higher is nearer) for "ip", squared L2 distances (lower is
-nearer) for "l2", as faiss returns them.
+(`gemm_ivf.GemmIVF`; faiss IVF when a GPU is used). On a machine where faiss has GPU support and a GPU is
+visible, flat and IVF indexes run on the GPU (`use_gpu="auto"`); HNSW always runs on the CPU (faiss has no
+GPU HNSW). Scores: inner products (higher is nearer) for "ip", squared L2 distances (lower is nearer) for
+"l2", as faiss returns them.
+
+Recall calibration: an approximate index (ivf, ivf-gemm, hnsw, and auto when it resolves to one of them)
+measures its own recall@k when it is built and raises nprobe (efSearch for HNSW) until the recall reaches
+`recall_target`, or searches exactly where that would be no faster than exact search. What it measured and
+chose is `FeatureIndex.calibration` (saved and loaded with the index); `describe()` says it in one line.
+`recall_target=None` keeps the settings as given (what the kNN benchmark's fixed-setting rows use).
 """
 
 from __future__ import annotations
 
+import json
 import math
+import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from cebench.errors import CebenchError
 from cebench.io import atomic_target
@@ -22,23 +30,35 @@ from cebench.io import atomic_target
 from .gemm_ivf import GemmIVF
 
 KINDS = ("flat", "ivf", "ivf-gemm", "hnsw", "auto")
-# "auto": exact search below AUTO_IVF_MIN vectors; from there ivf-gemm on the CPU (faiss IVF on a GPU), with
-# the settings that won `cebench bench knn --n 1000000` build included (results/bench_knn.json): nlist
-# `auto_gemm_nlist(n)` (512 at 1M), lists chosen in a 16-d PCA projection, nprobe 3. Chosen on the
-# validation queries only (2-core Xeon, 2026-12-06): among the ivf-gemm settings whose validation
-# recall@10 reached 0.975 (a margin over the 0.95 goal: 200 validation queries; 16-d at nprobe 2 gave
-# 0.966 on validation and 0.953 on the test queries of an earlier run), the one with the cheapest build:
-# 512 lists / 16-d / nprobe 3 (0.98; build ~0.26 s) against 24-d / nprobe 2 (0.976; ~0.35 s); the
-# search (~0.15 s) reads the visited lists once and hardly depends on nprobe.
+APPROXIMATE = ("ivf", "ivf-gemm", "hnsw")
+# "auto": exact search below AUTO_IVF_MIN vectors; from there ivf-gemm on the CPU (faiss IVF on a GPU) with
+# `auto_gemm_nlist(n)` lists (512 at 1M) chosen in a 16-d PCA projection, the build that won `cebench bench
+# knn --n 1000000` build included (results/bench_knn.json), and nprobe calibrated on the data (from 1
+# up): no fixed nprobe keeps its recall on every kind of data (results/bench.md: the nprobe each
+# distribution of `cebench bench knn` needed).
 AUTO_IVF_MIN = 500_000
+# without calibration (recall_target=None) auto keeps the fixed settings of earlier versions:
 AUTO_NPROBE = 4     # faiss IVF (GPU): 1M vectors, nlist 256: nprobe 2 gave recall@10 0.986; 4 for margin
-AUTO_GEMM_NPROBE = 3
+AUTO_GEMM_NPROBE = 3  # ivf-gemm: recall@10 0.971 on the 1000-cluster mixture of the kNN benchmark
 AUTO_GEMM_COARSE_DIM = 16
 IVF_TRAIN_PER_LIST = 64  # k-means sample: 64 points per list (faiss wants >= 39), drawn at random
 # ivf-gemm: 40 per list (just over faiss's 39; the k-means runs in the PCA projection): at 1M x 256 the
 # quantizer's training is then ~0.1 s of a ~0.6 s build + search (knn_scale.py)
 GEMM_TRAIN_PER_LIST = 40
 METRICS = ("ip", "l2")
+# calibration: CALIBRATION_QUERIES of the indexed vectors (a seeded sample) are the queries; the recall is
+# their mean recall@k, and a setting passes when that mean minus RECALL_Z standard errors of it (a one-sided
+# 95% lower bound over the sampled queries) reaches the target.
+CALIBRATION_QUERIES = 200
+CALIBRATION_SEED = 0
+RECALL_Z = 1.645
+# exact search instead when the lists the target needs hold more than this share of the vectors per query:
+# an IVF search costs about what exact search costs per vector scanned, plus gathering the lists (ivf-gemm)
+# or a scan per (query, list) pair (faiss), so at half the vectors it is no faster than scanning them all.
+EXACT_FALLBACK_FRACTION = 0.5
+HNSW_EF_MAX = 4096  # HNSW: efSearch doubled up to this; not enough there means exact search
+EXACT_CHUNK = 32768  # database rows scored per matrix product in `exact_search`
+GEMM_FORMAT, FAISS_FORMAT = "cebench-ivf-gemm-1", "cebench-faiss-1"  # what `save` writes (.npz)
 
 
 def _faiss():
@@ -105,6 +125,66 @@ def brute_force_search(db, q, k: int, metric: str = "ip") -> tuple[np.ndarray, n
     return scores, ids.astype(np.int64)
 
 
+def exact_search(db, q, k: int, metric: str = "ip", chunk: int = EXACT_CHUNK) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k of q [M, D] against db [N, D] (float32 or float16, read `chunk` rows at a time, no copy
+    of the whole array) by one float32 matrix product per chunk -> (scores [M, k] float32 as faiss gives
+    them, ids [M, k] int64); k is capped at N. Memory: [M, chunk] scores at a time. For the recall
+    calibration (a few hundred queries over up to millions of vectors); faiss's flat search is slower than
+    torch's matrix product on the CPUs this was measured on (its bundled BLAS), and needs a copy."""
+    qt = torch.from_numpy(_as_f32(q))
+    n, m = db.shape[0], qt.shape[0]
+    k = min(k, n)
+    best = torch.full((m, k), -torch.inf)
+    best_ids = torch.full((m, k), -1, dtype=torch.long)
+    buf = torch.empty(m, min(chunk, n))
+    for s in range(0, n, chunk):
+        xc = torch.from_numpy(np.ascontiguousarray(db[s:s + chunk], dtype=np.float32))
+        sc = buf[:, :xc.shape[0]]
+        torch.mm(qt, xc.T, out=sc)                                 # [m, c] inner products
+        if metric == "l2":                                         # -|q-x|^2 + |q|^2 = 2 q.x - |x|^2
+            sc.mul_(2).sub_(xc.pow(2).sum(1)[None])
+        top = torch.topk(sc, min(k, sc.shape[1]), dim=1)
+        vals = torch.cat([best, top.values], 1)
+        ids = torch.cat([best_ids, top.indices + s], 1)
+        keep = torch.topk(vals, k, dim=1)
+        best, best_ids = keep.values, torch.gather(ids, 1, keep.indices)
+    if metric == "l2":
+        best = (qt.pow(2).sum(1, keepdim=True) - best).clamp(min=0)
+    return best.numpy(), best_ids.numpy()
+
+
+def _drop_self(ids: np.ndarray, self_ids: np.ndarray) -> np.ndarray:
+    """ids [M, k+1] of queries that are database rows `self_ids` [M] -> [M, k] without the query's own id
+    (or without the last column where the own id is not among them: a duplicate vector tied with it)."""
+    own = ids == self_ids[:, None]
+    own[~own.any(1), -1] = True
+    own &= np.cumsum(own, 1) == 1  # one column per row
+    return ids[~own].reshape(ids.shape[0], ids.shape[1] - 1)
+
+
+def recall_per_query(found: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """|found & truth| / k per row, found [M, >=k] (only its first k columns count), truth [M, k]."""
+    k = truth.shape[1]
+    return (found[:, :k, None] == truth[:, None, :]).any(-1).sum(1) / k
+
+
+def _lower_bound(per_query: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """per_query [M, S] recalls (S settings) -> (mean, mean - RECALL_Z * standard error, standard error) [S]."""
+    m = per_query.shape[0]
+    mean = per_query.mean(0)
+    se = per_query.std(0, ddof=1) / math.sqrt(m) if m > 1 else np.zeros_like(mean)
+    return mean, mean - RECALL_Z * se, se
+
+
+def _ladder(upto: int) -> list[int]:
+    """1, 2, 3, 4, 6, 8, 12, 16, ... below `upto`, then `upto`: the recalls a calibration record lists."""
+    out, v = [], 1
+    while v < upto:
+        out.append(v)
+        v = v + 1 if v < 4 else (v * 3 // 2 if (v & (v - 1)) == 0 else v * 4 // 3)
+    return out + [upto]
+
+
 class FeatureIndex:
     """A FAISS index over float32 vectors.
 
@@ -114,20 +194,43 @@ class FeatureIndex:
     IVF_TRAIN_PER_LIST * nlist vectors of the first `add`, nlist reduced so each list gets >= 39
     training points), "hnsw" (IndexHNSWFlat with `hnsw_m` links), "auto" (flat, ivf-gemm or, on a GPU,
     ivf by the size of the first `add`, see AUTO_IVF_MIN; `kind` holds the resolved one afterwards).
-    nprobe: IVF lists visited per query; ef_search: HNSW search breadth.
+    nprobe: IVF lists visited per query; ef_search: HNSW search breadth. With a recall target both are
+    starting points that calibration only raises (auto starts from nprobe 1).
     coarse_dim: IVF only; > 0 chooses the lists in a PCA projection to that many dimensions (k-means
     with `kmeans_iters` iterations there), which makes the build several times cheaper at 1M vectors;
     distances within the visited lists stay exact in the full dimension. 0: a full-dimension flat
     quantizer (faiss's own k-means training).
+
+    recall_target (default 0.95; None: no calibration), recall_k (10), calibration_queries (200): when an
+    approximate index is built (the first `add`), `calibration_queries` of the vectors added, a seeded
+    sample, are searched as queries, exactly (`exact_search`) and with the index. A query is a vector of
+    the index, so its own id is removed from both neighbour lists (top k+1 minus itself): what remains is
+    what a fresh query from the same data would get. IVF kinds: the recall at every nprobe at once, from
+    the lists that hold each true neighbour and the order in which a query visits the lists (an IVF search
+    returns a true neighbour exactly when its list is visited: distances in the lists are exact); the
+    smallest nprobe (not below the one given) whose recall, minus RECALL_Z standard errors over the
+    sampled queries, reaches the target. When the lists that needs hold more than EXACT_FALLBACK_FRACTION
+    of the vectors per query (the time of an exact search, estimated from the calibration queries), the
+    index visits every list: exact search over the same vectors. HNSW: efSearch doubled the same way,
+    searched; exact (a flat index) when HNSW_EF_MAX is not enough or its search took as long as the exact
+    search of the same queries. `calibration` records it all (measured recall, its standard error, k,
+    target, the sample size, the setting chosen, the share of the vectors scanned, whether it searches
+    exactly and why); vectors added later do not recalibrate (the record names the n it was measured on).
     """
 
     def __init__(self, dim: int, kind: str = "flat", metric: str = "ip", nlist: int = 1024,
                  nprobe: int = 16, hnsw_m: int = 32, ef_search: int = 128,
-                 ef_construction: int = 200, use_gpu="auto", coarse_dim: int = 0, kmeans_iters: int = 10):
+                 ef_construction: int = 200, use_gpu="auto", coarse_dim: int = 0, kmeans_iters: int = 10,
+                 recall_target: float | None = 0.95, recall_k: int = 10,
+                 calibration_queries: int = CALIBRATION_QUERIES):
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         if metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+        if recall_target is not None and not 0 < float(recall_target) <= 1:
+            raise ValueError(f"recall_target must be in (0, 1] or None, got {recall_target!r}")
+        if int(recall_k) < 1 or int(calibration_queries) < 1:
+            raise ValueError(f"recall_k and calibration_queries must be >= 1, got {recall_k}, {calibration_queries}")
         self.dim, self.kind, self.metric = int(dim), kind, metric
         self.nlist, self.nprobe = int(nlist), int(nprobe)
         self.hnsw_m, self.ef_search, self.ef_construction = int(hnsw_m), int(ef_search), int(ef_construction)
@@ -135,6 +238,9 @@ class FeatureIndex:
             raise ValueError(f"coarse_dim must be in [0, {self.dim}], got {coarse_dim}")
         self.coarse_dim = int(coarse_dim) if int(coarse_dim) < self.dim else 0
         self.kmeans_iters = int(kmeans_iters)
+        self.recall_target = None if recall_target is None else float(recall_target)
+        self.recall_k, self.calibration_queries = int(recall_k), int(calibration_queries)
+        self.calibration: dict | None = None  # filled by the first add (see the class docstring)
         want_gpu = faiss_gpu_available() if use_gpu == "auto" else bool(use_gpu)
         if want_gpu and not faiss_gpu_available():
             raise RuntimeError("use_gpu=True but faiss has no GPU support or no GPU is visible")
@@ -220,7 +326,8 @@ class FeatureIndex:
 
     def add(self, x, chunk: int = 131072) -> "FeatureIndex":
         """Add vectors [N, dim] (any float dtype: float16 is converted `chunk` rows at a time, so no
-        float32 copy of the whole array is made beside the index); ids are positions in the order added."""
+        float32 copy of the whole array is made beside the index); ids are positions in the order added.
+        The first add of an approximate index calibrates it (see the class docstring)."""
         if hasattr(x, "detach"):
             x = x.detach().cpu().numpy()
         x = np.asarray(x)
@@ -228,28 +335,38 @@ class FeatureIndex:
             x = x[None]
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"vectors have shape {x.shape}, index has dim {self.dim}")
+        first = self.ntotal == 0 and self.calibration is None
+        calibrate = self.recall_target is not None
         if self.index is None and self.kind == "auto":
             if x.shape[0] < AUTO_IVF_MIN:
                 self.kind = "flat"
             elif self.use_gpu:
-                self.kind, self.nlist, self.nprobe = "ivf", auto_nlist(x.shape[0]), AUTO_NPROBE
+                self.kind, self.nlist = "ivf", auto_nlist(x.shape[0])
+                self.nprobe = 1 if calibrate else AUTO_NPROBE
             else:
-                self.kind, self.nlist, self.nprobe = "ivf-gemm", auto_gemm_nlist(x.shape[0]), AUTO_GEMM_NPROBE
+                self.kind, self.nlist = "ivf-gemm", auto_gemm_nlist(x.shape[0])
+                self.nprobe = 1 if calibrate else AUTO_GEMM_NPROBE
                 self.coarse_dim = AUTO_GEMM_COARSE_DIM if AUTO_GEMM_COARSE_DIM < self.dim else 0
         if self.index is None and self.kind == "ivf-gemm":
             quant = self._coarse_quantizer(self._train_sample(x))
             self.index = GemmIVF(quant, self.nlist, self.dim, self.metric, min(self.nprobe, self.nlist))
         if self.kind == "ivf-gemm":  # keeps a view of x (float32 or float16): no copy is written
             self.index.add(x)
-            return self
-        if self.index is None and self.kind == "ivf" and self.coarse_dim:
-            self.index = self._place(self._make_ivf_coarse_pca(self._train_sample(x)))
-        if self.index is None:  # IVF: train on the first batch added
-            self.index = self._place(self._make_cpu(x.shape[0]))
-        if not self.index.is_trained:
-            self.index.train(self._train_sample(x))
-        for s in range(0, x.shape[0], chunk):
-            self.index.add(_as_f32(x[s:s + chunk]))
+        else:
+            if self.index is None and self.kind == "ivf" and self.coarse_dim:
+                self.index = self._place(self._make_ivf_coarse_pca(self._train_sample(x)))
+            if self.index is None:  # IVF: train on the first batch added
+                self.index = self._place(self._make_cpu(x.shape[0]))
+            if not self.index.is_trained:
+                self.index.train(self._train_sample(x))
+            for s in range(0, x.shape[0], chunk):
+                self.index.add(_as_f32(x[s:s + chunk]))
+        if first:
+            if self.kind == "flat":
+                self.calibration = {"exact": True, "recall": 1.0, "reason": "flat index: exact search",
+                                    "kind": "flat", "n": int(x.shape[0]), "k": self.recall_k}
+            elif calibrate:
+                self.calibrate(x)
         return self
 
     def _train_sample(self, x: np.ndarray) -> np.ndarray:
@@ -268,6 +385,159 @@ class FeatureIndex:
             self.nprobe = int(nprobe)
             ivf = _faiss().extract_index_ivf(self.index) if not self.use_gpu else self.index
             ivf.nprobe = min(self.nprobe, ivf.nlist)
+
+    # calibration -------------------------------------------------------------------------------
+    @property
+    def recall(self) -> float | None:
+        """The measured recall@k of the setting in use (1.0 for exact search), None when not measured."""
+        return None if self.calibration is None else self.calibration.get("recall")
+
+    def calibrate(self, x) -> dict:
+        """Measure this index's recall@k on `x`, the vectors it holds (as added), choose nprobe / efSearch
+        for `recall_target` or exact search, and record it in `self.calibration` (class docstring)."""
+        t0 = time.perf_counter()
+        if self.recall_target is None:
+            raise ValueError("calibrate needs a recall_target")
+        if hasattr(x, "detach"):
+            x = x.detach().cpu().numpy()
+        n = x.shape[0]
+        if n != self.ntotal:
+            raise ValueError(f"calibrate on the {self.ntotal} vectors the index holds, got {n}")
+        k = min(self.recall_k, n - 1)
+        rec = {"kind": self.kind, "n": int(n), "k": self.recall_k, "target": self.recall_target, "exact": False,
+               "reason": "", "method": "indexed vectors as queries, each one's own id left out of both neighbour "
+                                     "lists; pass: mean recall - 1.645 standard errors >= target"}
+        if k < 1:
+            self.calibration = {**rec, "exact": True, "recall": 1.0, "reason": "a single vector"}
+            return self.calibration
+        rows = np.sort(np.random.default_rng(CALIBRATION_SEED).choice(n, min(self.calibration_queries, n),
+                                                                       replace=False))
+        q = _as_f32(x[rows])
+        t = time.perf_counter()
+        truth = _drop_self(exact_search(x, q, k + 1, self.metric)[1], rows)  # [m, k]
+        rec.update(queries=int(len(rows)), exact_search_s=round(time.perf_counter() - t, 4))
+        if self.kind == "ivf-gemm" or (self.kind == "ivf" and not self.use_gpu):
+            rec.update(self._calibrate_lists(x, q, truth))
+        else:
+            rec.update(self._calibrate_by_search(x, q, rows, truth, rec["exact_search_s"]))
+        rec["seconds"] = round(time.perf_counter() - t0, 4)
+        self.calibration = rec
+        return rec
+
+    def _ivf_parts(self, x, ids: np.ndarray):
+        """(coarse quantizer, list sizes [nlist], the list of each vector `ids`) of an IVF index on the CPU."""
+        if self.kind == "ivf-gemm":
+            return self.index.quantizer, self.index.list_sizes(), self.index.lists_of(ids)
+        ivf = _faiss().extract_index_ivf(self.index)
+        sizes = np.array([ivf.invlists.list_size(i) for i in range(ivf.nlist)], np.int64)
+        return ivf.quantizer, sizes, ivf.quantizer.assign(_as_f32(x[ids]), 1)[:, 0]
+
+    def _calibrate_lists(self, x, q: np.ndarray, truth: np.ndarray) -> dict:
+        """IVF on the CPU: recall at every nprobe from the lists of the true neighbours and each query's
+        order of visiting the lists; the smallest nprobe >= self.nprobe that passes, or every list."""
+        m, k = truth.shape
+        quant, sizes, lists = self._ivf_parts(x, truth.reshape(-1))
+        nlist = len(sizes)
+        probe = quant.search(q, nlist)[1]                               # [m, nlist] lists in visiting order
+        valid = probe >= 0
+        pos = np.full((m, nlist), nlist, np.int64)                       # [m, list] -> its visiting rank
+        r_idx, c_idx = np.nonzero(valid)
+        pos[r_idx, probe[r_idx, c_idx]] = c_idx
+        rank = pos[np.arange(m)[:, None], lists.reshape(m, k)]          # [m, k] rank of each neighbour's list
+        counts = np.zeros((m, nlist + 1))
+        np.add.at(counts, (np.repeat(np.arange(m), k), rank.reshape(-1)), 1)
+        curve = np.cumsum(counts[:, :nlist], 1) / k                      # [m, nprobe - 1]: recall per query
+        scanned = np.cumsum(np.where(valid, sizes[np.clip(probe, 0, None)], 0), 1).mean(0) / max(1, sizes.sum())
+        mean, lower, se = _lower_bound(curve)
+        start = max(1, min(self.nprobe, nlist))
+        passing = np.nonzero(lower[start - 1:] >= self.recall_target - 1e-12)[0]
+        need = start + int(passing[0]) if len(passing) else nlist
+        out = {"nlist": nlist, "nprobe_needed": need, "scanned_fraction_needed": round(float(scanned[need - 1]), 4),
+               "recall_by_nprobe": [[p, round(float(mean[p - 1]), 4)] for p in _ladder(need) if p <= nlist]}
+        use = need
+        if scanned[need - 1] > EXACT_FALLBACK_FRACTION and need < nlist:
+            use = nlist
+            out.update(exact=True, reason=f"the recall target needs nprobe {need} of {nlist} lists, "
+                                          f"{scanned[need - 1]:.0%} of the vectors per query: no faster than "
+                                          "exact search, so every list is visited")
+        elif use == nlist:
+            out.update(exact=True, reason=f"nprobe {use} visits every list")
+        self.set_nprobe(use)
+        out.update(nprobe=int(use), recall=round(float(mean[use - 1]), 4), recall_se=round(float(se[use - 1]), 4),
+                   recall_lower=round(float(lower[use - 1]), 4), scanned_fraction=round(float(scanned[use - 1]), 4))
+        if self.coarse_dim:
+            out["coarse_dim"] = self.coarse_dim
+        return out
+
+    def _calibrate_by_search(self, x, q: np.ndarray, rows: np.ndarray, truth: np.ndarray, exact_s: float) -> dict:
+        """HNSW (efSearch) and IVF on a GPU (nprobe): the setting doubled from the one given, each searched,
+        until the recall passes; exact search where it does not or where it is no faster."""
+        m, k = truth.shape
+        hnsw = self.kind == "hnsw"
+        nlist = 0 if hnsw else int(self.nlist)
+        start, top = (max(self.ef_search, k + 1), HNSW_EF_MAX) if hnsw else (max(1, min(self.nprobe, nlist)), nlist)
+        tried, v, s_time, res = [], start, 0.0, None
+        while True:
+            self._set_breadth(v)
+            t = time.perf_counter()
+            found = self.search(q, k + 1)[1]
+            s_time = time.perf_counter() - t
+            res = _lower_bound(recall_per_query(_drop_self(found, rows), truth)[:, None])
+            tried.append([v, round(float(res[0][0]), 4)])
+            if res[1][0] >= self.recall_target - 1e-12 or v >= top:
+                break
+            v = min(top, 2 * v)
+        mean, lower, se = (float(a[0]) for a in res)
+        met = lower >= self.recall_target - 1e-12
+        key = "ef_search" if hnsw else "nprobe"
+        out = {key: int(v), "search_s": round(s_time, 4), f"recall_by_{key}": tried}
+        if not hnsw:
+            out["nlist"] = nlist
+        slow = s_time >= exact_s if hnsw else v / max(1, nlist) > EXACT_FALLBACK_FRACTION
+        if hnsw and (not met or slow):
+            why = (f"efSearch {v} reached recall {mean:.3f} only" if not met
+                   else f"efSearch {v} searched {s_time:.3g} s, exact search {exact_s:.3g} s")
+            self.kind, self.index = "flat", self._place(self._make_cpu(None))
+            for s in range(0, x.shape[0], 131072):
+                self.index.add(_as_f32(x[s:s + 131072]))
+            return {**out, "exact": True, "recall": 1.0, "kind": "flat", "requested_kind": "hnsw",
+                    "reason": f"{why}: a flat index (exact search) instead"}
+        if not hnsw and slow and v < nlist:
+            need = v
+            self._set_breadth(nlist)
+            return {**out, "nprobe": nlist, "nprobe_needed": need, "exact": True, "recall": 1.0,
+                    "reason": f"the recall target needs nprobe {need} of {nlist} lists: no faster than exact "
+                              "search, so every list is visited"}
+        return {**out, "recall": round(mean, 4), "recall_se": round(se, 4), "recall_lower": round(lower, 4),
+                **({"exact": True, "reason": f"nprobe {v} visits every list"} if not hnsw and v >= nlist else {})}
+
+    def _set_breadth(self, v: int) -> None:
+        if self.kind == "hnsw":
+            self.ef_search = int(v)
+            _faiss().downcast_index(self.index).hnsw.efSearch = int(v)
+        else:
+            self.set_nprobe(v)
+
+    def describe(self) -> str:
+        """One line: the index, its settings, and its measured recall (or that it searches exactly)."""
+        if self.kind in ("ivf", "ivf-gemm"):
+            what = f"{self.kind}, {self.nlist} lists" + (f" ({self.coarse_dim}-d projection)" if self.coarse_dim
+                                                         else "") + f", nprobe {self.nprobe}"
+        elif self.kind == "hnsw":
+            what = f"hnsw, M {self.hnsw_m}, efSearch {self.ef_search}"
+        else:
+            what = self.kind
+        c = self.calibration
+        if c is None:
+            return f"{what}: recall not measured (no recall target)"
+        if c.get("exact"):
+            return f"{what}: exact search" + ("" if c.get("reason", "").startswith("flat index") else
+                                                f" ({c['reason']})")
+        said = (f"{what}: recall@{c['k']} {c['recall']:.3f} (+-{c.get('recall_se', 0):.3f}) measured on "
+                f"{c['queries']} of its {c['n']:,} vectors, target {c['target']}")
+        at = c.get("nprobe", c.get("ef_search"))
+        now = self.ef_search if self.kind == "hnsw" else self.nprobe
+        return said + (f" (measured at {at}, now {now})" if at is not None and at != now else "")
 
     def search(self, q, k: int, batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
         """Top-k for queries [M, dim] in batches -> (scores [M,k] float32, ids [M,k] int64)."""
@@ -300,27 +570,42 @@ class FeatureIndex:
         return np.argsort(nearest[:, 0], kind="stable")
 
     def save(self, path) -> Path:
-        """Write the index atomically (temp file + os.replace): faiss.write_index, or for ivf-gemm an
-        .npz of plain arrays (its faiss quantizer serialised, the vectors, the list layout)."""
+        """Write the index atomically (temp file + os.replace) as one .npz of plain arrays (loaded with
+        allow_pickle=False): the faiss index serialised (faiss.serialize_index), or for ivf-gemm its faiss
+        quantizer serialised, the vectors and the list layout; and the calibration record as JSON."""
         faiss = _faiss()
         path = Path(path)
         if self.index is None:
             raise ValueError("cannot save an IVF index before anything was added")
+        record = np.array(json.dumps(self.calibration))
+        if self.kind == "ivf-gemm":
+            arrays = {**self.index.state(faiss.serialize_index(self.index.quantizer)), "calibration": record}
+        else:
+            cpu = faiss.index_gpu_to_cpu(self.index) if self.use_gpu else self.index
+            arrays = {"format": np.array(FAISS_FORMAT), "index": faiss.serialize_index(cpu), "calibration": record}
         with atomic_target(path) as tmp:
-            if self.kind == "ivf-gemm":
-                with open(tmp, "wb") as fh:
-                    np.savez(fh, **self.index.state(faiss.serialize_index(self.index.quantizer)))
-            else:
-                faiss.write_index(faiss.index_gpu_to_cpu(self.index) if self.use_gpu else self.index, tmp)
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **arrays)
         return path
 
-    @classmethod
-    def _load_gemm(cls, path: Path) -> "FeatureIndex":
+    @staticmethod
+    def _read_npz(path: Path) -> dict:
         try:
             with np.load(path, allow_pickle=False) as st:
-                if str(st["format"]) != "cebench-ivf-gemm-1":
-                    raise ValueError(f"unknown format {st['format']}")
                 arrays = {k: st[k] for k in st.files}
+            fmt = str(arrays["format"])
+            if fmt not in (GEMM_FORMAT, FAISS_FORMAT):
+                raise ValueError(f"unknown format {fmt!r}")
+            arrays["calibration"] = json.loads(str(arrays["calibration"])) if "calibration" in arrays else None
+            if arrays["calibration"] is not None and not isinstance(arrays["calibration"], dict):
+                raise ValueError("calibration is not a JSON object")
+        except Exception as exc:  # noqa: BLE001 - a damaged or foreign .npz: one line naming the file
+            raise CebenchError(f"{path}: not a readable cebench index ({type(exc).__name__}: {exc})") from None
+        return arrays
+
+    @classmethod
+    def _load_gemm(cls, path: Path, arrays: dict) -> "FeatureIndex":
+        try:
             quant = _faiss().deserialize_index(arrays["quantizer"])
             gemm = GemmIVF.from_state(arrays, quant)
         except Exception as exc:  # noqa: BLE001 - a damaged or foreign .npz: one line naming the file
@@ -328,51 +613,63 @@ class FeatureIndex:
         pre = _faiss().downcast_index(quant)
         coarse_dim = int(pre.index.d) if isinstance(pre, _faiss().IndexPreTransform) else 0
         obj = cls._restored(dim=gemm.dim, kind="ivf-gemm", metric=gemm.metric, nlist=gemm.nlist, nprobe=gemm.nprobe,
-                            coarse_dim=coarse_dim, use_gpu=False)
+                            coarse_dim=coarse_dim, use_gpu=False, calibration=arrays["calibration"])
         obj.index, obj._quantizer = gemm, quant
         return obj
 
     @classmethod
     def _restored(cls, *, dim: int, kind: str, metric: str, nlist: int, nprobe: int, coarse_dim: int,
-                  use_gpu: bool) -> "FeatureIndex":
+                  use_gpu: bool, calibration: dict | None = None, ef_search: int = 0) -> "FeatureIndex":
         """An instance for an index read from disk (its `index` set by the caller): the settings the file
-        holds; the build-only ones (HNSW breadths, k-means iterations) are 0, as nothing is built again."""
+        holds, its calibration record; the build-only ones (HNSW construction, k-means iterations) are 0,
+        as nothing is built again."""
         obj = cls.__new__(cls)
         obj.dim, obj.kind, obj.metric = int(dim), kind, metric
         obj.nlist, obj.nprobe, obj.coarse_dim = int(nlist), int(nprobe), int(coarse_dim)
-        obj.hnsw_m, obj.ef_search, obj.ef_construction, obj.kmeans_iters = 0, 0, 0, 0
+        obj.hnsw_m, obj.ef_search, obj.ef_construction, obj.kmeans_iters = 0, int(ef_search), 0, 0
         obj.use_gpu, obj._gpu_res, obj.index = bool(use_gpu), None, None
+        obj.calibration = calibration
+        c = calibration or {}
+        obj.recall_target, obj.recall_k = c.get("target"), int(c.get("k", 10))
+        obj.calibration_queries = int(c.get("queries", CALIBRATION_QUERIES))
         return obj
 
     @classmethod
     def load(cls, path, use_gpu="auto") -> "FeatureIndex":
+        """Read what `save` wrote (or a plain faiss index file); a damaged file is a CebenchError naming it."""
         faiss = _faiss()
         path = Path(path)
         if not path.is_file():
             raise CebenchError(f"{path}: index file not found")
         with open(path, "rb") as fh:
-            if fh.read(2) == b"PK":  # a zip: the .npz of an ivf-gemm index
-                return cls._load_gemm(path)
+            is_zip = fh.read(2) == b"PK"
+        calibration = None
+        if is_zip:  # an .npz written by save
+            arrays = cls._read_npz(path)
+            if str(arrays["format"]) == GEMM_FORMAT:
+                return cls._load_gemm(path, arrays)
+            calibration = arrays["calibration"]
         try:
-            cpu = faiss.read_index(str(path))
+            cpu = faiss.deserialize_index(arrays["index"]) if is_zip else faiss.read_index(str(path))
         except RuntimeError as exc:
             raise CebenchError(f"{path}: not a readable faiss index ({str(exc).strip().splitlines()[-1]})") from None
         metric = "ip" if cpu.metric_type == faiss.METRIC_INNER_PRODUCT else "l2"
-        if isinstance(cpu, faiss.IndexHNSW):
-            kind = "hnsw"
+        ef_search = 0
+        if isinstance(faiss.downcast_index(cpu), faiss.IndexHNSW):
+            kind, ef_search = "hnsw", int(faiss.downcast_index(cpu).hnsw.efSearch)
         elif faiss.try_extract_index_ivf(cpu) is not None:
             kind = "ivf"
         else:
             kind = "flat"
-        coarse_dim = 0
+        coarse_dim, nlist, nprobe = 0, 0, 0
         if kind == "ivf":
             ivf = faiss.extract_index_ivf(cpu)
+            nlist, nprobe = int(ivf.nlist), int(ivf.nprobe)
             quant = faiss.downcast_index(ivf.quantizer)
             if isinstance(quant, faiss.IndexPreTransform):
                 coarse_dim = int(quant.index.d)
         want_gpu = faiss_gpu_available() if use_gpu == "auto" else bool(use_gpu)
-        obj = cls._restored(dim=cpu.d, kind=kind, metric=metric, nlist=getattr(cpu, "nlist", 0),
-                            nprobe=getattr(cpu, "nprobe", 0), coarse_dim=coarse_dim,
-                            use_gpu=want_gpu and kind != "hnsw")
+        obj = cls._restored(dim=cpu.d, kind=kind, metric=metric, nlist=nlist, nprobe=nprobe, coarse_dim=coarse_dim,
+                            use_gpu=want_gpu and kind != "hnsw", calibration=calibration, ef_search=ef_search)
         obj.index = obj._place(cpu)
         return obj
