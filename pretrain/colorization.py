@@ -220,6 +220,11 @@ def build(encoder_cfg: AlexNetConfig, cfg: ColorizationConfig, seed: int = 0) ->
     return ColorizationObjective(ColorizationNet(encoder_cfg, cfg), cfg)
 
 
-__all__ = ["ColorizationConfig", "ColorizationNet", "ColorizationObjective", "ab_bins", "nearest_bins",
+# the module protocol (docs/methods.md): its settings, the pretrain section that holds them
+CONFIG = ColorizationConfig
+SECTION = "colorization"
+
+__all__ = ["CONFIG", "SECTION",
+           "ColorizationConfig", "ColorizationNet", "ColorizationObjective", "ab_bins", "nearest_bins",
            "soft_encode", "smooth_prior", "rebalance_weights", "lab_to_rgb", "cell_targets", "build", "check",
            "input_size", "NEAREST", "SIGMA", "LAMBDA"]

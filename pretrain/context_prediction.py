@@ -167,5 +167,10 @@ def build(encoder_cfg: AlexNetConfig, cfg: ContextPredictionConfig, seed: int = 
     return ContextPredictionObjective(ContextPredictionNet(encoder_cfg, cfg), cfg)
 
 
-__all__ = ["ContextPredictionConfig", "ContextPredictionNet", "ContextPredictionObjective", "NEIGHBOURS", "CENTRE",
+# the module protocol (docs/methods.md): its settings, the pretrain section that holds them
+CONFIG = ContextPredictionConfig
+SECTION = "context_prediction"
+
+__all__ = ["CONFIG", "SECTION",
+           "ContextPredictionConfig", "ContextPredictionNet", "ContextPredictionObjective", "NEIGHBOURS", "CENTRE",
            "sample_grid", "make_pairs", "remove_aberration", "crop_size", "build", "check", "input_size"]

@@ -197,5 +197,10 @@ def build(encoder_cfg: AlexNetConfig, cfg: JigsawConfig, seed: int = 0) -> Jigsa
     return JigsawObjective(JigsawNet(encoder_cfg, cfg, perms), cfg)
 
 
-__all__ = ["JigsawConfig", "JigsawNet", "JigsawObjective", "max_hamming_permutations", "all_permutations",
+# the module protocol (docs/methods.md): its settings, the pretrain section that holds them
+CONFIG = JigsawConfig
+SECTION = "jigsaw"
+
+__all__ = ["CONFIG", "SECTION",
+           "JigsawConfig", "JigsawNet", "JigsawObjective", "max_hamming_permutations", "all_permutations",
            "tile_corners", "shuffle_tiles", "make_puzzles", "mosaic", "build", "check", "input_size", "TILES"]

@@ -106,13 +106,15 @@ def build_inpaint_adv(cfg, **kw) -> Built:
     return build_inpaint(cfg, adversarial=True, **kw)
 
 
-def pretext(module, section: str) -> Callable:
+def pretext(module) -> Callable:
     """The constructor of a pretext method module (rotation, jigsaw, ...; docs/methods.md says what one
-    provides), reading its settings from `pretrain.<section>`."""
+    provides), reading its settings from `pretrain.<module.SECTION>` (the module's defaults while
+    PretrainConfig has no such section)."""
+    section = module.SECTION
     name = section.replace("_", "-")
 
     def build(cfg: PretrainConfig, num_classes=1, silhouettes=None, device="cpu", probe=False) -> Built:
-        settings = getattr(cfg, section)
+        settings = getattr(cfg, section, None) or module.CONFIG()
         try:  # before the probe returns: a bad value stops the run before any data is read
             module.check(cfg.encoder, settings, f"pretrain.{section}")
             size = module.input_size(cfg.encoder, settings)
@@ -130,6 +132,7 @@ def pretext(module, section: str) -> Callable:
                   lr_scale=lambda total: lr_steps(settings, total), prepare=getattr(obj, "prepare", None))
         b.mask = Masker("none", size, device)
         return b
+    build.section = section
     return build
 
 
@@ -140,21 +143,20 @@ METHODS = {
     "supervised": build_supervised,  # supervised upper bound (labels of the pretrain split)
     "inpaint": build_inpaint,        # inpainting CE (DCGAN-style, centre), L2
     "inpaint-adv": build_inpaint_adv,  # inpainting CE, L2 + adversarial
-    "context-prediction": pretext(context_prediction, "context_prediction"),  # Doersch et al. 2015
-    "rotation": pretext(rotation, "rotation"),                                # Gidaris et al. 2018
-    "jigsaw": pretext(jigsaw, "jigsaw"),                                      # Noroozi and Favaro 2016
-    "colorization": pretext(colorization, "colorization"),                    # Zhang et al. 2016
+    "context-prediction": pretext(context_prediction),  # Doersch, Gupta and Efros 2015
+    "jigsaw": pretext(jigsaw),                          # Noroozi and Favaro 2016
+    "colorization": pretext(colorization),              # Zhang, Isola and Efros 2016
+    "rotation": pretext(rotation),                      # Gidaris, Singh and Komodakis 2018
 }
 # pretrain sections owned by one method each (the pretext methods' settings)
-METHOD_SECTIONS = {"context-prediction": "context_prediction", "rotation": "rotation", "jigsaw": "jigsaw",
-                   "colorization": "colorization"}
+METHOD_SECTIONS = {name: build.section for name, build in METHODS.items() if hasattr(build, "section")}
 
 
 def method_config(cfg: PretrainConfig) -> PretrainConfig:
     """`cfg` with the pretrain keys that `cfg.method`'s own section replaces (its batch, steps, colour,
     load size and optimiser, where set; see `pretext.PretextSchedule`): what the trainer runs and saves."""
     section = METHOD_SECTIONS.get(cfg.method)
-    if section is None:
+    if section is None or not hasattr(cfg, section):
         return cfg
     return replace(cfg, **schedule_overrides(getattr(cfg, section)))
 

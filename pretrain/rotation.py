@@ -86,5 +86,10 @@ def build(encoder_cfg: AlexNetConfig, cfg: RotationConfig, seed: int = 0) -> Rot
     return RotationObjective(RotationNet(encoder_cfg, cfg, input_size(encoder_cfg, cfg)))
 
 
-__all__ = ["RotationConfig", "RotationNet", "RotationObjective", "rotate_all", "build", "check", "input_size",
+# the module protocol (docs/methods.md): its settings, the pretrain section that holds them
+CONFIG = RotationConfig
+SECTION = "rotation"
+
+__all__ = ["CONFIG", "SECTION",
+           "RotationConfig", "RotationNet", "RotationObjective", "rotate_all", "build", "check", "input_size",
            "ROTATIONS"]

@@ -24,7 +24,9 @@ CUT = {("data", "demo"), ("pretrain", "batch_size"), ("pretrain", "steps"), ("pr
        ("transfer", "runtime", "ckpt_every"), ("transfer", "runtime", "loader_workers"),
        ("transfer", "cls", "iterations"), ("transfer", "cls", "batch_size"), ("transfer", "seg", "iterations"),
        ("transfer", "seg", "batch_size"), ("transfer", "det", "iterations"), ("transfer", "det", "magic_images"),
-       ("transfer", "det", "proposals", "workers")}
+       ("transfer", "det", "proposals", "workers")} | {  # and each pretext method's own batch and steps
+    ("pretrain", m, k) for m in ("context_prediction", "rotation", "jigsaw", "colorization")
+    for k in ("batch_size", "steps")}
 
 
 def _rows(path):
@@ -64,7 +66,8 @@ def test_committed_paper_dry_run_routes_each_stage(tmp_path):
         lines = text.splitlines()
         jobs = {l.split(":", 1)[0]: (l, lines[i + 1]) for i, l in enumerate(lines) if ": cebench " in l}
         assert {n for n in jobs if n.startswith("seg/")} == {"seg/random", "seg/context-encoder", "seg/autoencoder",
-                                                             "seg/imagenet"}
+                                                             "seg/imagenet", "seg/context-prediction", "seg/jigsaw",
+                                                             "seg/colorization", "seg/rotation"}
         for name, (cmd, reads) in jobs.items():
             assert " --data " not in cmd, cmd
             kind = name.split("/")[0]
