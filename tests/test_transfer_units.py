@@ -104,8 +104,11 @@ def test_one_table_of_init_names():
         ["context encoder", "autoencoder", "supervised", "ce-adv"]
     assert table_label("supervised") == "supervised (demo labels)" and table_label("SimCLR-ish") == "SimCLR-ish"
     assert parse_init("supervised (demo labels)=s.pt").name == "supervised"
-    assert INIT_ORDER == ["random", "autoencoder", "context encoder", "supervised (demo labels)", "imagenet"]
-    assert init_rank("imagenet") == 4 and init_rank("SimCLR-ish") == 5
+    assert INIT_ORDER == ["random", "autoencoder", "context prediction", "jigsaw", "colorization", "rotation",
+                          "context encoder", "supervised (demo labels)", "supervised (ImageNet labels)", "imagenet"]
+    assert init_rank("imagenet") == 9 and init_rank("SimCLR-ish") == 10
+    assert [canonical_name(m) for m in ("context-prediction", "jigsaw", "colorization", "rotation")] == \
+        ["context prediction", "jigsaw", "colorization", "rotation"]  # the pretext methods' rows
 
 
 def test_results_table_merges_and_summarises(tmp_path):
