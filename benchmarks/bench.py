@@ -26,7 +26,7 @@ from cebench.pretrain.reference import compare_reference
 from cebench.pretrain.throughput import bench_pretrain
 from cebench.pretrain.training_throughput import bench_training
 from cebench.retrieval.folder_bench import bench_folder
-from cebench.retrieval.knn_scale import bench_knn
+from cebench.retrieval.knn_scale import bench_knn, knn_markdown
 from cebench.retrieval.throughput import bench_retrieval
 from cebench.transfer.throughput import bench_transfer
 
@@ -216,6 +216,7 @@ def summary_markdown(data: dict) -> str:
                   *measured("knn")]
         lines += _table(["method", "build s", "search s", "total s", "recall@10", "vs sklearn", "settings"],
                         _knn_rows(kn))
+        lines += knn_markdown(kn, _table)  # the other data distributions (knn_scale.py)
     if data.get("folder"):
         f = data["folder"]
         lines += ["", "## `cebench retrieve` over a folder of photos", "",

@@ -404,6 +404,10 @@ def write_report(out: Path, *, inpaint_dir: Path, transfer_dirs: list[Path], ret
         md += ["_not run_", ""]
     md += ["## Patch retrieval (precision@k and mAP, %)", ""]
     md += [md_table(retr.round(2)) if len(retr) else "_not run_", ""]
+    if len(retr) and "index_recall" in retr:  # the neighbour index each row used and its measured recall
+        md += [f"Neighbour index: {', '.join(sorted(set(retr['index'].astype(str))))}; `index_recall` is its "
+               f"recall@k measured on the database when it was built (1 = exact search), lowest "
+               f"{retr['index_recall'].min():.3f}.", ""]
     md += ["## Figures", ""]
     for name, ok in figs.items():
         if ok:

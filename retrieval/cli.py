@@ -3,6 +3,7 @@ retrieval-bench` (the quantitative table on labelled data)."""
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,6 +21,7 @@ from cebench.errors import CebenchError
 from cebench.features.extract import extract_features
 from cebench.features.index import FeatureIndex
 from cebench.images import open_rgb, require_images
+from cebench.io import atomic_write_json
 from cebench.pretrain.loading import imagenet_alexnet_encoder, load_encoder
 from cebench.pretrain.models import AlexNetConfig, build_encoder
 from cebench.runtime import autocast_context, init_runtime
@@ -95,11 +97,13 @@ def _query_patch(path: Path, box, size: int) -> torch.Tensor:
 def retrieve(images_dir, queries: list[str], features: list[str], out_png, *, checkpoint=None, k: int = 8,
              patch_size: int = 64, stride: int | None = None, layer: str = "pool5", mask: bool = False,
              cache_dir=None, device: str = "auto", index_kind: str = "auto", max_side: int = 640,
-             workers: int = 2, on_chunk=None, amp: str = "auto") -> Path:
+             workers: int = 2, on_chunk=None, amp: str = "auto", recall_target: float | None = 0.95) -> Path:
     """Extract (or reuse from the cache) the features of every grid patch of a folder of images, per
     feature type, and write the neighbour grid of the query patches as a PNG. CNN features run under
     the runtime's precision (`amp`: auto = bf16 on CUDA and on a CPU whose start-up probe finds native
-    bf16 faster; HOG is always fp32); their cache entry names the precision."""
+    bf16 faster; HOG is always fp32); their cache entry names the precision. The index of each feature
+    type (an approximate one calibrated to `recall_target` at build) is printed with its measured
+    recall@k and recorded in `<png stem>_index.json` beside the PNG."""
     images_dir = Path(images_dir)
     images = require_images(images_dir)
     unknown = [f for f in features if f not in FEATURES]
@@ -112,7 +116,7 @@ def retrieve(images_dir, queries: list[str], features: list[str], out_png, *, ch
     root = cache_root(cache_dir, out_dir=Path(out_png).parent)
     cfg = RetrievalConfig(layers=[layer], masked=[mask])
     args = SimpleNamespace(checkpoint=checkpoint, patch_size=patch_size)
-    neighbours = {}
+    neighbours, indexes = {}, {}
     for name in features:
         obj = FEATURES[name](args)
         if hasattr(obj, "to"):
@@ -129,7 +133,11 @@ def retrieve(images_dir, queries: list[str], features: list[str], out_png, *, ch
         feats, boxes = folder_features(fn, images, entry, grid, device=dev, desc=f"{name} features",
                                        hog_params=obj if isinstance(obj, HOGFeatures) else None, workers=workers,
                                        on_chunk=on_chunk)
-        index = FeatureIndex(feats.shape[1], kind=index_kind, metric="ip").add(feats)  # float16 in chunks
+        index = FeatureIndex(feats.shape[1], kind=index_kind, metric="ip", recall_target=recall_target,
+                             recall_k=k).add(feats)  # float16 in chunks
+        print(f"[retrieve] {name}: {index.ntotal:,} patches, index {index.describe()}", flush=True)
+        indexes[name] = {"patches": index.ntotal, "index": index.describe(), "recall_at_k": index.recall,
+                         "calibration": index.calibration}
         qf = extract_features(fn, [(qpatches, torch.arange(len(qpatches)))], device=dev).feats
         _, ids = index.search(qf, min(k, index.ntotal))
         del index
@@ -144,7 +152,15 @@ def retrieve(images_dir, queries: list[str], features: list[str], out_png, *, ch
         neighbours[name if name != "ce" else f"ce ({Path(checkpoint).name})"] = torch.stack(rows)
         if hasattr(obj, "cpu"):
             obj.cpu()
-    return retrieval_figure(qpatches, neighbours, out_png)
+    out = retrieval_figure(qpatches, neighbours, out_png)
+    atomic_write_json(index_record_path(out), indexes)
+    return out
+
+
+def index_record_path(png) -> Path:
+    """Where `retrieve` records the index of each feature type: `<png stem>_index.json` beside the PNG."""
+    png = Path(png)
+    return png.with_name(f"{png.stem}_index.json")
 
 
 def _under_autocast(fn, rt):
@@ -163,8 +179,8 @@ def _cmd_retrieve(args) -> int:
     path = retrieve(args.images, args.query, feats, out, checkpoint=args.checkpoint, k=args.k,
                     patch_size=args.patch_size, stride=args.stride, layer=args.layer, mask=args.mask,
                     cache_dir=args.cache, device=args.device, index_kind=args.index, max_side=args.max_side,
-                    amp=args.amp)
-    print(f"wrote {path}")
+                    amp=args.amp, recall_target=args.recall_target)
+    print(f"wrote {path} and {index_record_path(path).name} (the index of each feature type, its recall)")
     return 0
 
 
@@ -188,7 +204,19 @@ def _cmd_retrieval(args) -> int:
     record_sources(cfg.out_dir or "results/retrieval", data_cfg, voc=str(voc_root or cfg.data_root),
                    split=cfg.split, patch_size=cfg.patch_size)
     print(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"index_recall: recall@{cfg.k} of the nearest-neighbour index each row used, measured on its own "
+          "database at build (1 = exact search)")
     return 0
+
+
+def _recall_target(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}")
+    return value
 
 
 def register(subparsers, common) -> None:
@@ -208,8 +236,11 @@ def register(subparsers, common) -> None:
                    help="scale images whose longer side exceeds this down first (default 640; 0 = native size)")
     p.add_argument("--amp", default="auto", choices=("auto", "bf16", "none"),
                    help="precision of CNN features (auto: bf16 on CUDA and on CPUs where it is native and faster)")
-    p.add_argument("--index", default="auto", choices=("auto", "flat", "ivf", "hnsw"),
-                   help="auto (default): exact below 500k patches, IVF from there on")
+    p.add_argument("--index", default="auto", choices=("auto", "flat", "ivf", "ivf-gemm", "hnsw"),
+                   help="auto (default): exact below 500k patches, IVF from there on, calibrated to --recall-target")
+    p.add_argument("--recall-target", type=_recall_target, default=0.95, metavar="R",
+                   help="an approximate index raises nprobe at build until its recall@k, measured on its own "
+                        "patches, reaches R (default 0.95), or searches exactly; printed and recorded")
     p.add_argument("--cache", default=None,
                    help=f"feature cache folder (default: ${CACHE_ENV}, else a 'cache' folder beside the output PNG)")
     p.set_defaults(func=_cmd_retrieve)

@@ -49,7 +49,8 @@ class RetrievalConfig:
     mask_fraction: float = 0.5           # masked square side / input side (1/4 of the area)
     k: int = 10                          # neighbours for precision@k (also reports @1)
     map_k: int = 0                       # mAP over the top map_k (0 = over the whole database)
-    index: str = "auto"                  # auto (exact below 500k patches, IVF above) | flat | ivf | hnsw
+    index: str = "auto"                  # auto (exact below 500k patches, IVF above) | flat | ivf | ivf-gemm | hnsw
+    recall_target: float = 0.95          # approximate indexes calibrate nprobe to this recall@k at build
     nlist: int = 1024
     nprobe: int = 16
     hnsw_m: int = 32
@@ -92,15 +93,16 @@ def average_precision(ranked_relevance: np.ndarray, n_relevant: np.ndarray | Non
 
 def retrieval_metrics(q_feats, q_labels, db_feats, db_labels, *, k: int = 10, map_k: int = 0,
                       index_kind: str = "auto", nlist: int = 1024, nprobe: int = 16,
-                      hnsw_m: int = 32) -> tuple[dict, np.ndarray]:
-    """p@1, p@k, mAP and chance (in %) for L2-normalised features (inner-product search); also returns the
-    neighbour ids [Q, max(k, map_k or N)] for figures."""
+                      hnsw_m: int = 32, recall_target: float | None = 0.95) -> tuple[dict, np.ndarray]:
+    """p@1, p@k, mAP and chance (in %) for L2-normalised features (inner-product search), and the index
+    used: `index` (its kind and setting) and `index_recall` (its recall@k measured at build, 1.0 for exact
+    search, NaN when not measured); also returns the neighbour ids [Q, max(k, map_k or N)] for figures."""
     q_labels, db_labels = np.asarray(q_labels), np.asarray(db_labels)
     n_db = len(db_labels)
     depth = n_db if map_k <= 0 else min(map_k, n_db)
     depth = max(depth, min(k, n_db))
     index = FeatureIndex(db_feats.shape[1], kind=index_kind, metric="ip", nlist=nlist, nprobe=nprobe,
-                         hnsw_m=hnsw_m)
+                         hnsw_m=hnsw_m, recall_target=recall_target, recall_k=k)
     if depth > 2048 and index.use_gpu:  # faiss GPU caps k at 2048
         depth = 2048
     index.add(db_feats)
@@ -111,8 +113,22 @@ def retrieval_metrics(q_feats, q_labels, db_feats, db_labels, *, k: int = 10, ma
     ap = average_precision(nl == q_labels[:, None], n_rel)
     chance = float((n_rel / max(n_db, 1)).mean())
     # percentages, as the report tables
+    recall = index.recall
     return dict(p_at_1=100 * precision_at_k(nl, q_labels, 1), p_at_10=100 * precision_at_k(nl, q_labels, k),
-                map=100 * float(ap.mean()), chance=100 * chance), ids
+                map=100 * float(ap.mean()), chance=100 * chance, index=index_label(index),
+                index_recall=float("nan") if recall is None else recall), ids
+
+
+def index_label(index: FeatureIndex) -> str:
+    """The index's kind and search setting, e.g. "flat" or "ivf-gemm nprobe 12 (exact)"."""
+    if index.kind in ("ivf", "ivf-gemm"):
+        label = f"{index.kind} nprobe {index.nprobe}/{index.nlist}"
+    elif index.kind == "hnsw":
+        label = f"hnsw efSearch {index.ef_search}"
+    else:
+        label = index.kind
+    exact = (index.calibration or {}).get("exact") and index.kind != "flat"
+    return label + (" (exact)" if exact else "")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -194,14 +210,14 @@ def run_retrieval(cfg: RetrievalConfig, voc_root, encoders: dict, out_dir, *,
             dbf = _features(fn, db.patches, rt, cfg.batch_size, cfg.pool)
             m, ids = retrieval_metrics(qf, queries.labels.numpy(), dbf, db.labels.numpy(), k=cfg.k,
                                        map_k=cfg.map_k, index_kind=cfg.index, nlist=cfg.nlist,
-                                       nprobe=cfg.nprobe, hnsw_m=cfg.hnsw_m)
+                                       nprobe=cfg.nprobe, hnsw_m=cfg.hnsw_m, recall_target=cfg.recall_target)
             rows.append(dict(method=method, layer=layer, masked=masked, **m, dim=qf.shape[1],
                              n_queries=len(queries), n_database=len(db)))
             neighbours[(method, layer, masked)] = ids[:, : cfg.figure_k]
         if is_encoder(obj):
             obj.cpu()
     df = pd.DataFrame(rows, columns=["method", "layer", "masked", "p_at_1", "p_at_10", "map", "chance",
-                                     "dim", "n_queries", "n_database"])
+                                     "dim", "n_queries", "n_database", "index", "index_recall"])
     atomic_write_csv(out_dir / "retrieval.csv", df, float_format="%.4f")
     if figure and len(df):
         best = _figure_rows(df)

@@ -57,6 +57,10 @@ RECALL_Z = 1.645
 # or a scan per (query, list) pair (faiss), so at half the vectors it is no faster than scanning them all.
 EXACT_FALLBACK_FRACTION = 0.5
 HNSW_EF_MAX = 4096  # HNSW: efSearch doubled up to this; not enough there means exact search
+# HNSW computes its distances one vector at a time, ~10x the cost per vector of exact search's matrix product
+# (measured: efSearch 22 on 6,000 vectors, ~5% of them per query, took 1.4x the exact search of the queries):
+# exact search instead when it computes more than this share of n distances per query (faiss's hnsw_stats)
+HNSW_EXACT_FRACTION = 0.1
 EXACT_CHUNK = 32768  # database rows scored per matrix product in `exact_search`
 GEMM_FORMAT, FAISS_FORMAT = "cebench-ivf-gemm-1", "cebench-faiss-1"  # what `save` writes (.npz)
 
@@ -212,10 +216,11 @@ class FeatureIndex:
     sampled queries, reaches the target. When the lists that needs hold more than EXACT_FALLBACK_FRACTION
     of the vectors per query (the time of an exact search, estimated from the calibration queries), the
     index visits every list: exact search over the same vectors. HNSW: efSearch doubled the same way,
-    searched; exact (a flat index) when HNSW_EF_MAX is not enough or its search took as long as the exact
-    search of the same queries. `calibration` records it all (measured recall, its standard error, k,
-    target, the sample size, the setting chosen, the share of the vectors scanned, whether it searches
-    exactly and why); vectors added later do not recalibrate (the record names the n it was measured on).
+    searched; exact (a flat index) when HNSW_EF_MAX is not enough or it computes more than
+    HNSW_EXACT_FRACTION of the distances an exact search computes (faiss's count, per query).
+    `calibration` records it all (measured recall, its standard error, k, target, the sampled ids, the
+    setting chosen, the share of the vectors scanned, whether it searches exactly and why); vectors added
+    later do not recalibrate (the record names the n it was measured on).
     """
 
     def __init__(self, dim: int, kind: str = "flat", metric: str = "ip", nlist: int = 1024,
@@ -415,11 +420,12 @@ class FeatureIndex:
         q = _as_f32(x[rows])
         t = time.perf_counter()
         truth = _drop_self(exact_search(x, q, k + 1, self.metric)[1], rows)  # [m, k]
-        rec.update(queries=int(len(rows)), exact_search_s=round(time.perf_counter() - t, 4))
+        rec.update(queries=int(len(rows)), exact_search_s=round(time.perf_counter() - t, 4),
+                   query_ids=rows.tolist())
         if self.kind == "ivf-gemm" or (self.kind == "ivf" and not self.use_gpu):
             rec.update(self._calibrate_lists(x, q, truth))
         else:
-            rec.update(self._calibrate_by_search(x, q, rows, truth, rec["exact_search_s"]))
+            rec.update(self._calibrate_by_search(x, q, rows, truth))
         rec["seconds"] = round(time.perf_counter() - t0, 4)
         self.calibration = rec
         return rec
@@ -469,19 +475,22 @@ class FeatureIndex:
             out["coarse_dim"] = self.coarse_dim
         return out
 
-    def _calibrate_by_search(self, x, q: np.ndarray, rows: np.ndarray, truth: np.ndarray, exact_s: float) -> dict:
+    def _calibrate_by_search(self, x, q: np.ndarray, rows: np.ndarray, truth: np.ndarray) -> dict:
         """HNSW (efSearch) and IVF on a GPU (nprobe): the setting doubled from the one given, each searched,
-        until the recall passes; exact search where it does not or where it is no faster."""
+        until the recall passes; exact search where it does not or where it is no faster (HNSW: more than
+        HNSW_EXACT_FRACTION of n distances per query; IVF: nprobe / nlist above EXACT_FALLBACK_FRACTION)."""
         m, k = truth.shape
         hnsw = self.kind == "hnsw"
         nlist = 0 if hnsw else int(self.nlist)
         start, top = (max(self.ef_search, k + 1), HNSW_EF_MAX) if hnsw else (max(1, min(self.nprobe, nlist)), nlist)
-        tried, v, s_time, res = [], start, 0.0, None
+        tried, v, s_time, res, stats = [], start, 0.0, None, _faiss().cvar.hnsw_stats
         while True:
             self._set_breadth(v)
+            stats.reset()
             t = time.perf_counter()
             found = self.search(q, k + 1)[1]
             s_time = time.perf_counter() - t
+            scanned = stats.ndis / m / x.shape[0] if hnsw else min(1.0, v / max(1, nlist))
             res = _lower_bound(recall_per_query(_drop_self(found, rows), truth)[:, None])
             tried.append([v, round(float(res[0][0]), 4)])
             if res[1][0] >= self.recall_target - 1e-12 or v >= top:
@@ -490,14 +499,16 @@ class FeatureIndex:
         mean, lower, se = (float(a[0]) for a in res)
         met = lower >= self.recall_target - 1e-12
         key = "ef_search" if hnsw else "nprobe"
-        out = {key: int(v), "search_s": round(s_time, 4), f"recall_by_{key}": tried}
+        out = {key: int(v), "search_s": round(s_time, 4), f"recall_by_{key}": tried,
+               "scanned_fraction": round(scanned, 4)}
         if not hnsw:
             out["nlist"] = nlist
-        slow = s_time >= exact_s if hnsw else v / max(1, nlist) > EXACT_FALLBACK_FRACTION
+        slow = scanned > (HNSW_EXACT_FRACTION if hnsw else EXACT_FALLBACK_FRACTION)
         if hnsw and (not met or slow):
             why = (f"efSearch {v} reached recall {mean:.3f} only" if not met
-                   else f"efSearch {v} searched {s_time:.3g} s, exact search {exact_s:.3g} s")
-            self.kind, self.index = "flat", self._place(self._make_cpu(None))
+                   else f"efSearch {v} computed {scanned:.0%} of the distances of exact search per query")
+            self.kind = "flat"
+            self.index = self._place(self._make_cpu(None))
             for s in range(0, x.shape[0], 131072):
                 self.index.add(_as_f32(x[s:s + 131072]))
             return {**out, "exact": True, "recall": 1.0, "kind": "flat", "requested_kind": "hnsw",
@@ -621,7 +632,7 @@ class FeatureIndex:
     def _restored(cls, *, dim: int, kind: str, metric: str, nlist: int, nprobe: int, coarse_dim: int,
                   use_gpu: bool, calibration: dict | None = None, ef_search: int = 0) -> "FeatureIndex":
         """An instance for an index read from disk (its `index` set by the caller): the settings the file
-        holds, its calibration record; the build-only ones (HNSW construction, k-means iterations) are 0,
+        holds, its calibration record; the build-only ones (HNSW efConstruction, k-means iterations) are 0,
         as nothing is built again."""
         obj = cls.__new__(cls)
         obj.dim, obj.kind, obj.metric = int(dim), kind, metric
@@ -654,9 +665,10 @@ class FeatureIndex:
         except RuntimeError as exc:
             raise CebenchError(f"{path}: not a readable faiss index ({str(exc).strip().splitlines()[-1]})") from None
         metric = "ip" if cpu.metric_type == faiss.METRIC_INNER_PRODUCT else "l2"
-        ef_search = 0
+        ef_search = hnsw_m = 0
         if isinstance(faiss.downcast_index(cpu), faiss.IndexHNSW):
-            kind, ef_search = "hnsw", int(faiss.downcast_index(cpu).hnsw.efSearch)
+            graph = faiss.downcast_index(cpu).hnsw
+            kind, ef_search, hnsw_m = "hnsw", int(graph.efSearch), int(graph.nb_neighbors(1))
         elif faiss.try_extract_index_ivf(cpu) is not None:
             kind = "ivf"
         else:
@@ -671,5 +683,6 @@ class FeatureIndex:
         want_gpu = faiss_gpu_available() if use_gpu == "auto" else bool(use_gpu)
         obj = cls._restored(dim=cpu.d, kind=kind, metric=metric, nlist=nlist, nprobe=nprobe, coarse_dim=coarse_dim,
                             use_gpu=want_gpu and kind != "hnsw", calibration=calibration, ef_search=ef_search)
+        obj.hnsw_m = hnsw_m
         obj.index = obj._place(cpu)
         return obj
