@@ -129,6 +129,23 @@ def test_hnsw_raises_ef_search_until_the_target():
     assert _independent_recall(idx, db) == pytest.approx(c["recall"], abs=1e-9)
 
 
+def test_the_search_based_calibration_of_a_gpu_ivf_run_on_a_cpu_index():
+    """faiss IVF on a GPU is calibrated by searching at doubling nprobe (no list layout to read there): the
+    same code on a CPU IndexIVFFlat marked as a GPU one reaches the target, and its record is the recall of
+    the search it ends at; the list-based calibration of the same index picks the smallest nprobe."""
+    db, _ = _data("many-clusters")
+    idx = FeatureIndex(64, kind="ivf", nlist=64, nprobe=1, coarse_dim=16, use_gpu=False, recall_target=None).add(db)
+    idx.recall_target, idx.use_gpu = 0.95, True  # search() and set_nprobe() then treat it as the GPU index
+    c = idx.calibrate(db)
+    assert [p for p, _ in c["recall_by_nprobe"]] == [2 ** i for i in range(len(c["recall_by_nprobe"]))]
+    assert c["recall_lower"] >= 0.95 > c["recall_by_nprobe"][-2][1] - 1e-9 and idx.nprobe == c["nprobe"]
+    assert not c.get("exact") and c["scanned_fraction"] == pytest.approx(c["nprobe"] / 64, abs=1e-4)
+    idx.use_gpu = False
+    assert _independent_recall(idx, db) == pytest.approx(c["recall"], abs=1e-9)
+    idx.set_nprobe(1)
+    assert idx.calibrate(db)["nprobe"] <= c["nprobe"]  # the lists-based one: the smallest nprobe that passes
+
+
 @pytest.mark.parametrize("kind", ["ivf-gemm", "ivf", "hnsw", "flat"])
 def test_save_and_load_keep_the_calibration_record(kind, tmp_path):
     db, q = _data("few-clusters", n=6000)
@@ -171,7 +188,10 @@ def test_exact_search_agrees_with_the_numpy_reference(metric):
     np.testing.assert_allclose(s, rs, rtol=1e-4, atol=1e-4)
     half = exact_search(db.astype(np.float16), q, 7, metric, chunk=999)[1]
     assert np.mean([len(set(a) & set(b)) / 7 for a, b in zip(half, ri)]) > 0.95
-    assert exact_search(db[:3], q, 7, metric)[1].shape == (37, 3)  # k capped at N
+    s3, i3 = exact_search(db[:3], q, 7, metric, query_batch=8)  # padded beyond N as faiss; query batches
+    rs3, ri3 = brute_force_search(db[:3], q, 7, metric=metric)
+    np.testing.assert_array_equal(i3, ri3)
+    assert (i3[:, 3:] == -1).all() and np.isinf(s3[:, 3:]).all()
 
 
 def test_drop_self_by_hand():

@@ -129,32 +129,38 @@ def brute_force_search(db, q, k: int, metric: str = "ip") -> tuple[np.ndarray, n
     return scores, ids.astype(np.int64)
 
 
-def exact_search(db, q, k: int, metric: str = "ip", chunk: int = EXACT_CHUNK) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k of q [M, D] against db [N, D] (float32 or float16, read `chunk` rows at a time, no copy
-    of the whole array) by one float32 matrix product per chunk -> (scores [M, k] float32 as faiss gives
-    them, ids [M, k] int64); k is capped at N. Memory: [M, chunk] scores at a time. For the recall
-    calibration (a few hundred queries over up to millions of vectors); faiss's flat search is slower than
-    torch's matrix product on the CPUs this was measured on (its bundled BLAS), and needs a copy."""
-    qt = torch.from_numpy(_as_f32(q))
-    n, m = db.shape[0], qt.shape[0]
-    k = min(k, n)
-    best = torch.full((m, k), -torch.inf)
-    best_ids = torch.full((m, k), -1, dtype=torch.long)
-    buf = torch.empty(m, min(chunk, n))
-    for s in range(0, n, chunk):
-        xc = torch.from_numpy(np.ascontiguousarray(db[s:s + chunk], dtype=np.float32))
-        sc = buf[:, :xc.shape[0]]
-        torch.mm(qt, xc.T, out=sc)                                 # [m, c] inner products
-        if metric == "l2":                                         # -|q-x|^2 + |q|^2 = 2 q.x - |x|^2
-            sc.mul_(2).sub_(xc.pow(2).sum(1)[None])
-        top = torch.topk(sc, min(k, sc.shape[1]), dim=1)
-        vals = torch.cat([best, top.values], 1)
-        ids = torch.cat([best_ids, top.indices + s], 1)
-        keep = torch.topk(vals, k, dim=1)
-        best, best_ids = keep.values, torch.gather(ids, 1, keep.indices)
-    if metric == "l2":
-        best = (qt.pow(2).sum(1, keepdim=True) - best).clamp(min=0)
-    return best.numpy(), best_ids.numpy()
+def exact_search(db, q, k: int, metric: str = "ip", chunk: int = EXACT_CHUNK,
+                 query_batch: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k of q [M, D] against db [N, D] (float32 or float16, read `chunk` rows at a time: no copy of
+    the whole array) by float32 matrix products in torch -> (scores [M, k] float32 as faiss gives them,
+    ids [M, k] int64), padded with -inf/inf and -1 beyond N, as faiss. Queries go `query_batch` at a time
+    ([query_batch, chunk] scores in memory). The recall calibration's exact neighbours, and ivf-gemm's search
+    when it visits every list; faiss's flat search was several times slower than torch's matrix product on
+    the 2-core CPUs this was measured on (its bundled BLAS) and needs a copy of the vectors."""
+    q = _as_f32(q)
+    n, m = db.shape[0], q.shape[0]
+    kk = min(k, n)
+    scores = np.full((m, k), -np.inf if metric == "ip" else np.inf, np.float32)
+    ids = np.full((m, k), -1, np.int64)
+    buf = torch.empty(min(query_batch, m), min(chunk, n))
+    for b in range(0, m, query_batch):
+        qt = torch.from_numpy(q[b:b + query_batch])
+        best = torch.full((qt.shape[0], kk), -torch.inf)
+        best_ids = torch.full((qt.shape[0], kk), -1, dtype=torch.long)
+        for s in range(0, n, chunk):
+            xc = torch.from_numpy(np.ascontiguousarray(db[s:s + chunk], dtype=np.float32))
+            sc = buf[:qt.shape[0], :xc.shape[0]]
+            torch.mm(qt, xc.T, out=sc)                             # [m, c] inner products
+            if metric == "l2":                                     # -|q-x|^2 + |q|^2 = 2 q.x - |x|^2
+                sc.mul_(2).sub_(xc.pow(2).sum(1)[None])
+            top = torch.topk(sc, min(kk, sc.shape[1]), dim=1)
+            keep = torch.topk(torch.cat([best, top.values], 1), kk, dim=1)
+            best_ids = torch.gather(torch.cat([best_ids, top.indices + s], 1), 1, keep.indices)
+            best = keep.values
+        if metric == "l2":
+            best = (qt.pow(2).sum(1, keepdim=True) - best).clamp(min=0)
+        scores[b:b + query_batch, :kk], ids[b:b + query_batch, :kk] = best.numpy(), best_ids.numpy()
+    return scores, ids
 
 
 def _drop_self(ids: np.ndarray, self_ids: np.ndarray) -> np.ndarray:
@@ -477,13 +483,17 @@ class FeatureIndex:
 
     def _calibrate_by_search(self, x, q: np.ndarray, rows: np.ndarray, truth: np.ndarray) -> dict:
         """HNSW (efSearch) and IVF on a GPU (nprobe): the setting doubled from the one given, each searched,
-        until the recall passes; exact search where it does not or where it is no faster (HNSW: more than
-        HNSW_EXACT_FRACTION of n distances per query; IVF: nprobe / nlist above EXACT_FALLBACK_FRACTION)."""
+        until the recall passes. A flat index (exact search) instead where it does not pass by the largest
+        setting (HNSW_EF_MAX; nlist, at most faiss's GPU limit of 2048) or is no faster than exact search
+        (HNSW: more than HNSW_EXACT_FRACTION of n distances per query; IVF: nprobe / nlist above
+        EXACT_FALLBACK_FRACTION)."""
         m, k = truth.shape
         hnsw = self.kind == "hnsw"
+        key = "ef_search" if hnsw else "nprobe"
         nlist = 0 if hnsw else int(self.nlist)
-        start, top = (max(self.ef_search, k + 1), HNSW_EF_MAX) if hnsw else (max(1, min(self.nprobe, nlist)), nlist)
-        tried, v, s_time, res, stats = [], start, 0.0, None, _faiss().cvar.hnsw_stats
+        start, top = (max(self.ef_search, k + 1), HNSW_EF_MAX) if hnsw else (max(1, min(self.nprobe, nlist)),
+                                                                             min(nlist, 2048))
+        tried, v, stats = [], start, _faiss().cvar.hnsw_stats
         while True:
             self._set_breadth(v)
             stats.reset()
@@ -491,36 +501,28 @@ class FeatureIndex:
             found = self.search(q, k + 1)[1]
             s_time = time.perf_counter() - t
             scanned = stats.ndis / m / x.shape[0] if hnsw else min(1.0, v / max(1, nlist))
-            res = _lower_bound(recall_per_query(_drop_self(found, rows), truth)[:, None])
-            tried.append([v, round(float(res[0][0]), 4)])
-            if res[1][0] >= self.recall_target - 1e-12 or v >= top:
+            per_query = recall_per_query(_drop_self(found, rows), truth)
+            mean, lower, se = (float(a[0]) for a in _lower_bound(per_query[:, None]))
+            tried.append([v, round(mean, 4)])
+            if lower >= self.recall_target - 1e-12 or v >= top:
                 break
             v = min(top, 2 * v)
-        mean, lower, se = (float(a[0]) for a in res)
-        met = lower >= self.recall_target - 1e-12
-        key = "ef_search" if hnsw else "nprobe"
         out = {key: int(v), "search_s": round(s_time, 4), f"recall_by_{key}": tried,
-               "scanned_fraction": round(scanned, 4)}
-        if not hnsw:
-            out["nlist"] = nlist
-        slow = scanned > (HNSW_EXACT_FRACTION if hnsw else EXACT_FALLBACK_FRACTION)
-        if hnsw and (not met or slow):
-            why = (f"efSearch {v} reached recall {mean:.3f} only" if not met
-                   else f"efSearch {v} computed {scanned:.0%} of the distances of exact search per query")
-            self.kind = "flat"
-            self.index = self._place(self._make_cpu(None))
-            for s in range(0, x.shape[0], 131072):
-                self.index.add(_as_f32(x[s:s + 131072]))
-            return {**out, "exact": True, "recall": 1.0, "kind": "flat", "requested_kind": "hnsw",
-                    "reason": f"{why}: a flat index (exact search) instead"}
-        if not hnsw and slow and v < nlist:
-            need = v
-            self._set_breadth(nlist)
-            return {**out, "nprobe": nlist, "nprobe_needed": need, "exact": True, "recall": 1.0,
-                    "reason": f"the recall target needs nprobe {need} of {nlist} lists: no faster than exact "
-                              "search, so every list is visited"}
-        return {**out, "recall": round(mean, 4), "recall_se": round(se, 4), "recall_lower": round(lower, 4),
-                **({"exact": True, "reason": f"nprobe {v} visits every list"} if not hnsw and v >= nlist else {})}
+               "scanned_fraction": round(scanned, 4), **({} if hnsw else {"nlist": nlist})}
+        met = lower >= self.recall_target - 1e-12
+        if met and scanned <= (HNSW_EXACT_FRACTION if hnsw else EXACT_FALLBACK_FRACTION):
+            return {**out, "recall": round(mean, 4), "recall_se": round(se, 4), "recall_lower": round(lower, 4)}
+        name = "efSearch" if hnsw else "nprobe"
+        why = (f"{name} {v} reached recall {mean:.3f} only" if not met else
+               f"{name} {v} computed {scanned:.0%} of the distances of exact search per query" if hnsw else
+               f"the recall target needs nprobe {v} of {nlist} lists: no faster than exact search")
+        requested = self.kind
+        self.kind = "flat"
+        self.index = self._place(self._make_cpu(None))
+        for s in range(0, x.shape[0], 131072):
+            self.index.add(_as_f32(x[s:s + 131072]))
+        return {**out, "exact": True, "recall": 1.0, "kind": "flat", "requested_kind": requested,
+                "reason": f"{why}: a flat index (exact search) instead"}
 
     def _set_breadth(self, v: int) -> None:
         if self.kind == "hnsw":
@@ -557,8 +559,10 @@ class FeatureIndex:
             raise ValueError("search on an empty index: add vectors first")
         if q.shape[1] != self.dim:
             raise ValueError(f"queries have dim {q.shape[1]}, index has dim {self.dim}")
-        if self.kind == "ivf-gemm":  # all queries at once: the lists are read once per batch of queries
-            return self.index.search(q, k)
+        if self.kind == "ivf-gemm":
+            if self.index.nprobe >= self.index.nlist:  # every list: exact search, without gathering the lists
+                return exact_search(self.index.x.numpy(), q, k, self.metric)
+            return self.index.search(q, k)  # all queries at once: the lists are read once per batch of queries
         order = self._list_order(q)
         if order is not None:  # IVF: queries that visit the same list one after the other (cache reuse)
             q = q[order]
