@@ -58,12 +58,9 @@ def published_sources(labels) -> list[str]:
     rows = [lab for lab in labels if lab in TABLE2]
     if not rows:
         return []
-    out = ["Published numbers ('paper' columns): "]
+    out = ["Published numbers (the 'paper' columns):", ""]
     ce_rows = [lab for lab in rows if lab not in TABLE2_SOURCE]
     if ce_rows:
-        out[0] += f"{', '.join(ce_rows)}: {CE_TABLE2}. "
-    for lab in rows:
-        if lab in TABLE2_SOURCE:
-            table, note = TABLE2_SOURCE[lab]
-            out[0] += f"{lab}: {table} ({note}). "
-    return [out[0].rstrip(), ""]
+        out.append(f"- {', '.join(ce_rows)}: {CE_TABLE2}")
+    out += [f"- {lab}: {TABLE2_SOURCE[lab][0]} ({TABLE2_SOURCE[lab][1]})" for lab in rows if lab in TABLE2_SOURCE]
+    return out + [""]

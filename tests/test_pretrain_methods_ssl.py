@@ -338,3 +338,25 @@ def test_pretrain_transfer_retrieve_end_to_end(tmp_path, tiny_demo):
         assert png.is_file()
     with pytest.raises(CheckpointError, match="given as the 'rotation' row but trained with method 'jigsaw'"):
         build_init("rotation", checkpoint=ckpts["jigsaw"])
+
+
+def test_new_rows_reach_table2_paired_and_the_published_numbers():
+    from cebench.benchmarks.paper import published_sources
+    from cebench.benchmarks.report import build_paired, build_table2, table2_markdown
+
+    per = {"random": (0.40, 0.50), "context encoder": (0.45, 0.58), "rotation": (0.50, 0.52), "SimCLR-ish": (0.3, 0.3)}
+    rows = [{"init": init, "task": "cls", "metric": "mAP", "mean": sum(v) / 2, "std": 0.0, "seeds": 2, "status": "ok",
+             "per_seed": {"0": v[0], "1": v[1]}} for init, v in per.items()]
+    paired = build_paired(rows)
+    assert list(paired["comparison"]) == ["context encoder - random", "context encoder - rotation",
+                                          "context encoder - SimCLR-ish"]
+    rot_row = paired.set_index("comparison").loc["context encoder - rotation"]
+    assert rot_row["diffs"] == "-5.0 +6.0" and rot_row["wins"] == 1 and math.isclose(rot_row["mean_diff"], 0.5)
+    t2 = build_table2(rows)
+    assert t2.set_index("init").loc["rotation", "paper"] == 73.0  # Gidaris et al. Table 7
+    assert "| rotation | 51.0 ± 0.0 (n=2) | 73.0 |" in table2_markdown(t2)
+    lines = published_sources(["random", "context prediction", "rotation"])
+    assert "- random: Pathak et al. (CVPR 2016) Table 2" in lines
+    assert any(line.startswith("- rotation: Gidaris et al. (ICLR 2018) Table 7") for line in lines)
+    assert any(line.startswith("- context prediction: Pathak et al. (CVPR 2016) Table 2") and "65.3 / 51.1" in line
+               for line in lines)
