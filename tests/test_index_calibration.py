@@ -243,3 +243,27 @@ def test_the_report_names_the_index_and_its_lowest_recall(tmp_path):
     assert ("Neighbour index: flat, ivf-gemm nprobe 12/512; `index_recall` is its recall@k measured on the database "
             "when it was built (1 = exact search), lowest 0.962.") in md
     assert "| 0.96 |" in md  # the column of the table
+
+
+def test_the_one_thread_streams_give_what_one_stream_gives():
+    """With two torch threads, ivf-gemm's assignment and search and exact_search run in two Python threads of
+    one thread each (gemm_ivf.in_threads): the same lists, neighbours and scores as in one stream, and the
+    caller's thread counts come back unchanged."""
+    import faiss
+
+    db, q = _data("many-clusters", n=6000)
+    old = torch.get_num_threads()
+    runs = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            before = faiss.omp_get_max_threads()  # torch's OpenMP runtime, or faiss's own
+            idx = FeatureIndex(64, kind="ivf-gemm", nlist=32, nprobe=4, coarse_dim=16, use_gpu=False,
+                               recall_target=None).add(db)
+            runs.append((idx.index.ids.numpy(), idx.index.offsets.numpy(), *idx.search(q, 10),
+                         *exact_search(db, q, 10, chunk=1000)))
+            assert torch.get_num_threads() == threads and faiss.omp_get_max_threads() == before
+    finally:
+        torch.set_num_threads(old)
+    for a, b in zip(*runs):
+        np.testing.assert_allclose(a, b, rtol=1e-6)

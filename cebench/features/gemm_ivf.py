@@ -17,6 +17,7 @@ quantizer and nprobe the neighbours are those of faiss's IndexIVFFlat (tested), 
 from __future__ import annotations
 
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -52,6 +53,32 @@ def _torch_view(x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(x)
 
 
+def in_threads(fn, parts: list, workers: int | None = None) -> list:
+    """[fn(part) for part in parts], run in `workers` Python threads (default: torch's thread count), each
+    running torch and faiss on one thread of its own (both release the GIL). The work here is many small
+    operations; with two OpenMP threads inside each of them every operation waits at a barrier for both
+    cores -- a scheduler time slice whenever another process holds one (this project's shared 2-core
+    machines: a 1M ivf-gemm search took 9-17 s that way, 0.5 s in two one-thread streams, same results), and
+    torch and faiss bring two OpenMP runtimes whose idle threads spin against each other."""
+    workers = max(1, min(workers or torch.get_num_threads(), len(parts)))
+    if workers == 1:
+        return [fn(part) for part in parts]
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(workers, initializer=_one_thread) as pool:
+            return list(pool.map(fn, parts))
+    finally:
+        torch.set_num_threads(old)
+
+
+def _one_thread() -> None:
+    import faiss  # the quantizers are faiss indexes: faiss is installed where this runs
+
+    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)  # OpenMP's thread count is per calling thread: this worker only
+
+
 class GemmIVF:
     """quantizer: a trained faiss index with `nlist` entries that maps a [N, dim] float32 batch to its
     lists (`assign`/`search`); metric "ip" (scores: inner products, highest first) or "l2" (squared
@@ -75,18 +102,24 @@ class GemmIVF:
         linear projection in front of the quantizer, a chunk is projected by one matrix product into a
         reused [chunk, d_out] buffer and assigned by the inner index while it is still in cache."""
         out = np.empty(x.shape[0], np.int64)
-        if self._projection is None:
-            for s in range(0, x.shape[0], chunk):
-                part = np.ascontiguousarray(x[s:s + chunk], dtype=np.float32)
-                out[s:s + chunk] = self.quantizer.assign(part, 1)[:, 0]
-            return out
-        a, b, inner = self._projection
-        proj = torch.empty(min(chunk, x.shape[0]), a.shape[0])  # [chunk, d_out]
-        for s in range(0, x.shape[0], chunk):
-            part = _torch_view(np.ascontiguousarray(x[s:s + chunk], dtype=np.float32))
-            p = proj[:part.shape[0]]
-            torch.addmm(b, part, a.T, out=p)                     # x A^T + b: the PCA projection
-            out[s:s + chunk] = inner.assign(p.numpy(), 1)[:, 0]
+        starts = list(range(0, x.shape[0], chunk))
+
+        def run(mine: list[int]) -> None:  # these chunks, in this thread (`in_threads`)
+            proj = None
+            for s in mine:
+                if self._projection is None:
+                    part = np.ascontiguousarray(x[s:s + chunk], dtype=np.float32)
+                    out[s:s + chunk] = self.quantizer.assign(part, 1)[:, 0]
+                    continue
+                a, b, inner = self._projection
+                proj = torch.empty(min(chunk, x.shape[0]), a.shape[0]) if proj is None else proj  # [chunk, d_out]
+                part = _torch_view(np.ascontiguousarray(x[s:s + chunk], dtype=np.float32))
+                p = proj[:part.shape[0]]
+                torch.addmm(b, part, a.T, out=p)                 # x A^T + b: the PCA projection
+                out[s:s + chunk] = inner.assign(p.numpy(), 1)[:, 0]
+
+        workers = max(1, min(torch.get_num_threads(), len(starts)))
+        in_threads(run, [starts[i::workers] for i in range(workers)], workers)
         return out
 
     def add(self, x: np.ndarray) -> None:
@@ -143,32 +176,39 @@ class GemmIVF:
         best_sorted = torch.full((M * P, k), -torch.inf)
         best_ids_sorted = torch.full((M * P, k), -1, dtype=torch.long)
         sizes = self.offsets[1:] - self.offsets[:-1]
-        blk = GATHER_BLOCK
-        buf = torch.empty(blk, self.dim, dtype=self.x.dtype)        # one block of a list's vectors
-        buf32 = torch.empty(buf.shape) if self.x.dtype != torch.float32 else buf
-        nonempty = torch.nonzero((starts[1:] > starts[:-1]) & (sizes > 0)).flatten().tolist()
+        nonempty = torch.nonzero((starts[1:] > starts[:-1]) & (sizes > 0)).flatten()
+        cost = sizes[nonempty] * (starts[1:] - starts[:-1])[nonempty]        # vectors x queries per list
+        nonempty = nonempty[torch.argsort(cost, descending=True)].tolist()   # costliest first
         starts_l, offsets_l = starts.tolist(), self.offsets.tolist()  # python ints: no tensor.item() per list
         q_sorted = qt[pq[order]]                                   # [M*P, dim] queries in probe order
-        for li in nonempty:
-            a, b = starts_l[li], starts_l[li + 1]
-            lo, hi = offsets_l[li], offsets_l[li + 1]
-            n = hi - lo
-            rows = self.ids[lo:hi]                                 # [n] database ids of the list
-            kk = min(k, n)
-            for s in range(a, b, QUERY_BLOCK):
-                e = min(b, s + QUERY_BLOCK)
-                scores_t = torch.empty(n, e - s)                   # [n, m]: row blocks are contiguous
-                for c in range(0, n, blk):                         # gather a block (stays in cache), score it
-                    c1 = min(n, c + blk)
-                    torch.index_select(self.x, 0, rows[c:c1], out=buf[:c1 - c])
-                    xb = buf[:c1 - c] if buf32 is buf else buf32[:c1 - c].copy_(buf[:c1 - c])
-                    torch.mm(xb, q_sorted[s:e].T, out=scores_t[c:c1])
-                scores = scores_t.T                                # [m, n]
-                if self.metric == "l2":                            # -|q-x|^2 + |q|^2 = 2 q.x - |x|^2
-                    scores = 2 * scores - self.sq_norms[rows][None]
-                top = torch.topk(scores, kk, dim=1)
-                best_sorted[s:e, :kk] = top.values
-                best_ids_sorted[s:e, :kk] = rows[top.indices]
+
+        def scan(lists: list[int]) -> None:  # score the probes of these lists into best_sorted (disjoint rows)
+            blk = GATHER_BLOCK
+            buf = torch.empty(blk, self.dim, dtype=self.x.dtype)    # one block of a list's vectors
+            buf32 = torch.empty(buf.shape) if self.x.dtype != torch.float32 else buf
+            for li in lists:
+                a, b = starts_l[li], starts_l[li + 1]
+                lo, hi = offsets_l[li], offsets_l[li + 1]
+                n = hi - lo
+                rows = self.ids[lo:hi]                             # [n] database ids of the list
+                kk = min(k, n)
+                for s in range(a, b, QUERY_BLOCK):
+                    e = min(b, s + QUERY_BLOCK)
+                    scores_t = torch.empty(n, e - s)               # [n, m]: row blocks are contiguous
+                    for c in range(0, n, blk):                     # gather a block (stays in cache), score it
+                        c1 = min(n, c + blk)
+                        torch.index_select(self.x, 0, rows[c:c1], out=buf[:c1 - c])
+                        xb = buf[:c1 - c] if buf32 is buf else buf32[:c1 - c].copy_(buf[:c1 - c])
+                        torch.mm(xb, q_sorted[s:e].T, out=scores_t[c:c1])
+                    scores = scores_t.T                            # [m, n]
+                    if self.metric == "l2":                        # -|q-x|^2 + |q|^2 = 2 q.x - |x|^2
+                        scores = 2 * scores - self.sq_norms[rows][None]
+                    top = torch.topk(scores, kk, dim=1)
+                    best_sorted[s:e, :kk] = top.values
+                    best_ids_sorted[s:e, :kk] = rows[top.indices]
+
+        workers = max(1, min(torch.get_num_threads(), len(nonempty)))  # the lists in one-thread streams
+        in_threads(scan, [nonempty[i::workers] for i in range(workers)], workers)
         best = torch.empty_like(best_sorted)
         best_ids = torch.empty_like(best_ids_sorted)
         best[order], best_ids[order] = best_sorted, best_ids_sorted

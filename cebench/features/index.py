@@ -16,6 +16,7 @@ chose is `FeatureIndex.calibration` (saved and loaded with the index); `describe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -27,7 +28,7 @@ import torch
 from cebench.errors import CebenchError
 from cebench.io import atomic_target
 
-from .gemm_ivf import GemmIVF
+from .gemm_ivf import GemmIVF, in_threads
 
 KINDS = ("flat", "ivf", "ivf-gemm", "hnsw", "auto")
 APPROXIMATE = ("ivf", "ivf-gemm", "hnsw")
@@ -62,6 +63,7 @@ HNSW_EF_MAX = 4096  # HNSW: efSearch doubled up to this; not enough there means 
 # exact search instead when it computes more than this share of n distances per query (faiss's hnsw_stats)
 HNSW_EXACT_FRACTION = 0.1
 EXACT_CHUNK = 32768  # database rows scored per matrix product in `exact_search`
+SMALL_TRAINING_FLOP = 1e10  # k-means below this trains on one faiss thread (`_faiss_threads`)
 GEMM_FORMAT, FAISS_FORMAT = "cebench-ivf-gemm-1", "cebench-faiss-1"  # what `save` writes (.npz)
 
 
@@ -69,6 +71,23 @@ def _faiss():
     import faiss  # imported lazily: the package must import without it
 
     return faiss
+
+
+@contextlib.contextmanager
+def _faiss_threads(n: int | None):
+    """faiss's OpenMP threads = n inside (None: unchanged). The coarse quantizer's training is small at the
+    sizes auto uses (PCA of 20k x 256, k-means of 20k points to 512 centroids in 16-d: 0.04 + 0.07 s on one
+    thread); with two threads on a loaded 2-core machine faiss's OpenBLAS took 3.6 s for the PCA alone."""
+    if n is None:
+        yield
+        return
+    faiss = _faiss()
+    old = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(old)
 
 
 def _as_f32(x) -> np.ndarray:
@@ -133,30 +152,41 @@ def exact_search(db, q, k: int, metric: str = "ip", chunk: int = EXACT_CHUNK,
                  query_batch: int = 1024) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k of q [M, D] against db [N, D] (float32 or float16, read `chunk` rows at a time: no copy of
     the whole array) by float32 matrix products in torch -> (scores [M, k] float32 as faiss gives them,
-    ids [M, k] int64), padded with -inf/inf and -1 beyond N, as faiss. Queries go `query_batch` at a time
-    ([query_batch, chunk] scores in memory). The recall calibration's exact neighbours, and ivf-gemm's search
-    when it visits every list; faiss's flat search was several times slower than torch's matrix product on
-    the 2-core CPUs this was measured on (its bundled BLAS) and needs a copy of the vectors."""
+    ids [M, k] int64), padded with -inf/inf and -1 beyond N, as faiss. Queries go `query_batch` at a time,
+    the chunks in one-thread streams (`gemm_ivf.in_threads`), each with its own [query_batch, chunk] scores.
+    The recall calibration's exact neighbours, and ivf-gemm's search when it visits every list; faiss's flat
+    search was several times slower than torch's matrix product on the 2-core CPUs this was measured on
+    (its bundled BLAS) and needs a copy of the vectors."""
     q = _as_f32(q)
     n, m = db.shape[0], q.shape[0]
     kk = min(k, n)
     scores = np.full((m, k), -np.inf if metric == "ip" else np.inf, np.float32)
     ids = np.full((m, k), -1, np.int64)
-    buf = torch.empty(min(query_batch, m), min(chunk, n))
+    starts = list(range(0, n, chunk))
+    workers = max(1, min(torch.get_num_threads(), len(starts)))
     for b in range(0, m, query_batch):
         qt = torch.from_numpy(q[b:b + query_batch])
-        best = torch.full((qt.shape[0], kk), -torch.inf)
-        best_ids = torch.full((qt.shape[0], kk), -1, dtype=torch.long)
-        for s in range(0, n, chunk):
-            xc = torch.from_numpy(np.ascontiguousarray(db[s:s + chunk], dtype=np.float32))
-            sc = buf[:qt.shape[0], :xc.shape[0]]
-            torch.mm(qt, xc.T, out=sc)                             # [m, c] inner products
-            if metric == "l2":                                     # -|q-x|^2 + |q|^2 = 2 q.x - |x|^2
-                sc.mul_(2).sub_(xc.pow(2).sum(1)[None])
-            top = torch.topk(sc, min(kk, sc.shape[1]), dim=1)
-            keep = torch.topk(torch.cat([best, top.values], 1), kk, dim=1)
-            best_ids = torch.gather(torch.cat([best_ids, top.indices + s], 1), 1, keep.indices)
-            best = keep.values
+
+        def run(mine: list[int], qt=qt) -> tuple[torch.Tensor, torch.Tensor]:  # top kk over these chunks
+            best = torch.full((qt.shape[0], kk), -torch.inf)
+            best_ids = torch.full((qt.shape[0], kk), -1, dtype=torch.long)
+            buf = torch.empty(qt.shape[0], min(chunk, n))
+            for s in mine:
+                xc = torch.from_numpy(np.ascontiguousarray(db[s:s + chunk], dtype=np.float32))
+                sc = buf[:, :xc.shape[0]]
+                torch.mm(qt, xc.T, out=sc)                         # [m, c] inner products
+                if metric == "l2":                                 # -|q-x|^2 + |q|^2 = 2 q.x - |x|^2
+                    sc.mul_(2).sub_(xc.pow(2).sum(1)[None])
+                top = torch.topk(sc, min(kk, sc.shape[1]), dim=1)
+                keep = torch.topk(torch.cat([best, top.values], 1), kk, dim=1)
+                best_ids = torch.gather(torch.cat([best_ids, top.indices + s], 1), 1, keep.indices)
+                best = keep.values
+            return best, best_ids
+
+        parts = in_threads(run, [starts[i::workers] for i in range(workers)], workers)
+        keep = torch.topk(torch.cat([p[0] for p in parts], 1), kk, dim=1)  # merge the streams
+        best = keep.values
+        best_ids = torch.gather(torch.cat([p[1] for p in parts], 1), 1, keep.indices)
         if metric == "l2":
             best = (qt.pow(2).sum(1, keepdim=True) - best).clamp(min=0)
         scores[b:b + query_batch, :kk], ids[b:b + query_batch, :kk] = best.numpy(), best_ids.numpy()
@@ -293,17 +323,19 @@ class FeatureIndex:
         k-means for "ip"). Only the choice of lists uses the projection: distances stay exact."""
         faiss = _faiss()
         self.nlist = nlist = max(1, min(self.nlist, sample.shape[0] // 39))
-        if not self.coarse_dim:
-            km = faiss.Kmeans(self.dim, nlist, niter=self.kmeans_iters, seed=1234, spherical=self.metric == "ip")
-            km.train(sample)
-            quant = faiss.IndexFlatIP(self.dim) if self.metric == "ip" else faiss.IndexFlatL2(self.dim)
-            quant.add(km.centroids)
-            self._quantizer = quant
-            return quant
-        pca = faiss.PCAMatrix(self.dim, self.coarse_dim)
-        pca.train(sample)
-        km = faiss.Kmeans(self.coarse_dim, nlist, niter=self.kmeans_iters, seed=1234)
-        km.train(pca.apply(sample))
+        work = 2.0 * self.kmeans_iters * sample.shape[0] * nlist * (self.coarse_dim or self.dim)
+        with _faiss_threads(1 if work < SMALL_TRAINING_FLOP else None):
+            if not self.coarse_dim:
+                km = faiss.Kmeans(self.dim, nlist, niter=self.kmeans_iters, seed=1234, spherical=self.metric == "ip")
+                km.train(sample)
+                quant = faiss.IndexFlatIP(self.dim) if self.metric == "ip" else faiss.IndexFlatL2(self.dim)
+                quant.add(km.centroids)
+                self._quantizer = quant
+                return quant
+            pca = faiss.PCAMatrix(self.dim, self.coarse_dim)
+            pca.train(sample)
+            km = faiss.Kmeans(self.coarse_dim, nlist, niter=self.kmeans_iters, seed=1234)
+            km.train(pca.apply(sample))
         centres = faiss.IndexFlatL2(self.coarse_dim)
         centres.add(km.centroids)
         quant = faiss.IndexPreTransform(pca, centres)  # d = dim in, ntotal = nlist, trained
