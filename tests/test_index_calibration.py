@@ -267,3 +267,15 @@ def test_the_one_thread_streams_give_what_one_stream_gives():
         torch.set_num_threads(old)
     for a, b in zip(*runs):
         np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+@pytest.mark.parametrize("n", [6400, 6439, 500])  # whole groups, a tail after the last group, too few groups
+def test_row_topk_is_torch_topk(n):
+    from cebench.features.gemm_ivf import row_topk
+
+    scores = torch.from_numpy(np.random.default_rng(n).standard_normal((30, n)).astype(np.float32))
+    values, cols = row_topk(scores, 11)
+    top = torch.topk(scores, 11, dim=1)
+    assert torch.equal(values, top.values) and torch.equal(cols, top.indices)
+    scores[:, -1] = 100.0  # the best in the tail
+    assert (row_topk(scores, 11)[1][:, 0] == n - 1).all()

@@ -25,6 +25,7 @@ import torch
 QUERY_BLOCK = 2048  # queries of one list scored per matrix product ([block, list size] float32 scores)
 GATHER_BLOCK = 1024  # list vectors gathered at a time (1 MB float32): the block is scored while in cache
 ASSIGN_CHUNK = 32768  # rows projected and assigned at a time: the [chunk, coarse_dim] projection stays in cache
+TOPK_GROUP = 64  # `row_topk`: columns per group
 
 
 def _split_projection(quantizer):
@@ -51,6 +52,24 @@ def _torch_view(x: np.ndarray) -> torch.Tensor:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return torch.from_numpy(x)
+
+
+def row_topk(scores: torch.Tensor, k: int, group: int = TOPK_GROUP) -> tuple[torch.Tensor, torch.Tensor]:
+    """torch.topk(scores [m, n], k, dim=1) (values descending, column indices) in two steps: the k groups of
+    `group` columns with the highest maxima, then the top k of those k * group columns. Every top-k entry lies
+    in one of them (each group holding one has its maximum among the top k: at most k groups), so the result
+    is topk's up to the order of equal values; 3x faster on [200, 32768] (one thread: 4 vs 12 ms)."""
+    m, n = scores.shape
+    ng = n // group
+    if ng <= 2 * k:  # too few groups to gain anything
+        top = torch.topk(scores, k, dim=1)
+        return top.values, top.indices
+    best_groups = torch.topk(scores[:, :ng * group].reshape(m, ng, group).amax(2), k, dim=1).indices  # [m, k]
+    cols = (best_groups[:, :, None] * group + torch.arange(group)).reshape(m, k * group)
+    if n > ng * group:  # the columns after the last whole group are candidates too
+        cols = torch.cat([cols, torch.arange(ng * group, n).expand(m, -1)], 1)
+    top = torch.topk(torch.gather(scores, 1, cols), k, dim=1)
+    return top.values, torch.gather(cols, 1, top.indices)
 
 
 def in_threads(fn, parts: list, workers: int | None = None) -> list:

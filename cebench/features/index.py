@@ -28,7 +28,7 @@ import torch
 from cebench.errors import CebenchError
 from cebench.io import atomic_target
 
-from .gemm_ivf import GemmIVF, in_threads
+from .gemm_ivf import GemmIVF, in_threads, row_topk
 
 KINDS = ("flat", "ivf", "ivf-gemm", "hnsw", "auto")
 APPROXIMATE = ("ivf", "ivf-gemm", "hnsw")
@@ -177,9 +177,9 @@ def exact_search(db, q, k: int, metric: str = "ip", chunk: int = EXACT_CHUNK,
                 torch.mm(qt, xc.T, out=sc)                         # [m, c] inner products
                 if metric == "l2":                                 # -|q-x|^2 + |q|^2 = 2 q.x - |x|^2
                     sc.mul_(2).sub_(xc.pow(2).sum(1)[None])
-                top = torch.topk(sc, min(kk, sc.shape[1]), dim=1)
-                keep = torch.topk(torch.cat([best, top.values], 1), kk, dim=1)
-                best_ids = torch.gather(torch.cat([best_ids, top.indices + s], 1), 1, keep.indices)
+                values, cols = row_topk(sc, min(kk, sc.shape[1]))
+                keep = torch.topk(torch.cat([best, values], 1), kk, dim=1)
+                best_ids = torch.gather(torch.cat([best_ids, cols + s], 1), 1, keep.indices)
                 best = keep.values
             return best, best_ids
 
