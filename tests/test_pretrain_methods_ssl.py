@@ -304,6 +304,7 @@ def _cli():
     return main
 
 
+@pytest.mark.slow  # about 11 s with the tiny tree's generation: the four methods' CLI runs in one test
 def test_pretrain_transfer_retrieve_end_to_end(tmp_path, tiny_demo):
     data_cfg, root = tiny_demo
     cli = _cli()
