@@ -361,3 +361,25 @@ def test_new_rows_reach_table2_paired_and_the_published_numbers():
     assert any(line.startswith("- rotation: Gidaris et al. (ICLR 2018) Table 7") for line in lines)
     assert any(line.startswith("- context prediction: Pathak et al. (CVPR 2016) Table 2") and "65.3 / 51.1" in line
                for line in lines)
+
+
+def test_pretext_hooks_resume_bit_exact(tmp_path, tiny_demo):
+    """A pretext method's own optimiser (SGD with lr milestones) and its data statistics (colorization's
+    prior) survive a kill and resume: the resumed checkpoint equals the uninterrupted one."""
+    from cebench.logs import LogConfig
+    from cebench.pretrain import train as T
+
+    data_cfg, _ = tiny_demo
+    sched = dict(optimizer="sgd", lr=0.01, lr_milestones=(0.5,), lr_multipliers=(0.1,), batch_size=8, steps=5)
+    cfg = PretrainConfig(method="colorization", ckpt_every=2, sample_every=0, eval_images=0, log=LogConfig(every=1),
+                         amp="none", colorization=col.ColorizationConfig(fc_dim=16, prior_images=32, **sched))
+    full = T.main(cfg, data_cfg, tmp_path / "full", device="cpu")
+    with pytest.raises(T.Interrupted):
+        T.main(PretrainConfig(**{**cfg.__dict__, "stop_after": 3}), data_cfg, tmp_path / "cut", device="cpu")
+    resumed = T.main(cfg, data_cfg, tmp_path / "cut", device="cpu")
+    a, b = torch.load(full, weights_only=True), torch.load(resumed, weights_only=True)
+    assert a["step"] == b["step"] == 5 and a["config"]["batch_size"] == 8 and a["config"]["lr"] == 0.01
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]), "resume differs"
+    assert int(a["model"]["prior_count"]) == 32 * 64  # 32 images x the 8 x 8 conv5 grid
+    assert b["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.001)  # x0.1 from step round(0.5 x 5) = 2 on
+    assert "momentum" in b["optimizer"]["param_groups"][0]  # SGD, not the trainer's Adam
