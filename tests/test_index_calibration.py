@@ -279,3 +279,16 @@ def test_row_topk_is_torch_topk(n):
     assert torch.equal(values, top.values) and torch.equal(cols, top.indices)
     scores[:, -1] = 100.0  # the best in the tail
     assert (row_topk(scores, 11)[1][:, 0] == n - 1).all()
+
+
+def test_recall_with_ties_by_hand():
+    """A duplicate of an exact neighbour found instead of it counts with ties, not by ids."""
+    from cebench.retrieval.knn_scale import recall_with_ties
+
+    db = np.array([[1, 0], [1, 0], [0.6, 0.8], [0, 1], [-1, 0]], np.float32)  # rows 0 and 1 are equal
+    q = np.array([[1, 0], [0, 1]], np.float32)
+    ref = np.array([[0, 2], [3, 2]])  # exact top 2 (row 0 chosen of the tie 0 / 1)
+    found = np.array([[1, 2], [3, 4]])  # the tie's other member; a wrong second neighbour
+    assert recall_at_k(found, ref) == pytest.approx((1 / 2 + 1 / 2) / 2)
+    assert recall_with_ties(found, ref, db, q) == pytest.approx((2 / 2 + 1 / 2) / 2)
+    assert recall_with_ties(np.array([[1, -1], [3, 2]]), ref, db, q) == pytest.approx((1 / 2 + 2 / 2) / 2)
