@@ -466,8 +466,7 @@ def knn_markdown(kn: dict, table) -> list[str]:
     lines += table(["data", "auto recall@10", "with ties", "recall measured at build", "auto vs sklearn",
                     "fixed recall@10", "fixed vs sklearn", "auto's index"], rows)
     lines += ["", "recall@10 counts the ids of scikit-learn's exact neighbours found; \"with ties\" also counts a "
-              "neighbour exactly as near as the 10th (equal vectors: an exact search scores below 1 by ids on the "
-              "HOG windows)."]
+              "neighbour as near as the 10th (equal vectors, such as HOG windows of flat areas, are equally right)."]
     for name, d in list(dists.items())[1:]:
         if "skipped" in d:
             continue
