@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .models import AlexNetConfig, AlexNetEncoder
-from .pretext import MLP, PretextSchedule, accuracy, check_schedule, crop_patches, pool5_size, standardize
+from .pretext import MLP, PretextSchedule, accuracy, check_schedule, crop_patches, hidden_layer, pool5_size, standardize
 
 # grid cell (row, col) of each label; the centre (1, 1) is the reference patch
 NEIGHBOURS = ((0, 0), (0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1), (2, 2))
@@ -111,11 +111,7 @@ class ContextPredictionNet(nn.Module):
         super().__init__()
         self.encoder = AlexNetEncoder(encoder_cfg)
         feat = pool5_size(self.encoder, cfg.patch_size)
-        layers: list[nn.Module] = [nn.Linear(feat, cfg.fc_dim, bias=False), nn.BatchNorm1d(cfg.fc_dim),
-                                   nn.ReLU(inplace=True)]
-        if cfg.dropout > 0:
-            layers.append(nn.Dropout(cfg.dropout))
-        self.fc6 = nn.Sequential(*layers)
+        self.fc6 = nn.Sequential(*hidden_layer(feat, cfg.fc_dim, cfg.dropout))
         self.head = MLP(2 * cfg.fc_dim, (cfg.fc_dim, len(NEIGHBOURS)), cfg.dropout)
 
     def forward(self, patches: Tensor) -> Tensor:

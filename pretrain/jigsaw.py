@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .models import AlexNetConfig, AlexNetEncoder
-from .pretext import MLP, PretextSchedule, accuracy, check_schedule, crop_patches, pool5_size, standardize
+from .pretext import MLP, PretextSchedule, accuracy, check_schedule, crop_patches, hidden_layer, pool5_size, standardize
 
 TILES = 9
 
@@ -143,11 +143,7 @@ class JigsawNet(nn.Module):
         self.register_buffer("perms", torch.as_tensor(perms, dtype=torch.int64))  # [P, 9], in the checkpoint
         with conv1_stride(self.encoder, self.stride):
             feat = pool5_size(self.encoder, cfg.tile_size)
-        layers: list[nn.Module] = [nn.Linear(feat, cfg.tile_dim, bias=False), nn.BatchNorm1d(cfg.tile_dim),
-                                   nn.ReLU(inplace=True)]
-        if cfg.dropout > 0:
-            layers.append(nn.Dropout(cfg.dropout))
-        self.fc6 = nn.Sequential(*layers)
+        self.fc6 = nn.Sequential(*hidden_layer(feat, cfg.tile_dim, cfg.dropout))
         self.head = MLP(TILES * cfg.tile_dim, (cfg.fc_dim, len(perms)), cfg.dropout)
 
     def forward(self, puzzles: Tensor) -> Tensor:

@@ -100,17 +100,23 @@ def lr_steps(s: PretextSchedule, total: int):
     return scale
 
 
+def hidden_layer(in_features: int, width: int, dropout: float = 0.0) -> list[nn.Module]:
+    """One hidden fully connected layer of a pretext head: Linear (no bias: BatchNorm follows), BatchNorm1d,
+    ReLU, and Dropout when `dropout` > 0 (the fc6 of a tower, each hidden layer of `MLP`)."""
+    layers: list[nn.Module] = [nn.Linear(in_features, width, bias=False), nn.BatchNorm1d(width),
+                               nn.ReLU(inplace=True)]
+    return layers + [nn.Dropout(dropout)] if dropout > 0 else layers
+
+
 class MLP(nn.Module):
-    """[N, in] -> [N, widths[-1]]: Linear, BatchNorm1d, ReLU, Dropout for each hidden width, then a plain
-    Linear to the last width (the logits)."""
+    """[N, in] -> [N, widths[-1]]: a `hidden_layer` for each hidden width, then a plain Linear to the last
+    width (the logits)."""
 
     def __init__(self, in_features: int, widths, dropout: float = 0.0):
         super().__init__()
         layers: list[nn.Module] = []
         for w in widths[:-1]:
-            layers += [nn.Linear(in_features, w, bias=False), nn.BatchNorm1d(w), nn.ReLU(inplace=True)]
-            if dropout > 0:
-                layers.append(nn.Dropout(dropout))
+            layers += hidden_layer(in_features, w, dropout)
             in_features = w
         layers.append(nn.Linear(in_features, widths[-1]))
         self.net = nn.Sequential(*layers)

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from cebench.data.voc import CLASSES_FILE, VOC_CLASSES, voc_palette
+from cebench.data.voc import CLASSES_FILE, VOC_CLASSES, annotation_xml, voc_palette
 from cebench.errors import CebenchError, ConfigError
 from cebench.io import atomic_directory
 from cebench.locks import file_lock
@@ -329,37 +329,6 @@ def _render(index: int, cfg: DemoDataConfig, classes_of_image: np.ndarray, photo
     return rgb, cls_map, obj_map, objects
 
 
-_XML = """<annotation>
-\t<folder>VOC2007</folder>
-\t<filename>{id}.jpg</filename>
-\t<source>
-\t\t<database>cebench demo</database>
-\t\t<annotation>cebench demo generator v{ver} seed {seed}</annotation>
-\t\t<image>synthetic</image>
-\t</source>
-\t<size>
-\t\t<width>{w}</width>
-\t\t<height>{h}</height>
-\t\t<depth>3</depth>
-\t</size>
-\t<segmented>1</segmented>
-{objects}</annotation>
-"""
-_XML_OBJ = """\t<object>
-\t\t<name>{name}</name>
-\t\t<pose>Unspecified</pose>
-\t\t<truncated>{trunc}</truncated>
-\t\t<difficult>{diff}</difficult>
-\t\t<bndbox>
-\t\t\t<xmin>{b[0]}</xmin>
-\t\t\t<ymin>{b[1]}</ymin>
-\t\t\t<xmax>{b[2]}</xmax>
-\t\t\t<ymax>{b[3]}</ymax>
-\t\t</bndbox>
-\t</object>
-"""
-
-
 def _write_images(args) -> list[list[tuple[int, int, tuple]]]:
     """Worker: render and write a chunk of images. Returns per image [(class, difficult, VOC box), ...].
 
@@ -383,10 +352,10 @@ def _write_images(args) -> list[list[tuple[int, int, tuple]]]:
             png = Image.fromarray(arr, mode="P")
             png.putpalette(palette)
             png.save(voc / sub / f"{image_id}.png", compress_level=1)
-        objs = "".join(_XML_OBJ.format(name=o["name"], trunc=int(o["truncated"]), diff=int(o["difficult"]),
-                                       b=o["box"]) for o in objects)
-        xml = _XML.format(id=image_id, ver=GENERATOR_VERSION, seed=cfg.seed, w=rgb.shape[1],
-                          h=rgb.shape[0], objects=objs).replace("<folder>VOC2007<", f"<folder>VOC{dest}<")
+        xml = annotation_xml(image_id, rgb.shape[1], rgb.shape[0],
+                             [(o["name"], o["truncated"], o["difficult"], o["box"]) for o in objects],
+                             folder=f"VOC{dest}", database="cebench demo", image="synthetic",
+                             annotation=f"cebench demo generator v{GENERATOR_VERSION} seed {cfg.seed}")
         (voc / "Annotations" / f"{image_id}.xml").write_text(xml)
         out.append([(o["cls"], int(o["difficult"]), o["box"]) for o in objects])
     return out

@@ -56,13 +56,12 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from xml.sax.saxutils import escape
 
 import cv2
 import numpy as np
 from PIL import Image
 
-from cebench.data.voc import CLASSES_FILE, voc_palette
+from cebench.data.voc import CLASSES_FILE, annotation_xml, voc_palette
 from cebench.errors import CebenchError, ConfigError
 from cebench.images import IMAGE_EXTENSIONS, inspect_image, open_rgb
 from cebench.io import atomic_directory
@@ -335,37 +334,6 @@ def stratified_splits(ids_by_class: dict[str, list[str]], seed: int, test_frac: 
 # ---------------------------------------------------------------------------------------------------
 # writing
 
-_XML = """<annotation>
-\t<folder>SYSU-Shapes</folder>
-\t<filename>{id}.jpg</filename>
-\t<source>
-\t\t<database>SYSU-Shapes</database>
-\t\t<annotation>SYSU-Shapes outlines, converted by cebench data prepare sysu-shapes v{ver}</annotation>
-\t\t<image>{src}</image>
-\t</source>
-\t<size>
-\t\t<width>{w}</width>
-\t\t<height>{h}</height>
-\t\t<depth>3</depth>
-\t</size>
-\t<segmented>1</segmented>
-{objects}</annotation>
-"""
-_XML_OBJ = """\t<object>
-\t\t<name>{name}</name>
-\t\t<pose>Unspecified</pose>
-\t\t<truncated>0</truncated>
-\t\t<difficult>0</difficult>
-\t\t<bndbox>
-\t\t\t<xmin>{b[0]}</xmin>
-\t\t\t<ymin>{b[1]}</ymin>
-\t\t\t<xmax>{b[2]}</xmax>
-\t\t\t<ymax>{b[3]}</ymax>
-\t\t</bndbox>
-\t</object>
-"""
-
-
 def _convert_photo(group: list[Record], classes, cfg: SysuConfig) -> dict:
     """Read one photo and its annotations; CebenchError naming the file on any problem."""
     image = group[0].image
@@ -396,9 +364,11 @@ def _write_photo(root: Path, image_id: str, src_rel: str, photo: dict, palette) 
     png = Image.fromarray(photo["mask"], mode="P")
     png.putpalette(palette)
     png.save(root / "SegmentationClass" / f"{image_id}.png", optimize=False, compress_level=6)
-    objs = "".join(_XML_OBJ.format(name=escape(o["cls"]), b=o["box"]) for o in photo["objects"])
-    xml = _XML.format(id=escape(image_id), ver=CONVERTER_VERSION, src=escape(src_rel), w=photo["width"],
-                      h=photo["height"], objects=objs)
+    objects = [(o["cls"], 0, 0, o["box"]) for o in photo["objects"]]  # the source has no truncated / difficult
+    xml = annotation_xml(image_id, photo["width"], photo["height"], objects, folder="SYSU-Shapes",
+                         database="SYSU-Shapes", image=src_rel,
+                         annotation=f"SYSU-Shapes outlines, converted by cebench data prepare sysu-shapes "
+                                    f"v{CONVERTER_VERSION}")
     (root / "Annotations" / f"{image_id}.xml").write_text(xml, encoding="utf-8")
 
 

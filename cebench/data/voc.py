@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from xml.sax.saxutils import escape
 
 import numpy as np
 from PIL import Image
@@ -272,6 +273,48 @@ def parse_annotation(xml_path, class_index: dict[str, int], image_path=None) -> 
         clipped=int((moved & keep).sum()),     # boxes that reached outside the image, clipped to it
         dropped=int((~keep).sum()),            # boxes with no area inside the image, left out
     )
+
+
+_XML = """<annotation>
+\t<folder>{folder}</folder>
+\t<filename>{id}.jpg</filename>
+\t<source>
+\t\t<database>{database}</database>
+\t\t<annotation>{annotation}</annotation>
+\t\t<image>{image}</image>
+\t</source>
+\t<size>
+\t\t<width>{w}</width>
+\t\t<height>{h}</height>
+\t\t<depth>3</depth>
+\t</size>
+\t<segmented>1</segmented>
+{objects}</annotation>
+"""
+_XML_OBJ = """\t<object>
+\t\t<name>{name}</name>
+\t\t<pose>Unspecified</pose>
+\t\t<truncated>{trunc}</truncated>
+\t\t<difficult>{diff}</difficult>
+\t\t<bndbox>
+\t\t\t<xmin>{b[0]}</xmin>
+\t\t\t<ymin>{b[1]}</ymin>
+\t\t\t<xmax>{b[2]}</xmax>
+\t\t\t<ymax>{b[3]}</ymax>
+\t\t</bndbox>
+\t</object>
+"""
+
+
+def annotation_xml(image_id: str, width: int, height: int, objects, *, folder: str, database: str,
+                   annotation: str, image: str) -> str:
+    """The text of a PASCAL VOC annotation file (the layout of the devkit's own, segmented): `objects` are
+    (name, truncated, difficult, (xmin, ymin, xmax, ymax) in VOC's 1-based pixels); text is XML-escaped.
+    The one writer of the demo generator and the data-set converters."""
+    objs = "".join(_XML_OBJ.format(name=escape(name), trunc=int(trunc), diff=int(diff), b=box)
+                   for name, trunc, diff, box in objects)
+    return _XML.format(folder=escape(folder), id=escape(image_id), database=escape(database),
+                       annotation=escape(annotation), image=escape(image), w=int(width), h=int(height), objects=objs)
 
 
 def voc_palette() -> list[int]:
