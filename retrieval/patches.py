@@ -61,6 +61,8 @@ def patch_positions(height: int, width: int, size: int, *, mode: str = "grid", s
 
 def crop_patches(image: torch.Tensor, corners: torch.Tensor, size: int) -> torch.Tensor:
     """image [C, H, W] (any dtype), corners [n, 2] (y, x) -> [n, C, size, size] (one gather, no loop)."""
+    if len(corners) == 0:  # e.g. an image smaller than the patch (unfold would refuse it)
+        return image.new_empty((0, image.shape[0], size, size))
     windows = image.unfold(1, size, 1).unfold(2, size, 1)  # [C, H-s+1, W-s+1, s, s] view
     return windows[:, corners[:, 0], corners[:, 1]].permute(1, 0, 2, 3).contiguous()
 

@@ -80,3 +80,13 @@ def test_retrieval_metrics_exact_case():
     assert m["p_at_1"] == 100.0 and m["p_at_10"] == pytest.approx(100 * (1 + 0.5) / 2)  # in %
     assert m["map"] == pytest.approx(100.0)
     assert m["chance"] == pytest.approx(100 * (2 / 4 + 1 / 4) / 2)
+
+
+def test_image_smaller_than_the_patch_gives_no_patches():
+    """A photo whose short side is below the patch size (a 117 px Caltech-101 photo, 128 px patches) adds
+    nothing instead of stopping the retrieval benchmark."""
+    img = torch.zeros(3, 117, 300, dtype=torch.uint8)
+    ps = sample_image_patches(img, torch.zeros(117, 300, dtype=torch.uint8), 7, 128, stride=64)
+    assert len(ps) == 0 and ps.patches.shape == (0, 3, 128, 128)
+    ok = sample_image_patches(torch.zeros(3, 128, 300, dtype=torch.uint8), None, 7, 128, stride=64)
+    assert len(ok) == 3 and ok.patches.shape == (3, 3, 128, 128)
