@@ -60,14 +60,17 @@ def cmd_imagenet_weights(args) -> int:
 
 def register(subparsers, common) -> None:
     p = subparsers.add_parser("pretrain", parents=[common],
-                              help="pretrain an encoder (context encoder, autoencoder, supervised)",
+                              help="pretrain an encoder (context encoder, autoencoder, supervised, context "
+                                   "prediction, jigsaw, colorization, rotation, the inpainting nets)",
                               description="Train one method; resumes from OUT/checkpoints/last.pt.")
     p.add_argument("--method", choices=list(METHODS), default=None, help="overrides pretrain.method")
     p.set_defaults(func=cmd_pretrain)
 
     p = subparsers.add_parser("inpaint-eval", parents=[common],
                               help="Table 1: inpainting L1/L2/PSNR vs NN and Telea baselines")
-    p.add_argument("--images", default=None, help="folder of held-out images (default: the demo/VOC test split)")
+    p.add_argument("--images", default=None,
+                   help="folder of held-out images (default: inpaint.heldout: the VOC test split, or pretrain-val: "
+                        "the val split of data.pretrain_images)")
     p.add_argument("--ce", default=None, help="trained inpainting checkpoint, L2 (default: train per config)")
     p.add_argument("--ce-adv", dest="ce_adv", default=None, help="trained inpainting checkpoint, L2+adv")
     p.set_defaults(func=cmd_inpaint_eval)
