@@ -205,21 +205,23 @@ def main(cfg: InpaintEvalConfig, data_cfg: DataConfig | None = None, out_dir="."
     root = None
     if cfg.heldout not in HELDOUT:
         raise ConfigError(f"inpaint.heldout must be one of {', '.join(HELDOUT)}, got {cfg.heldout!r}")
+    folder = pretrain_folder(data_cfg)
+    # source: the protocol's wording; heldout: what data.yaml records
     if images:
         test_paths, source = folder_paths(images), str(images)
+        heldout = source
     elif cfg.heldout == "pretrain-val":
-        folder = pretrain_folder(data_cfg)
         if folder is None or not has_split(folder, "val"):
             raise ConfigError("inpaint.heldout=pretrain-val needs data.pretrain_images with a val split "
                               f"(the Tiny ImageNet layout); got {folder or 'no image folder'}")
         test_paths, source = read_image_folder(folder, "val").paths, f"the val split of {folder}"
+        heldout = source
     else:
         root = voc_root(data_cfg, data_override)
         test_paths, _, _ = voc_split_paths(root, data_cfg.test_split)
-        source = f"the {data_cfg.test_split} split of {root.name}"
+        source, heldout = f"the {data_cfg.test_split} split of {root.name}", f"{root} split {data_cfg.test_split}"
     if cfg.n_test:
         test_paths = test_paths[: cfg.n_test]
-    folder = pretrain_folder(data_cfg)
     if folder is not None:
         train_paths = folder_paths(folder)
     else:
@@ -229,8 +231,7 @@ def main(cfg: InpaintEvalConfig, data_cfg: DataConfig | None = None, out_dir="."
         # evenly spaced, not the first N: a class-ordered folder (Tiny ImageNet) would give a few classes only
         pick = np.linspace(0, len(train_paths) - 1, cfg.nn_max_images).round().astype(int)
         train_paths = [train_paths[i] for i in pick]
-    record_sources(out, data_cfg, heldout=str(images) if images else (f"{root} split {data_cfg.test_split}"
-                                                                      if root is not None else source),
+    record_sources(out, data_cfg, heldout=heldout,
                    train_images=str(folder) if folder is not None else f"{root} split {data_cfg.pretrain_split}",
                    input_size=size, n_heldout=len(test_paths), n_train=len(train_paths))
     # the CE nets (trained here if not given)

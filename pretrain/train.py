@@ -19,7 +19,7 @@ from torchvision.utils import save_image
 
 from cebench.checkpoint import load_checkpoint, load_state_strict, save_checkpoint
 from cebench.config import config_to_dict, save_config
-from cebench.data.folders import detect_layout, has_split, read_image_folder
+from cebench.data.folders import has_split, read_image_folder
 from cebench.data.sources import DataConfig, pretrain_folder, record_sources, voc_root
 from cebench.errors import CheckpointError, ConfigError
 from cebench.io import atomic_target
@@ -83,11 +83,10 @@ def _dataset(cfg: PretrainConfig, data_cfg: DataConfig, data_override, input_siz
     if crop != input_size:
         raise ConfigError(f"crop_size {crop} must equal the network input size {input_size}")
     folder = pretrain_folder(data_cfg)  # data.pretrain_images (or the demo's folder)
-    labelled = folder is not None and needs_labels and detect_layout(folder) != "plain"
-    if folder is not None and (labelled or not needs_labels):
-        split = read_image_folder(folder, "train")
+    split = read_image_folder(folder, "train") if folder is not None else None
+    if split is not None and (split.labels is not None or not needs_labels):
         paths, labels, classes, root = split.paths, split.labels if needs_labels else None, split.classes, None
-    else:
+    else:  # no folder, or a plain folder for a method that needs labels: the VOC pretrain split
         root = voc_root(data_cfg, data_override)
         paths, labels, classes = voc_split_paths(root, data_cfg.pretrain_split, with_labels=needs_labels,
                                                  classes=data_cfg.classes or None)
