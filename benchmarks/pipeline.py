@@ -19,6 +19,7 @@ import yaml
 
 from cebench.cache import cache_root
 from cebench.config import (
+    config_from_dict,
     config_hash,
     config_to_dict,
     load_config,
@@ -33,7 +34,7 @@ from cebench.errors import CebenchError, ConfigError
 from cebench.io import atomic_write_json
 from cebench.pretrain.inpaint_eval import InpaintEvalConfig
 from cebench.pretrain.loading import fetch_imagenet_weights, imagenet_weights_path
-from cebench.pretrain.methods import cache_view
+from cebench.pretrain.methods import cache_view, reads_silhouettes
 from cebench.pretrain.train import PretrainConfig
 from cebench.retrieval.evaluate import RetrievalConfig
 from cebench.runtime import choose_device, cpu_amp
@@ -141,8 +142,8 @@ def _demo_content(cfg: dict) -> dict:
 
 # What each job reads (cebench.data.sources.source_of): no `--data` is passed, every job resolves its own
 # source from the resolved config file, so segmentation reads data.seg_root and pretraining
-# data.pretrain_images (with the region-mask shapes from the segmentation tree).
-READS = {"pretrain": ("pretrain", "seg"), "inpaint": ("pretrain", "voc"), "cls": ("voc",), "det": ("voc",),
+# data.pretrain_images (with the region-mask shapes from the segmentation tree where its masks are regions).
+READS = {"pretrain": ("pretrain",), "inpaint": ("pretrain", "voc"), "cls": ("voc",), "det": ("voc",),
          "det-proposals": ("voc",), "svm": ("voc",), "seg": ("seg",), "retrieval": ("seg",)}
 
 
@@ -158,7 +159,11 @@ def job_reads(name: str, cfg: dict) -> str:
     kind = name.split("/")[0]
     if kind == "retrieval" and cfg["retrieval"].get("data_root"):
         return f"retrieval.data_root={cfg['retrieval']['data_root']}"
-    return ", ".join("{} ({})".format(*source_of(data_cfg, use)) for use in READS.get(kind, ()))
+    uses = READS.get(kind, ())
+    if kind == "pretrain":  # the segmentation tree only for the paper's random-region masks
+        method = config_from_dict(PretrainConfig, {**cfg["pretrain"], "method": name.split("/", 1)[1]}, "pretrain")
+        uses = ("pretrain", "seg") if reads_silhouettes(method) else ("pretrain",)
+    return ", ".join("{} ({})".format(*source_of(data_cfg, use)) for use in uses)
 
 
 def plan(cfg: dict, out: Path, config_file: Path, device: str = "auto", cache: Path | None = None) -> list[Job]:

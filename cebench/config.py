@@ -154,6 +154,11 @@ def read_yaml(path) -> dict:
     return data
 
 
+def config_from_dict(cls, data: dict, where: str = ""):
+    """`cls` from a mapping (a section of a resolved config file), unknown keys refused as in `load_config`."""
+    return _build(cls, dict(data), where)
+
+
 def load_config(cls, path=None, overrides=(), section: str | None = None):
     """Build `cls` from `path` (optionally one `section` of it) and `key=value` overrides.
 

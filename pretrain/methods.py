@@ -161,6 +161,12 @@ def method_config(cfg: PretrainConfig) -> PretrainConfig:
     return replace(cfg, **schedule_overrides(getattr(cfg, section)))
 
 
+def reads_silhouettes(cfg: PretrainConfig) -> bool:
+    """Whether pretraining `cfg.method` samples the paper's random regions: object shapes from a segmentation
+    tree (VOC2012 in the paper), which it then reads besides its images."""
+    return METHODS[cfg.method](method_config(cfg), probe=True).mask == "region"
+
+
 def cache_view(pretrain: dict, method: str) -> dict:
     """The pretrain section (a config dict) as a pretraining job of `method` depends on it: without the
     sections other methods own, so changing the jigsaw settings does not rerun the context encoder (whose
@@ -170,4 +176,4 @@ def cache_view(pretrain: dict, method: str) -> dict:
 
 
 __all__ = ["METHODS", "METHOD_SECTIONS", "Built", "build_ce", "build_ce_adv", "build_ae", "build_supervised",
-           "build_inpaint", "build_inpaint_adv", "pretext", "method_config", "cache_view"]
+           "build_inpaint", "build_inpaint_adv", "pretext", "method_config", "reads_silhouettes", "cache_view"]

@@ -75,8 +75,10 @@ def test_committed_paper_dry_run_routes_each_stage(tmp_path):
                 assert reads.strip() == "reads data.seg_root (VOCdevkit/VOC2012)", (name, reads)
             elif kind in ("cls", "det", "svm", "det-proposals"):
                 assert reads.strip() == "reads data.root (VOCdevkit/VOC2007)", (name, reads)
-            elif kind == "pretrain":
+            elif name == "pretrain/ce":  # the paper's random regions: object shapes from VOC2012
                 assert reads.strip() == "reads data.pretrain_images (imagenet/train), data.seg_root (VOCdevkit/VOC2012)"
+            elif kind == "pretrain":  # no region masks: the images only
+                assert reads.strip() == "reads data.pretrain_images (imagenet/train)", (name, reads)
     assert res.stdout.split("[run] config", 1)[1] == committed.split("[run] config", 1)[1]  # up to date
 
 
