@@ -17,10 +17,9 @@ from pathlib import Path
 
 import yaml
 
-from cebench.cache import cache_root
+from cebench.cache import cache_key, cache_root
 from cebench.config import (
     config_from_dict,
-    config_hash,
     config_to_dict,
     load_config,
     parse_overrides,
@@ -123,7 +122,7 @@ def resolve(config_path: Path, overrides) -> dict:
 
 
 def _key(*parts) -> str:
-    return config_hash(list(parts))
+    return cache_key(list(parts))
 
 
 def imagenet_weights_state() -> list:

@@ -1,5 +1,9 @@
 """Where derived files live: one cache folder per command, never the data folder.
 
+One function, `cache_key`, computes the cache key of every result that is reused when its inputs are
+unchanged: a `cebench run` job (its `.done.json`), a transfer job's result JSON, a fine-tuning job's and a
+pretraining's `last` checkpoint (resumed only for the same key), and a derived-file folder's name.
+
 Proposals, decoded and resized image splits and any other file computed from the data go under a
 cache folder: `--cache DIR` on the command line, else `$CEBENCH_CACHE`, else `<output folder>/cache`
 (library calls with no output folder: the user's cache directory, `$XDG_CACHE_HOME/cebench` or
@@ -11,13 +15,28 @@ written to. A cache folder inside the data folder is refused.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import os
 from pathlib import Path
 
+from .config import config_to_dict
 from .errors import ConfigError
 
 ENV = "CEBENCH_CACHE"
+
+
+def cache_key(inputs, length: int = 12) -> str:
+    """The one cache key: a short stable hash of everything a result depends on.
+
+    `inputs` is JSON-able data (mappings, lists, strings, numbers; key order does not matter, tuples read as
+    lists, paths and other objects as their `str`) or a dataclass, read as its fields. Equal inputs give
+    the same key on any machine and in any process, so a result stored with its key is reused exactly
+    when a later run asks for it with the same inputs."""
+    data = config_to_dict(inputs) if dataclasses.is_dataclass(inputs) else inputs
+    blob = json.dumps(data, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:length]
 
 
 def user_cache_dir() -> Path:
@@ -68,4 +87,4 @@ def files_key(paths, *extra, length: int = 16) -> str:
     return h.hexdigest()[:length]
 
 
-__all__ = ["ENV", "cache_root", "user_cache_dir", "ensure_outside", "file_stamp", "files_key"]
+__all__ = ["ENV", "cache_key", "cache_root", "user_cache_dir", "ensure_outside", "file_stamp", "files_key"]

@@ -8,8 +8,6 @@ valid ones, so a typo never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import types
 import typing
 from pathlib import Path
@@ -198,13 +196,6 @@ def config_to_dict(cfg) -> dict:
         return v
 
     return conv(cfg)
-
-
-def config_hash(obj, length: int = 12) -> str:
-    """Stable short hash of a config (dataclass or plain data): the cache key of a stage."""
-    data = config_to_dict(obj) if dataclasses.is_dataclass(obj) else obj
-    blob = json.dumps(data, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:length]
 
 
 def save_config(cfg, out_dir, name: str = "config.yaml") -> Path:

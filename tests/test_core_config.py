@@ -3,7 +3,8 @@ from dataclasses import dataclass, field
 import pytest
 import yaml
 
-from cebench.config import config_hash, load_config, save_config
+from cebench.cache import cache_key
+from cebench.config import load_config, save_config
 from cebench.errors import ConfigError
 
 
@@ -66,8 +67,8 @@ def test_save_roundtrip_and_hash(tmp_path):
     path = save_config(cfg, tmp_path / "out")
     again = load_config(Stage, path)
     assert again == cfg
-    assert config_hash(cfg) == config_hash(again)
-    assert config_hash(cfg) != config_hash(load_config(Stage, None, ["lr=0.25"]))
+    assert cache_key(cfg) == cache_key(again)
+    assert cache_key(cfg) != cache_key(load_config(Stage, None, ["lr=0.25"]))
 
 
 def test_bundled_configs_parse():

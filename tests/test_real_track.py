@@ -96,7 +96,7 @@ def test_selective_search_max_side_segments_large_photos_small():
 
     import numpy as np
 
-    from cebench.config import config_hash
+    from cebench.cache import cache_key
     from cebench.transfer.det.proposals import PROPOSAL_VERSION, ProposalConfig, selective_search, settings_key
 
     rgb = np.zeros((300, 400, 3), np.uint8)
@@ -109,5 +109,5 @@ def test_selective_search_max_side_segments_large_photos_small():
     d = asdict(ProposalConfig())
     for k in ("file", "cache_dir", "workers", "grid_scales", "grid_aspects", "grid_stride", "max_side"):
         d.pop(k)
-    assert settings_key(ProposalConfig()) == f"selective_search-{config_hash({**d, 'version': PROPOSAL_VERSION})}"
+    assert settings_key(ProposalConfig()) == f"selective_search-{cache_key({**d, 'version': PROPOSAL_VERSION})}"
     assert settings_key(ProposalConfig(max_side=171)) != settings_key(ProposalConfig())

@@ -16,8 +16,8 @@ from typing import Callable
 
 import pandas as pd
 
-from cebench.cache import cache_root
-from cebench.config import config_hash, config_to_dict, save_config
+from cebench.cache import cache_key, cache_root
+from cebench.config import config_to_dict, save_config
 from cebench.data.sources import DataConfig, record_sources, voc_root
 from cebench.data.voc import describe_classes, resolve_classes
 from cebench.errors import ConfigError
@@ -114,9 +114,9 @@ def main(task: str, cfg: TransferConfig, data_cfg: DataConfig, inits, out_dir, d
     sub_key = {k: v for k, v in config_to_dict(sub).items() if k != "lrs"}
     if "proposals" in sub_key:
         sub_key["proposals"] = {k: v for k, v in sub_key["proposals"].items() if k not in ("cache_dir", "workers")}
-    key = config_hash({"task": task, "sub": sub_key, "arch": str(ctx.arch), "magic": ctx.magic,
-                       "magic_images": ctx.magic_images, "root": str(Path(root).resolve()),
-                       "amp": cfg.runtime.amp, **({"classes": list(given)} if given else {})})
+    key = cache_key({"task": task, "sub": sub_key, "arch": str(ctx.arch), "magic": ctx.magic,
+                     "magic_images": ctx.magic_images, "root": str(Path(root).resolve()),
+                     "amp": cfg.runtime.amp, **({"classes": list(given)} if given else {})})
     metrics = spec.metrics(sub)
     t0 = time.time()
     table = run_seeds(spec.run, task, specs, plan, ctx, out_dir, metrics=metrics, primary=metrics[0], key=key,

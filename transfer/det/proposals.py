@@ -39,8 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cebench.cache import cache_root, ensure_outside, files_key
-from cebench.config import config_hash
+from cebench.cache import cache_key, cache_root, ensure_outside, files_key
 from cebench.data.voc import read_split
 from cebench.errors import CebenchError, ConfigError, DatasetMissingError
 from cebench.images import open_rgb
@@ -80,7 +79,7 @@ def settings_key(cfg: ProposalConfig) -> str:
         for k in ("grid_scales", "grid_aspects", "grid_stride"):
             d.pop(k)
     d["version"] = PROPOSAL_VERSION
-    return f"{cfg.method}-{config_hash(d)}"
+    return f"{cfg.method}-{cache_key(d)}"
 
 
 def has_selective_search() -> bool:
