@@ -58,7 +58,8 @@ def _resume_matches(common, out_ref, out_cut, task, signal_at, expect_rc, expect
     assert _killed([*common, "--out", str(out_cut)], signal_at) == expect_rc
     ck = _last(out_cut, task)
     assert ck is not None and ck["step"] == expect_step and not (out_cut / "results.json").exists()
-    assert ck["per_rank"][0]["stream"] and ck["config"]["seed"] == 0 and ck["world_size"] == 1
+    assert ck["per_rank"][0]["stream"] and ck["world_size"] == 1
+    assert isinstance(ck["config"], str) and len(ck["config"]) == 12  # the job's cache key (cebench.cache.cache_key)
     assert cli_main([*common, "--out", str(out_cut)]) == 0  # the same command again: resumes
     ref, cut = _final(out_ref, task), _final(out_cut, task)
     assert cut["metrics"] == ref["metrics"]  # to the last digit

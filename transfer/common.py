@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from cebench.cache import cache_key
 from cebench.checkpoint import load_checkpoint
 from cebench.errors import CheckpointError, ConfigError
 from cebench.runtime import seed_everything
@@ -85,7 +86,7 @@ def encoder_for_job(job, ctx: TaskContext, magic_batch: torch.Tensor | None):
 
 def job_checkpoint(job, ctx) -> JobCheckpoint:
     """The fixed `last` checkpoint of one (task, init, seed, lr, phase) job, beside its result JSON; it
-    carries the job's identity and config key, so only the same job resumes from it."""
-    key = {"key": job.key, "task": job.task, "init": job.init.name, "checkpoint": job.init.checkpoint,
-           "seed": job.seed, "lr": job.lr, "phase": job.phase, "fit": job.fit_split, "eval": job.eval_split}
+    carries the cache key of the job's identity and config key, so only the same job resumes from it."""
+    key = cache_key({"key": job.key, "task": job.task, "init": job.init.name, "checkpoint": job.init.checkpoint,
+                     "seed": job.seed, "lr": job.lr, "phase": job.phase, "fit": job.fit_split, "eval": job.eval_split})
     return JobCheckpoint(last_path(ctx.out_dir, job) if ctx.out_dir else None, key, ctx.runtime.ckpt_every)
