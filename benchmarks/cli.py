@@ -2,12 +2,14 @@
 
 Each stage package contributes its subcommands through `register(subparsers, common)`; this module
 only builds the parser, resolves `--config` names to the bundled YAML files and turns a
-`CebenchError` into one line on stderr with exit status 2.
+`CebenchError` into one line on stderr with exit status 2. `cebench bench` is registered here and its
+package (`cebench.benchmarks.perf`) imported only when that command runs: no other command imports it.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.resources
 import sys
 from pathlib import Path
@@ -22,10 +24,10 @@ from cebench.pretrain import cli as pretrain_cli
 from cebench.retrieval import cli as retrieval_cli
 from cebench.transfer import cli as transfer_cli
 
-from . import bench as bench_cli
 from . import pipeline_cli, replicates
 
 CONFIG_NAMES = ("tiny", "demo", "real", "paper", "rehearsal")
+PERF = "cebench.benchmarks.perf.bench"  # `cebench bench`: imported when the command runs
 
 
 def resolve_config(value: str) -> Path:
@@ -65,9 +67,46 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=version_line())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     common = common_parser()
-    for module in (pipeline_cli, replicates, data_cli, pretrain_cli, transfer_cli, retrieval_cli, bench_cli):
+    for module in (pipeline_cli, replicates, data_cli, pretrain_cli, transfer_cli, retrieval_cli):
         module.register(sub, common)
+    register_bench(sub)
     return parser
+
+
+class _BenchNames:
+    """The benchmark names as argparse `choices`, read from the perf package's table (`BENCHES`) only
+    when a `bench` command is parsed or its help printed."""
+
+    def _names(self):
+        return importlib.import_module(PERF).NAMES
+
+    def __contains__(self, name) -> bool:
+        return name in self._names()
+
+    def __iter__(self):
+        return iter(self._names())
+
+
+def register_bench(subparsers) -> None:
+    p = subparsers.add_parser(
+        "bench", help="performance benchmarks of every stage (writes results/bench.json and bench.md)",
+        description="Measure each stage's speed with the code that trains; merge the numbers into OUT/bench.json "
+        "(one key per benchmark) and write OUT/bench.md. `all` runs every benchmark but profile, demo, and "
+        "reference without --compare-reference. The modules: benchmarks/perf/ (one per name).")
+    p.add_argument("which", nargs="?", default="all", choices=_BenchNames(), metavar="NAME",
+                   help="%(choices)s (default: all)")
+    p.add_argument("--out", default=None, help="output folder (default: results)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quick", action="store_true", help="fewer repetitions (used by the tests)")
+    p.add_argument("--compare-reference", default=None, metavar="PATH",
+                   help="the PyTorch port's model.py (github.com/BoyuanJiang/context_encoder_pytorch): time its "
+                        "inpainting training step and ours alternately in one process (with pretrain/reference/all)")
+    p.add_argument("--n", type=int, default=200_000, help="knn: database vectors (committed numbers: 1000000)")
+    p.add_argument("--photos", type=int, default=1000, help="folder: photos in the generated folder")
+    p.add_argument("--old", default=None, metavar="REPORT",
+                   help="demo: the report folder (or run.json) of the earlier run of the command")
+    p.add_argument("--new", default=None, metavar="REPORT", help="demo: the report of the run after it")
+    p.set_defaults(func=lambda args: importlib.import_module(PERF).main(args))
 
 
 def main(argv=None) -> int:

@@ -36,13 +36,12 @@ from cebench.pretrain.loading import fetch_imagenet_weights, imagenet_weights_pa
 from cebench.pretrain.methods import cache_view, reads_silhouettes
 from cebench.pretrain.train import PretrainConfig
 from cebench.retrieval.evaluate import RetrievalConfig
-from cebench.runtime import choose_device, cpu_amp
+from cebench.runtime import choose_device, cpu_amp, machine_info
 from cebench.transfer.config import TransferConfig
 from cebench.transfer.inits import canonical_name
 from cebench.transfer.tasks import TASKS as TRANSFER_TASKS
 
 from . import report
-from .bench import machine_info
 from .executors import EXECUTORS, SlurmSection, SubmititLauncher
 from .jobs import FAKE_GPUS_ENV, Job, LocalLauncher, Scheduler, exclusive, visible_gpus
 

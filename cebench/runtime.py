@@ -2,7 +2,7 @@
 
 `init_runtime` is called once per process by a stage's `main`; everything else takes the returned
 `Runtime`. AMP is chosen once as a context (bf16 autocast on CUDA, or on CPU when asked) so training
-loops never branch on the device.
+loops never branch on the device. `machine_info` says what a run or a measurement ran on.
 """
 
 from __future__ import annotations
@@ -12,15 +12,18 @@ import datetime
 import gc
 import math
 import os
+import platform
 import random
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from . import __version__
 from .errors import CebenchError, ConfigError
 
 
@@ -249,19 +252,27 @@ def cleanup(rt: Runtime | None = None) -> None:
         dist.destroy_process_group()
 
 
-def timed_steps(step, steps: int, warmup: int, device) -> float:
-    """Seconds for `steps` calls of `step()` after `warmup` untimed ones (CUDA synchronised around)."""
-    dev = torch.device(device)
+def machine_info() -> dict:
+    """What a measurement or a run ran on: versions (cebench, Python, torch and its CUDA build,
+    torchvision), platform, CPU model and count, the GPU in use (None without CUDA)."""
+    import torchvision  # here, not at the top: the runtime is imported by every process, this by few
 
-    def sync():
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-
-    for _ in range(warmup):
-        step()
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync()
-    return time.perf_counter() - t0
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cebench": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,  # the CUDA torch was built with (None: a CPU build)
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,  # the GPU in use
+        "torchvision": torchvision.__version__,
+    }

@@ -157,14 +157,22 @@ def main(cfg: PretrainConfig, data_cfg: DataConfig | None = None, out_dir=".", d
         cleanup(rt)
 
 
-def _train(cfg, data_cfg, built: Built, ds, val, out: Path, rt) -> Path:
+def nets_and_optimizers(cfg: PretrainConfig, built: Built, rt) -> tuple:
+    """The method's nets on the runtime's device and memory format, and their optimisers:
+    (objective, disc or None, opt_g, opt_d or None). The trainer and `cebench bench pretrain|training`
+    build with this, so a benchmark times the optimiser that trains (fused Adam, `engine.make_adam`)."""
     obj = to_channels_last(built.objective.to(rt.device), rt)
     disc = to_channels_last(built.disc.to(rt.device), rt) if built.disc is not None else None
     opt_g = (built.optimizer(obj.parameters(), cfg.lr) if built.optimizer is not None
              else make_adam(obj.parameters(), cfg.lr, cfg.beta1, cfg.weight_decay))
+    opt_d = make_adam(disc.parameters(), cfg.lr * cfg.lr_d_factor, cfg.beta1) if disc is not None else None
+    return obj, disc, opt_g, opt_d
+
+
+def _train(cfg, data_cfg, built: Built, ds, val, out: Path, rt) -> Path:
+    obj, disc, opt_g, opt_d = nets_and_optimizers(cfg, built, rt)
     if built.prepare is not None:  # data statistics the objective needs (colorization: the ab prior)
         built.prepare(ds)
-    opt_d = make_adam(disc.parameters(), cfg.lr * cfg.lr_d_factor, cfg.beta1) if disc is not None else None
     masker = built.mask  # a Masker (constructors replace the kind name by the sampler)
     steps_per_epoch = len(ds) // (cfg.batch_size * rt.world_size)
     if steps_per_epoch < 1:

@@ -23,7 +23,7 @@ fi
           "cuda", torch.version.cuda, "GPUs", torch.cuda.device_count())'
 
 # cebench itself: editable, no dependencies, nothing from the network (the machine's setuptools builds it)
-if ! "$PY" -c 'import cebench.benchmarks.gpu_check' >/dev/null 2>&1; then
+if ! "$PY" -c 'import cebench.benchmarks.perf.gpu_check' >/dev/null 2>&1; then
   "$PY" -m pip install --quiet --no-deps --no-index --no-build-isolation -e . \
     || { echo "error: could not install cebench offline (pip install --no-deps --no-build-isolation -e . needs setuptools>=77)" >&2; exit 2; }
 fi
@@ -44,4 +44,4 @@ if missing:
 PY
 
 export CEBENCH_NO_PROGRESS=1
-exec timeout --signal=INT 540 "$PY" -m cebench.benchmarks.gpu_check "$@"
+exec timeout --signal=INT 540 "$PY" -m cebench.benchmarks.perf.gpu_check "$@"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from cebench.benchmarks.bench import summary_markdown
+from cebench.benchmarks.perf.tables import summary_markdown
 from cebench.benchmarks.cli import main as cli_main
 
 DATA = {

@@ -13,7 +13,7 @@ from sklearn.neighbors import NearestNeighbors
 import cebench.features.index as fi
 from cebench.errors import CebenchError
 from cebench.features.index import FeatureIndex, _drop_self, brute_force_search, exact_search, recall_per_query
-from cebench.retrieval.knn_scale import gaussian_clusters, recall_at_k, relu_codes
+from cebench.benchmarks.perf.knn import gaussian_clusters, recall_at_k, relu_codes
 
 torch.set_num_threads(1)
 N = 20_000
@@ -283,7 +283,7 @@ def test_row_topk_is_torch_topk(n):
 
 def test_recall_with_ties_by_hand():
     """A duplicate of an exact neighbour found instead of it counts with ties, not by ids."""
-    from cebench.retrieval.knn_scale import recall_with_ties
+    from cebench.benchmarks.perf.knn import recall_with_ties
 
     db = np.array([[1, 0], [1, 0], [0.6, 0.8], [0, 1], [-1, 0]], np.float32)  # rows 0 and 1 are equal
     q = np.array([[1, 0], [0, 1]], np.float32)

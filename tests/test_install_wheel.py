@@ -94,7 +94,7 @@ def test_import_cebench_is_light():
 
 
 def test_machine_info_records_versions_cuda_and_cpu():
-    from cebench.benchmarks.bench import machine_info
+    from cebench.runtime import machine_info
 
     info = machine_info()
     assert info["cebench"] == cebench.__version__ and info["torch"] == torch.__version__

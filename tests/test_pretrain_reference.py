@@ -25,7 +25,7 @@ from cebench.pretrain.models import (
     InpaintNetConfig,
 )
 from cebench.pretrain.objectives import InpaintObjective
-from cebench.pretrain.reference import compare_reference, inpaint_config
+from cebench.benchmarks.perf.reference import compare_reference, inpaint_config
 from cebench.runtime import Runtime
 
 torch.set_num_threads(1)

@@ -92,19 +92,3 @@ def test_retrieval_table_on_small_demo_tree(tmp_path):
     assert (df["chance"] < 50).all()
     back = pd.read_csv(tmp_path / "res" / "retrieval.csv")
     assert len(back) == 3 and (tmp_path / "res" / "fig_retrieval.png").is_file()
-
-
-def test_bench_retrieval_quick(tmp_path):
-    import json
-
-    from cebench.retrieval.throughput import bench_retrieval
-
-    res = bench_retrieval(tmp_path / "b.json", device="cpu", quick=True, dim=32)
-    assert json.loads((tmp_path / "b.json").read_text()) == res
-    # quick: 128 patches of 32 px, 2,000 database vectors and 100 queries (the sizes `quick` sets)
-    assert (res["n_patches"], res["patch_size"], res["n_db"], res["n_queries"], res["dim"]) == (128, 32, 2000, 100, 32)
-    assert res["faiss_flat_recall_at_10"] == res["sklearn_brute_recall_at_10"] == 1.0  # exact against exact
-    assert res["hog_ours_exact_img_s"] > 0 and res["sklearn_brute_queries_s"] > 0
-    # the speed-ups are the ratios of the rates measured beside them
-    assert res["hog_speedup_vs_skimage"] == res["hog_ours_exact_img_s"] / res["hog_skimage_img_s"]
-    assert res["faiss_flat_speedup_vs_sklearn"] == res["faiss_flat_queries_s"] / res["sklearn_brute_queries_s"]

@@ -21,7 +21,7 @@ from cebench.features.hog import grid_hog, hog
 from cebench.features.index import AUTO_IVF_MIN, FeatureIndex
 from cebench.retrieval.cli import retrieve
 from cebench.retrieval.folder import CHUNK_IMAGES
-from cebench.retrieval.knn_scale import bench_knn, recall_at_k
+from cebench.benchmarks.perf.knn import bench_knn, recall_at_k
 from cebench.retrieval.patches import crop_patches, patch_positions
 
 torch.set_num_threads(1)

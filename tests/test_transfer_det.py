@@ -218,35 +218,3 @@ def test_selective_search_order_is_reproducible():
     # (the ranking is the only random part)
     assert set(map(tuple, other_seed.tolist())) == set(map(tuple, first.tolist()))
     assert not np.array_equal(other_seed, first)
-
-
-def test_bench_det_quick_and_registered(monkeypatch):
-    from cebench.transfer import throughput as bench
-    from cebench.transfer.det import throughput as det_bench
-
-    timed, proposals = [], []  # what the benchmark timed: (steps, warmup, seconds) per call; images per proposal run
-    real_timed, real_missing = det_bench.timed_steps, det_bench.compute_missing
-
-    def record_timed(step, steps, warmup, device):
-        secs = real_timed(step, steps, warmup, device)
-        timed.append((steps, warmup, secs))
-        return secs
-
-    def record_missing(todo, cfg, **kw):
-        rate = real_missing(todo, cfg, **kw)
-        proposals.append((len(todo), cfg.workers, rate))
-        return rate
-
-    monkeypatch.setattr(det_bench, "timed_steps", record_timed)
-    monkeypatch.setattr(det_bench, "compute_missing", record_missing)
-    out = det_bench.bench_det("cpu", quick=True)
-    demo = out["demo_128px"]
-    assert demo["image"] == [128, 128] and demo["images_per_batch"] == 2 and demo["proposals"] == 70
-    # quick: 3 timed steps after 2 warm-up ones, training on 2 images a step, inference on 8
-    (s_tr, w_tr, t_tr), (s_inf, w_inf, t_inf) = timed
-    assert (s_tr, w_tr, s_inf, w_inf) == (3, 2, 3, 2)
-    assert out["train_images_per_s"] == demo["train_images_per_s"] == 3 * 2 / t_tr
-    assert out["infer_images_per_s"] == demo["infer_images_per_s"] == 3 * 8 / t_inf
-    # selective search on 16 generated scenes in one process; the rate is what the cache path measured
-    assert proposals == [(16, 1, out["proposals_images_per_s"]["64px_1proc"])] and proposals[0][2] > 0
-    assert [n for n, _ in bench.BENCHES].count("det") == 1

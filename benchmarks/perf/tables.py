@@ -1,66 +1,10 @@
-"""`cebench bench [pretrain|transfer|retrieval|training|knn|folder|reference|profile|demo|all]`: benchmarks.
+"""results/bench.md: the tables of `cebench bench`'s results/bench.json, one section per benchmark.
 
-Each stage owns its benchmark function (`bench_pretrain`, `bench_transfer`, `bench_retrieval`),
-which measures throughput/memory and returns a dict; this module runs them, merges the numbers into
-`results/bench.json` (one key per stage, so running one stage keeps the others) and writes a short
-markdown summary beside it. GPU numbers are recorded when a GPU is at hand.
+`summary_markdown(data)` writes the whole file (the side-by-side ratios first, every number of
+bench.json at the end); `training_markdown` is also the GPU check's section (`gpu_check.py`).
 """
 
 from __future__ import annotations
-
-import json
-import os
-import platform
-import time
-from pathlib import Path
-
-import torch
-import torchvision
-
-from cebench import __version__
-from cebench.benchmarks.demo_timing import compare_demo_runs, demo_markdown
-from cebench.benchmarks.profile import bench_profile
-from cebench.errors import CebenchError
-from cebench.io import atomic_write_json, atomic_write_text
-from cebench.pretrain.reference import compare_reference
-from cebench.pretrain.throughput import bench_pretrain
-from cebench.pretrain.training_throughput import bench_training
-from cebench.retrieval.folder_bench import bench_folder
-from cebench.retrieval.knn_scale import bench_knn, knn_markdown
-from cebench.retrieval.throughput import bench_retrieval
-from cebench.transfer.throughput import bench_transfer
-
-
-def _benches():
-    # the one mapping from a benchmark name to the function that runs it
-    return {"pretrain": bench_pretrain, "transfer": bench_transfer, "retrieval": bench_retrieval,
-            "training": bench_training}
-
-
-def machine_info() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {
-        "cebench": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_cuda": torch.version.cuda,  # the CUDA torch was built with (None: a CPU build)
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,  # the GPU in use
-    }
-    try:
-        info["torchvision"] = torchvision.__version__
-    except ImportError:
-        pass
-    return info
 
 
 def _flatten(prefix, obj, rows):
@@ -81,7 +25,7 @@ def _fmt(v, digits: int = 3) -> str:
     return str(v)
 
 
-def _table(header: list[str], rows: list[list]) -> list[str]:
+def table(header: list[str], rows: list[list]) -> list[str]:
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     out += ["| " + " | ".join(_fmt(c) for c in r) + " |" for r in rows]
     return out
@@ -159,17 +103,14 @@ def training_markdown(t: dict) -> list[str]:
         g = v.get(key)
         if not g:
             continue
-        extra = f" ({g['pipeline']})" if "pipeline" in g else ""
         met = "yes" if g["met"] else "no"
-        lines.append(f"| {label}{extra} | {g['value']:.4g} | {g['goal']:.0f} | {met} | {g['limit']} |")
+        lines.append(f"| {label} | {g['value']:.4g} | {g['goal']:.0f} | {met} | {g['limit']} |")
     j = t.get("jpeg", {})
     if j:
         lines += ["", f"JPEG input ({j.get('jpeg_size')} px files, {j.get('workers')} workers, batch "
                   f"{j.get('batch')}), img/s: DataLoader+PIL decode {j['loader_decode_img_per_s']:.0f}, "
                   f"+ augmentation {j['loader_decode_augment_img_per_s']:.0f}, end to end "
-                  f"{j['loader_end_to_end_img_per_s']:.0f}; decode_jpeg on {t.get('device')} "
-                  f"{j['device_decode_img_per_s']:.0f}, + augmentation {j['device_decode_augment_img_per_s']:.0f}, "
-                  f"end to end {j['device_end_to_end_img_per_s']:.0f}."]
+                  f"{j['loader_end_to_end_img_per_s']:.0f}."]
     if "paper_pretraining_hours" in v:
         lines.append(f"The paper's 100k steps x 64 images at the end-to-end rate: "
                      f"{v['paper_pretraining_hours']:.2f} h.")
@@ -193,7 +134,7 @@ def summary_markdown(data: dict) -> str:
         where = on.get(name)
         return [f"Measured on {where['cpu']}, {where['date']}.", ""] if where else []
     if data.get("demo"):
-        lines += ["", *demo_markdown(data["demo"], _table)]
+        lines += ["", *demo_markdown(data["demo"])]
     ref = data.get("reference")
     if ref:
         lines += ["", "## Side by side: the inpainting context encoder's training step vs the PyTorch port",
@@ -201,7 +142,7 @@ def summary_markdown(data: dict) -> str:
                   f"{ref.get('reference')}, {_fmt(ref.get('g_params'))} G parameters. Ratio: median of the "
                   "per-round ratios (range); CPU ratio: CPU time per image, port / cebench.", "",
                   *measured("reference")]
-        lines += _table(["what", "cebench img/s", "port img/s", "ratio", "CPU-time ratio", "batch", "device",
+        lines += table(["what", "cebench img/s", "port img/s", "ratio", "CPU-time ratio", "batch", "device",
                          "rounds"], _reference_rows(ref))
     if "training" in data:
         lines += ["", *training_markdown(data["training"])]
@@ -214,16 +155,16 @@ def summary_markdown(data: dict) -> str:
                   "efSearch chosen on separate validation queries for recall >= "
                   f"{kn.get('target_recall')}. FeatureIndex auto resolved to {kn.get('auto_resolved')}.", "",
                   *measured("knn")]
-        lines += _table(["method", "build s", "search s", "total s", "recall@10", "vs sklearn", "settings"],
+        lines += table(["method", "build s", "search s", "total s", "recall@10", "vs sklearn", "settings"],
                         _knn_rows(kn))
-        lines += knn_markdown(kn, _table)  # the other data distributions (knn_scale.py)
+        lines += knn_markdown(kn)  # the other data distributions
     if data.get("folder"):
         f = data["folder"]
         lines += ["", "## `cebench retrieve` over a folder of photos", "",
                   f"`cebench bench folder --photos {f.get('photos')}`: the command as a user runs it (a fresh "
                   f"process), HOG, {f.get('patch')} px patches every {f.get('stride')} px, photos scaled to "
                   f"{f.get('max_side')} px first.", "", *measured("folder")]
-        lines += _table(["photos (long side px)", "patches", "empty cache s", "filled cache s", "cache on disk",
+        lines += table(["photos (long side px)", "patches", "empty cache s", "filled cache s", "cache on disk",
                          "peak RSS", "float16 vs float32 recall@10", "device"],
                         [[f"{f.get('photos')} ({f.get('long_side_px')})", f.get("patches"), f.get("fresh_s"),
                           f.get("cached_s"), f"{_fmt(f.get('cache_mb'))} MB", f"{_fmt(f.get('peak_rss_mb'))} MB",
@@ -236,85 +177,83 @@ def summary_markdown(data: dict) -> str:
                       + f" (amp=auto chose {cnn['auto_precision']})."]
     if data.get("pretrain"):
         lines += ["", "## Pretraining steps (forward, backward, optimiser; synthetic input)", "", *measured("pretrain")]
-        lines += _table(["architecture", "img/s", "batch", "memory", "device", "parameters"],
+        lines += table(["architecture", "img/s", "batch", "memory", "device", "parameters"],
                         _pretrain_rows(data["pretrain"]))
     if data.get("transfer"):
         lines += ["", "## Transfer tasks", "", *measured("transfer")]
-        lines += _table(["task", "train img/s", "inference img/s", "batch", "input", "device"],
+        lines += table(["task", "train img/s", "inference img/s", "batch", "input", "device"],
                         _transfer_rows(data["transfer"]))
     if data.get("retrieval"):
         lines += ["", "## Retrieval features", "", *measured("retrieval")]
-        lines += _table(["extractor", "patches/s", "vs reference", "patches"], _retrieval_rows(data["retrieval"]))
+        lines += table(["extractor", "patches/s", "vs reference", "patches"], _retrieval_rows(data["retrieval"]))
     lines += ["", "<details><summary>Every number in bench.json</summary>", ""]
     for stage in [k for k in data if k not in ("machine", "date", "measured_on")]:
         rows: list = []
         _flatten("", data[stage], rows)
-        lines += ["", f"### {stage}", ""] + _table(["measurement", "value"], [[k, v] for k, v in rows
+        lines += ["", f"### {stage}", ""] + table(["measurement", "value"], [[k, v] for k, v in rows
                                                                              if "raw" not in k.split(".")])
     lines += ["", "</details>"]
     return "\n".join(lines) + "\n"
 
 
-def run_bench(which: str, out_dir: Path, device: str = "auto", quick: bool = False, *, reference=None,
-              knn_n: int = 200_000, photos: int = 1000, demo_runs=None) -> dict:
-    """Run one benchmark (or "all") and merge its numbers into out_dir/bench.json and bench.md.
-    reference: the port's model.py for the side-by-side inpainting step (`reference`, and `all` when given)."""
-    benches = _benches()
-    benches["knn"] = lambda out, device, quick: bench_knn(out, n=knn_n, quick=quick)
-    benches["folder"] = lambda out, device, quick: bench_folder(out, n_photos=photos, quick=quick)
-    benches["reference"] = lambda out, device, quick: compare_reference(reference, out, quick=quick)
-    benches["profile"] = lambda out, device, quick: bench_profile(out, quick=quick)
-    benches["demo"] = lambda out, device, quick: compare_demo_runs(*demo_runs, out)
-    if which == "reference" and not reference:
-        raise CebenchError("bench reference needs --compare-reference PATH (the port's model.py)")
-    if which == "demo" and not (demo_runs and all(demo_runs)):
-        raise CebenchError("bench demo needs --old REPORT --new REPORT (two `cebench run` reports of one command)")
-    # "all": every benchmark but the profile (minutes of its own), the reference (needs the port's path) and the
-    # demo comparison (reads two finished runs)
-    names = ([n for n in benches if n not in ("profile", "demo") and (n != "reference" or reference)]
-             if which == "all" else [which])
-    if which == "pretrain" and reference:
-        names.append("reference")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "bench.json"
-    data = json.loads(path.read_text()) if path.is_file() else {}
-    machine = machine_info()  # read once: every section of this run names it, and the file's header
-    for name in names:
-        t0 = time.time()
-        print(f"[bench] {name} ...", flush=True)
-        data[name] = benches[name](out_dir / f"bench_{name}.json", device=device, quick=quick)
-        print(f"[bench] {name} done in {time.time() - t0:.1f}s", flush=True)
-        # each section keeps the machine and date it ran on: bench.json merges runs of several days and CPUs
-        data.setdefault("measured_on", {})[name] = {"cpu": machine.get("cpu"), "date": time.strftime("%Y-%m-%d")}
-    data["machine"] = machine
-    data["date"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    atomic_write_json(path, data)
-    atomic_write_text(out_dir / "bench.md", summary_markdown(data))
-    print(f"[bench] wrote {path} and {out_dir / 'bench.md'}")
-    return data
 
 
-def _cmd(args) -> int:
-    run_bench(args.which, Path(args.out or "results"), device=args.device, quick=args.quick,
-              reference=args.compare_reference, knn_n=args.n, photos=args.photos, demo_runs=(args.old, args.new))
-    return 0
+def knn_markdown(kn: dict) -> list[str]:
+    """bench.md lines for the distributions of a `bench_knn` result after the first (whose table
+    `summary_markdown` writes): one summary table of the default index on every distribution, then
+    each distribution's table. [] for older results."""
+    dists = kn.get("distributions") or {}
+    if not dists:
+        return []
+    lines = ["", "The default index (`FeatureIndex(kind=\"auto\")`, calibrated on its own vectors at build time: "
+             "recall measured there, nprobe chosen for recall >= "
+             f"{kn.get('target_recall')}) on every kind of data, and the fixed setting it used before "
+             "(512 lists, 16-d, nprobe 3); recall@10 against the exact neighbours of the 1,000 test queries:", ""]
+    rows = []
+    for name, d in dists.items():
+        if "skipped" in d:
+            rows.append([name, "-", "-", "-", "-", "-", d["skipped"]])
+            continue
+        m = d["methods"]
+        a = m.get("FeatureIndex auto", {})
+        old = next((r for key, r in m.items() if key.startswith("ivf-gemm512 coarse-pca16 nprobe 3")), {})
+        cal = d.get("auto_calibration") or {}
+        rows.append([f"{name} ({d['n']:,} x {d['dim']})", a.get("recall_at_10"), a.get("recall_at_10_ties", "-"),
+                     cal.get("recall"), f"**{a.get('speedup_vs_sklearn')}x**", old.get("recall_at_10", "-"),
+                     f"{old.get('speedup_vs_sklearn')}x" if old else "-", a.get("settings", "")])
+    lines += table(["data", "auto recall@10", "with ties", "recall measured at build", "auto vs sklearn",
+                    "fixed recall@10", "fixed vs sklearn", "auto's index"], rows)
+    lines += ["", "recall@10 counts the ids of scikit-learn's exact neighbours found; \"with ties\" also counts a "
+              "neighbour as near as the 10th (equal vectors, such as HOG windows of flat areas, are equally right)."]
+    for name, d in list(dists.items())[1:]:
+        if "skipped" in d:
+            continue
+        lines += ["", f"### {name}: {d['data']}", ""]
+        rows = []
+        for mname, r in d["methods"].items():
+            if "skipped" in r:
+                continue
+            settings = ", ".join(f"{key} {r[key]}" for key in ("nlist", "coarse_dim", "nprobe") if r.get(key))
+            rows.append([mname, r.get("build_s"), r.get("search_s"), r.get("total_s"), r.get("recall_at_10"),
+                         r.get("recall_at_10_ties", "-"),
+                         f"**{r.get('speedup_vs_sklearn')}x**" if mname != "sklearn brute" else "1x",
+                         r.get("settings", settings)])
+        lines += table(["method", "build s", "search s", "total s", "recall@10", "with ties", "vs sklearn",
+                        "settings"], rows)
+    return lines
 
 
-def register(subparsers, common) -> None:
-    p = subparsers.add_parser("bench", help="performance benchmarks of every stage (writes results/bench.json)",
-                              description=__doc__)
-    p.add_argument("which", nargs="?", default="all",
-                   choices=["all", "pretrain", "transfer", "retrieval", "training", "knn", "folder", "reference",
-                            "profile", "demo"])
-    p.add_argument("--out", default=None, help="output folder (default: results)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--quick", action="store_true", help="fewer repetitions (used by the tests)")
-    p.add_argument("--compare-reference", default=None, metavar="PATH",
-                   help="the PyTorch port's model.py (github.com/BoyuanJiang/context_encoder_pytorch): time its "
-                        "inpainting training step and ours alternately in one process (with pretrain/reference/all)")
-    p.add_argument("--n", type=int, default=200_000, help="knn: database vectors (committed numbers: 1000000)")
-    p.add_argument("--photos", type=int, default=1000, help="folder: photos in the generated folder")
-    p.add_argument("--old", default=None, metavar="REPORT",
-                   help="demo: the report folder (or run.json) of the earlier run of the command")
-    p.add_argument("--new", default=None, metavar="REPORT", help="demo: the report of the run after it")
-    p.set_defaults(func=_cmd)
+def demo_markdown(d: dict) -> list[str]:
+    """The section of `cebench bench demo` in results/bench.md."""
+    o, n = d["old"], d["new"]
+    lines = ["## Side by side: the demo pipeline, one run after the other", "",
+             f"`cebench bench demo --old OLD/report --new NEW/report`: old {o['config']} "
+             f"{' '.join(o.get('overrides') or [])} ({o['seeds']} test seeds, {o['wall_minutes']} min), new "
+             f"{n['config']} {' '.join(n.get('overrides') or [])} ({n['seeds']} test seeds, {n['wall_minutes']} min) "
+             f"on {n['cpu']}; **wall time ratio new/old {d['wall_ratio']}** (sum of job seconds: "
+             f"{d['job_seconds_ratio']}).", ""]
+    if d.get("warning"):
+        lines += [f"Warning: {d['warning']}.", ""]
+    lines += table(["stage", "jobs", "old s", "new s", "new/old"],
+                   [[k, s["jobs"], s["old_s"], s["new_s"], s["ratio"]] for k, s in d["stages"].items()])
+    return lines

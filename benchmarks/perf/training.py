@@ -1,14 +1,13 @@
 """`cebench bench training`: the pretraining speed that decides the paper protocol's GPU-hours.
 
-Measured with the training loop itself (`engine.train_one_epoch`: bf16 autocast on CUDA, channels_last,
-masks drawn on the device, the per-step loss check), on the nets the configs train:
+Measured with the trainer's own code: its nets and optimisers (`methods.METHODS`,
+`train.nets_and_optimizers`: fused Adam) stepped by its loop (`engine.train_one_epoch`: bf16 autocast on
+CUDA, channels_last, masks drawn on the device, the per-step loss check), on the nets the configs train:
 - ce_step: the paper-size AlexNet context encoder (227 px, batch 64, random-region masks), inputs
   already on the device: the training step alone;
-- JPEG input, two ways, from JPEG files of VOC size written to a temporary folder:
-  `loader`: PIL decode + resize + crop + flip in DataLoader workers (`data.PretrainImages`, what
-  `cebench pretrain` uses), and `device_decode`: workers read bytes, nvJPEG decodes and one roi_align
-  resizes and crops on the device (`device_decode`); each measured for its parts (decode alone, decode
-  + augmentation) and end to end feeding the training step;
+- jpeg: from JPEG files of VOC size written to a temporary folder, through the loader `cebench
+  pretrain` uses (PIL decode + resize + crop + flip in DataLoader workers, `data.PretrainImages`),
+  measured for its parts (decode alone, decode + augmentation) and end to end feeding the training step;
 - inpaint_step: the 128 px inpainting CE with its discriminator (L2 + adversarial, centre masks).
 Goals on one H100/H200 (the issue's): 3000 img/s step, 2000 img/s end to end, 1500 img/s inpainting.
 Where a number falls short, `limit` names the slowest part (decode, augmentation, step) of the
@@ -27,16 +26,19 @@ import numpy as np
 import torch
 from PIL import Image
 
+from cebench.data.loader import make_loader
 from cebench.images import open_rgb
 from cebench.io import atomic_write_json
-from cebench.runtime import init_runtime, to_channels_last
+from cebench.pretrain import engine
+from cebench.pretrain.config import PretrainConfig
+from cebench.pretrain.data import PretrainImages, step_batches
+from cebench.pretrain.methods import METHODS
+from cebench.pretrain.models import AlexNetConfig, InpaintNetConfig
+from cebench.pretrain.train import nets_and_optimizers
+from cebench.runtime import init_runtime
 
-from .config import PretrainConfig
-from .data import PretrainImages, make_loader, step_batches
-from .device_decode import JpegBytes, augment_batch, collate_bytes, decode_batch
-from .engine import TrainState, train_one_epoch
-from .methods import METHODS
-from .models import AlexNetConfig, InpaintNetConfig
+from .pretrain import optimizer_name
+from .timing import Clock, rate, timed
 
 GOALS = {"ce_step": 3000.0, "ce_end_to_end": 2000.0, "inpaint_step": 1500.0}  # img/s, one H100/H200
 GOAL_GPUS = ("H100", "H200")
@@ -61,19 +63,16 @@ def _silhouettes(k: int = 64, r: int = 64, seed: int = 0) -> torch.Tensor:
     return ((xx / a) ** 2 + (yy / b) ** 2 <= 1).float()
 
 
-class _Trainer:
-    """The objective, optimisers and masker of one method, stepping through `engine.train_one_epoch`."""
+class Trainer:
+    """One method's nets, optimisers and masker as `cebench pretrain` builds them, stepped through the
+    trainer's loop (`engine.train_one_epoch`)."""
 
     def __init__(self, cfg, device: str):
         self.rt = init_runtime(device, cfg.amp)
         built = METHODS[cfg.method](cfg, num_classes=20, silhouettes=_silhouettes(), device=self.rt.device)
         self.cfg, self.size, self.masker = cfg, built.input_size, built.mask
-        self.obj = to_channels_last(built.objective.to(self.rt.device), self.rt)
-        self.disc = to_channels_last(built.disc.to(self.rt.device), self.rt) if built.disc is not None else None
-        self.opt_g = torch.optim.Adam(self.obj.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
-        self.opt_d = (torch.optim.Adam(self.disc.parameters(), lr=cfg.lr * cfg.lr_d_factor, betas=(cfg.beta1, 0.999))
-                      if self.disc is not None else None)
-        self.state = TrainState(total_steps=10**9)
+        self.obj, self.disc, self.opt_g, self.opt_d = nets_and_optimizers(cfg, built, self.rt)
+        self.state = engine.TrainState(total_steps=10**9)
 
     def run(self, batches) -> int:
         """Train on an iterable of (uint8 x, labels, idx); returns the images seen."""
@@ -82,41 +81,26 @@ class _Trainer:
         def count(st, losses, outs, x, mask):
             n[0] += x.shape[0]
 
-        train_one_epoch(self.obj, self.disc, self.opt_g, self.opt_d, batches, self.masker, self.state, self.rt,
-                        seed=0, method=self.cfg.method, w_rec=self.cfg.w_rec, w_adv=self.cfg.w_adv, on_step=count)
+        engine.train_one_epoch(self.obj, self.disc, self.opt_g, self.opt_d, batches, self.masker, self.state,
+                               self.rt, seed=0, method=self.cfg.method, w_rec=self.cfg.w_rec, w_adv=self.cfg.w_adv,
+                               on_step=count)
         return n[0]
-
-    def sync(self) -> None:
-        if self.rt.device.type == "cuda":
-            torch.cuda.synchronize()
-
-
-def _timed(fn, sync) -> tuple[int, float]:
-    sync()
-    t0 = time.perf_counter()
-    n = fn()
-    sync()
-    return n, time.perf_counter() - t0
-
-
-def _rate(n: int, secs: float) -> float:
-    return round(n / max(secs, 1e-9), 1)
 
 
 def step_throughput(cfg, device: str, steps: int, warmup: int = 2) -> dict:
     """Training img/s with inputs already on the device (uint8, as a loader delivers them)."""
-    tr = _Trainer(cfg, device)
+    tr = Trainer(cfg, device)
     g = torch.Generator().manual_seed(0)
     labels = torch.randint(0, 2, (cfg.batch_size, 20), generator=g).float().to(tr.rt.device)
     shape = (cfg.batch_size, 3, tr.size, tr.size)
     pool = [torch.randint(0, 256, shape, generator=g, dtype=torch.uint8).to(tr.rt.device) for _ in range(2)]
     batch = lambda k: [(pool[i % 2], labels, None) for i in range(k)]  # noqa: E731
     tr.run(batch(warmup))
-    n, secs = _timed(lambda: tr.run(batch(steps)), tr.sync)
-    out = {"img_per_s": _rate(n, secs), "batch": cfg.batch_size, "input": tr.size, "steps": steps,
+    n, secs = timed(lambda: tr.run(batch(steps)), tr.rt.device)
+    out = {"img_per_s": rate(n, secs), "batch": cfg.batch_size, "input": tr.size, "steps": steps,
            "seconds": round(secs, 3), "amp": str(tr.rt.amp_dtype).replace("torch.", "") if tr.rt.amp_dtype else "fp32",
            "channels_last": tr.rt.channels_last, "masks": cfg.mask, "masks_on": str(tr.rt.device),
-           "adversarial": tr.disc is not None}
+           "adversarial": tr.disc is not None, "optimizer": optimizer_name(tr.opt_g)}
     if tr.rt.device.type == "cuda":
         out["peak_mem_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return out
@@ -159,34 +143,14 @@ class _DecodeOnly(torch.utils.data.Dataset):
         return torch.from_numpy(np.asarray(open_rgb(self.paths[i]))[:1, :1, 0].copy()), i
 
 
-class _Clock:
-    """Times an iterable from its first item on (so DataLoader worker start-up is not counted):
-    `rate()` = images after the first batch / seconds since the first batch arrived."""
-
-    def __init__(self, iterable, sync):
-        self.iterable, self.sync, self.t_first, self.n, self.first = iterable, sync, None, 0, 0
-
-    def __iter__(self):
-        for item in self.iterable:
-            if self.t_first is None:
-                self.sync()
-                self.t_first, self.first = time.perf_counter(), len(item[0])
-            self.n += len(item[0])
-            yield item
-
-    def rate(self) -> float:
-        self.sync()
-        return _rate(self.n - self.first, time.perf_counter() - self.t_first)
-
-
 def _batches(n: int, batch: int, epochs: int) -> list[list[int]]:
     return [bt for e in range(epochs) for bt in step_batches(n, batch, 0, e)]
 
 
 def jpeg_throughput(cfg, device: str, paths, workers: int, epochs: int = 1) -> dict:
-    """Both input pipelines from JPEG files: their parts alone and end to end into the training step
+    """The pretraining loader from JPEG files: its parts alone and end to end into the training step
     (`epochs` passes over the files per measurement; rates from the first batch on)."""
-    tr = _Trainer(cfg, device)
+    tr = Trainer(cfg, device)
     dev, b, crop, load = tr.rt.device, cfg.batch_size, tr.size, cfg.load_size or tr.size
     pin = dev.type == "cuda"
     res: dict = {"images": len(paths), "epochs": epochs, "workers": workers, "batch": b, "load_size": load,
@@ -194,7 +158,7 @@ def jpeg_throughput(cfg, device: str, paths, workers: int, epochs: int = 1) -> d
     order = _batches(len(paths), b, epochs)
 
     def measure(iterable, consume=None) -> float:
-        clock = _Clock(iterable, tr.sync)
+        clock = Clock(iterable, dev)
         if consume is None:
             for _ in clock:
                 pass
@@ -209,19 +173,6 @@ def jpeg_throughput(cfg, device: str, paths, workers: int, epochs: int = 1) -> d
     tr.run([(torch.zeros(b, 3, crop, crop, dtype=torch.uint8, device=dev), torch.zeros(b, 20, device=dev), None)])
     to_dev = ((x.to(dev, non_blocking=True), y.to(dev), i) for x, y, i in make_loader(ds, order, workers, pin=pin))
     res["loader_end_to_end_img_per_s"] = measure(to_dev, tr.run)
-
-    # workers read bytes; the device decodes (nvJPEG on CUDA) and augments (one roi_align)
-    def byte_batches():
-        return torch.utils.data.DataLoader(JpegBytes(paths), batch_sampler=order, num_workers=workers,
-                                           collate_fn=collate_bytes)
-
-    decode_batch([JpegBytes(paths)[0][0]], dev)  # nvJPEG's first call sets up its handles
-    res["device_decode_img_per_s"] = measure((decode_batch(d, dev),) for d, _ in byte_batches())
-    res["device_decode_augment_img_per_s"] = measure(
-        (augment_batch(decode_batch(d, dev), idx, load, crop),) for d, idx in byte_batches())
-    labels = torch.zeros(b, 20, device=dev)
-    res["device_end_to_end_img_per_s"] = measure(
-        ((augment_batch(decode_batch(d, dev), idx, load, crop), labels, None) for d, idx in byte_batches()), tr.run)
     return res
 
 
@@ -245,18 +196,12 @@ def verdicts(res: dict, gpu: str | None) -> dict:
     applies = bool(gpu) and any(name in gpu for name in GOAL_GPUS)
     step = res["ce_step"]["img_per_s"]
     j = res["jpeg"]
-    # pipeline -> (end to end, decode alone, decode + augmentation) img/s
-    pipes = {name: (j[f"{p}_end_to_end_img_per_s"], j[f"{p}_decode_img_per_s"], j[f"{p}_decode_augment_img_per_s"])
-             for name, p in (("loader", "loader"), ("device_decode", "device"))}
-    best = max(pipes, key=lambda k: pipes[k][0])
-    e2e, dec, dec_aug = pipes[best]
+    e2e = j["loader_end_to_end_img_per_s"]
     out = {
         "applies": applies, "gpu": gpu,
         "ce_step": {"goal": GOALS["ce_step"], "value": step, "met": step >= GOALS["ce_step"], "limit": "step"},
         "ce_end_to_end": {"goal": GOALS["ce_end_to_end"], "value": e2e, "met": e2e >= GOALS["ce_end_to_end"],
-                          "pipeline": best, "limit": limit_of(step, dec, dec_aug),
-                          "loader_limit": limit_of(step, *pipes["loader"][1:]),
-                          "device_decode_limit": limit_of(step, *pipes["device_decode"][1:])},
+                          "limit": limit_of(step, j["loader_decode_img_per_s"], j["loader_decode_augment_img_per_s"])},
         "inpaint_step": {"goal": GOALS["inpaint_step"], "value": res["inpaint_step"]["img_per_s"],
                          "met": res["inpaint_step"]["img_per_s"] >= GOALS["inpaint_step"], "limit": "step"},
     }
@@ -266,7 +211,7 @@ def verdicts(res: dict, gpu: str | None) -> dict:
 
 
 def bench_training(out_path, device: str = "auto", quick: bool = False, *, ce_cfg=None, inpaint_cfg=None,
-                     n_images: int | None = None, workers: int | None = None, steps: int | None = None) -> dict:
+                   n_images: int | None = None, workers: int | None = None, steps: int | None = None) -> dict:
     """Run the three measurements on `device` (auto: CUDA when present); write and return the dict.
 
     CUDA: batch 64, 30 timed steps, 1024 JPEGs read 4 times, all cores but one as workers (at most 16).

@@ -39,13 +39,12 @@ Data (`DISTRIBUTIONS`; the rows above are run on each):
   photos, queries from the val photos (held out). Enough photos for 1M windows are there; if fewer, the
   windows are replicated with per-dimension noise 0.01 (recorded).
 
-Times come from a shared 2-core machine: only the ratios within one run mean anything.
+Times move with the machine's load: only the ratios within one run mean anything.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -54,12 +53,13 @@ import torch
 from cebench.cache import cache_root, files_key
 from cebench.errors import CebenchError
 from cebench.features.hog import hog
-from cebench.features.index import FeatureIndex
+from cebench.features.index import FeatureIndex, recall_per_query
 from cebench.images import normalize, open_rgb
 from cebench.io import atomic_target, atomic_write_json
 from cebench.pretrain.models import AlexNetConfig, build_encoder
+from cebench.retrieval.patches import pil_to_uint8
 
-from .patches import pil_to_uint8
+from .timing import timed
 
 DISTRIBUTIONS = ("mixture1000", "gauss200", "gauss2000", "relu32", "hog", "cnn")
 REAL = ("hog", "cnn")
@@ -68,7 +68,7 @@ GEN_CHUNK = 100_000
 
 def default_real_root() -> Path:
     """`../shared/data` beside the repository (the project's layout; absent in an installed package)."""
-    return Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    return Path(__file__).resolve().parents[3] / "shared" / "data"  # benchmarks/perf/knn.py -> ../shared
 
 
 # --------------------------------------------------------------------------------------------------
@@ -224,13 +224,11 @@ def real_features(kind: str, root: Path, n: int, n_queries: int = 1000, n_val: i
             raise CebenchError(f"{path}: damaged feature cache ({type(exc).__name__}: {exc}); delete it") from None
         print(f"[knn] {kind}: features from {path}", flush=True)
     else:
-        t = time.perf_counter()
-        db = window_features(kind, db_paths)
-        qf = window_features(kind, q_paths)  # every window of the query photos; one picked per photo below
+        # every window of the query photos; one picked per photo below
+        (db, qf), seconds = timed(lambda: (window_features(kind, db_paths), window_features(kind, q_paths)))
         pick = np.arange(len(q_paths)) * per + rng.integers(0, per, len(q_paths))
         qv = qf[pick]
-        print(f"[knn] {kind}: {len(db):,} database and {len(qv):,} query windows in {time.perf_counter() - t:.1f}s",
-              flush=True)
+        print(f"[knn] {kind}: {len(db):,} database and {len(qv):,} query windows in {seconds:.1f}s", flush=True)
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_target(path) as tmp:
             with open(tmp, "wb") as fh:
@@ -260,10 +258,9 @@ def real_features(kind: str, root: Path, n: int, n_queries: int = 1000, n_val: i
 
 
 def recall_at_k(ids: np.ndarray, ref: np.ndarray) -> float:
-    """Mean over queries of |found top-k & exact top-k| / k."""
-    k = ref.shape[1]
-    hits = (ids[:, :, None] == ref[:, None, :]).any(-1).sum(1)
-    return float(hits.mean() / k)
+    """Mean over queries of |found top-k & exact top-k| / k: the benchmarks' recall@k, the mean of the
+    per-query recall the index's own calibration measures (`features.index.recall_per_query`)."""
+    return float(recall_per_query(ids, ref).mean())
 
 
 def recall_with_ties(ids: np.ndarray, ref: np.ndarray, db: np.ndarray, q: np.ndarray, tol: float = 1e-5) -> float:
@@ -276,12 +273,6 @@ def recall_with_ties(ids: np.ndarray, ref: np.ndarray, db: np.ndarray, q: np.nda
     kth = np.einsum("ij,ij->i", qd, db[ref[:, -1]].astype(np.float64))                       # [M]
     found = np.einsum("mkd,md->mk", db[np.clip(ids[:, :k], 0, None)].astype(np.float64), qd)  # [M, k]
     return float((((found >= kth[:, None] - tol) & (ids[:, :k] >= 0)).sum(1)).mean() / k)
-
-
-def _timed(fn):
-    t = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t
 
 
 def _pick(search, values, val_q, val_ref, target: float):
@@ -307,15 +298,15 @@ def _bench_one(db, q, val, *, k: int, target: float, nlists, coarse_dims, pca_nl
     out: dict = {"methods": {}}
     methods = out["methods"]
     # scikit-learn brute force: the speed reference and the exact neighbours
-    (_, ref), t_sk = _timed(lambda: NearestNeighbors(n_neighbors=k, algorithm="brute").fit(db).kneighbors(q))
+    (_, ref), t_sk = timed(lambda: NearestNeighbors(n_neighbors=k, algorithm="brute").fit(db).kneighbors(q))
     methods["sklearn brute"] = {"build_s": 0.0, "search_s": round(t_sk, 3), "total_s": round(t_sk, 3),
                                 "recall_at_10": 1.0, "recall_at_10_ties": 1.0, "speedup_vs_sklearn": 1.0}
     print(f"[knn] sklearn brute: {t_sk:.2f}s ({n:,} x {dim}, {len(q)} queries)", flush=True)
     val_ref = FeatureIndex(dim, kind="flat", use_gpu=False).add(db).search(val, k)[1]  # untimed: for nprobe
 
     def record(name, build, params=None):
-        index, t_b = _timed(build)
-        (_, ids), t_s = _timed(lambda: index.search(q, k))
+        index, t_b = timed(build)
+        (_, ids), t_s = timed(lambda: index.search(q, k))
         row = {"build_s": round(t_b, 3), "search_s": round(t_s, 3), "total_s": round(t_b + t_s, 3),
                "recall_at_10": round(recall_at_k(ids, ref), 4),
                "recall_at_10_ties": round(recall_with_ties(ids, ref, db, q), 4),
@@ -382,7 +373,7 @@ def _bench_one(db, q, val, *, k: int, target: float, nlists, coarse_dims, pca_nl
     del auto
     # scikit-learn again at the end: the machine's load drifts during a run; the speed-ups above use
     # the first measurement, and this one says how far the load moved
-    _, t_sk2 = _timed(lambda: NearestNeighbors(n_neighbors=k, algorithm="brute").fit(db).kneighbors(q))
+    _, t_sk2 = timed(lambda: NearestNeighbors(n_neighbors=k, algorithm="brute").fit(db).kneighbors(q))
     methods["sklearn brute"]["total_s_again_at_end"] = round(t_sk2, 3)
     print(f"[knn] sklearn brute again: {t_sk2:.2f}s", flush=True)
     return out
@@ -438,48 +429,3 @@ def bench_knn(out_path=None, *, n: int = 200_000, dim: int = 256, n_queries: int
     if out_path is not None:
         atomic_write_json(Path(out_path), res)
     return res
-
-
-def knn_markdown(kn: dict, table) -> list[str]:
-    """bench.md lines for the distributions of a `bench_knn` result after the first (whose table
-    bench.py writes as before): one summary table of the default index on every distribution, then
-    each distribution's table. `table(header, rows)` is bench.md's table writer. [] for older results."""
-    dists = kn.get("distributions") or {}
-    if not dists:
-        return []
-    lines = ["", "The default index (`FeatureIndex(kind=\"auto\")`, calibrated on its own vectors at build time: "
-             "recall measured there, nprobe chosen for recall >= "
-             f"{kn.get('target_recall')}) on every kind of data, and the fixed setting it used before "
-             "(512 lists, 16-d, nprobe 3); recall@10 against the exact neighbours of the 1,000 test queries:", ""]
-    rows = []
-    for name, d in dists.items():
-        if "skipped" in d:
-            rows.append([name, "-", "-", "-", "-", "-", d["skipped"]])
-            continue
-        m = d["methods"]
-        a = m.get("FeatureIndex auto", {})
-        old = next((r for key, r in m.items() if key.startswith("ivf-gemm512 coarse-pca16 nprobe 3")), {})
-        cal = d.get("auto_calibration") or {}
-        rows.append([f"{name} ({d['n']:,} x {d['dim']})", a.get("recall_at_10"), a.get("recall_at_10_ties", "-"),
-                     cal.get("recall"), f"**{a.get('speedup_vs_sklearn')}x**", old.get("recall_at_10", "-"),
-                     f"{old.get('speedup_vs_sklearn')}x" if old else "-", a.get("settings", "")])
-    lines += table(["data", "auto recall@10", "with ties", "recall measured at build", "auto vs sklearn",
-                    "fixed recall@10", "fixed vs sklearn", "auto's index"], rows)
-    lines += ["", "recall@10 counts the ids of scikit-learn's exact neighbours found; \"with ties\" also counts a "
-              "neighbour as near as the 10th (equal vectors, such as HOG windows of flat areas, are equally right)."]
-    for name, d in list(dists.items())[1:]:
-        if "skipped" in d:
-            continue
-        lines += ["", f"### {name}: {d['data']}", ""]
-        rows = []
-        for mname, r in d["methods"].items():
-            if "skipped" in r:
-                continue
-            settings = ", ".join(f"{key} {r[key]}" for key in ("nlist", "coarse_dim", "nprobe") if r.get(key))
-            rows.append([mname, r.get("build_s"), r.get("search_s"), r.get("total_s"), r.get("recall_at_10"),
-                         r.get("recall_at_10_ties", "-"),
-                         f"**{r.get('speedup_vs_sklearn')}x**" if mname != "sklearn brute" else "1x",
-                         r.get("settings", settings)])
-        lines += table(["method", "build s", "search s", "total s", "recall@10", "with ties", "vs sklearn",
-                        "settings"], rows)
-    return lines

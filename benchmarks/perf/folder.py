@@ -8,8 +8,7 @@ again with the cache filled, its peak resident memory, the cache's size on disk,
 and how much the float16 storage changes the neighbours: recall@10 of the top-10 found with the
 float16 features against those found with float32 ones, for 200 database patches as queries on the
 first 64 photos. The same command with CNN features (`--features random`, a demo AlexNet) is timed with an
-empty cache in the precision amp=auto chooses and in fp32. Times depend on the machine's load (shared here):
-see the note in results/.
+empty cache in the precision amp=auto chooses and in fp32. Times depend on the machine's load.
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,12 +28,13 @@ from PIL import Image
 from cebench.features.hog import grid_hog
 from cebench.features.index import FeatureIndex
 from cebench.io import atomic_write_json
+from cebench.retrieval.evaluate import HOGFeatures
+from cebench.retrieval.folder import PatchGrid, _finish, load_image
+from cebench.retrieval.patches import patch_positions
 from cebench.runtime import resolve_amp
 
-from .evaluate import HOGFeatures
-from .folder import PatchGrid, _finish, load_image
-from .knn_scale import recall_at_k
-from .patches import patch_positions
+from .knn import recall_at_k
+from .timing import timed
 
 
 def make_photos(folder: Path, n: int = 1000, seed: int = 0) -> list[Path]:
@@ -83,9 +82,7 @@ def _run_retrieve(photos: Path, out: Path, cache: Path, query: str, *extra: str)
     cmd = [sys.executable, "-m", "cebench.benchmarks.cli", "retrieve", "--images", str(photos), "--query", query,
            "--out", str(out), "--cache", str(cache), *extra]
     env = {**os.environ, "CEBENCH_NO_PROGRESS": "1"}
-    t = time.perf_counter()
-    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - t
+    return timed(lambda: subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL))[1]
 
 
 def float16_recall(photos: list[Path], grid: PatchGrid, n_queries: int = 200, k: int = 10) -> float:

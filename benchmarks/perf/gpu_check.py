@@ -1,4 +1,4 @@
-"""The prepared GPU check (`scripts/gpu_check.sh` runs `python -m cebench.benchmarks.gpu_check`).
+"""The prepared GPU check (`scripts/gpu_check.sh` runs `python -m cebench.benchmarks.perf.gpu_check`).
 
 On a machine with an NVIDIA GPU and no network: checks what is importable, runs every performance
 benchmark (`cebench bench all`) and the paper protocol's full-size rehearsal (`cebench run --config
@@ -24,8 +24,10 @@ from pathlib import Path
 import torch
 
 from cebench.io import atomic_write_json, atomic_write_text
+from cebench.runtime import machine_info
 
 from . import bench
+from .tables import training_markdown
 
 REQUIRED = ("numpy", "PIL", "yaml", "tqdm", "pandas", "matplotlib", "scipy", "sklearn", "skimage", "cv2", "torchvision")
 OPTIONAL = ("faiss", "submitit")
@@ -76,7 +78,8 @@ def run_rehearsal(config: Path, device: str, out: Path, overrides, timeout_s: fl
     return res
 
 
-def summary_markdown(data: dict) -> str:
+def gpu_markdown(data: dict) -> str:
+    """results/bench_gpu.md: the training goals, each architecture's GPU step, the rehearsal."""
     m = data["machine"]
     lines = ["# cebench GPU check", "",
              f"GPU: {m.get('cuda') or 'none'} ({data['device']}), torch {m.get('torch')}, torchvision "
@@ -86,7 +89,7 @@ def summary_markdown(data: dict) -> str:
         lines += [f"Optional packages not installed: {', '.join(data['missing_optional'])}.", ""]
     numbers = data.get("bench", {})
     if "training" in numbers:
-        lines += [*bench.training_markdown(numbers["training"]), ""]
+        lines += [*training_markdown(numbers["training"]), ""]
     pre = numbers.get("pretrain", {}).get("results", {})
     gpu_rows = {k: v for k, v in pre.items() if not k.endswith(("@cpu", "@cpu-bf16"))}
     if gpu_rows:
@@ -112,7 +115,7 @@ def summary_markdown(data: dict) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m cebench.benchmarks.gpu_check", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m cebench.benchmarks.perf.gpu_check", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda", help="cuda (default) | cuda:N | cpu (a dry run of the same path)")
     ap.add_argument("--out", default="results", help="where bench_gpu.json and bench_gpu.md go (default: results)")
@@ -141,11 +144,11 @@ def main(argv=None) -> int:
         print(f"gpu_check: rehearsal config {args.rehearsal!r} not found (benchmarks/configs/{args.rehearsal}.yaml "
               "comes with the paper-protocol issue); the benchmarks run, the rehearsal does not", file=sys.stderr)
     work = Path(args.work)
-    gpu = bench.machine_info().get("cuda") or "no GPU"
+    gpu = machine_info().get("cuda") or "no GPU"
     print(f"[gpu-check] {gpu}: cebench bench {args.bench} --device {args.device}",
           flush=True)
-    numbers = bench.run_bench(args.bench, work / "bench", device=args.device, quick=args.quick)
-    data = {"device": args.device, "machine": numbers.get("machine", bench.machine_info()),
+    numbers = bench.run_bench(args.bench, work / "bench", bench.Options(device=args.device, quick=args.quick))
+    data = {"device": args.device, "machine": numbers.get("machine", machine_info()),
             "missing_optional": missing_modules(OPTIONAL),
             "bench": {k: v for k, v in numbers.items() if k not in ("machine", "date")}}
     rc = 0
@@ -166,7 +169,7 @@ def main(argv=None) -> int:
     data["minutes"] = round((time.time() - t0) / 60, 2)
     out = Path(args.out)
     atomic_write_json(out / "bench_gpu.json", data)
-    atomic_write_text(out / "bench_gpu.md", summary_markdown(data))
+    atomic_write_text(out / "bench_gpu.md", gpu_markdown(data))
     print(f"[gpu-check] wrote {out / 'bench_gpu.json'} and {out / 'bench_gpu.md'} ({data['minutes']:.1f} min)",
           flush=True)
     if rc == 2 and config is None:

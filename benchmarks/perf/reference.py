@@ -1,4 +1,4 @@
-"""`cebench bench pretrain --compare-reference PATH/model.py`: our inpainting training step against the
+"""`cebench bench reference --compare-reference PATH/model.py`: our inpainting training step against the
 popular PyTorch port's (BoyuanJiang/context_encoder_pytorch), side by side in one process.
 
 The port is not a dependency and none of its code is in this repository: the user points at the
@@ -28,26 +28,12 @@ import torch.nn as nn
 
 from cebench.errors import CebenchError
 from cebench.io import atomic_write_json
-from cebench.runtime import Runtime, place_model
+from cebench.pretrain.config import PretrainConfig
+from cebench.pretrain.models import InpaintNetConfig
+from cebench.runtime import Runtime, cpu_bf16_native
 
-from .engine import make_adam, train_step
-from .masks import center_mask
-from .models import Discriminator, InpaintingCE, InpaintNetConfig
-from .objectives import InpaintObjective
-
-
-def cpu_has_native_bf16() -> bool:
-    """True when /proc/cpuinfo lists avx512_bf16 or amx_bf16 (bf16 matrix units oneDNN uses)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    flags = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.split(":", 1)[1].split())
-            break
-    return bool({"avx512_bf16", "amx_bf16"} & flags)
+from .pretrain import trainer_step
+from .timing import timed
 
 
 def load_port_module(model_py) -> object:
@@ -136,21 +122,13 @@ def inpaint_config(width: int = 64, bottleneck: int = 4000, size: int = 128) -> 
 
 
 def ours_step_fn(batch: int, size: int, bf16: bool, seed: int = 0, width: int = 64, bottleneck: int = 4000):
-    """Our trainer's step (`engine.train_step`) on the same architecture: InpaintingCE.paper() and its
-    discriminator, channels_last, fused Adam (G lr 2e-4, D 2e-5 as the official code)."""
-    torch.manual_seed(seed)
-    cfg = inpaint_config(width, bottleneck, size)
-    obj = place_model(InpaintObjective(InpaintingCE(cfg)), "cpu")
-    disc = place_model(Discriminator(cfg.disc_widths), "cpu")
-    opt_g, opt_d = make_adam(obj.parameters(), 2e-4, 0.5), make_adam(disc.parameters(), 2e-5, 0.5)
+    """Our trainer's step (`engine.train_step`) on the same architecture, built as `cebench pretrain
+    --method inpaint-adv` builds it (channels_last, fused Adam, G lr 2e-4, D 2e-5 as the official code)."""
+    cfg = PretrainConfig(method="inpaint-adv", inpaint_net=inpaint_config(width, bottleneck, size))
     rt = Runtime(torch.device("cpu"), amp_dtype=torch.bfloat16 if bf16 else None, channels_last=True)
-    x = torch.rand(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
-    mask = center_mask(batch, size, "cpu")
-
-    def step():
-        train_step(obj, disc, opt_g, opt_d, x, mask, None, rt)
-
-    return step, sum(p.numel() for p in obj.parameters()), sum(p.numel() for p in disc.parameters())
+    step = trainer_step(cfg, rt, batch, seed)
+    return (step.run, sum(p.numel() for p in step.objective.parameters()),
+            sum(p.numel() for p in step.disc.parameters()))
 
 
 def alternate(fns: dict, rounds: int, batch: int, warmup: int = 1) -> dict:
@@ -163,9 +141,9 @@ def alternate(fns: dict, rounds: int, batch: int, warmup: int = 1) -> dict:
     cpu = {k: [] for k in fns}
     for _ in range(rounds):
         for k, fn in fns.items():
-            t, c = time.perf_counter(), time.process_time()
-            fn()
-            wall[k].append(batch / (time.perf_counter() - t))
+            c = time.process_time()
+            _, seconds = timed(fn)
+            wall[k].append(batch / seconds)
             cpu[k].append((time.process_time() - c) / batch * 1e3)
     return {"img_per_s": wall, "cpu_ms_per_img": cpu}
 
@@ -194,7 +172,7 @@ def compare_reference(model_py, out_path=None, *, batch: int = 64, threads: int 
     torch.set_num_threads(threads)
     try:
         modes = [("fp32", False)]
-        native = cpu_has_native_bf16()
+        native = cpu_bf16_native()
         if bf16 == "on" or (bf16 == "auto" and native and not quick):
             modes.append(("bf16", True))
         res = {"reference": "BoyuanJiang/context_encoder_pytorch (model.py; train.py step)", "batch": batch,

@@ -1,10 +1,10 @@
 """`cebench bench demo --old REPORT --new REPORT`: two runs of the demo pipeline side by side.
 
 A demo run takes tens of minutes, so this benchmark does not run the pipeline: it reads the `run.json`
-of two reports made by the same command, one after the other on one machine (typically the previous
-release and this one), and writes their wall times, the ratio, and the per-job and per-stage seconds
-(results/bench_demo.json, and a table in results/bench.md). A comparison says nothing unless both
-runs computed every job: a report whose jobs came from the stage cache is refused.
+of two reports made by the same command, one after the other on one machine (typically the code before
+a change and after it), and writes their wall times, the ratio, and the per-job and per-stage seconds
+(results/bench_demo.json; its table in results/bench.md is `tables.demo_markdown`). A comparison says
+nothing unless both runs computed every job: a report whose jobs came from the stage cache is refused.
 """
 
 from __future__ import annotations
@@ -85,21 +85,3 @@ def compare_demo_runs(old: Path, new: Path, out_path=None) -> dict:
         atomic_write_json(Path(out_path), res)
     return res
 
-
-def demo_markdown(d: dict, table) -> list[str]:
-    """The section of results/bench.md (`table(header, rows)` formats the rows)."""
-    o, n = d["old"], d["new"]
-    lines = ["## Side by side: the demo pipeline, one run after the other", "",
-             f"`cebench bench demo --old OLD/report --new NEW/report`: old {o['config']} "
-             f"{' '.join(o.get('overrides') or [])} ({o['seeds']} test seeds, {o['wall_minutes']} min), new "
-             f"{n['config']} {' '.join(n.get('overrides') or [])} ({n['seeds']} test seeds, {n['wall_minutes']} min) "
-             f"on {n['cpu']}; **wall time ratio new/old {d['wall_ratio']}** (sum of job seconds: "
-             f"{d['job_seconds_ratio']}).", ""]
-    if d.get("warning"):
-        lines += [f"Warning: {d['warning']}.", ""]
-    lines += table(["stage", "jobs", "old s", "new s", "new/old"],
-                   [[k, s["jobs"], s["old_s"], s["new_s"], s["ratio"]] for k, s in d["stages"].items()])
-    return lines
-
-
-__all__ = ["compare_demo_runs", "demo_markdown", "read_run"]

@@ -22,7 +22,6 @@ import pstats
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -31,11 +30,10 @@ from torch.profiler import ProfilerActivity, profile
 from cebench.config import load_config
 from cebench.data.sources import DataConfig, voc_root
 from cebench.io import atomic_write_json, atomic_write_text
-from cebench.pretrain.engine import make_adam, train_step
-from cebench.pretrain.masks import center_mask
-from cebench.pretrain.models import AlexNetConfig, ContextEncoder, Discriminator, InpaintingCE, InpaintNetConfig
-from cebench.pretrain.objectives import InpaintObjective, ReconstructionObjective
-from cebench.runtime import Runtime, place_model
+from cebench.runtime import Runtime
+
+from .pretrain import configs, trainer_step
+from .timing import timed
 
 # (label, function name, file suffix) whose cumulative time is a phase; the first match wins for each
 # label, and "train loop" is the parent whose remainder is batch preparation
@@ -45,7 +43,7 @@ PHASES = {
                                     ("_dataset", "pretrain/train.py"), ("__init__", "transfer/det/data.py")],
     "proposals (det; shared by the demo's det jobs)": [("load_proposals", "transfer/det/proposals.py")],
     "init": [("encoder_for_job", "transfer/common.py"), ("build_model", "transfer/det/train.py"),
-             ("_build", "pretrain/train.py")],
+             ("build_ce", "pretrain/methods.py"), ("nets_and_optimizers", "pretrain/train.py")],
     "train loop": [("train_one_epoch", "transfer/engine.py"), ("train_one_epoch", "pretrain/engine.py")],
     "forward": [("loss_fn", "transfer/classification.py"), ("loss_fn", "transfer/segmentation.py"),
                 ("loss_fn", "transfer/det/train.py")],
@@ -101,10 +99,9 @@ def profile_job(name: str, work: Path, iterations: int, config: str = "demo") ->
     argv = [*cmd, "--config", config, "--out", str(work / name), *overrides, f"{key}={iterations}"]
     env = {**os.environ, "CEBENCH_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
     stats_file = work / f"{name}.prof"
-    t = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "cProfile", "-o", str(stats_file), "-m", "cebench.benchmarks.cli",
-                           *argv], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    wall = time.perf_counter() - t
+    proc, wall = timed(lambda: subprocess.run(
+        [sys.executable, "-m", "cProfile", "-o", str(stats_file), "-m", "cebench.benchmarks.cli", *argv], env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
     if proc.returncode or "error:" in proc.stderr:  # (cProfile exits 0 when the command called sys.exit)
         raise RuntimeError(f"profiled job {name} failed: {proc.stderr.strip().splitlines()[-1:]}")
     stats = pstats.Stats(str(stats_file))
@@ -118,13 +115,10 @@ def profile_job(name: str, work: Path, iterations: int, config: str = "demo") ->
 
 def profile_steps(steps: int = 3) -> dict:
     """torch.profiler split of a pretraining step by train_step's labels and by operator kind."""
-    cases = {
-        "ce demo 64 px (batch 64, 1 thread)": (lambda: (ReconstructionObjective(ContextEncoder(
-            AlexNetConfig.demo(), decoder_widths=(64, 32, 16), decoder_layers=4)), None), 64, 64, 1),
-        "ce paper AlexNet 227 px (batch 32, 2 threads)": (lambda: (ReconstructionObjective(
-            ContextEncoder(AlexNetConfig.paper())), None), 227, 32, 2),
-        "inpaint paper 128 px, 4000-d, D (batch 64, 2 threads)": (lambda: (InpaintObjective(
-            InpaintingCE(InpaintNetConfig.paper())), Discriminator(InpaintNetConfig.paper().disc_widths)), 128, 64, 2),
+    cases = {  # label: (the net of `cebench bench pretrain`, batch, threads)
+        "ce demo 64 px (batch 64, 1 thread)": ("alexnet-ce-demo-64", 64, 1),
+        "ce paper AlexNet 227 px (batch 32, 2 threads)": ("alexnet-ce-paper-227", 32, 2),
+        "inpaint paper 128 px, 4000-d, D (batch 64, 2 threads)": ("inpaint-ce-paper-128", 64, 2),
     }
     kinds = (("convolution backward", ("convolution_backward",)),
              ("convolution forward", ("mkldnn_convolution", "aten::convolution", "aten::_convolution")),
@@ -136,23 +130,12 @@ def profile_steps(steps: int = 3) -> dict:
 
     out = {}
     old = torch.get_num_threads()
-    for name, (build, size, batch, threads) in cases.items():
+    for name, (net, batch, threads) in cases.items():
         torch.set_num_threads(threads)
-        torch.manual_seed(0)
-        obj, disc = build()
-        obj = place_model(obj, "cpu")
-        disc = place_model(disc, "cpu") if disc is not None else None
-        og = make_adam(obj.parameters(), 2e-4, 0.5)
-        od = make_adam(disc.parameters(), 2e-5, 0.5) if disc is not None else None
-        rt = Runtime(torch.device("cpu"), channels_last=True)
-        x = torch.rand(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
-        mask = center_mask(batch, size, "cpu")
-        train_step(obj, disc, og, od, x, mask, None, rt)  # warm-up
+        step = trainer_step(configs()[net], Runtime(torch.device("cpu"), channels_last=True), batch)
+        step.run()  # warm-up
         with profile(activities=[ProfilerActivity.CPU]) as prof:
-            t = time.perf_counter()
-            for _ in range(steps):
-                train_step(obj, disc, og, od, x, mask, None, rt)
-            wall = time.perf_counter() - t
+            _, wall = timed(step.run, repeat=steps)
         ev = prof.key_averages()
         labels = {e.key[5:]: e.cpu_time_total / 1e6 / steps for e in ev if e.key.startswith("step.")}
         ops = [e for e in ev if not e.key.startswith("step.") and not e.key.startswith("Optimizer.zero_grad")]
@@ -166,8 +149,9 @@ def profile_steps(steps: int = 3) -> dict:
                      "top_operators_share": {
                          e.key: round(e.self_cpu_time_total / 1e6 / steps / max(total_self, 1e-9), 3)
                          for e in sorted(ops, key=lambda e: -e.self_cpu_time_total)[:6]},
-                     "params": sum(p.numel() for p in obj.parameters()), "threads": threads, "batch": batch}
-        del obj, disc, og, od
+                     "params": sum(p.numel() for p in step.objective.parameters()), "threads": threads,
+                     "batch": batch}
+        del step
     torch.set_num_threads(old)
     return out
 
@@ -176,18 +160,15 @@ def startup_s(repeat: int = 3) -> dict:
     """Seconds to start a process and import what a `cebench` command imports (median of `repeat`)."""
     res = {}
     for what, code in (("python + torch", "import torch"), ("python + cebench CLI", "import cebench.benchmarks.cli")):
-        ts = []
-        for _ in range(repeat):
-            t = time.perf_counter()
-            subprocess.run([sys.executable, "-c", code], check=True)
-            ts.append(time.perf_counter() - t)
+        ts = [timed(lambda code=code: subprocess.run([sys.executable, "-c", code], check=True))[1]
+              for _ in range(repeat)]
         res[what] = round(sorted(ts)[len(ts) // 2], 2)
     return res
 
 
 def markdown(res: dict) -> str:
-    lines = ["# Where the time goes", "", "Written by `cebench bench profile` (see `benchmarks/profile.py`): each job "
-             "run alone as its own `cebench` command, one thread, demo data, shortened, under cProfile; the "
+    lines = ["# Where the time goes", "", "Written by `cebench bench profile` (see `benchmarks/perf/profile.py`): "
+             "each job run alone as its own `cebench` command, one thread, demo data, shortened, under cProfile; the "
              "demo estimate scales the per-iteration part to the demo's iteration count. The machine is shared: "
              "read the shares, not the seconds.", "", f"Process start-up: {res['startup']} (seconds).", ""]
     jobs = res["jobs"]
