@@ -44,7 +44,7 @@ AUTO_GEMM_NPROBE = 3  # ivf-gemm: recall@10 0.971 on the 1000-cluster mixture of
 AUTO_GEMM_COARSE_DIM = 16
 IVF_TRAIN_PER_LIST = 64  # k-means sample: 64 points per list (faiss wants >= 39), drawn at random
 # ivf-gemm: 40 per list (just over faiss's 39; the k-means runs in the PCA projection): at 1M x 256 the
-# quantizer's training is then ~0.1 s of a ~0.6 s build + search (knn_scale.py)
+# quantizer's training is then ~0.1 s of a ~0.6 s build + search (`cebench bench knn`, benchmarks/perf/knn.py)
 GEMM_TRAIN_PER_LIST = 40
 METRICS = ("ip", "l2")
 # calibration: CALIBRATION_QUERIES of the indexed vectors (a seeded sample) are the queries; the recall is
