@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 
-from cebench.benchmarks.perf.tables import summary_markdown
 from cebench.benchmarks.cli import main as cli_main
+from cebench.benchmarks.perf.tables import summary_markdown
 
 DATA = {
     "machine": {"cpu": "Test CPU", "cpu_count": 2, "torch": "x", "python": "3"},

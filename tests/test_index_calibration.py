@@ -11,9 +11,9 @@ import torch
 from sklearn.neighbors import NearestNeighbors
 
 import cebench.features.index as fi
+from cebench.benchmarks.perf.knn import gaussian_clusters, recall_at_k, relu_codes
 from cebench.errors import CebenchError
 from cebench.features.index import FeatureIndex, _drop_self, brute_force_search, exact_search, recall_per_query
-from cebench.benchmarks.perf.knn import gaussian_clusters, recall_at_k, relu_codes
 
 torch.set_num_threads(1)
 N = 20_000

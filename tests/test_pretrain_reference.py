@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from cebench.benchmarks.cli import main as cli_main
+from cebench.benchmarks.perf.reference import compare_reference, inpaint_config
 from cebench.errors import CebenchError
 from cebench.pretrain.engine import make_adam, train_step
 from cebench.pretrain.losses import gan_d_loss, gan_g_loss, joint
@@ -25,7 +26,6 @@ from cebench.pretrain.models import (
     InpaintNetConfig,
 )
 from cebench.pretrain.objectives import InpaintObjective
-from cebench.benchmarks.perf.reference import compare_reference, inpaint_config
 from cebench.runtime import Runtime
 
 torch.set_num_threads(1)

@@ -16,12 +16,12 @@ import torch
 from PIL import Image
 
 from cebench.benchmarks.cli import main as cli_main
+from cebench.benchmarks.perf.knn import bench_knn, recall_at_k
 from cebench.errors import ConfigError
 from cebench.features.hog import grid_hog, hog
 from cebench.features.index import AUTO_IVF_MIN, FeatureIndex
 from cebench.retrieval.cli import retrieve
 from cebench.retrieval.folder import CHUNK_IMAGES
-from cebench.benchmarks.perf.knn import bench_knn, recall_at_k
 from cebench.retrieval.patches import crop_patches, patch_positions
 
 torch.set_num_threads(1)
