@@ -24,7 +24,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from . import __version__
-from .errors import CebenchError, ConfigError
+from .errors import CebenchError, ConfigError, NonFiniteLossError
 
 
 @dataclass
@@ -230,10 +230,40 @@ def barrier(rt: Runtime | None = None) -> None:
 
 
 def all_reduce_sum(t: torch.Tensor, rt: Runtime | None = None) -> torch.Tensor:
-    if is_dist():
-        t = t.clone()
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t
+    """The sum of `t` over the processes of `rt` (over the process group when `rt` is None): a new tensor on
+    `t`'s device, or `t` itself in one process. NCCL reduces CUDA tensors only, so a CPU tensor (a metric's
+    counts) goes through the CUDA device of `rt` and back."""
+    if not (rt.distributed if rt is not None else is_dist()):
+        return t
+    u = t.to(rt.device, copy=True) if rt is not None and rt.device.type == "cuda" else t.clone()
+    dist.all_reduce(u, op=dist.ReduceOp.SUM)
+    return u.to(t.device)
+
+
+def gather(objs: list, rt: Runtime) -> list:
+    """The lists of every rank, concatenated in rank order (picklable objects); `objs` in one process."""
+    if not rt.distributed:
+        return objs
+    parts = [None] * rt.world_size
+    dist.all_gather_object(parts, objs)
+    return [o for part in parts for o in part]
+
+
+def shard(items: list, rt: Runtime) -> list:
+    """This rank's share of `items` (every item on exactly one rank): a sharded evaluation scores each image
+    once, then sums (`all_reduce_sum`) or gathers (`gather`) what the ranks found."""
+    return items[rt.rank::rt.world_size] if rt.distributed else items
+
+
+def check_finite(losses: dict, step: int, what: str, advice: str) -> None:
+    """Stop a run whose loss went NaN or infinite, in one line naming the terms: NonFiniteLossError
+    "non-finite loss at step 5 (ce: rec=nan); <advice>". `losses`: {name: scalar tensor}, checked with one
+    device sync for all of them. Pretraining and fine-tuning call it after every forward."""
+    vals = torch.stack([v.detach().float() for v in losses.values()])
+    if not bool(torch.isfinite(vals).all()):
+        bad = {k: float(v.detach()) for k, v in losses.items() if not math.isfinite(float(v.detach()))}
+        desc = ", ".join(f"{k}={v}" for k, v in bad.items())
+        raise NonFiniteLossError(f"non-finite loss at step {step} ({what}: {desc}); {advice}")
 
 
 def cleanup(rt: Runtime | None = None) -> None:

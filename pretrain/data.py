@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from cebench.data.folders import read_image_folder
 from cebench.data.voc import VOCIndex
@@ -109,8 +109,3 @@ def step_batches(n: int, batch: int, seed: int, epoch: int, rank: int = 0, world
     per_step = batch * world
     steps = n // per_step
     return [perm[s * per_step + rank * batch: s * per_step + (rank + 1) * batch] for s in range(steps)]
-
-
-def make_loader(ds: Dataset, batches: list[list[int]], workers: int = 0, pin: bool = False) -> DataLoader:
-    return DataLoader(ds, batch_sampler=batches, num_workers=workers, pin_memory=pin,
-                      persistent_workers=False)

@@ -6,14 +6,12 @@ checkpoint continues exactly as the uninterrupted run would have.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
 from torch.profiler import record_function
 
-from cebench.errors import NonFiniteLossError
-from cebench.runtime import Runtime, all_reduce_sum, autocast_context, to_channels_last, unwrap_model
+from cebench.runtime import Runtime, all_reduce_sum, autocast_context, check_finite, to_channels_last, unwrap_model
 
 from .losses import gan_d_loss, gan_g_loss, joint
 
@@ -28,15 +26,6 @@ class TrainState:
 
 def step_seed(seed: int, step: int, rank: int = 0) -> int:
     return (int(seed) * 1_000_003 + int(step)) * 97 + int(rank)
-
-
-def _check_finite(losses: dict, step: int, method: str) -> None:
-    vals = torch.stack([v.detach().float() for v in losses.values()])
-    if not bool(torch.isfinite(vals).all()):
-        bad = {k: float(v.detach()) for k, v in losses.items() if not math.isfinite(float(v.detach()))}
-        desc = ", ".join(f"{k}={v}" for k, v in bad.items())
-        raise NonFiniteLossError(f"non-finite loss at step {step} ({method}: {desc}); "
-                                 "lower the learning rate or check the input images")
 
 
 def make_adam(params, lr: float, beta1: float, weight_decay: float = 0.0) -> torch.optim.Adam:
@@ -76,7 +65,7 @@ def train_step(objective, disc, opt_g, opt_d, x, mask, labels, rt: Runtime, *, m
         finally:
             d_core.requires_grad_(True)
         losses = {**losses, "adv": adv, "d": d_loss.detach(), "loss": joint(losses["rec"], adv, w_rec, w_adv)}
-    _check_finite(losses, step, method)
+    check_finite(losses, step, method, "lower the learning rate or check the input images")
     opt_g.zero_grad(set_to_none=True)
     with record_function("step.backward"):
         losses["loss"].backward()

@@ -20,6 +20,7 @@ from torchvision.utils import save_image
 from cebench.checkpoint import load_checkpoint, load_state_strict, save_checkpoint
 from cebench.config import config_to_dict, save_config
 from cebench.data.folders import has_split, read_image_folder
+from cebench.data.loader import make_loader
 from cebench.data.sources import DataConfig, pretrain_folder, record_sources, voc_root
 from cebench.errors import CheckpointError, ConfigError
 from cebench.io import atomic_target
@@ -39,7 +40,6 @@ from .config import PretrainConfig
 from .data import (
     COLOURS,
     PretrainImages,
-    make_loader,
     step_batches,
     voc_split_paths,
 )

@@ -17,13 +17,15 @@ from cebench.config import load_config
 from cebench.data.sources import DataConfig
 from cebench.runtime import Runtime, cleanup, init_runtime
 from cebench.transfer import tasks
-from cebench.transfer.classification import ClsConfig, ClsNet, predict_scores
+from cebench.transfer.classification import ClsConfig, ClsNet
+from cebench.transfer.classification import evaluate as predict_scores
 from cebench.transfer.config import TransferConfig
 from cebench.transfer.det.train import DetConfig, build_model, evaluate
 from cebench.transfer.det.data import DetDataset
-from cebench.transfer.finetune import FinetuneRuntime, open_split
+from cebench.transfer.data import open_split
 from cebench.transfer.det.proposals import ProposalConfig, load_proposals
-from cebench.transfer.segmentation import FCN32, SegConfig, confusion_on
+from cebench.transfer.segmentation import FCN32, SegConfig
+from cebench.transfer.segmentation import evaluate as confusion_on
 from cebench.pretrain.models import AlexNetConfig, build_encoder
 
 voc, out = sys.argv[1], Path(sys.argv[2])
@@ -34,13 +36,13 @@ lines = []
 def run():  # models (and DDP wrappers) live in this frame: dropped before cleanup
     torch.manual_seed(0)
     cfg = ClsConfig(test_crops=3, eval_batch=5, load_size=64)
-    ev = open_split(voc, "test", kind="cls", load_size=64, cache_dir=None, rt_cfg=FinetuneRuntime())
+    ev = open_split(voc, "test", kind="cls", load_size=64, cache_dir=None, memory_mb=4096)
     net = ClsNet(build_encoder(AlexNetConfig.demo()), 8, fc_dim=16).eval()
     a, na = predict_scores(net, ev, cfg, 64, rt, seed=1)
     b, nb = predict_scores(net, ev, cfg, 64, one, seed=1)
     lines.append(f"cls eval equal={torch.equal(a, b)} counted={na} of {len(ev)}")
     scfg = SegConfig(eval_batch=5, load_size=64)
-    sev = open_split(voc, "test", kind="seg", load_size=64, cache_dir=None, rt_cfg=FinetuneRuntime())
+    sev = open_split(voc, "test", kind="seg", load_size=64, cache_dir=None, memory_mb=4096)
     torch.manual_seed(0)
     fcn = FCN32(build_encoder(AlexNetConfig.demo()), 9, fc_dim=16).eval()
     torch.nn.init.normal_(fcn.score.weight)  # not all background

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from cebench.benchmarks.cli import main as cli_main
+from cebench.checkpoint import TEST_SIGNAL_ENV
 from cebench.data.demo import DemoDataConfig, generate_demo
-from cebench.transfer.finetune import TEST_SIGNAL_ENV
 
 CLS = ["--init", "random", "--seeds", "0", "cls.iterations=6", "cls.batch_size=8", "cls.fc_dim=16", "cls.test_crops=2",
        "cls.lrs=[3e-3]", "magic_images=8", "runtime.ckpt_every=2"]

@@ -79,13 +79,18 @@ def make_vocdevkit(root, n=8):
 
 
 def test_detection_on_vocdevkit_layout(tmp_path):
+    from cebench.transfer.common import TaskContext
     from cebench.transfer.det.proposals import ProposalConfig
-    from cebench.transfer.det.train import DetConfig, fit_and_score
+    from cebench.transfer.det.train import DetConfig, fit
+    from cebench.transfer.inits import parse_init
+    from cebench.transfer.protocol import TransferJob
 
     voc = make_vocdevkit(tmp_path)
-    cfg = DetConfig(iterations=3, scale=96, max_size=200, fc_dim=32, magic_images=4,
+    cfg = DetConfig(iterations=3, scale=96, max_size=200, fc_dim=32, magic_images=4, figure_images=2,
                     proposals=ProposalConfig(workers=1, max_proposals=300))
-    out = fit_and_score(cfg, voc, "random", None, 0, 1e-3, "trainval", "test", keep_first=2)
+    job = TransferJob("det", parse_init("random"), 0, 1e-3, "final", "trainval", "test")
+    out = fit(job, TaskContext(cfg=cfg, root=str(voc), cache_dir=str(tmp_path / "cache")))  # no out_dir: no files
+    assert len(out["examples"]) == 2 and out["inputs"]["test_images"] == 3 and out["train"]["iterations"] == 3
     m = out["metrics"]
     assert all(0.0 <= m[k] <= 1.0 for k in ("mAP", "mAP_11pt", "mAP_allpoint"))
     ap = out["details"]["ap"]

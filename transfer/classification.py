@@ -1,5 +1,9 @@
 """Multi-label VOC classification by fine-tuning the whole AlexNet (`cebench transfer cls`).
 
+The task side by side, as torchvision's classification reference: the data (`make_augment` over the
+splits of `transfer.data`), the head (`ClsNet`), the loss (`bce_ignore_difficult`), `evaluate`, and `fit`,
+one job, which steps `engine.train_one_epoch` between the checkpoints of its `CheckpointSaver`.
+
 Model: the encoder (conv1..pool5) + fc6/fc7 (+ dropout) + fc8 over C classes. head="fc" flattens
 pool5 (the paper's fc6 on 256x6x6); head="pooled" takes global max+avg pooled pool5 (the demo recipe).
 Loss: BCE over present (1) / absent (-1) labels; "difficult"-only labels (0) are ignored.
@@ -17,13 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cebench.runtime import Runtime, autocast_context, place_model
+from cebench.runtime import Runtime, all_reduce_sum, autocast_context, place_model, shard, wrap_ddp
 
-from .common import TaskContext, encoder_for_job, job_checkpoint, job_sources
-from .data import apply_flip, draw_flip, draw_scale_crop, flip_rot_perm, scale_crop, to_input
-from .engine import OptimConfig, make_optimizer
-from .finetune import all_reduce_, job_runtime, shard, train_stream
-from .finetune import fit as fit_job
+from .common import TaskContext, encoder_for_job, job_curve, job_runtime, job_saver, job_sources
+from .data import apply_flip, draw_flip, draw_scale_crop, flip_rot_perm, scale_crop, to_input, train_stream
+from .engine import OptimConfig, make_optimizer, train_one_epoch
 from .metrics import classification_ap, mean_ap
 
 
@@ -92,8 +94,8 @@ def make_augment(cfg: ClsConfig, out_size: int):
 
 
 @torch.no_grad()
-def predict_scores(model: nn.Module, split, cfg: ClsConfig, out_size: int, rt: Runtime, seed: int = 0,
-                   workers: int = 0) -> tuple[Tensor, int]:
+def evaluate(model: nn.Module, split, cfg: ClsConfig, out_size: int, rt: Runtime, seed: int = 0,
+             workers: int = 0) -> tuple[Tensor, int]:
     """Mean sigmoid score over `test_crops` random crops (scale range and flips of training) of every
     image of `split` -> (scores [N, C], images scored). The crops' random choices are drawn first, in
     the order of one process going crop by crop and chunk by chunk; each rank then scores its share of
@@ -121,47 +123,51 @@ def predict_scores(model: nn.Module, split, cfg: ClsConfig, out_size: int, rt: R
                 logits = model(x)  # the output follows the weights' channels_last format
             total[idx] += torch.sigmoid(logits.float()).cpu()
         counted[idx] += 1
-    all_reduce_(total, rt)
-    all_reduce_(counted, rt)
+    total, counted = all_reduce_sum(total, rt), all_reduce_sum(counted, rt)
     if not bool((counted == 1).all()):
         raise RuntimeError(f"evaluation scored {int(counted.sum())} images for a split of {n}")
     return total / crops, int(counted.sum())
 
 
-def cls_task(job, ctx: TaskContext, log=None) -> dict:
-    """One classification job: fit on job.fit_split with job.lr, score on job.eval_split."""
+def fit(job, ctx: TaskContext) -> dict:
+    """One classification job: fit on job.fit_split with job.lr (resuming from the job's `last`
+    checkpoint), then score on job.eval_split."""
     cfg: ClsConfig = ctx.cfg
     rt = job_runtime(ctx.runtime, ctx.device)
-    fit, ev = job_sources(job, ctx, "cls")  # in memory, or streamed from disk over the budget
-    magic = to_input(fit.first(ctx.magic_images))
-    encoder = encoder_for_job(job, ctx, magic)
+    train, test = job_sources(job, ctx, "cls")  # in memory, or streamed from disk over the budget
+    encoder = encoder_for_job(job, ctx, to_input(train.first(ctx.magic_images)))
     out_size = encoder.cfg.input_size
-    num_classes = len(fit.classes)
-    model = ClsNet(encoder, num_classes, head=cfg.head, fc_dim=cfg.fc_dim, fc_layers=cfg.fc_layers,
+    model = ClsNet(encoder, len(train.classes), head=cfg.head, fc_dim=cfg.fc_dim, fc_layers=cfg.fc_layers,
                    dropout=cfg.dropout)
     model = place_model(model, rt.device, channels_last=rt.channels_last)
-    opt, sched = make_optimizer(model, cfg.optim, job.lr, cfg.iterations, backbone=model.encoder)
-    batches = train_stream(fit, cfg.batch_size, seed=job.seed, augment=make_augment(cfg, out_size), rt=rt,
-                           rt_cfg=ctx.runtime)
+    optimizer, scheduler = make_optimizer(model, cfg.optim, job.lr, cfg.iterations, backbone=model.encoder)
+    stream = train_stream(train, cfg.batch_size, seed=job.seed, augment=make_augment(cfg, out_size), rt=rt,
+                          workers=ctx.runtime.loader_workers)
 
     def loss_fn(m, batch):
         x, y = batch
         return {"loss": bce_ignore_difficult(m(x), y)}
 
-    stats = fit_job(model, batches, loss_fn, opt, sched, iterations=cfg.iterations, rt=rt,
-                    ckpt=job_checkpoint(job, ctx), grad_clip=cfg.optim.grad_clip, log_fn=log,
-                    log_every=ctx.log_every)
+    saver = job_saver(job, ctx, rt, iterations=cfg.iterations, model=model, optimizer=optimizer,
+                      scheduler=scheduler, stream=stream)
+    with job_curve(job, ctx) as log, saver:  # resumed; SIGTERM / SIGINT: saved, then Preempted
+        ddp = wrap_ddp(model, rt)
+        while saver.step < cfg.iterations:  # an epoch: the iterations up to the next checkpoint
+            saver.end_epoch(train_one_epoch(ddp, saver.batches(), loss_fn, optimizer, scheduler, rt,
+                                            grad_clip=cfg.optim.grad_clip, step0=saver.step, log=log,
+                                            log_every=ctx.log_every))
+    stats = saver.totals()
     t0 = time.perf_counter()
-    scores, n_scored = predict_scores(model, ev, cfg, out_size, rt, seed=job.seed, workers=ctx.runtime.loader_workers)
+    scores, n_scored = evaluate(model, test, cfg, out_size, rt, seed=job.seed, workers=ctx.runtime.loader_workers)
     infer_s = time.perf_counter() - t0
-    aps = classification_ap(scores.numpy(), ev.labels.numpy(), use_07_metric=cfg.use_07_metric)
+    aps = classification_ap(scores.numpy(), test.labels.numpy(), use_07_metric=cfg.use_07_metric)
     return {"metrics": {"mAP": mean_ap(aps)},
-            "details": {"ap": dict(zip(fit.classes, [None if np.isnan(a) else float(a) for a in aps])),
+            "details": {"ap": dict(zip(train.classes, [None if np.isnan(a) else float(a) for a in aps])),
                         "train_loss": stats["loss"]},
             "inputs": {**stats["inputs"], "test_crops": max(1, cfg.test_crops), "test_images": n_scored,
                        "processes": rt.world_size},
             "train_images_per_s": stats["images_per_s"],
-            "infer_images_per_s": len(ev) * max(1, cfg.test_crops) / max(infer_s, 1e-9)}
+            "infer_images_per_s": len(test) * max(1, cfg.test_crops) / max(infer_s, 1e-9)}
 
 
-__all__ = ["ClsConfig", "ClsNet", "bce_ignore_difficult", "cls_task", "predict_scores"]
+__all__ = ["ClsConfig", "ClsNet", "bce_ignore_difficult", "make_augment", "evaluate", "fit"]

@@ -15,8 +15,8 @@ from cebench.config import load_config
 from cebench.data.sources import DataConfig
 from cebench.runtime import cleanup
 
+from .common import job_runtime
 from .config import TransferConfig
-from .finetune import job_runtime
 from .tasks import TASKS, main
 
 

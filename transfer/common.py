@@ -1,21 +1,40 @@
-"""What every transfer task shares: the run context, init resolution, the random row's architecture and
-the seeded encoder of a job."""
+"""What every transfer task shares: the run context and runtime, init resolution, the random row's
+architecture, and the pieces of a job - its splits, its seeded encoder, its checkpointer and its training
+curve."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from cebench.cache import cache_key
-from cebench.checkpoint import load_checkpoint
+from cebench.checkpoint import CheckpointSaver, load_checkpoint
 from cebench.errors import CheckpointError, ConfigError
-from cebench.runtime import seed_everything
+from cebench.logs import JsonlLogger
+from cebench.runtime import Runtime, init_runtime, is_main_process, seed_everything
 
-from .data import load_split
-from .finetune import FinetuneRuntime, JobCheckpoint, open_split
+from .data import load_split, open_split
 from .inits import InitSpec, build_init, parse_init
-from .protocol import last_path
+from .protocol import job_path, last_path, metrics_path
+
+
+@dataclass
+class FinetuneRuntime:
+    """The `transfer.runtime` keys: precision, checkpoints, memory budget, DataLoader workers."""
+
+    amp: str = "auto"             # auto: bf16 autocast on CUDA, fp32 elsewhere | bf16 | none
+    ckpt_every: int = 0           # iterations between checkpoints of a job (0: none; SIGTERM still saves)
+    memory_mb: float = 4096.0     # a split larger than this (uint8 at load_size) streams from disk
+    loader_workers: int = 0       # DataLoader processes decoding streamed splits and detection images
+
+
+def job_runtime(rt_cfg: FinetuneRuntime, device: str) -> Runtime:
+    """The runtime of this process (device, bf16 autocast and channels_last on CUDA, fp32 on CPU unless
+    amp=bf16; under torchrun the rank and DDP), chosen once; idempotent under torchrun."""
+    return init_runtime(device, rt_cfg.amp)
 
 
 @dataclass
@@ -72,9 +91,10 @@ def job_splits(job, ctx: TaskContext, kind: str) -> tuple[dict, dict]:
 
 def job_sources(job, ctx: TaskContext, kind: str):
     """The fit and eval splits of a fine-tuning job (kind cls | seg): in memory when they fit
-    `transfer.runtime.memory_mb`, else streamed from disk (`finetune.open_split`)."""
+    `transfer.runtime.memory_mb`, else streamed from disk (`data.open_split`)."""
     return tuple(open_split(ctx.root, split, kind=kind, load_size=ctx.cfg.load_size, cache_dir=ctx.cache_dir,
-                            rt_cfg=ctx.runtime, classes=ctx.classes) for split in (job.fit_split, job.eval_split))
+                            memory_mb=ctx.runtime.memory_mb, classes=ctx.classes)
+                 for split in (job.fit_split, job.eval_split))
 
 
 def encoder_for_job(job, ctx: TaskContext, magic_batch: torch.Tensor | None):
@@ -84,9 +104,30 @@ def encoder_for_job(job, ctx: TaskContext, magic_batch: torch.Tensor | None):
                       data_for_magic_init=magic_batch, seed=job.seed, magic=ctx.magic)
 
 
-def job_checkpoint(job, ctx) -> JobCheckpoint:
-    """The fixed `last` checkpoint of one (task, init, seed, lr, phase) job, beside its result JSON; it
-    carries the cache key of the job's identity and config key, so only the same job resumes from it."""
+def job_saver(job, ctx: TaskContext, rt: Runtime, **state) -> CheckpointSaver:
+    """The checkpointer of one (task, init, seed, lr, phase) job (`cebench.checkpoint.CheckpointSaver`): its
+    fixed `last` file beside the job's record (none without an output folder), saved every
+    `transfer.runtime.ckpt_every` iterations and on SIGTERM; keyed by the cache key of the job's identity and
+    config key, so only the same job resumes from it. `state`: `iterations`, `model`, `optimizer`, `stream`,
+    and optionally `scheduler` and `generators`."""
     key = cache_key({"key": job.key, "task": job.task, "init": job.init.name, "checkpoint": job.init.checkpoint,
                      "seed": job.seed, "lr": job.lr, "phase": job.phase, "fit": job.fit_split, "eval": job.eval_split})
-    return JobCheckpoint(last_path(ctx.out_dir, job) if ctx.out_dir else None, key, ctx.runtime.ckpt_every)
+    return CheckpointSaver(last_path(ctx.out_dir, job) if ctx.out_dir else None, key, rt,
+                           every=ctx.runtime.ckpt_every, **state)
+
+
+@contextlib.contextmanager
+def job_curve(job, ctx: TaskContext):
+    """`log(**metrics)`: one line of the job's training curve (`protocol.metrics_path`) per call, mirrored to
+    TensorBoard under out/tensorboard/<task>/<init>/<phase>_lr<lr>_seed<s>/ when `ctx.tensorboard`; one
+    rank writes, and nothing is written without an output folder. A resumed job continues its curve."""
+    out = Path(ctx.out_dir) if ctx.out_dir else None
+    tb = None
+    if out is not None and ctx.tensorboard:
+        tb = out / "tensorboard" / job_path(out, job).relative_to(out / "jobs").with_suffix("")
+    logger = JsonlLogger(metrics_path(out or ".", job), tensorboard_dir=tb,
+                         enabled=out is not None and is_main_process())
+    try:
+        yield logger.log
+    finally:
+        logger.close()

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from cebench.logs import LogConfig
 
 from .classification import ClsConfig
+from .common import FinetuneRuntime
 from .det.train import DetConfig
-from .finetune import FinetuneRuntime
 from .segmentation import SegConfig
 from .svm import SvmConfig
 

@@ -1,15 +1,22 @@
-"""In-memory VOC splits for fine-tuning, read through the shared readers in `cebench.data.voc`.
+"""The data of classification and segmentation fine-tuning: VOC splits, their training batches, augmentation.
 
-Images are read once, resized to `load_size` x `load_size` (uint8), and cached as one .pt file per
-(split, size, class list, and the name, size and mtime of every file it was read from) in the
-command's cache folder (never the data folder, see `cebench.cache`), so every (init, seed, lr) job of a
-run loads them in milliseconds and augments on the training device, vectorised; a changed image or
-split file makes a new entry. Segmentation masks are resized with nearest neighbour (255 = ignore).
+A split is read through the shared readers in `cebench.data.voc`. Images are read once, resized to
+`load_size` x `load_size` (uint8), and cached as one .pt file per (split, size, class list, and the name,
+size and mtime of every file it was read from) in the command's cache folder (never the data folder, see
+`cebench.cache`), so every (init, seed, lr) job of a run loads them in milliseconds and augments on the
+training device, vectorised; a changed image or split file makes a new entry. Segmentation masks are
+resized with nearest neighbour (255 = ignore).
+
+`open_split` holds a split in memory (`MemorySplit`) or, when it does not fit the memory budget, streams
+it from disk through DataLoader workers (`StreamedSplit` over `DiskSplit`, the same pixels). `train_stream`
+gives a job's seeded training batches over either (`TensorBatches` in memory, `StreamBatches` from disk),
+resumable from their `state_dict`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -17,10 +24,15 @@ import torch.nn.functional as F
 from PIL import Image
 
 from cebench.cache import ensure_outside, files_key
+from cebench.data.loader import make_loader
 from cebench.data.voc import VOCIndex
-from cebench.errors import DatasetMissingError
+from cebench.errors import ConfigError, DatasetMissingError
 from cebench.images import normalize
 from cebench.io import atomic_torch_save
+from cebench.logs import get_logger
+from cebench.runtime import Runtime
+
+log = get_logger("cebench.transfer")
 
 CACHE_VERSION = 2  # 2: keyed by the files read (was: by the data folder's path)
 
@@ -117,6 +129,157 @@ class DiskSplit(torch.utils.data.Dataset):
         return (x, self.labels[i]) if self.kind == "cls" else (x, m)
 
 
+class MemorySplit:
+    """A split as in-memory tensors: images uint8 [N,3,S,S] and labels [N,C] or masks [N,S,S]."""
+
+    def __init__(self, data: dict, kind: str):
+        self.kind = kind
+        self.classes = data["classes"]
+        self.tensors = (data["images"], data["labels"] if kind == "cls" else data["masks"])
+        self.labels = data.get("labels")
+
+    def __len__(self) -> int:
+        return int(self.tensors[0].shape[0])
+
+    def first(self, k: int) -> torch.Tensor:
+        return self.tensors[0][:k]
+
+    def batches(self, index_lists: Iterable[list[int]], workers: int = 0):
+        for idx in index_lists:
+            yield tuple(t[idx] for t in self.tensors)
+
+
+class StreamedSplit:
+    """A split decoded from disk by `workers` DataLoader processes (same pixels as `MemorySplit`)."""
+
+    def __init__(self, ds: DiskSplit):
+        self.ds, self.kind, self.classes, self.labels = ds, ds.kind, ds.classes, ds.labels
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def first(self, k: int) -> torch.Tensor:
+        return torch.stack([self.ds[i][0] for i in range(min(k, len(self.ds)))])
+
+    def batches(self, index_lists: Iterable[list[int]], workers: int = 0):
+        lists = [list(map(int, x)) for x in index_lists]
+        if not lists:
+            return iter(())
+        return iter(make_loader(self.ds, lists, workers))
+
+
+def open_split(root, split: str, *, kind: str, load_size: int, cache_dir, memory_mb: float, classes=None):
+    """The split in memory when it fits `memory_mb` (transfer.runtime.memory_mb), else streamed from disk.
+    `classes`: data.classes (None = the tree's own list)."""
+    if split_bytes(root, split, kind, load_size) <= memory_mb * 2**20:
+        return MemorySplit(load_split(root, split, kind=kind, load_size=load_size, cache_dir=cache_dir,
+                                      classes=classes), kind)
+    log.info("%s split %s at %d px exceeds transfer.runtime.memory_mb=%g: streaming it from disk", kind, split,
+             load_size, memory_mb)
+    return StreamedSplit(DiskSplit(root, split, kind=kind, load_size=load_size, classes=classes))
+
+
+class TensorBatches:
+    """Seeded infinite mini-batch stream over in-memory tensors (sampling without replacement per pass).
+
+    tensors: tuple of tensors sharing dim 0; `augment(batch_tuple, generator) -> batch_tuple` runs on
+    the batch (vectorised; on the training device). Under DDP (`world` > 1) every rank draws the same
+    global batch of `batch_size` indices and keeps its slice [rank::world]; its augmentations then come
+    from a generator of its own (`aug_seed`), the order from the shared one. `state_dict` holds the
+    pass order, the position and the generators: a resumed stream yields what the uninterrupted one would.
+    """
+
+    def __init__(self, tensors, batch_size: int, *, seed: int, augment: Callable | None = None,
+                 device="cpu", rank: int = 0, world: int = 1):
+        self.tensors = tensors
+        self.n = int(tensors[0].shape[0])
+        if self.n == 0:
+            raise ConfigError("no training images")
+        self.batch_size = min(int(batch_size), self.n)
+        if world > 1 and self.batch_size % world:
+            raise ConfigError(f"batch size {self.batch_size} is not divisible by the {world} processes")
+        self.gen = torch.Generator().manual_seed(int(seed))
+        # one process: one generator for order and augmentation (the numbers of every earlier run)
+        self.aug_gen = self.gen if world == 1 else torch.Generator().manual_seed(int(seed) * 1000 + 7 + rank)
+        self.augment = augment
+        self.device = torch.device(device)
+        self.rank, self.world = int(rank), int(world)
+        self._perm, self._pos = torch.randperm(self.n, generator=self.gen), 0
+
+    def next(self):
+        if self._pos + self.batch_size > self.n:
+            self._perm, self._pos = torch.randperm(self.n, generator=self.gen), 0
+        idx = self._perm[self._pos:self._pos + self.batch_size]
+        self._pos += self.batch_size
+        if self.world > 1:
+            idx = idx[self.rank::self.world]
+        batch = tuple(t[idx].to(self.device, non_blocking=True) for t in self.tensors)
+        return self.augment(batch, self.aug_gen) if self.augment is not None else batch
+
+    def take(self, k: int):
+        for _ in range(int(k)):
+            yield self.next()
+
+    def state_dict(self) -> dict:
+        out = {"perm": self._perm.clone(), "pos": self._pos, "gen": self.gen.get_state()}
+        if self.aug_gen is not self.gen:
+            out["aug_gen"] = self.aug_gen.get_state()
+        return out
+
+    def load_state_dict(self, state: dict) -> None:
+        self._perm, self._pos = state["perm"].clone(), int(state["pos"])
+        self.gen.set_state(state["gen"])
+        if "aug_gen" in state and self.aug_gen is not self.gen:
+            self.aug_gen.set_state(state["aug_gen"])
+
+
+class StreamBatches:
+    """Seeded training batches read from a streamed split: pass p visits a permutation drawn from
+    (seed, p) in full batches, so the batches of any step are known ahead (the DataLoader prefetches
+    them) and the state is the step count plus the augmentation generator. Under DDP each rank keeps
+    the slice [rank::world] of every global batch."""
+
+    def __init__(self, split: StreamedSplit, batch_size: int, *, seed: int, augment: Callable | None,
+                 device, rank: int = 0, world: int = 1, workers: int = 0):
+        self.split, self.n = split, len(split)
+        self.batch_size = min(int(batch_size), self.n)
+        if world > 1 and self.batch_size % world:
+            raise ConfigError(f"batch size {self.batch_size} is not divisible by the {world} processes")
+        self.seed, self.rank, self.world, self.workers = int(seed), int(rank), int(world), int(workers)
+        self.aug_gen = torch.Generator().manual_seed(self.seed * 1000 + 11 + rank)
+        self.augment, self.device, self.step = augment, torch.device(device), 0
+
+    def _indices(self, step: int) -> list[int]:
+        per_pass = self.n // self.batch_size
+        p, k = divmod(step, per_pass)
+        perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 1000003 + p))
+        return perm[k * self.batch_size:(k + 1) * self.batch_size][self.rank::self.world].tolist()
+
+    def take(self, k: int):
+        start, k = self.step, int(k)
+        for batch in self.split.batches([self._indices(s) for s in range(start, start + k)], self.workers):
+            self.step += 1
+            batch = tuple(t.to(self.device, non_blocking=True) for t in batch)
+            yield self.augment(batch, self.aug_gen) if self.augment is not None else batch
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "aug_gen": self.aug_gen.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state["step"])
+        self.aug_gen.set_state(state["aug_gen"])
+
+
+def train_stream(split, batch_size: int, *, seed: int, augment, rt: Runtime, workers: int = 0):
+    """The training batches of a job: `TensorBatches` over a split in memory (the numbers of every
+    earlier run), `StreamBatches` over one streamed from disk by `workers` DataLoader processes."""
+    if isinstance(split, MemorySplit):
+        return TensorBatches(split.tensors, batch_size, seed=seed, augment=augment, device=rt.device,
+                             rank=rt.rank, world=rt.world_size)
+    return StreamBatches(split, batch_size, seed=seed, augment=augment, device=rt.device, rank=rt.rank,
+                         world=rt.world_size, workers=workers)
+
+
 def to_input(images_u8: torch.Tensor) -> torch.Tensor:
     """uint8 [B,3,H,W] -> float normalised with the ImageNet mean/std."""
     return normalize(images_u8.float().div_(255.0))
@@ -200,5 +363,6 @@ def scale_crop(x: torch.Tensor, gen, out_size: int, scale=(1.0, 1.0), masks=None
     return x, masks
 
 
-__all__ = ["load_split", "load_item", "split_bytes", "DiskSplit", "to_input", "flip_rot_perm", "scale_crop",
+__all__ = ["load_split", "load_item", "split_bytes", "DiskSplit", "MemorySplit", "StreamedSplit", "open_split",
+           "TensorBatches", "StreamBatches", "train_stream", "to_input", "flip_rot_perm", "scale_crop",
            "draw_scale_crop", "draw_flip", "apply_flip"]

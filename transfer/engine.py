@@ -1,11 +1,11 @@
-"""The fine-tuning loop shared by classification, segmentation and detection.
+"""The fine-tuning loop shared by classification, segmentation and detection (each task's module has its
+own data, head, loss and `evaluate`, and steps this loop from its `fit`).
 
 - `OptimConfig` + `make_optimizer(model, cfg, lr, iterations)` -> (optimizer, scheduler): SGD (the
   paper protocol: momentum, step decay) or Adam with a one-cycle schedule (the demo recipe).
-- `train_one_epoch(model, batches, loss_fn, optimizer, ...)`: one pass over an iterable of batches
-  (an "epoch" may be any number of iterations); stops with NonFiniteLossError on a non-finite loss.
-- `evaluate(model, batches, predict)`: no-grad loop collecting what `predict` returns.
-- `TensorBatches`: an infinite, seeded stream of augmented mini-batches from in-memory tensors.
+- `train_one_epoch(model, batches, loss_fn, optimizer, scheduler, rt)`: one pass over an iterable of
+  batches (an "epoch" may be any number of iterations: a job's are the iterations between two
+  checkpoints); stops with NonFiniteLossError on a non-finite loss.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from cebench.errors import ConfigError, NonFiniteLossError
+from cebench.errors import ConfigError
+from cebench.runtime import Runtime, autocast_context, check_finite
 
 
 @dataclass
@@ -63,29 +64,24 @@ def make_optimizer(model: nn.Module, cfg: OptimConfig, lr: float, iterations: in
     return opt, sched
 
 
-def check_finite(loss: torch.Tensor, step: int, what: str = "loss") -> None:
-    if not torch.isfinite(loss).all():
-        raise NonFiniteLossError(f"{what} is {loss.item()} at iteration {step}; lower the learning rate "
-                                 f"or enable gradient clipping (grad_clip)")
-
-
-def train_one_epoch(model: nn.Module, batches: Iterable, loss_fn: Callable, optimizer, scheduler=None, *,
+def train_one_epoch(model: nn.Module, batches: Iterable, loss_fn: Callable, optimizer, scheduler, rt: Runtime, *,
                     grad_clip: float = 0.0, step0: int = 0, log: Callable | None = None,
                     log_every: int = 50) -> dict:
-    """One pass over `batches`; `loss_fn(model, batch) -> dict of named losses` with "loss" the total.
+    """One pass over `batches`; `loss_fn(model, batch) -> dict of named losses` with "loss" the total, run
+    under the runtime's autocast. `log(step=, **losses, lr=)` every `log_every` iterations (the job's curve).
 
-    Returns averages of every named loss, plus "images", "seconds" and "images_per_s".
+    Returns averages of every named loss, plus "iterations", "images", "seconds" and "images_per_s".
     """
     model.train()
     sums: dict[str, float] = {}
     n, images, t0 = 0, 0, time.perf_counter()
     for i, batch in enumerate(batches):
         step = step0 + i
-        losses = loss_fn(model, batch)
-        loss = losses["loss"]
-        check_finite(loss, step)
+        with autocast_context(rt):
+            losses = loss_fn(model, batch)
+        check_finite(losses, step, "fine-tuning", "lower the learning rate or enable gradient clipping (grad_clip)")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        losses["loss"].backward()
         if grad_clip and grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
@@ -104,65 +100,4 @@ def train_one_epoch(model: nn.Module, batches: Iterable, loss_fn: Callable, opti
     return out
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterable, predict: Callable) -> list:
-    """`predict(model, batch)` for every batch in eval mode; returns the list of its results."""
-    model.eval()
-    return [predict(model, batch) for batch in batches]
-
-
-class TensorBatches:
-    """Seeded infinite mini-batch stream over in-memory tensors (sampling without replacement per pass).
-
-    tensors: tuple of tensors sharing dim 0; `augment(batch_tuple, generator) -> batch_tuple` runs on
-    the batch (vectorised; on the training device). Under DDP (`world` > 1) every rank draws the same
-    global batch of `batch_size` indices and keeps its slice [rank::world]; its augmentations then come
-    from a generator of its own (`aug_seed`), the order from the shared one. `state_dict` holds the
-    pass order, the position and the generators: a resumed stream yields what the uninterrupted one would.
-    """
-
-    def __init__(self, tensors, batch_size: int, *, seed: int, augment: Callable | None = None,
-                 device="cpu", rank: int = 0, world: int = 1):
-        self.tensors = tensors
-        self.n = int(tensors[0].shape[0])
-        if self.n == 0:
-            raise ConfigError("no training images")
-        self.batch_size = min(int(batch_size), self.n)
-        if world > 1 and self.batch_size % world:
-            raise ConfigError(f"batch size {self.batch_size} is not divisible by the {world} processes")
-        self.gen = torch.Generator().manual_seed(int(seed))
-        # one process: one generator for order and augmentation (the numbers of every earlier run)
-        self.aug_gen = self.gen if world == 1 else torch.Generator().manual_seed(int(seed) * 1000 + 7 + rank)
-        self.augment = augment
-        self.device = torch.device(device)
-        self.rank, self.world = int(rank), int(world)
-        self._perm, self._pos = torch.randperm(self.n, generator=self.gen), 0
-
-    def next(self):
-        if self._pos + self.batch_size > self.n:
-            self._perm, self._pos = torch.randperm(self.n, generator=self.gen), 0
-        idx = self._perm[self._pos:self._pos + self.batch_size]
-        self._pos += self.batch_size
-        if self.world > 1:
-            idx = idx[self.rank::self.world]
-        batch = tuple(t[idx].to(self.device, non_blocking=True) for t in self.tensors)
-        return self.augment(batch, self.aug_gen) if self.augment is not None else batch
-
-    def take(self, k: int):
-        for _ in range(int(k)):
-            yield self.next()
-
-    def state_dict(self) -> dict:
-        out = {"perm": self._perm.clone(), "pos": self._pos, "gen": self.gen.get_state()}
-        if self.aug_gen is not self.gen:
-            out["aug_gen"] = self.aug_gen.get_state()
-        return out
-
-    def load_state_dict(self, state: dict) -> None:
-        self._perm, self._pos = state["perm"].clone(), int(state["pos"])
-        self.gen.set_state(state["gen"])
-        if "aug_gen" in state and self.aug_gen is not self.gen:
-            self.aug_gen.set_state(state["aug_gen"])
-
-
-__all__ = ["OptimConfig", "make_optimizer", "check_finite", "train_one_epoch", "evaluate", "TensorBatches"]
+__all__ = ["OptimConfig", "make_optimizer", "train_one_epoch"]

@@ -1,5 +1,9 @@
 """Semantic segmentation with an FCN-32s head on the AlexNet trunk (`cebench transfer seg`).
 
+The task side by side: the data (`make_augment` over the splits of `transfer.data`), the head (`FCN32`),
+the loss (pixel cross-entropy), `evaluate` and `fit`, one job, which steps `engine.train_one_epoch`
+between the checkpoints of its `CheckpointSaver`.
+
 fc6 / fc7 convolutionalised (fc6 a `fc6_kernel` conv on pool5, fc7 1x1, dropout), a 1x1 score layer over
 K = 1 + C classes (background first), and one learned up-convolution of stride = the pool5 stride,
 initialised bilinear (`feature="conv5"` puts fc6 on conv5 instead, pool5 dropped: half the stride, for
@@ -21,13 +25,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cebench.errors import ConfigError
-from cebench.runtime import Runtime, autocast_context, place_model
+from cebench.runtime import Runtime, all_reduce_sum, autocast_context, place_model, shard, wrap_ddp
 
-from .common import TaskContext, encoder_for_job, job_checkpoint, job_sources
-from .data import flip_rot_perm, scale_crop, to_input
-from .engine import OptimConfig, make_optimizer
-from .finetune import all_reduce_, job_runtime, shard, train_stream
-from .finetune import fit as fit_job
+from .common import TaskContext, encoder_for_job, job_curve, job_runtime, job_saver, job_sources
+from .data import flip_rot_perm, scale_crop, to_input, train_stream
+from .engine import OptimConfig, make_optimizer, train_one_epoch
 from .metrics import confusion_matrix, iou_per_class, mean_iu, pixel_accuracy
 
 SEG_FEATURES = ("pool5", "conv5")  # the trunk layer under fc6
@@ -145,8 +147,8 @@ def make_augment(cfg: SegConfig, out_size: int):
 
 
 @torch.no_grad()
-def confusion_on(model: nn.Module, split, num_classes: int, cfg: SegConfig, rt: Runtime,
-                 workers: int = 0) -> tuple[Tensor, int]:
+def evaluate(model: nn.Module, split, num_classes: int, cfg: SegConfig, rt: Runtime,
+             workers: int = 0) -> tuple[Tensor, int]:
     """Confusion matrix [K, K] over every image of `split` and the number of images scored: each rank
     scores its share of the chunks, the matrices are summed over the ranks (every image once)."""
     model.eval()
@@ -159,43 +161,49 @@ def confusion_on(model: nn.Module, split, num_classes: int, cfg: SegConfig, rt: 
             logits = model(to_input(x_u8.to(rt.device)))
         conf += confusion_matrix(logits.float().argmax(1).cpu(), masks.long(), num_classes, cfg.ignore_index)
         counted += x_u8.shape[0]
-    all_reduce_(conf, rt)
-    all_reduce_(counted, rt)
+    conf, counted = all_reduce_sum(conf, rt), all_reduce_sum(counted, rt)
     if int(counted) != n:
         raise RuntimeError(f"evaluation scored {int(counted)} images for a split of {n}")
     return conf, int(counted)
 
 
-def seg_task(job, ctx: TaskContext, log=None) -> dict:
-    """One segmentation job: fit on job.fit_split with job.lr, mean IU on job.eval_split."""
+def fit(job, ctx: TaskContext) -> dict:
+    """One segmentation job: fit on job.fit_split with job.lr (resuming from the job's `last` checkpoint),
+    then mean IU on job.eval_split."""
     cfg: SegConfig = ctx.cfg
     rt = job_runtime(ctx.runtime, ctx.device)
-    fit, ev = job_sources(job, ctx, "seg")  # in memory, or streamed from disk over the budget
-    encoder = encoder_for_job(job, ctx, to_input(fit.first(ctx.magic_images)))
-    k = len(fit.classes)
+    train, test = job_sources(job, ctx, "seg")  # in memory, or streamed from disk over the budget
+    encoder = encoder_for_job(job, ctx, to_input(train.first(ctx.magic_images)))
+    k = len(train.classes)
     model = place_model(FCN32(encoder, k, fc_dim=cfg.fc_dim, fc6_kernel=cfg.fc6_kernel, dropout=cfg.dropout,
                               feature=cfg.feature), rt.device, channels_last=rt.channels_last)
-    opt, sched = make_optimizer(model, cfg.optim, job.lr, cfg.iterations, backbone=model.encoder)
-    batches = train_stream(fit, cfg.batch_size, seed=job.seed, augment=make_augment(cfg, encoder.cfg.input_size),
-                           rt=rt, rt_cfg=ctx.runtime)
+    optimizer, scheduler = make_optimizer(model, cfg.optim, job.lr, cfg.iterations, backbone=model.encoder)
+    stream = train_stream(train, cfg.batch_size, seed=job.seed, augment=make_augment(cfg, encoder.cfg.input_size),
+                          rt=rt, workers=ctx.runtime.loader_workers)
 
     def loss_fn(m, batch):
         x, y = batch
         return {"loss": F.cross_entropy(m(x).float(), y, ignore_index=cfg.ignore_index)}
 
-    stats = fit_job(model, batches, loss_fn, opt, sched, iterations=cfg.iterations, rt=rt,
-                    ckpt=job_checkpoint(job, ctx), grad_clip=cfg.optim.grad_clip, log_fn=log,
-                    log_every=ctx.log_every)
+    saver = job_saver(job, ctx, rt, iterations=cfg.iterations, model=model, optimizer=optimizer,
+                      scheduler=scheduler, stream=stream)
+    with job_curve(job, ctx) as log, saver:  # resumed; SIGTERM / SIGINT: saved, then Preempted
+        ddp = wrap_ddp(model, rt)
+        while saver.step < cfg.iterations:  # an epoch: the iterations up to the next checkpoint
+            saver.end_epoch(train_one_epoch(ddp, saver.batches(), loss_fn, optimizer, scheduler, rt,
+                                            grad_clip=cfg.optim.grad_clip, step0=saver.step, log=log,
+                                            log_every=ctx.log_every))
+    stats = saver.totals()
     t0 = time.perf_counter()
-    conf, n_scored = confusion_on(model, ev, k, cfg, rt, workers=ctx.runtime.loader_workers)
+    conf, n_scored = evaluate(model, test, k, cfg, rt, workers=ctx.runtime.loader_workers)
     infer_s = time.perf_counter() - t0
     iu = iou_per_class(conf)
     return {"metrics": {"mean IU": mean_iu(conf)},
-            "details": {"iu": dict(zip(fit.classes, [None if v != v else float(v) for v in iu])),
+            "details": {"iu": dict(zip(train.classes, [None if v != v else float(v) for v in iu])),
                         "pixel_acc": pixel_accuracy(conf), "train_loss": stats["loss"]},
             "inputs": {**stats["inputs"], "test_images": n_scored, "processes": rt.world_size},
             "train_images_per_s": stats["images_per_s"],
-            "infer_images_per_s": len(ev) / max(infer_s, 1e-9)}
+            "infer_images_per_s": len(test) / max(infer_s, 1e-9)}
 
 
-__all__ = ["SegConfig", "FCN32", "PerClassUpscore", "bilinear_kernel", "seg_task"]
+__all__ = ["SegConfig", "FCN32", "PerClassUpscore", "bilinear_kernel", "make_augment", "evaluate", "fit"]

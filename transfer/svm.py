@@ -20,9 +20,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from cebench.features.extract import extract_features
 from cebench.runtime import autocast_context
 
-from .common import TaskContext, encoder_for_job, job_splits
+from .common import TaskContext, encoder_for_job, job_runtime, job_splits
 from .data import to_input
-from .finetune import job_runtime
 from .metrics import classification_ap, mean_ap
 
 
@@ -118,8 +117,9 @@ def knn_scores(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, cfg: SvmConfig
     return vote(te @ tr.t(), best_k), best_k
 
 
-def svm_task(job, ctx: TaskContext, log=None) -> dict:
-    """One frozen-feature job (no training loop, so nothing for `log`): fit on trainval, score on test."""
+def fit(job, ctx: TaskContext) -> dict:
+    """One frozen-feature job (no training loop, so no checkpoint and no curve): fit on trainval, score on
+    test."""
     cfg: SvmConfig = ctx.cfg
     rt = job_runtime(ctx.runtime, ctx.device)  # the shared runtime: device and AMP chosen once
     device = rt.device
@@ -143,4 +143,4 @@ def svm_task(job, ctx: TaskContext, log=None) -> dict:
             "inputs": {"load_size": cfg.load_size, "train_images": len(ytr), "test_images": len(yte)}}
 
 
-__all__ = ["SvmConfig", "svm_task", "svm_scores", "knn_scores", "layer_features"]
+__all__ = ["SvmConfig", "fit", "svm_scores", "knn_scores", "layer_features"]

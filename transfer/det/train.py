@@ -1,9 +1,14 @@
 """Detection, the `det` task of `cebench transfer`: Fast R-CNN fine-tuning, VOC07 detection mAP.
 
+The task side by side, as torchvision's detection reference: the data (`DetBatches`, the seeded image
+batches over `det.data.DetDataset`), the model (`build_model`: the init's encoder under the `FastRCNN`
+head of `det.model`), the loss (`make_loss_fn`, RoI sampling included), `evaluate` and `fit`, one job,
+which steps `engine.train_one_epoch` between the checkpoints of its `CheckpointSaver`.
+
 The protocol is the shared one (`transfer.protocol.run_seeds`, settings in the `transfer:` section):
 proposals are computed once and cached (`det.task.prepare`); for each init the learning rate is chosen
 on `val` after fitting on `train`; then every seed fits on `trainval` with that lr and is scored once
-on `test`. Each (init, seed, lr, phase) is one job (`det_task`) writing its own JSON. Rows go to the
+on `test`. Each (init, seed, lr, phase) is one job (`fit`) writing its own JSON. Rows go to the
 shared results file with task "det": metric `mAP` (the VOC2007 11-point AP by default,
 `use_07_metric`), `mAP_11pt` and `mAP_allpoint`. `DetConfig` is the `transfer.det` sub-section.
 """
@@ -17,15 +22,13 @@ from dataclasses import dataclass, field
 import torch
 from torchvision.ops import box_iou
 
+from cebench.data.loader import make_loader
 from cebench.data.voc import read_split
 from cebench.errors import ConfigError
-from cebench.runtime import Runtime, autocast_context, place_model, unwrap_model
+from cebench.runtime import Runtime, autocast_context, gather, place_model, shard, unwrap_model, wrap_ddp
 
-from ..common import job_checkpoint
-from ..engine import OptimConfig, make_optimizer
-from ..finetune import FinetuneRuntime, JobCheckpoint, gather, job_runtime, shard
-from ..finetune import fit as fit_job
-from ..finetune import loader as make_loader
+from ..common import TaskContext, job_curve, job_runtime, job_saver
+from ..engine import OptimConfig, make_optimizer, train_one_epoch
 from ..inits import build_init
 from .data import DetDataset, check_voc_tree, collate, hflip
 from .metrics import evaluate_detections
@@ -151,11 +154,6 @@ class DetBatches:
         self.step = int(state["step"])
 
 
-def batches(ds: DetDataset, cfg: DetConfig, iterations: int, seed: int):
-    """Seeded stream of `iterations` minibatches (images, samples) with random horizontal flips."""
-    return DetBatches(ds, cfg, iterations, seed).take(iterations)
-
-
 def make_loss_fn(cfg: DetConfig, generator: torch.Generator, device):
     def loss_fn(model, batch) -> dict:  # model: the FastRCNN, or its DDP wrapper
         images, samples = batch
@@ -227,49 +225,42 @@ def build_model(cfg: DetConfig, init_name: str, checkpoint, seed: int, ds: DetDa
     return FastRCNN(encoder, len(ds.classes), fc_dim=cfg.fc_dim, roi_size=cfg.roi_size, dropout=cfg.dropout)
 
 
-def fit_and_score(cfg: DetConfig, root, init_name: str, checkpoint, seed: int, lr: float, fit_split: str,
-                  eval_split: str, device="cpu", keep_first: int = 0, log=None, log_every: int = 10, *,
-                  arch="demo", magic: str = "random", classes=None, runtime: FinetuneRuntime | None = None,
-                  ckpt: JobCheckpoint | None = None) -> dict:
-    """ONE detection run: build the init, fine-tune on `fit_split` (resuming from `ckpt`), score on
-    `eval_split`; `runtime` is transfer.runtime (AMP, checkpoint interval, image loaders)."""
-    runtime = runtime or FinetuneRuntime()
-    rt = job_runtime(runtime, str(device))
-    device = rt.device
-    props = load_proposals(root, _split_ids(root, fit_split) + _split_ids(root, eval_split), cfg.proposals,
-                           progress=False)
-    fit = DetDataset(root, fit_split, props, scale=cfg.scale, max_size=cfg.max_size, train=True,
-                     use_difficult=cfg.use_difficult, cache_images=cfg.cache_images, classes=classes)
-    ev = DetDataset(root, eval_split, props, scale=cfg.scale, max_size=cfg.max_size, train=False,
-                    cache_images=cfg.cache_images, classes=classes)
-    model = build_model(cfg, init_name, checkpoint, seed, fit, arch=arch, magic=magic)
-    model.set_target_stats(*target_stats(fit, cfg.fg_thresh))
-    model = place_model(model, device, channels_last=rt.channels_last)
-    opt, sched = make_optimizer(model, cfg.optim, lr, cfg.iterations, backbone=model.encoder)
+def fit(job, ctx: TaskContext) -> dict:
+    """One detection job: build the init under the Fast R-CNN head, fine-tune on job.fit_split with job.lr
+    (resuming from the job's `last` checkpoint), score on job.eval_split; a final job keeps the detections
+    of its first `figure_images` test images (the figure of `det.task.finish`)."""
+    cfg: DetConfig = ctx.cfg
+    rt = job_runtime(ctx.runtime, ctx.device)
+    props = load_proposals(ctx.root, _split_ids(ctx.root, job.fit_split) + _split_ids(ctx.root, job.eval_split),
+                           cfg.proposals, progress=False)
+    train = DetDataset(ctx.root, job.fit_split, props, scale=cfg.scale, max_size=cfg.max_size, train=True,
+                       use_difficult=cfg.use_difficult, cache_images=cfg.cache_images, classes=ctx.classes)
+    test = DetDataset(ctx.root, job.eval_split, props, scale=cfg.scale, max_size=cfg.max_size, train=False,
+                      cache_images=cfg.cache_images, classes=ctx.classes)
+    model = build_model(cfg, job.init.kind, job.init.checkpoint, job.seed, train, arch=ctx.arch, magic=ctx.magic)
+    model.set_target_stats(*target_stats(train, cfg.fg_thresh))
+    model = place_model(model, rt.device, channels_last=rt.channels_last)
+    optimizer, scheduler = make_optimizer(model, cfg.optim, job.lr, cfg.iterations, backbone=model.encoder)
     # RoI sampling: its own generator (per rank under DDP), part of the job's resumable state
-    gen = torch.Generator().manual_seed(seed + 7919 + (1000 * rt.rank if rt.distributed else 0))
-    stream = DetBatches(fit, cfg, cfg.iterations, seed, rank=rt.rank, world=rt.world_size,
-                        workers=runtime.loader_workers)
-    train = fit_job(model, stream, make_loss_fn(cfg, gen, device), opt, sched, iterations=cfg.iterations, rt=rt,
-                    ckpt=ckpt or JobCheckpoint(None, {}), grad_clip=cfg.optim.grad_clip, generators={"roi": gen},
-                    log_fn=log, log_every=log_every)
-    out = evaluate(model, ev, cfg, device, keep_first=keep_first, rt=rt, workers=runtime.loader_workers)
-    out["train"] = {k: v for k, v in train.items() if isinstance(v, (int, float)) and math.isfinite(v)}
-    out["inputs"] = {**train["inputs"], "test_images": out.pop("test_images"), "processes": rt.world_size,
+    gen = torch.Generator().manual_seed(job.seed + 7919 + (1000 * rt.rank if rt.distributed else 0))
+    stream = DetBatches(train, cfg, cfg.iterations, job.seed, rank=rt.rank, world=rt.world_size,
+                        workers=ctx.runtime.loader_workers)
+    loss_fn = make_loss_fn(cfg, gen, rt.device)
+    saver = job_saver(job, ctx, rt, iterations=cfg.iterations, model=model, optimizer=optimizer,
+                      scheduler=scheduler, stream=stream, generators={"roi": gen})
+    with job_curve(job, ctx) as log, saver:  # resumed; SIGTERM / SIGINT: saved, then Preempted
+        ddp = wrap_ddp(model, rt)
+        while saver.step < cfg.iterations:  # an epoch: the iterations up to the next checkpoint
+            saver.end_epoch(train_one_epoch(ddp, saver.batches(), loss_fn, optimizer, scheduler, rt,
+                                            grad_clip=cfg.optim.grad_clip, step0=saver.step, log=log,
+                                            log_every=ctx.log_every))
+    stats = saver.totals()
+    keep = cfg.figure_images if job.phase == "final" else 0
+    out = evaluate(model, test, cfg, rt.device, keep_first=keep, rt=rt, workers=ctx.runtime.loader_workers)
+    out["train"] = {k: v for k, v in stats.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+    out["inputs"] = {**stats["inputs"], "test_images": out.pop("test_images"), "processes": rt.world_size,
                      "scale": cfg.scale, "max_size": cfg.max_size}
-    out["train_images_per_s"] = train["images_per_s"]
-    out["model"] = model
-    return out
-
-
-def det_task(job, ctx, log=None) -> dict:
-    """The task function of `protocol.run_seeds` (module level, picklable): one (init, seed, lr) job;
-    `ctx` is the shell's TaskContext with `cfg` the DetConfig, `log(**metrics)` the job's metrics logger."""
-    keep = ctx.cfg.figure_images if job.phase == "final" else 0
-    out = fit_and_score(ctx.cfg, ctx.root, job.init.kind, job.init.checkpoint, job.seed, job.lr, job.fit_split,
-                        job.eval_split, ctx.device, keep_first=keep, log=log, log_every=ctx.log_every, arch=ctx.arch,
-                        magic=ctx.magic, classes=ctx.classes, runtime=ctx.runtime, ckpt=job_checkpoint(job, ctx))
-    out.pop("model")
+    out["train_images_per_s"] = stats["images_per_s"]
     return out
 
 
@@ -278,5 +269,5 @@ def _split_ids(root, split: str) -> list[str]:
     return read_split(root, split)
 
 
-__all__ = ["DetConfig", "METRICS", "det_task", "fit_and_score", "evaluate", "target_stats", "batches",
-           "make_loss_fn", "build_model"]
+__all__ = ["DetConfig", "METRICS", "DetBatches", "batch_plan", "target_stats", "build_model", "make_loss_fn",
+           "evaluate", "fit"]
