@@ -50,7 +50,7 @@ PHASES = {
     "backward": [("backward", "torch/_tensor.py")],
     "optimizer": [("step", "torch/optim/adam.py"), ("step", "torch/optim/sgd.py"), ("step", "torch/optim/adamw.py"),
                   ("clip_grad_norm_", "torch/nn/utils/clip_grad.py"), ("step", "torch/optim/lr_scheduler.py")],
-    "evaluation": [("predict_scores", "transfer/classification.py"), ("confusion_on", "transfer/segmentation.py"),
+    "evaluation": [("evaluate", "transfer/classification.py"), ("evaluate", "transfer/segmentation.py"),
                    ("evaluate", "transfer/det/train.py"), ("evaluate", "pretrain/engine.py")],
     "checkpoints, samples, figures": [("save_checkpoint", "cebench/checkpoint.py"),
                                       ("_save_samples", "pretrain/train.py"), ("save_figure", "")],
