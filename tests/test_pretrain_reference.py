@@ -15,6 +15,7 @@ from torch import nn
 from cebench.benchmarks.cli import main as cli_main
 from cebench.benchmarks.perf.reference import compare_reference, inpaint_config
 from cebench.errors import CebenchError
+from cebench.pretrain import engine
 from cebench.pretrain.engine import make_adam, train_step
 from cebench.pretrain.losses import gan_d_loss, gan_g_loss, joint
 from cebench.pretrain.masks import center_mask
@@ -134,11 +135,16 @@ class _netlocalD(nn.Module):
 '''
 
 
-def test_compare_reference_side_by_side_on_a_small_architecture(tmp_path):
+def test_compare_reference_side_by_side_on_a_small_architecture(tmp_path, monkeypatch):
     model_py = tmp_path / "model.py"
     model_py.write_text(textwrap.dedent(PORT_STYLE))
+    steps = []  # our side is the trainer's own step (the one engine.train_step), with its fused Adams
+    real_step = engine.train_step
+    monkeypatch.setattr(engine, "train_step", lambda obj, disc, og, od, x, *a, **k: (
+        steps.append((og, od, x.shape[0])), real_step(obj, disc, og, od, x, *a, **k))[1])
     res = compare_reference(model_py, tmp_path / "ref.json", batch=2, threads=1, rounds=2, bf16="off",
                             width=4, bottleneck=16)
+    assert len(steps) == 1 + 2 and all(b == 2 and og.defaults["fused"] and od.defaults["fused"] for og, od, b in steps)
     fp32 = res["modes"]["fp32"]
     assert list(res["modes"]) == ["fp32"] and fp32["rounds"] == 2
     # two alternating rounds of one step each; the ratio is the median of the per-round ratios ours / port's
