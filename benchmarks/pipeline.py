@@ -1,18 +1,22 @@
 """`cebench run`: the whole benchmark as cached, resumable, parallel stages.
 
-main(cfg) only wires: resolve the data (generating the demo tree), plan one job per unit of work
-(a pretraining, an inpainting evaluation, a transfer task for one initialisation, the SVMs, the
-retrieval benchmark), let the scheduler run what is not cached, then write the report.
-Every job is a `cebench` subcommand writing into its own folder under `--out`, given the resolved
-config file, so any stage can also be rerun by hand with the same command.
+main(cfg) only wires: resolve the config (every section typed and validated) and the precision (once
+per run), resolve the data (generating the demo tree), plan one job per unit of work (a pretraining, an
+inpainting evaluation, a task's preparation such as detection's proposals, a transfer task for one
+initialisation, the SVMs, the retrieval benchmark), let the scheduler run what is not cached, then write
+the report. Every job is one `cebench` subcommand writing into its own folder under `--out`, given the
+resolved config file (which names the run's precision), so any stage can also be rerun by hand with the
+same command; its cache key is `cebench.cache.cache_key` over what it reads.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
-from dataclasses import dataclass, field, replace
+import typing
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import yaml
@@ -81,11 +85,32 @@ STAGES = ("pretrain", "inpaint", "transfer", "svm", "retrieval")
 SUPERVISED_ROWS = ("supervised", "supervised-imagenet")  # the rows the supervised pretraining may fill
 
 
-def _sections():
-    """The one mapping from a config section to the dataclass that validates it."""
-    return {"data": DataConfig, "pretrain": PretrainConfig, "inpaint": InpaintEvalConfig,
-            "transfer": TransferConfig, "retrieval": RetrievalConfig, "run": RunSection, "encoder": EncoderPlugin,
-            "imagenet": ImagenetSection}
+@dataclass
+class PipelineConfig:
+    """A `cebench run` config as the orchestrator reads it: one typed section per stage (the same dataclasses
+    the stage commands load their section into), and the run's name."""
+
+    data: DataConfig
+    pretrain: PretrainConfig
+    inpaint: InpaintEvalConfig
+    transfer: TransferConfig
+    retrieval: RetrievalConfig
+    run: RunSection
+    encoder: EncoderPlugin
+    imagenet: ImagenetSection
+    name: str = ""
+
+
+def _sections() -> dict:
+    """The one mapping from a config section to the dataclass that validates it (`PipelineConfig`'s fields)."""
+    hints = typing.get_type_hints(PipelineConfig)
+    return {f.name: hints[f.name] for f in fields(PipelineConfig) if f.name != "name"}
+
+
+def typed(cfg: dict) -> PipelineConfig:
+    """The resolved config (`resolve`; what the jobs' config file holds) as typed sections."""
+    return PipelineConfig(**{s: config_from_dict(cls, cfg[s], s) for s, cls in _sections().items()},
+                          name=cfg.get("name", ""))
 
 
 MOVED = {"det": "the det section moved into the transfer section: transfer.det (its seeds, select_seeds, arch, "
@@ -120,22 +145,18 @@ def resolve(config_path: Path, overrides) -> dict:
     return resolved
 
 
-def _key(*parts) -> str:
-    return cache_key(list(parts))
-
-
 def imagenet_weights_state() -> list:
     """[present, size] of the ImageNet AlexNet weights file (part of the imagenet rows' cache keys)."""
     path = imagenet_weights_path()
     return [path.is_file(), path.stat().st_size if path.is_file() else 0]
 
 
-def _demo_content(cfg: dict) -> dict:
+def _demo_content(data: DataConfig) -> dict:
     """What the demo tree's bytes depend on (so a changed generator reruns every stage)."""
-    if cfg["data"]["root"]:
+    if data.root:
         return {}
-    preset = DEMO_PRESETS.get(cfg["data"]["demo"])
-    return content_key(replace(preset, seed=cfg["data"]["demo_seed"])) if preset else {}
+    preset = DEMO_PRESETS.get(data.demo)
+    return content_key(replace(preset, seed=data.demo_seed)) if preset else {}
 
 
 # What each job reads (cebench.data.sources.source_of): no `--data` is passed, every job resolves its own
@@ -145,66 +166,74 @@ READS = {"pretrain": ("pretrain",), "inpaint": ("pretrain", "voc"), "cls": ("voc
          "det-proposals": ("voc",), "svm": ("voc",), "seg": ("seg",), "retrieval": ("seg",)}
 
 
-def _data_config(cfg: dict) -> DataConfig:
-    """The `data` section of a resolved config as the stage commands load it."""
-    return load_config(DataConfig, None, [f"{k}={v}" for k, v in cfg["data"].items() if v != ""])
+def _unset_as_default(data: DataConfig) -> DataConfig:
+    """`data` with every empty setting at its default: what a dry run names for a real-data config whose
+    data is not given (data.demo '' reads as the demo preset, so the plan is printed all the same)."""
+    return replace(data, **{f.name: getattr(DataConfig(), f.name) for f in fields(data) if getattr(data, f.name) == ""})
 
 
 def job_reads(name: str, cfg: dict) -> str:
     """`data.seg_root (B/VOC2012)`-style description of what job `name` reads (for --dry-run); a year picked
     from a VOCdevkit holding both is named: `data.root VOC2012 (A/VOCdevkit/VOC2012)`."""
-    data_cfg = _data_config(cfg)
+    c = typed(cfg)
     kind = name.split("/")[0]
-    if kind == "retrieval" and cfg["retrieval"].get("data_root"):
-        return f"retrieval.data_root={cfg['retrieval']['data_root']}"
+    if kind == "retrieval" and c.retrieval.data_root:
+        return f"retrieval.data_root={c.retrieval.data_root}"
     uses = READS.get(kind, ())
     if kind == "pretrain":  # the segmentation tree only for the paper's random-region masks
-        method = config_from_dict(PretrainConfig, {**cfg["pretrain"], "method": name.split("/", 1)[1]}, "pretrain")
+        method = replace(c.pretrain, method=name.split("/", 1)[1])
         uses = ("pretrain", "seg") if reads_silhouettes(method) else ("pretrain",)
-    return ", ".join("{} ({})".format(*source_of(data_cfg, use)) for use in uses)
+    return ", ".join("{} ({})".format(*source_of(_unset_as_default(c.data), use)) for use in uses)
 
 
 def plan(cfg: dict, out: Path, config_file: Path, device: str = "auto", cache: Path | None = None) -> list[Job]:
-    """The jobs of a run; each job reads its data from the config (no data is touched here)."""
-    run = cfg["run"]
+    """The jobs of a run: one `cebench` command each, keyed by `cebench.cache.cache_key` over what its result
+    depends on (the config it reads, the data, the keys of the jobs it needs). No data is touched here."""
+    c = typed(cfg)
+    run = c.run
     base = ["--config", str(config_file), "--device", device]
     # one cache folder for the run's derived files (proposals, decoded splits), shared by its transfer jobs
     cache_args = ["--cache", str(cache if cache is not None else cache_root(None, out))]
-    data_key = _key(cfg["data"], _demo_content(cfg))
+    data_key = cache_key([config_to_dict(c.data), _demo_content(c.data)])
     jobs: list[Job] = []
-    est_pre, est_tr = 60 * run["minutes_pretrain"], 60 * run["minutes_transfer"]
+    est_pre, est_tr = 60 * run.minutes_pretrain, 60 * run.minutes_transfer
 
-    if run["supervised_row"] not in SUPERVISED_ROWS:
+    if run.supervised_row not in SUPERVISED_ROWS:
         raise ConfigError(f"run.supervised_row must be one of {', '.join(SUPERVISED_ROWS)}, "
-                          f"got {run['supervised_row']!r}")
+                          f"got {run.supervised_row!r}")
+    unknown = [t for t in run.tasks if t not in TRANSFER_TASKS]
+    if unknown:
+        raise ConfigError(f"run.tasks: unknown task(s) {unknown}; choose from {', '.join(TRANSFER_TASKS)}")
     ckpt = {}
-    k = run["pretrain_gpus"]
-    for method in run["methods"]:
+    k = run.pretrain_gpus
+    pretrain = config_to_dict(c.pretrain)
+    for method in run.methods:
         d = out / "pretrain" / method
-        extra = [f"steps={run['supervised_steps']}"] if method == "supervised" and run["supervised_steps"] else []
+        extra = [f"steps={run.supervised_steps}"] if method == "supervised" and run.supervised_steps else []
         # k DDP processes train with k x batch_size images a step: another run, another key (k=1 keeps the old one)
         world = [f"world_size={k}"] if k > 1 else []
         jobs.append(Job(f"pretrain/{method}", "pretrain", ["pretrain", "--method", method, "--out", str(d), *base,
                                                            *extra],
-                        d, _key(cache_view(cfg["pretrain"], method), data_key, method, extra, *world),
-                        est_seconds=est_pre, threads=run["threads"], procs=k))
+                        d, cache_key([cache_view(pretrain, method), data_key, method, extra, *world]),
+                        est_seconds=est_pre, threads=run.threads, procs=k))
         ckpt[method] = d / "checkpoint.pt"
-    if run["inpaint"]:
+    if run.inpaint:
         # one job trains both inpainting nets (L2, L2+adv; centre masks) and scores Table 1
         d = out / "inpaint"
-        inpaint_cfg = {**cfg["inpaint"], "train": cache_view(cfg["inpaint"]["train"], "inpaint")}  # as before pretext
+        inpaint = config_to_dict(c.inpaint)
+        inpaint["train"] = cache_view(inpaint["train"], "inpaint")  # its key as before the pretext methods
         jobs.append(Job("inpaint", "inpaint", ["inpaint-eval", "--out", str(d), *base], d,
-                        _key(inpaint_cfg, data_key), est_seconds=2.5 * est_pre, threads=run["threads"]))
+                        cache_key([inpaint, data_key]), est_seconds=2.5 * est_pre, threads=run.threads))
 
     # initialisations: name -> (init argument, dependency job)
     inits: dict[str, tuple[str, tuple[str, ...]]] = {"random": ("random", ())}
-    for method in run["methods"]:
-        row = canonical_name(run["supervised_row"] if method == "supervised" else method)
+    for method in run.methods:
+        row = canonical_name(run.supervised_row if method == "supervised" else method)
         inits[row] = (f"{row}={ckpt[method]}", (f"pretrain/{method}",))
-    if cfg["encoder"]["checkpoint"]:
-        label = cfg["name"] or Path(cfg["encoder"]["checkpoint"]).stem
-        inits[label] = (f"{label}={cfg['encoder']['checkpoint']}", ())
-    if run["imagenet"]:
+    if c.encoder.checkpoint:
+        label = c.name or Path(c.encoder.checkpoint).stem
+        inits[label] = (f"{label}={c.encoder.checkpoint}", ())
+    if run.imagenet:
         inits["imagenet"] = ("imagenet", ())
     dep_keys = {j.name: j.key for j in jobs}
 
@@ -214,7 +243,7 @@ def plan(cfg: dict, out: Path, config_file: Path, device: str = "auto", cache: P
         extra = [imagenet_weights_state()] if arg == "imagenet" else []
         return [dep_keys[d] for d in deps] + extra
 
-    if run["retrieval"]:
+    if run.retrieval:
         # planned before the transfer jobs so it starts once the pretrainings are done: the short
         # SVM jobs, not this 3-minute one, are then what is left at the end when a core may sit idle
         d = out / "retrieval"
@@ -224,63 +253,75 @@ def plan(cfg: dict, out: Path, config_file: Path, device: str = "auto", cache: P
             if label not in ("random", "imagenet"):
                 args += ["--checkpoint", arg]
                 deps += init_deps
-        jobs.append(Job("retrieval", "retrieval", args, d, _key(cfg["retrieval"], data_key, init_key(deps),
-                                                                 imagenet_weights_state()),
-                        deps=tuple(deps), est_seconds=60, threads=run["threads"]))
+        jobs.append(Job("retrieval", "retrieval", args, d, cache_key([config_to_dict(c.retrieval), data_key,
+                                                                      init_key(deps), imagenet_weights_state()]),
+                        deps=tuple(deps), est_seconds=60, threads=run.threads))
+    transfer = config_to_dict(c.transfer)
+
     def stage_config(task):
         """What a task reads: the shared transfer keys and its own sub-section, so changing one task's
         protocol re-runs that task only."""
-        tr = cfg["transfer"]
-        return {**{k: v for k, v in tr.items() if k not in TRANSFER_TASKS}, task: tr[task]}
+        return {**{k: v for k, v in transfer.items() if k not in TRANSFER_TASKS}, task: transfer[task]}
 
-    if "det" in run["tasks"]:
-        # selective search once, in the run's cache folder (never the data), before the per-init detection jobs
-        d = out / "transfer" / "proposals"
-        jobs.append(Job("det-proposals", "transfer", ["transfer", "det", "--proposals-only", "--out", str(d), *base,
-                                                      *cache_args], d,
-                        _key(cfg["transfer"]["det"]["proposals"], data_key), est_seconds=60, threads=run["threads"],
-                        gpu=False))
-        dep_keys["det-proposals"] = jobs[-1].key
-    for task in run["tasks"]:
+    prepared = {}  # task -> its preparation job (det: selective search once, in the run's cache folder)
+    for task in run.tasks:
+        spec = TRANSFER_TASKS[task]
+        if spec.prepare_job is None:
+            continue
+        what, inputs = spec.prepare_job(getattr(c.transfer, task))
+        d = out / "transfer" / what
+        jobs.append(Job(f"{task}-{what}", "transfer", ["transfer", task, spec.prepare_flag, "--out", str(d), *base,
+                                                       *cache_args], d,
+                        cache_key([inputs, data_key]), est_seconds=60, threads=run.threads, gpu=False))
+        prepared[task] = jobs[-1].name
+        dep_keys[jobs[-1].name] = jobs[-1].key
+    for task in run.tasks:
         for label, (arg, deps) in inits.items():
-            if task == "det":
-                deps = (*deps, "det-proposals")
+            if task in prepared:
+                deps = (*deps, prepared[task])
             slug = label.replace(" ", "-").replace("(", "").replace(")", "")
             d = out / "transfer" / task / slug
             jobs.append(Job(f"{task}/{slug}", "transfer", ["transfer", task, "--init", arg, "--out", str(d), *base,
                                                            *cache_args],
-                            d, _key(stage_config(task), data_key, arg, init_key(deps, arg)),
-                            deps=deps, est_seconds=est_tr, threads=run["threads"]))
-    if run["svm"]:
+                            d, cache_key([stage_config(task), data_key, arg, init_key(deps, arg)]),
+                            deps=deps, est_seconds=est_tr, threads=run.threads))
+    if run.svm:
         for label, (arg, deps) in inits.items():
             slug = label.replace(" ", "-").replace("(", "").replace(")", "")
             d = out / "transfer" / "svm" / slug
             jobs.append(Job(f"svm/{slug}", "svm", ["transfer", "svm", "--init", arg, "--out", str(d), *base,
                                                    *cache_args],
-                            d, _key(stage_config("svm"), data_key, arg, init_key(deps, arg)), deps=deps,
-                            est_seconds=60,
-                            threads=run["threads"]))
+                            d, cache_key([stage_config("svm"), data_key, arg, init_key(deps, arg)]), deps=deps,
+                            est_seconds=60, threads=run.threads))
     return jobs
 
 
-# every stage section's AMP key, as a path into the resolved config
+def result_dirs(jobs: list[Job]) -> list[Path]:
+    """The folders of the per-init transfer and SVM results (`TASK/INIT` jobs; a task's preparation, such as
+    `det-proposals`, has no results table)."""
+    return sorted(j.out_dir for j in jobs if j.stage in ("transfer", "svm") and "/" in j.name)
+
+
+# every stage's precision setting: the section (and sub-section) whose `amp` it is
 AMP_KEYS = (("pretrain",), ("inpaint", "train"), ("transfer", "runtime"), ("retrieval",))
 
 
 def resolve_precision(cfg: dict, out: Path, where: "Placement") -> dict:
-    """Resolve every stage's `amp: auto` once for the whole run, before the jobs are planned, so each
-    job gets an explicit precision (and a cache key that names it) instead of probing on its own.
+    """Resolve every stage's `amp: auto` once for the whole run, before the jobs are planned, and write the
+    choice into the resolved config (the file every job is given), so each job runs the run's precision,
+    probes nothing, and has a cache key that names it.
 
-    On GPUs (or cluster nodes) `auto` stays: each job picks bf16 on its CUDA device. On CPU
-    `cebench.runtime.cpu_amp` ($CEBENCH_CPU_AMP if set, else the start-up probe `probe_cpu_bf16`) runs
-    once and its verdict is kept in OUT/precision.json, so an interrupted run resumes with the precision
-    (and the cached jobs) it started with. Returns {"stages": {section: amp}, "probe": {...} or None}
-    for run.json and the report."""
-    sections = {".".join(path): path for path in AMP_KEYS}
+    On CPU `cebench.runtime.cpu_amp` ($CEBENCH_CPU_AMP if set, else the start-up probe `probe_cpu_bf16`;
+    the resolver `resolve_amp` a stage command run by hand uses) runs once and its verdict is kept in
+    OUT/precision.json, so an interrupted run resumes with the precision (and the cached jobs) it started
+    with. On GPUs (or cluster nodes) `auto` is already one choice, bf16 on the job's CUDA device, and stays
+    as written (so are the keys of runs cached on GPUs). Returns {"stages": {section: amp}, "probe": {...} or
+    None} for run.json and the report."""
+    c = typed(cfg)
+    stages = {".".join(path): functools.reduce(getattr, path, c).amp for path in AMP_KEYS}
     on_cpu = not where.gpus and not where.launcher_is_cluster and not where.job_device.startswith(("cuda", "mps"))
     probe = None
-    autos = [name for name, path in sections.items() if _get(cfg, path).get("amp") == "auto"]
-    if autos and on_cpu:
+    if "auto" in stages.values() and on_cpu:
         record = out / "precision.json"
         try:
             probe = json.loads(record.read_text()) if record.is_file() else None
@@ -289,56 +330,55 @@ def resolve_precision(cfg: dict, out: Path, where: "Placement") -> dict:
         if not isinstance(probe, dict) or probe.get("choice") not in ("bf16", "none"):
             probe = cpu_amp()
             atomic_write_json(record, probe)
-        for name in autos:
-            _get(cfg, sections[name])["amp"] = probe["choice"]
-    return {"stages": {name: _get(cfg, path).get("amp") for name, path in sections.items()}, "probe": probe}
-
-
-def _get(cfg: dict, path: tuple[str, ...]) -> dict:
-    for part in path:
-        cfg = cfg[part]
-    return cfg
+        for path in AMP_KEYS:
+            name = ".".join(path)
+            if stages[name] == "auto":
+                stages[name] = probe["choice"]
+                functools.reduce(dict.__getitem__, path, cfg)["amp"] = probe["choice"]  # into the jobs' file
+    return {"stages": stages, "probe": probe}
 
 
 def transfer_protocol(cfg: dict) -> dict:
     """Per fine-tuned task: iterations, batch, lr grid and seeds, as the report states them."""
-    tr = cfg["transfer"]
+    c = typed(cfg)
+    tr = c.transfer
     out = {}
-    for task in cfg["run"]["tasks"]:
-        sub = tr[task]
-        batch = (f"{sub['images_per_batch']} images x {sub['rois_per_image']} RoIs" if task == "det"
-                 else f"{sub['batch_size']} images")
-        out[task] = {"iterations": sub["iterations"], "batch": batch, "lrs": sub["lrs"], "seeds": tr["seeds"],
-                     "select_seeds": tr["select_seeds"], "magic": tr["magic"],
-                     "trunk_lr_mult": sub["optim"].get("backbone_lr_mult", 1.0)}
+    for task in c.run.tasks:
+        sub = getattr(tr, task)
+        batch = (f"{sub.images_per_batch} images x {sub.rois_per_image} RoIs" if task == "det"
+                 else f"{sub.batch_size} images")
+        out[task] = {"iterations": sub.iterations, "batch": batch, "lrs": list(sub.lrs), "seeds": list(tr.seeds),
+                     "select_seeds": list(tr.select_seeds), "magic": tr.magic,
+                     "trunk_lr_mult": sub.optim.backbone_lr_mult}
     return out
 
 
 def data_problems(cfg: dict) -> list[tuple[str, str]]:
     """[(data key, what is wrong)] for a real-data config; empty for the built-in demo data."""
-    data = cfg["data"]
-    if not data["root"] and data["demo"]:
+    c = typed(cfg)
+    data = c.data
+    if not data.root and data.demo:
         return []  # the built-in demo tree
     problems = []
-    if not data["root"]:
+    if not data.root:
         problems.append(("data.root", "data.root is empty: extract VOCtrainval_06-Nov-2007.tar and "
                          "VOCtest_06-Nov-2007.tar and pass data.root=/path/to/VOCdevkit"))
-    data_cfg = _data_config(cfg)
     for key, use in (("root", "voc"), ("seg_root", "seg")):
-        if data[key]:
+        if getattr(data, key):
             try:  # a VOCdevkit holding VOC2007 and VOC2012: each use reads its year (source_of)
-                find_voc_root(source_of(data_cfg, use)[1])
+                find_voc_root(source_of(_unset_as_default(data), use)[1])
             except CebenchError as exc:
                 problems.append((f"data.{key}", f"data.{key}: {exc}"))
-    seg_reads_root = not data["root"] or source_of(data_cfg, "seg")[0] == "data.root"  # no VOC2012 beside it
-    if "seg" in cfg["run"]["tasks"] and not data["seg_root"] and seg_reads_root and not _has_segmentation(data["root"]):
+    # segmentation reads data.root itself: no VOC2012 beside it
+    seg_reads_root = not data.root or source_of(_unset_as_default(data), "seg")[0] == "data.root"
+    if "seg" in c.run.tasks and not data.seg_root and seg_reads_root and not _has_segmentation(data.root):
         problems.append(("data.seg_root", "data.seg_root is empty: extract VOCtrainval_11-May-2012.tar beside "
                          "VOC2007 (data.root=/path/to/VOCdevkit) or pass data.seg_root=/path/to/VOCdevkit/VOC2012"))
-    if not data["pretrain_images"]:
+    if not data.pretrain_images:
         problems.append(("data.pretrain_images", "data.pretrain_images is empty: pass a folder of pretraining "
                          "images (ImageNet train or Paris StreetView), e.g. data.pretrain_images=/data/imagenet/train"))
-    elif not Path(data["pretrain_images"]).is_dir():
-        problems.append(("data.pretrain_images", f"data.pretrain_images: folder {data['pretrain_images']} not found"))
+    elif not Path(data.pretrain_images).is_dir():
+        problems.append(("data.pretrain_images", f"data.pretrain_images: folder {data.pretrain_images} not found"))
     return problems
 
 
@@ -393,19 +433,19 @@ class Placement:
         return bool(getattr(self.launcher, "cluster", False)) or self.launcher is None
 
 
-def placement(run: dict, device: str, *, wait: bool = True, dry_run: bool = False) -> Placement:
+def placement(run: RunSection, device: str, *, wait: bool = True, dry_run: bool = False) -> Placement:
     """Resolve `run.executor`, `run.parallel`, `run.pretrain_gpus` and `run.jobs_per_gpu` for `device`
     (a dry run builds no cluster launcher, so it lists the jobs where sbatch is missing too)."""
-    executor = run["executor"]
+    executor = run.executor
     if executor not in EXECUTORS:
         raise ConfigError(f"run.executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
     for key in ("pretrain_gpus", "jobs_per_gpu"):
-        if run[key] < 1:
-            raise ConfigError(f"run.{key} must be at least 1, got {run[key]}")
+        if getattr(run, key) < 1:
+            raise ConfigError(f"run.{key} must be at least 1, got {getattr(run, key)}")
     if executor != "local":
         # the cluster places the jobs (gpus_per_node each); its nodes, not this machine, have the GPUs
-        cap = run["parallel"] or (10**6 if executor == "slurm" else (os.cpu_count() or 1))
-        launcher = None if dry_run else SubmititLauncher(executor, SlurmSection(**run["slurm"]))
+        cap = run.parallel or (10**6 if executor == "slurm" else (os.cpu_count() or 1))
+        launcher = None if dry_run else SubmititLauncher(executor, run.slurm)
         return Placement(launcher, None, cap, device)
     if not wait:
         raise ConfigError("--no-wait needs a cluster executor (run.executor=slurm): local jobs end with this command")
@@ -413,34 +453,33 @@ def placement(run: dict, device: str, *, wait: bool = True, dry_run: bool = Fals
     if not gpus:
         if device.startswith("cuda") and not os.environ.get(FAKE_GPUS_ENV):
             choose_device(device)  # the one clear "no CUDA device" error
-        return Placement(LocalLauncher(), None, run["parallel"] or (os.cpu_count() or 1), device)
-    if run["pretrain_gpus"] > len(gpus):
-        raise ConfigError(f"run.pretrain_gpus={run['pretrain_gpus']} but only {len(gpus)} GPU(s) are visible "
+        return Placement(LocalLauncher(), None, run.parallel or (os.cpu_count() or 1), device)
+    if run.pretrain_gpus > len(gpus):
+        raise ConfigError(f"run.pretrain_gpus={run.pretrain_gpus} but only {len(gpus)} GPU(s) are visible "
                           f"({','.join(gpus)})")
-    pool = [g for g in gpus for _ in range(run["jobs_per_gpu"])]
+    pool = [g for g in gpus for _ in range(run.jobs_per_gpu)]
     # each job sees only its own GPU(s) as cuda:0.. through CUDA_VISIBLE_DEVICES
     job_device = "cuda" if device.startswith("cuda:") else device
-    return Placement(LocalLauncher(), pool, run["parallel"] or len(pool), job_device)
+    return Placement(LocalLauncher(), pool, run.parallel or len(pool), job_device)
 
 
 def _main(config_path: Path, overrides, out: Path, *, device: str, force, dry_run: bool, cache=None,
           wait: bool = True) -> Path:
     t0 = time.time()
-    cfg = resolve(config_path, overrides)
-    where = placement(cfg["run"], device, wait=wait, dry_run=dry_run)
+    cfg = resolve(config_path, overrides)  # the config file the jobs are given; `typed(cfg)` reads it
+    where = placement(typed(cfg).run, device, wait=wait, dry_run=dry_run)
     out.mkdir(parents=True, exist_ok=True)
-    data_cfg = load_config(DataConfig, None, [f"{k}={v}" for k, v in cfg["data"].items() if v != ""])
-    if not data_cfg.demo_dir and not data_cfg.root:
-        data_cfg.demo_dir = str(out / "data")
-        cfg["data"]["demo_dir"] = data_cfg.demo_dir
+    if not cfg["data"]["demo_dir"] and not cfg["data"]["root"]:
+        cfg["data"]["demo_dir"] = str(out / "data")
     if not dry_run:
         check_real_data(cfg)
     elif data_problems(cfg):  # a plan may be printed for data that lives on another machine
         keys = sorted({k for k, _ in data_problems(cfg)})
         print(f"[run] dry run: not found on this machine: {', '.join(keys)} (a real run stops with what to "
               "download)", flush=True)
-    precision = resolve_precision(cfg, out, where) if not dry_run else None
+    precision = resolve_precision(cfg, out, where) if not dry_run else None  # once per run, into cfg
     config_file = save_config(cfg, out)
+    c = typed(cfg)
     print(f"[run] config {_config_name(config_path)} -> {config_file}", flush=True)
     if precision and precision["probe"]:
         print(f"[run] {report.precision_line(precision)}", flush=True)
@@ -453,14 +492,14 @@ def _main(config_path: Path, overrides, out: Path, *, device: str, force, dry_ru
             launch = f"  [torchrun: {j.procs} processes]" if j.procs > 1 else ""
             print(f"{j.name}: cebench {' '.join(j.args)}{launch}\n    reads {job_reads(j.name, cfg)}")
         return out
-    if cfg["run"]["imagenet"] and cfg["imagenet"]["download"]:
+    if c.run.imagenet and c.imagenet.download:
         print(f"[run] ImageNet AlexNet weights: {fetch_imagenet_weights()}", flush=True)
-    voc = voc_root(data_cfg)  # generates the demo data once, before the jobs (which reuse it)
+    voc = voc_root(c.data)  # generates the demo data once, before the jobs (which reuse it)
     print(f"[run] data: {voc} ({time.time() - t0:.1f}s)", flush=True)
     if where.gpus:
         print(f"[run] GPUs {','.join(sorted(set(where.gpus)))}: up to {where.parallel} job(s) side by side", flush=True)
     elif where.launcher.cluster:
-        print(f"[run] executor {cfg['run']['executor']}: each job is one submitit job", flush=True)
+        print(f"[run] executor {c.run.executor}: each job is one submitit job", flush=True)
     results = Scheduler(jobs, max_parallel=where.parallel, force_stages=tuple(force), gpus=where.gpus,
                         launcher=where.launcher, wait=wait).run()
     if not wait:
@@ -482,23 +521,23 @@ def _main(config_path: Path, overrides, out: Path, *, device: str, force, dry_ru
     full = json.loads(wall_file.read_text())["wall_minutes"] if wall_file.is_file() else None
     info = {
         "config": str(config_path), "overrides": list(overrides), "machine": machine_info(),
-        "executor": cfg["run"]["executor"], "gpus": sorted(set(where.gpus or ())),
-        "wall_minutes": wall, "uncached_wall_minutes": full, "demo": not cfg["data"]["root"],
-        "data": {k: cfg["data"][k] for k in ("root", "seg_root", "pretrain_images") if cfg["data"][k]},
+        "executor": c.run.executor, "gpus": sorted(set(where.gpus or ())),
+        "wall_minutes": wall, "uncached_wall_minutes": full, "demo": not c.data.root,
+        "data": {k: getattr(c.data, k) for k in ("root", "seg_root", "pretrain_images") if getattr(c.data, k)},
         "jobs": {n: {"status": r.status, "seconds": r.seconds} for n, r in results.items()},
         "transfer_protocol": transfer_protocol(cfg), "precision": precision,
         # what makes two runs independent replicates (`cebench replicates` refuses two identical ones)
-        "replicate": {"data": cfg["data"]["root"] or f"demo:{data_cfg.demo}", "demo_seed": data_cfg.demo_seed,
-                      "pretrain_seed": cfg.get("pretrain", {}).get("seed")},
+        "replicate": {"data": c.data.root or f"demo:{c.data.demo}", "demo_seed": c.data.demo_seed,
+                      "pretrain_seed": c.pretrain.seed},
     }
-    pretrain_dirs = {m: out / "pretrain" / m for m in cfg["run"]["methods"]}
-    if cfg["run"]["inpaint"]:
+    pretrain_dirs = {m: out / "pretrain" / m for m in c.run.methods}
+    if c.run.inpaint:
         pretrain_dirs.update({"inpaint (L2)": out / "inpaint" / "train-inpaint",
                               "inpaint (L2+adv)": out / "inpaint" / "train-inpaint-adv"})
     rep = report.write_report(
         out, inpaint_dir=out / "inpaint",
         # this run's rows only: folders left by an earlier run with other inits or tasks stay out
-        transfer_dirs=sorted(j.out_dir for j in jobs if j.stage in ("transfer", "svm") and j.name != "det-proposals"),
+        transfer_dirs=result_dirs(jobs),
         retrieval_dir=out / "retrieval", pretrain_dirs=pretrain_dirs, run_info=info)
     print(f"[run] report: {rep / 'results.md'} ({info['wall_minutes']:.1f} min)", flush=True)
     if failed:

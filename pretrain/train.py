@@ -17,18 +17,20 @@ from pathlib import Path
 import torch
 from torchvision.utils import save_image
 
+from cebench.cache import cache_key
 from cebench.checkpoint import load_checkpoint, load_state_strict, save_checkpoint
 from cebench.config import config_to_dict, save_config
 from cebench.data.folders import has_split, read_image_folder
-from cebench.data.loader import make_loader
 from cebench.data.sources import DataConfig, pretrain_folder, record_sources, voc_root
 from cebench.errors import CheckpointError, ConfigError
 from cebench.io import atomic_target
 from cebench.logs import JsonlLogger, get_logger, progress
 from cebench.runtime import (
     barrier,
+    choose_device,
     cleanup,
     init_runtime,
+    resolve_amp,
     seed_everything,
     set_cpu_threads,
     to_channels_last,
@@ -40,6 +42,7 @@ from .config import PretrainConfig
 from .data import (
     COLOURS,
     PretrainImages,
+    make_loader,
     step_batches,
     voc_split_paths,
 )
@@ -51,6 +54,12 @@ log = get_logger("cebench.pretrain")
 
 # keys that may differ between an interrupted run and its resumption
 _RESUME_FREE = ("max_minutes", "workers", "threads", "stop_after", "log", "log_every", "sample_every", "ckpt_every")
+
+
+def resume_key(config: dict) -> str:
+    """The cache key a `last` checkpoint's config must share with this run's config to be resumed: every
+    setting but those an interrupted run may change."""
+    return cache_key({k: v for k, v in config.items() if k not in _RESUME_FREE})
 
 
 class Interrupted(Exception):
@@ -134,8 +143,9 @@ def main(cfg: PretrainConfig, data_cfg: DataConfig | None = None, out_dir=".", d
     if final.is_file():
         log.info("%s exists: %s already trained", final, cfg.method)
         return final
+    # the precision, resolved once (`cebench run` hands it resolved): the saved config and checkpoints name it
+    cfg = replace(cfg, amp=resolve_amp(cfg.amp, choose_device(device)))
     rt = init_runtime(device, cfg.amp)
-    cfg = replace(cfg, amp="bf16" if rt.amp_dtype is not None else "none")  # the saved config says what ran
     set_cpu_threads(cfg.threads)
     seed_everything(cfg.seed, rt.rank)
     try:
@@ -185,10 +195,9 @@ def _train(cfg, data_cfg, built: Built, ds, val, out: Path, rt) -> Path:
     last = out / "checkpoints" / "last.pt"
     if last.is_file():
         ck = load_checkpoint(last)
-        old = {k: v for k, v in (ck.get("config") or {}).items() if k not in _RESUME_FREE}
-        new = {k: v for k, v in cfg_dict.items() if k not in _RESUME_FREE}
-        if old != new:
-            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        old = ck.get("config") or {}
+        if resume_key(old) != resume_key(cfg_dict):
+            diff = sorted(k for k in (set(old) | set(cfg_dict)) - set(_RESUME_FREE) if old.get(k) != cfg_dict.get(k))
             raise CheckpointError(f"{last}: was written with a different config ({', '.join(diff)}); "
                                   "use another --out or delete it")
         load_state_strict(obj.net, ck["model"], last)

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ import torch
 
 from cebench.benchmarks.cli import resolve_config
 from cebench.benchmarks.jobs import Job, Scheduler, command, is_done, visible_gpus
-from cebench.benchmarks.pipeline import placement, plan, resolve
+from cebench.benchmarks.pipeline import RunSection, placement, plan, resolve
 from cebench.data.sources import DataConfig, voc_root
 from cebench.errors import ConfigError
 
@@ -106,13 +107,15 @@ def test_visible_gpus_follow_the_device_and_the_parent_mask(monkeypatch):
 
 def test_placement_resolves_pool_parallel_and_job_device(monkeypatch):
 
-    run = {"executor": "local", "parallel": 0, "pretrain_gpus": 1, "jobs_per_gpu": 2, "slurm": {}}
+    run = RunSection(executor="local", parallel=0, pretrain_gpus=1, jobs_per_gpu=2)
     monkeypatch.setenv("CEBENCH_FAKE_GPUS", "2")
     p = placement(run, "cpu")
     assert p.gpus == ["0", "0", "1", "1"] and p.parallel == 4 and p.job_device == "cpu"
-    assert placement({**run, "parallel": 3}, "cpu").parallel == 3
+    assert placement(replace(run, parallel=3), "cpu").parallel == 3
     with pytest.raises(ConfigError, match="pretrain_gpus=4 but only 2 GPU"):
-        placement({**run, "pretrain_gpus": 4}, "cpu")
+        placement(replace(run, pretrain_gpus=4), "cpu")
+    with pytest.raises(ConfigError, match="run.jobs_per_gpu must be at least 1"):
+        placement(replace(run, jobs_per_gpu=0), "cpu")
     with pytest.raises(ConfigError, match="--no-wait needs a cluster executor"):
         placement(run, "cpu", wait=False)
     monkeypatch.delenv("CEBENCH_FAKE_GPUS")

@@ -3,6 +3,7 @@ every training stage run end to end under bf16 autocast on CPU (the tiny config 
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -11,7 +12,15 @@ from cebench import runtime
 from cebench.benchmarks import pipeline, report
 from cebench.benchmarks.cli import build_parser, resolve_config
 from cebench.benchmarks.jobs import LocalLauncher
+from cebench.config import load_config, save_config
+from cebench.data.sources import DataConfig
 from cebench.errors import ConfigError
+from cebench.pretrain import train as T
+from cebench.pretrain.inpaint_eval import InpaintEvalConfig
+from cebench.pretrain.train import PretrainConfig
+from cebench.retrieval.evaluate import RetrievalConfig
+from cebench.transfer import tasks
+from cebench.transfer.config import TransferConfig
 
 
 @pytest.fixture(autouse=True)
@@ -98,6 +107,52 @@ def test_pipeline_probes_once_and_a_resumed_run_keeps_the_choice(tmp_path, monke
     cfg4 = _cfg(*AUTO)
     assert set(pipeline.resolve_precision(cfg4, tmp_path / "gpu", gpu)["stages"].values()) == {"auto"}
     assert calls == [1] and not (tmp_path / "gpu" / "precision.json").exists()
+
+
+def test_a_runs_jobs_are_handed_the_recorded_precision(tmp_path, monkeypatch):
+    """amp=auto is resolved once per run and written into the config file every job's command names: each
+    stage loads the run's precision from it, and a transfer task neither probes again nor keys another."""
+    monkeypatch.setattr(pipeline, "cpu_amp", lambda: {"choice": "bf16", "pinned_by": "test"})
+    cfg = _cfg(*AUTO)
+    cfg["data"]["demo_dir"] = str(tmp_path / "data")
+    pipeline.resolve_precision(cfg, tmp_path, pipeline.Placement(LocalLauncher(), None, 2, "cpu"))
+    path = save_config(cfg, tmp_path)
+    jobs = pipeline.plan(cfg, tmp_path, path, "cpu")
+    assert {j.args[j.args.index("--config") + 1] for j in jobs} == {str(path)}
+    assert load_config(PretrainConfig, path, section="pretrain").amp == "bf16"
+    assert load_config(InpaintEvalConfig, path, section="inpaint").train.amp == "bf16"
+    assert load_config(RetrievalConfig, path, section="retrieval").amp == "bf16"
+    tr = load_config(TransferConfig, path, section="transfer")
+    assert tr.runtime.amp == "bf16"
+
+    def probe():
+        probes.append(1)
+        return {"choice": "bf16", "native_bf16": True, "fp32_ms": 2.0, "bf16_ms": 1.0, "speedup": 2.0}
+
+    probes, seen = [], {}
+
+    class Stop(Exception):
+        pass
+
+    def run_seeds(fn, task, specs, plan, ctx, out_dir, **kw):
+        seen.update(amp=ctx.runtime.amp, key=kw["key"])
+        raise Stop
+
+    monkeypatch.setattr(runtime, "probe_cpu_bf16", probe)
+    monkeypatch.setattr(tasks, "run_seeds", run_seeds)
+    data = load_config(DataConfig, path, section="data")
+    with pytest.raises(Stop):
+        tasks.main("cls", tr, data, ["random"], tmp_path / "cls", "cpu")
+    assert probes == [] and seen["amp"] == "bf16"  # the job of a run: the run's precision, no probe
+    handed = seen["key"]
+    # the same command run by hand with amp=auto resolves once, through the runtime's resolver
+    with pytest.raises(Stop):
+        tasks.main("cls", replace(tr, runtime=replace(tr.runtime, amp="auto")), data, ["random"], tmp_path / "cls",
+                   "cpu")
+    assert probes == [1] and seen["amp"] == "bf16" and seen["key"] == handed
+    ck = T.main(PretrainConfig(method="ae", steps=1, batch_size=8, eval_images=0, sample_every=0, amp="auto"), data,
+                tmp_path / "ae", device="cpu")
+    assert probes == [1, 1] and torch.load(ck, weights_only=True)["config"]["amp"] == "bf16"
 
 
 def test_every_stage_trains_under_bf16_on_cpu(tmp_path):

@@ -1,5 +1,6 @@
-"""What the detection task does around its jobs (the `prepare` and `finish` steps of `transfer.tasks.TASKS`):
-proposals for every split before any job starts, and after them the speed summary (`det_summary.json`)
+"""What the detection task does around its jobs (the `prepare`, `prepare_job` and `finish` steps of
+`transfer.tasks.TASKS`): proposals for every split before any job starts (in `cebench run` a job of their
+own), and after them the speed summary (`det_summary.json`)
 and the figure of the final jobs' detections (`det_detections.png`)."""
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ import json
 import time
 from pathlib import Path
 
+from cebench.config import config_to_dict
 from cebench.data.voc import read_classes, read_split
 from cebench.io import atomic_write_json
 from cebench.logs import get_logger
@@ -31,6 +33,13 @@ def prepare(cfg: DetConfig, root, data_cfg) -> dict:
     seconds = time.perf_counter() - t0
     log.info(f"[det] proposals for {len(ids)} images ready ({seconds:.1f}s)")
     return {"method": cfg.proposals.method, "images": len(ids), "seconds": seconds}
+
+
+def prepare_job(cfg: DetConfig) -> tuple[str, dict]:
+    """The proposals as `cebench run` plans them: one job (`cebench transfer det --proposals-only`, job
+    `det-proposals` in folder `transfer/proposals`) before the per-init det jobs, which wait for it. Returns
+    the folder's name and what the proposals depend on besides the data: the job's cache key inputs."""
+    return "proposals", config_to_dict(cfg.proposals)
 
 
 def finish(table, specs, plan, ctx, out_dir, prepared: dict) -> None:
@@ -65,4 +74,4 @@ def finish(table, specs, plan, ctx, out_dir, prepared: dict) -> None:
         log.info(f"[det] figure: {png}")
 
 
-__all__ = ["prepare", "finish"]
+__all__ = ["prepare", "prepare_job", "finish"]
