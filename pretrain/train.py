@@ -21,6 +21,7 @@ from cebench.cache import cache_key
 from cebench.checkpoint import load_checkpoint, load_state_strict, save_checkpoint
 from cebench.config import config_to_dict, save_config
 from cebench.data.folders import has_split, read_image_folder
+from cebench.data.loader import make_loader
 from cebench.data.sources import DataConfig, pretrain_folder, record_sources, voc_root
 from cebench.errors import CheckpointError, ConfigError
 from cebench.io import atomic_target
@@ -42,7 +43,6 @@ from .config import PretrainConfig
 from .data import (
     COLOURS,
     PretrainImages,
-    make_loader,
     step_batches,
     voc_split_paths,
 )

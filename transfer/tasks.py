@@ -24,16 +24,14 @@ from cebench.errors import ConfigError
 from cebench.logs import get_logger
 from cebench.runtime import choose_device, is_main_process, resolve_amp
 
-from .classification import cls_task
+from . import classification, segmentation, svm
 from .common import TaskContext, arch_for, resolve_inits
 from .config import TransferConfig
 from .det import task as det_steps
+from .det import train as det_train
 from .det.train import METRICS as DET_METRICS
-from .det.train import det_task
 from .protocol import SeedPlan, run_seeds
 from .results import format_table
-from .segmentation import seg_task
-from .svm import svm_task
 
 log = get_logger("cebench.transfer")
 
@@ -41,7 +39,7 @@ log = get_logger("cebench.transfer")
 @dataclass(frozen=True)
 class Task:
     help: str
-    run: Callable                       # (job, ctx, log) -> {"metrics": {...}, ...}: one job (module level)
+    run: Callable                       # the module's fit(job, ctx) -> {"metrics": {...}, ...}: one job
     metrics: Callable                   # task config -> metric names; the first is the one lr is chosen by
     select_lr: bool = True              # False: one fit per seed on trainval, no lr (svm: C by CV inside)
     segmentation: bool = False          # reads the segmentation tree (data.seg_root)
@@ -57,10 +55,10 @@ def svm_metrics(cfg) -> list[str]:
 
 
 TASKS: dict[str, Task] = {
-    "cls": Task("multi-label VOC classification (mAP, VOC07 11-point)", cls_task, lambda cfg: ["mAP"]),
-    "seg": Task("FCN-32s segmentation (mean IU)", seg_task, lambda cfg: ["mean IU"], segmentation=True),
-    "svm": Task("frozen features: per-layer linear SVM and kNN (mAP)", svm_task, svm_metrics, select_lr=False),
-    "det": Task("Fast R-CNN detection fine-tuning on cached selective-search proposals, VOC2007 mAP", det_task,
+    "cls": Task("multi-label VOC classification (mAP, VOC07 11-point)", classification.fit, lambda cfg: ["mAP"]),
+    "seg": Task("FCN-32s segmentation (mean IU)", segmentation.fit, lambda cfg: ["mean IU"], segmentation=True),
+    "svm": Task("frozen features: per-layer linear SVM and kNN (mAP)", svm.fit, svm_metrics, select_lr=False),
+    "det": Task("Fast R-CNN detection fine-tuning on cached selective-search proposals, VOC2007 mAP", det_train.fit,
                 lambda cfg: list(DET_METRICS), prepare=det_steps.prepare, finish=det_steps.finish,
                 prepare_flag="--proposals-only", prepare_job=det_steps.prepare_job),
 }
