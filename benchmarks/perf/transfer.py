@@ -44,12 +44,8 @@ def train_and_infer(model, batch, loss_fn, optim: engine.OptimConfig, rt, steps:
     task builds it (lr 1e-4)."""
     opt, sched = engine.make_optimizer(model, optim, 1e-4, WARMUP + steps, backbone=model.encoder)
 
-    def amp_loss(m, b):  # as fine-tuning runs a task's loss: under the runtime's autocast
-        with autocast_context(rt):
-            return loss_fn(m, b)
-
-    def fit(k: int) -> dict:
-        return engine.train_one_epoch(model, [batch] * k, amp_loss, opt, sched, grad_clip=optim.grad_clip)
+    def fit(k: int) -> dict:  # k iterations of the fine-tuning loop (the loss under the runtime's autocast)
+        return engine.train_one_epoch(model, [batch] * k, loss_fn, opt, sched, rt, grad_clip=optim.grad_clip)
 
     fit(WARMUP)
     stats, seconds = timed(lambda: fit(steps), rt.device)
