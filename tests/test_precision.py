@@ -150,9 +150,15 @@ def test_a_runs_jobs_are_handed_the_recorded_precision(tmp_path, monkeypatch):
         tasks.main("cls", replace(tr, runtime=replace(tr.runtime, amp="auto")), data, ["random"], tmp_path / "cls",
                    "cpu")
     assert probes == [1] and seen["amp"] == "bf16" and seen["key"] == handed
+    # `cebench transfer cls` by hand with amp=auto: one probe for the command (its runtime and its jobs)
+    args = build_parser().parse_args(["transfer", "cls", "--config", str(path), "--device", "cpu", "--out",
+                                      str(tmp_path / "cli"), "runtime.amp=auto"])
+    with pytest.raises(Stop):
+        args.func(args)
+    assert probes == [1, 1] and seen["amp"] == "bf16" and seen["key"] == handed
     ck = T.main(PretrainConfig(method="ae", steps=1, batch_size=8, eval_images=0, sample_every=0, amp="auto"), data,
                 tmp_path / "ae", device="cpu")
-    assert probes == [1, 1] and torch.load(ck, weights_only=True)["config"]["amp"] == "bf16"
+    assert probes == [1, 1, 1] and torch.load(ck, weights_only=True)["config"]["amp"] == "bf16"
 
 
 def test_every_stage_trains_under_bf16_on_cpu(tmp_path):

@@ -13,7 +13,7 @@ from cebench.cliutil import add_cache_arg, parse_seeds, split_overrides
 from cebench.cliutil import out_dir as make_out_dir
 from cebench.config import load_config
 from cebench.data.sources import DataConfig
-from cebench.runtime import cleanup
+from cebench.runtime import choose_device, cleanup, resolve_amp
 
 from .common import job_runtime
 from .config import TransferConfig
@@ -27,6 +27,8 @@ def _run(args) -> int:
         cfg.seeds = parse_seeds(args.seeds)
     data_cfg = load_config(DataConfig, args.config, ov["data"], section="data")
     out = make_out_dir(args, f"runs/transfer/{args.task}")
+    # the precision, resolved once for the command (`cebench run` hands it resolved in the config file)
+    cfg.runtime.amp = resolve_amp(cfg.runtime.amp, choose_device(args.device))
     rt = job_runtime(cfg.runtime, args.device)  # under torchrun: joins the process group once, its own GPU
     try:
         main(args.task, cfg, data_cfg, args.init or ["random"], out, args.device, data=args.data,

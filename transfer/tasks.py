@@ -72,8 +72,8 @@ def main(task: str, cfg: TransferConfig, data_cfg: DataConfig, inits, out_dir, d
     if task not in TASKS:
         raise ConfigError(f"unknown transfer task {task!r}; choose one of {', '.join(TASKS)}")
     spec = TASKS[task]
-    # precision chosen once for every job of the task (amp=auto on CPU: the start-up probe); the cache key
-    # and the saved config name the precision that ran
+    # the precision, as the command line resolved it (`cebench run` hands it resolved); a library call with
+    # amp=auto resolves it here, once for every job; the cache key and the saved config name what ran
     cfg = replace(cfg, runtime=replace(cfg.runtime, amp=resolve_amp(cfg.runtime.amp, choose_device(device))))
     sub = getattr(cfg, task)
     out_dir = Path(out_dir)
