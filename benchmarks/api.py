@@ -17,8 +17,8 @@ import pandas as pd
 
 from cebench.config import read_yaml
 from cebench.errors import ConfigError
-from cebench.pretrain.compat import load_encoder, save_encoder, state_digest, to_alexnet_encoder
-from cebench.pretrain.loading import save_encoder_checkpoint
+from cebench.pretrain.compat import save_encoder, state_digest, to_alexnet_encoder
+from cebench.pretrain.loading import load_encoder, save_encoder_checkpoint
 from cebench.pretrain.methods import METHODS
 from cebench.transfer.inits import INITS, canonical_name
 

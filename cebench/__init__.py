@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 _API = {
     "evaluate": "cebench.benchmarks.api",
     "save_encoder": "cebench.pretrain.compat",
-    "load_encoder": "cebench.pretrain.compat",
+    "load_encoder": "cebench.pretrain.loading",
     "SequentialAlexNet": "cebench.pretrain.compat",
     "AlexNetLike": "cebench.pretrain.compat",
 }

@@ -8,8 +8,8 @@ Every stage rebuilds a plugged-in learner as the suite's own `AlexNetEncoder` fr
   (`torchvision.models.alexnet().features`, optionally with a BatchNorm2d after each conv).
 - `to_alexnet_encoder(module)`: the equivalent `AlexNetEncoder`, found from the five convolutions and
   verified numerically at every named layer, so a checkpoint never benchmarks a different function.
-- `save_encoder(module, path)` / `load_encoder(path)`: the suite's checkpoint format
-  (`cebench.pretrain.loading`), for any `AlexNetLike` module.
+- `save_encoder(module, path)`: the suite's checkpoint format, for any `AlexNetLike` module
+  (`cebench.load_encoder` reads it back: `cebench.pretrain.loading.load_encoder`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from torch import Tensor, nn
 
 from cebench.errors import CebenchError
 
-from .loading import load_encoder as _load_checkpoint_encoder
 from .loading import save_encoder_checkpoint
 from .models import AlexNetConfig, AlexNetEncoder
 
@@ -321,7 +320,3 @@ def save_encoder(module, path, *, method: str = "plugin") -> Path:
     """
     return save_encoder_checkpoint(path, to_alexnet_encoder(module), method=method)
 
-
-def load_encoder(path) -> AlexNetEncoder:
-    """The encoder of any cebench checkpoint (a plugged-in learner, ce, ae, supervised), eval mode, CPU."""
-    return _load_checkpoint_encoder(path)[0]

@@ -1,6 +1,7 @@
 """Loading the AlexNet encoder from any cebench checkpoint, or from torchvision's ImageNet weights.
 
-`transfer` and `retrieval` build on the pretrained encoders only through these two functions.
+`transfer` and `retrieval` build on the pretrained encoders only through `load_encoder` (the one loader of an
+encoder checkpoint; `encoder_from_checkpoint` when its dict is already read) and `imagenet_alexnet_encoder`.
 """
 
 from __future__ import annotations
@@ -26,17 +27,23 @@ IMAGENET_ALEXNET_URL = f"https://download.pytorch.org/models/{IMAGENET_ALEXNET_F
 _TV_CONVS = {0: "conv1", 3: "conv2", 6: "conv3", 8: "conv4", 10: "conv5"}
 
 
-def load_encoder(path, *, expect: str | None = None) -> tuple[AlexNetEncoder, AlexNetConfig, dict]:
-    """Encoder of a cebench checkpoint (ce / ce-adv / ae / supervised / a plugged-in learner).
+def load_encoder(path, *, expect: str | None = None) -> AlexNetEncoder:
+    """The encoder (eval mode, CPU) of a cebench checkpoint file (ce / ce-adv / ae / supervised / a pretext
+    method / a plugged-in learner): `encoder_from_checkpoint` of `cebench.checkpoint.load_checkpoint(path)`.
+    Its config is `encoder.cfg`; what else the checkpoint records (method, step) is in the file's dict."""
+    return encoder_from_checkpoint(load_checkpoint(path), path, expect=expect)
+
+
+def encoder_from_checkpoint(ckpt: dict, path="checkpoint", *, expect: str | None = None) -> AlexNetEncoder:
+    """The encoder (eval mode, CPU) of a checkpoint dict already read (`path` names it in errors).
 
     The checkpoint's `arch["encoder"]` gives the AlexNetConfig; the encoder weights are the model's
     `encoder.*` keys (or all keys, for a checkpoint holding a bare encoder). Strict: a CheckpointError
-    lists missing / unexpected keys. `expect`: a method name the checkpoint must have been trained with.
-    `arch["input_space"]` ("lab" for the colorization row, absent = "rgb") says what conv1 reads: a "lab"
-    encoder takes the same normalised RGB input as every other and converts it to Lab itself.
-    Returns (encoder in eval mode on CPU, its config, meta {"method", "step", "config", "arch"}).
+    lists missing / unexpected keys. `expect`: a method name the checkpoint must have been trained with
+    (`arch["name"]`). `arch["input_space"]` ("lab" for the colorization row, absent = "rgb") says what
+    conv1 reads: a "lab" encoder takes the same normalised RGB input as every other and converts it to
+    Lab itself.
     """
-    ckpt = load_checkpoint(path)
     arch = ckpt.get("arch") or {}
     if not isinstance(arch, dict) or "encoder" not in arch:
         raise CheckpointError(f"{path}: no AlexNet encoder in this checkpoint (arch has no 'encoder' entry; "
@@ -54,9 +61,7 @@ def load_encoder(path, *, expect: str | None = None) -> tuple[AlexNetEncoder, Al
         enc_sd = model_sd
     encoder = AlexNetEncoder(cfg, input_space=space)
     load_state_strict(encoder, enc_sd, path)
-    encoder.eval()
-    meta = {"method": method, "step": ckpt.get("step"), "config": ckpt.get("config"), "arch": arch}
-    return encoder, cfg, meta
+    return encoder.eval()
 
 
 def save_encoder_checkpoint(path, encoder: AlexNetEncoder, method: str = "encoder", config: dict | None = None,

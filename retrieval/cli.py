@@ -39,7 +39,7 @@ def _hog(args):
 def _checkpoint_encoder(args):
     if not args.checkpoint:
         raise CebenchError("--features ce needs --checkpoint CKPT (a cebench checkpoint); hog works without one")
-    return load_encoder(args.checkpoint)[0]
+    return load_encoder(args.checkpoint)
 
 
 def _imagenet(args):

@@ -264,7 +264,7 @@ def build_encoders(cfg: RetrievalConfig) -> tuple[dict, list[str]]:
         else:
             notes.append(f"{name}: no checkpoint given (--checkpoint '{name}=PATH')")
     for label, path in cfg.checkpoints.items():
-        encoders[label] = load_encoder(path)[0]
+        encoders[label] = load_encoder(path)
     return encoders, notes
 
 

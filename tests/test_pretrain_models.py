@@ -98,8 +98,8 @@ def test_load_encoder_roundtrip_and_strict(tmp_path):
 
     save_checkpoint(tmp_path / "ce.pt", {"model": ce.state_dict(), "step": 3, "config": {},
                                         "arch": {"name": "ce", "encoder": AlexNetConfig.demo().to_dict()}})
-    enc, cfg, meta = load_encoder(tmp_path / "ce.pt", expect="ce")
-    assert meta["method"] == "ce" and meta["step"] == 3 and cfg == AlexNetConfig.demo()
+    enc = load_encoder(tmp_path / "ce.pt", expect="ce")
+    assert enc.cfg == AlexNetConfig.demo() and not enc.training
     for k, v in ce.encoder.state_dict().items():
         assert torch.equal(enc.state_dict()[k], v)
     with pytest.raises(CheckpointError, match="expected a 'ae'"):
@@ -110,7 +110,7 @@ def test_load_encoder_roundtrip_and_strict(tmp_path):
     with pytest.raises(CheckpointError, match="unexpected keys"):
         load_encoder(tmp_path / "bad.pt")
     save_encoder_checkpoint(tmp_path / "bare.pt", AlexNetEncoder(AlexNetConfig.demo()), method="mine")
-    assert load_encoder(tmp_path / "bare.pt")[2]["method"] == "mine"
+    assert load_encoder(tmp_path / "bare.pt", expect="mine").cfg == AlexNetConfig.demo()  # saved as method "mine"
 
 
 def test_imagenet_weights_missing_is_clear(tmp_path):

@@ -19,8 +19,9 @@ from typing import Callable
 import torch
 from torch import nn
 
+from cebench.checkpoint import load_checkpoint
 from cebench.errors import CebenchError, CheckpointError, ConfigError
-from cebench.pretrain.loading import imagenet_alexnet_encoder, load_encoder
+from cebench.pretrain.loading import encoder_from_checkpoint, imagenet_alexnet_encoder
 from cebench.pretrain.models import AlexNetConfig, AlexNetEncoder, build_encoder
 
 
@@ -123,8 +124,9 @@ def _random(arch_cfg, checkpoint, seed) -> AlexNetEncoder:
 
 def _from_checkpoint(expect: str | None) -> Callable:
     def make(arch_cfg, checkpoint, seed) -> AlexNetEncoder:
-        enc, cfg, meta = load_encoder(checkpoint)
-        method = str(meta.get("method") or "")
+        ckpt = load_checkpoint(checkpoint)
+        enc = encoder_from_checkpoint(ckpt, checkpoint)
+        method = str((ckpt.get("arch") or {}).get("name") or "")
         if expect is not None and expect not in method:
             raise CheckpointError(f"{checkpoint}: given as the {expect!r} row but trained with method {method!r}")
         return enc
