@@ -71,3 +71,89 @@ def test_strict_loading_lists_keys():
     msg = str(exc.value)
     assert "x.pt" in msg and "missing keys [2.bias, 2.weight]" in msg and "shape mismatch" in msg
     assert "\n" not in msg
+
+
+# ------------------------------------------------------------------------------------------ CheckpointSaver
+class _Stream:
+    """A seeded stream of (x, y) batches whose state is a generator (as the fine-tuning streams)."""
+
+    def __init__(self, seed: int):
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def take(self, k: int):
+        for _ in range(k):
+            x = torch.randn(4, 6, generator=self.gen)  # [B, 6]
+            yield x, x.sum(1, keepdim=True)
+
+    def state_dict(self) -> dict:
+        return {"gen": self.gen.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.gen.set_state(state["gen"])
+
+
+def _epoch(model, batches, opt) -> dict:
+    """The smallest train_one_epoch: dropout draws from the global RNG, which the saver must capture."""
+    total, n = 0.0, 0
+    for x, y in batches:
+        loss = (model(x) - y).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        total, n = total + float(loss.detach()), n + 1
+    return {"loss": total / max(n, 1), "iterations": n, "images": 4 * n, "seconds": 1.0}
+
+
+def _run(path, key="job", iterations=7, every=2):
+    from cebench.checkpoint import CheckpointSaver
+    from cebench.runtime import Runtime
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.Dropout(0.5), nn.Linear(8, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    gen = torch.Generator().manual_seed(3)
+    saver = CheckpointSaver(path, key, Runtime(torch.device("cpu")), iterations=iterations, model=model, optimizer=opt,
+                            stream=_Stream(1), generators={"extra": gen}, every=every)
+    with saver:
+        while saver.step < iterations:
+            saver.end_epoch(_epoch(model, saver.batches(), opt))
+    return model, saver.totals(), torch.randn(2, generator=gen)
+
+
+def test_saver_resumes_after_a_signal_to_the_uninterrupted_numbers(tmp_path, monkeypatch):
+    from cebench.checkpoint import TEST_SIGNAL_ENV, Preempted
+
+    ref, ref_stats, ref_draw = _run(None)
+    assert ref_stats["iterations"] == 7 and ref_stats["inputs"] == {"train": [4, 6]}
+    path = tmp_path / "last.pt"
+    monkeypatch.setenv(TEST_SIGNAL_ENV, "TERM:3")  # SIGTERM to itself before iteration 3 (a preemption)
+    with pytest.raises(Preempted):
+        _run(path)
+    ck = load_checkpoint(path)
+    assert ck["step"] == 3 and ck["config"] == "job" and ck["world_size"] == 1 and ck["inputs"] == {"train": [4, 6]}
+    mine = ck["per_rank"][0]  # this rank's data order, every global RNG and the run's own generators
+    assert set(mine) == {"stream", "rng", "generators"} and set(mine["generators"]) == {"extra"}
+    monkeypatch.delenv(TEST_SIGNAL_ENV)
+    model, stats, draw = _run(path)  # resumes at 3, saves at 4 and 6
+    for a, b in zip(model.state_dict().values(), ref.state_dict().values()):
+        assert torch.equal(a, b)
+    assert stats["loss"] == pytest.approx(ref_stats["loss"], rel=1e-12) and stats["iterations"] == 7
+    assert stats["images"] == 16 and torch.equal(draw, ref_draw)  # 4 iterations ran here; the extra generator too
+    assert load_checkpoint(path)["step"] == 6  # the interval's last save (none at the end)
+
+
+def test_saver_starts_afresh_on_another_key_and_refuses_another_world_size(tmp_path):
+    from cebench.checkpoint import CheckpointSaver
+    from cebench.runtime import Runtime
+
+    path = tmp_path / "last.pt"
+    ref, _, _ = _run(None, iterations=3)
+    _run(path, key="other", iterations=3, every=1)  # leaves step 2 saved under key "other"
+    model, stats, _ = _run(path, iterations=3)  # another key: not resumed
+    assert stats["iterations"] == 3 and all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+                                                                            ref.state_dict().values()))
+    two = Runtime(torch.device("cpu"), world_size=2, distributed=False)
+    saver = CheckpointSaver(path, "job", two, iterations=3, model=nn.Linear(1, 1), optimizer=None, stream=None)
+    save_checkpoint(path, {"config": "job", "world_size": 1})
+    with pytest.raises(CheckpointError, match="written by 1 processes, resumed with 2"):
+        saver.find_recovery()
