@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cebench.runtime import Runtime, all_reduce_sum, autocast_context, place_model, shard, wrap_ddp
+from cebench.runtime import Runtime, all_reduce_sum, autocast_context, place_model, shard
 
-from .common import TaskContext, encoder_for_job, job_curve, job_runtime, job_saver, job_sources
+from .common import TaskContext, encoder_for_job, job_runtime, job_sources, job_training
 from .data import apply_flip, draw_flip, draw_scale_crop, flip_rot_perm, scale_crop, to_input, train_stream
 from .engine import OptimConfig, make_optimizer, train_one_epoch
 from .metrics import classification_ap, mean_ap
@@ -148,18 +148,14 @@ def fit(job, ctx: TaskContext) -> dict:
         x, y = batch
         return {"loss": bce_ignore_difficult(m(x), y)}
 
-    saver = job_saver(job, ctx, rt, iterations=cfg.iterations, model=model, optimizer=optimizer,
-                      scheduler=scheduler, stream=stream)
-    with job_curve(job, ctx) as log, saver:  # resumed; SIGTERM / SIGINT: saved, then Preempted
-        ddp = wrap_ddp(model, rt)
+    with job_training(job, ctx, rt, model, optimizer, scheduler, stream) as (saver, ddp, log):  # resumed
         while saver.step < cfg.iterations:  # an epoch: the iterations up to the next checkpoint
-            saver.end_epoch(train_one_epoch(ddp, saver.batches(), loss_fn, optimizer, scheduler, rt,
-                                            grad_clip=cfg.optim.grad_clip, step0=saver.step, log=log,
-                                            log_every=ctx.log_every))
-    stats = saver.totals()
+            saver.end_epoch(train_one_epoch(ddp, saver.batches(), loss_fn, optimizer, scheduler, rt, step0=saver.step,
+                                            grad_clip=cfg.optim.grad_clip, log=log, log_every=ctx.log_every))
     t0 = time.perf_counter()
     scores, n_scored = evaluate(model, test, cfg, out_size, rt, seed=job.seed, workers=ctx.runtime.loader_workers)
     infer_s = time.perf_counter() - t0
+    stats = saver.totals()
     aps = classification_ap(scores.numpy(), test.labels.numpy(), use_07_metric=cfg.use_07_metric)
     return {"metrics": {"mAP": mean_ap(aps)},
             "details": {"ap": dict(zip(train.classes, [None if np.isnan(a) else float(a) for a in aps])),

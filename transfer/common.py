@@ -1,6 +1,6 @@
 """What every transfer task shares: the run context and runtime, init resolution, the random row's
-architecture, and the pieces of a job - its splits, its seeded encoder, its checkpointer and its training
-curve."""
+architecture, and the pieces of a job - its splits, its seeded encoder, and what it keeps around its
+training loop (checkpointer, DDP wrapper, training curve: `job_training`)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from cebench.cache import cache_key
 from cebench.checkpoint import CheckpointSaver, load_checkpoint
 from cebench.errors import CheckpointError, ConfigError
 from cebench.logs import JsonlLogger
-from cebench.runtime import Runtime, init_runtime, is_main_process, seed_everything
+from cebench.runtime import Runtime, init_runtime, is_main_process, seed_everything, wrap_ddp
 
 from .data import load_split, open_split
 from .inits import InitSpec, build_init, parse_init
@@ -104,30 +104,32 @@ def encoder_for_job(job, ctx: TaskContext, magic_batch: torch.Tensor | None):
                       data_for_magic_init=magic_batch, seed=job.seed, magic=ctx.magic)
 
 
-def job_saver(job, ctx: TaskContext, rt: Runtime, **state) -> CheckpointSaver:
-    """The checkpointer of one (task, init, seed, lr, phase) job (`cebench.checkpoint.CheckpointSaver`): its
-    fixed `last` file beside the job's record (none without an output folder), saved every
-    `transfer.runtime.ckpt_every` iterations and on SIGTERM; keyed by the cache key of the job's identity and
-    config key, so only the same job resumes from it. `state`: `iterations`, `model`, `optimizer`, `stream`,
-    and optionally `scheduler` and `generators`."""
+@contextlib.contextmanager
+def job_training(job, ctx: TaskContext, rt: Runtime, model, optimizer, scheduler, stream, generators=None):
+    """What a fine-tuning job keeps around its training loop, as (saver, ddp, log):
+
+    - `saver`, its `cebench.checkpoint.CheckpointSaver` over `ctx.cfg.iterations`: the fixed `last` file beside
+      the job's record (none without an output folder), saved every `transfer.runtime.ckpt_every` iterations
+      and on SIGTERM / SIGINT, keyed by the cache key of the job's identity and config key so that only the
+      same job resumes from it; entered here, so the job has resumed when its loop starts;
+    - `ddp`, the model wrapped for DDP after the resumption (the model itself in one process);
+    - `log(**metrics)`, one line of the job's training curve (`protocol.metrics_path`) per call, mirrored to
+      TensorBoard under out/tensorboard/<task>/<init>/<phase>_lr<lr>_seed<s>/ when `ctx.tensorboard`; one
+      rank writes, nothing is written without an output folder, a resumed job continues its curve.
+    `generators`: the job's own torch Generators, saved with it (detection's RoI sampling)."""
     key = cache_key({"key": job.key, "task": job.task, "init": job.init.name, "checkpoint": job.init.checkpoint,
                      "seed": job.seed, "lr": job.lr, "phase": job.phase, "fit": job.fit_split, "eval": job.eval_split})
-    return CheckpointSaver(last_path(ctx.out_dir, job) if ctx.out_dir else None, key, rt,
-                           every=ctx.runtime.ckpt_every, **state)
-
-
-@contextlib.contextmanager
-def job_curve(job, ctx: TaskContext):
-    """`log(**metrics)`: one line of the job's training curve (`protocol.metrics_path`) per call, mirrored to
-    TensorBoard under out/tensorboard/<task>/<init>/<phase>_lr<lr>_seed<s>/ when `ctx.tensorboard`; one
-    rank writes, and nothing is written without an output folder. A resumed job continues its curve."""
     out = Path(ctx.out_dir) if ctx.out_dir else None
+    saver = CheckpointSaver(last_path(out, job) if out is not None else None, key, rt, iterations=ctx.cfg.iterations,
+                            model=model, optimizer=optimizer, scheduler=scheduler, stream=stream, generators=generators,
+                            every=ctx.runtime.ckpt_every)
     tb = None
     if out is not None and ctx.tensorboard:
         tb = out / "tensorboard" / job_path(out, job).relative_to(out / "jobs").with_suffix("")
     logger = JsonlLogger(metrics_path(out or ".", job), tensorboard_dir=tb,
                          enabled=out is not None and is_main_process())
     try:
-        yield logger.log
+        with saver:
+            yield saver, wrap_ddp(model, rt), logger.log
     finally:
         logger.close()

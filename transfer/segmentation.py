@@ -25,9 +25,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cebench.errors import ConfigError
-from cebench.runtime import Runtime, all_reduce_sum, autocast_context, place_model, shard, wrap_ddp
+from cebench.runtime import Runtime, all_reduce_sum, autocast_context, place_model, shard
 
-from .common import TaskContext, encoder_for_job, job_curve, job_runtime, job_saver, job_sources
+from .common import TaskContext, encoder_for_job, job_runtime, job_sources, job_training
 from .data import flip_rot_perm, scale_crop, to_input, train_stream
 from .engine import OptimConfig, make_optimizer, train_one_epoch
 from .metrics import confusion_matrix, iou_per_class, mean_iu, pixel_accuracy
@@ -185,18 +185,14 @@ def fit(job, ctx: TaskContext) -> dict:
         x, y = batch
         return {"loss": F.cross_entropy(m(x).float(), y, ignore_index=cfg.ignore_index)}
 
-    saver = job_saver(job, ctx, rt, iterations=cfg.iterations, model=model, optimizer=optimizer,
-                      scheduler=scheduler, stream=stream)
-    with job_curve(job, ctx) as log, saver:  # resumed; SIGTERM / SIGINT: saved, then Preempted
-        ddp = wrap_ddp(model, rt)
+    with job_training(job, ctx, rt, model, optimizer, scheduler, stream) as (saver, ddp, log):  # resumed
         while saver.step < cfg.iterations:  # an epoch: the iterations up to the next checkpoint
-            saver.end_epoch(train_one_epoch(ddp, saver.batches(), loss_fn, optimizer, scheduler, rt,
-                                            grad_clip=cfg.optim.grad_clip, step0=saver.step, log=log,
-                                            log_every=ctx.log_every))
-    stats = saver.totals()
+            saver.end_epoch(train_one_epoch(ddp, saver.batches(), loss_fn, optimizer, scheduler, rt, step0=saver.step,
+                                            grad_clip=cfg.optim.grad_clip, log=log, log_every=ctx.log_every))
     t0 = time.perf_counter()
     conf, n_scored = evaluate(model, test, k, cfg, rt, workers=ctx.runtime.loader_workers)
     infer_s = time.perf_counter() - t0
+    stats = saver.totals()
     iu = iou_per_class(conf)
     return {"metrics": {"mean IU": mean_iu(conf)},
             "details": {"iu": dict(zip(train.classes, [None if v != v else float(v) for v in iu])),

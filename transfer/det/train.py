@@ -25,9 +25,9 @@ from torchvision.ops import box_iou
 from cebench.data.loader import make_loader
 from cebench.data.voc import read_split
 from cebench.errors import ConfigError
-from cebench.runtime import Runtime, autocast_context, gather, place_model, shard, unwrap_model, wrap_ddp
+from cebench.runtime import Runtime, autocast_context, gather, place_model, shard, unwrap_model
 
-from ..common import TaskContext, job_curve, job_runtime, job_saver
+from ..common import TaskContext, job_runtime, job_training
 from ..engine import OptimConfig, make_optimizer, train_one_epoch
 from ..inits import build_init
 from .data import DetDataset, check_voc_tree, collate, hflip
@@ -246,14 +246,10 @@ def fit(job, ctx: TaskContext) -> dict:
     stream = DetBatches(train, cfg, cfg.iterations, job.seed, rank=rt.rank, world=rt.world_size,
                         workers=ctx.runtime.loader_workers)
     loss_fn = make_loss_fn(cfg, gen, rt.device)
-    saver = job_saver(job, ctx, rt, iterations=cfg.iterations, model=model, optimizer=optimizer,
-                      scheduler=scheduler, stream=stream, generators={"roi": gen})
-    with job_curve(job, ctx) as log, saver:  # resumed; SIGTERM / SIGINT: saved, then Preempted
-        ddp = wrap_ddp(model, rt)
+    with job_training(job, ctx, rt, model, optimizer, scheduler, stream, {"roi": gen}) as (saver, ddp, log):
         while saver.step < cfg.iterations:  # an epoch: the iterations up to the next checkpoint
-            saver.end_epoch(train_one_epoch(ddp, saver.batches(), loss_fn, optimizer, scheduler, rt,
-                                            grad_clip=cfg.optim.grad_clip, step0=saver.step, log=log,
-                                            log_every=ctx.log_every))
+            saver.end_epoch(train_one_epoch(ddp, saver.batches(), loss_fn, optimizer, scheduler, rt, step0=saver.step,
+                                            grad_clip=cfg.optim.grad_clip, log=log, log_every=ctx.log_every))
     stats = saver.totals()
     keep = cfg.figure_images if job.phase == "final" else 0
     out = evaluate(model, test, cfg, rt.device, keep_first=keep, rt=rt, workers=ctx.runtime.loader_workers)
