@@ -43,6 +43,12 @@ def test_real_config_plans_every_stage_on_the_two_trees(trees, tmp_path, capsys)
     assert re.search(r"^pretrain/supervised: cebench pretrain --method supervised .* steps=4000$", text, flags=re.M)
     for task in ("cls", "seg", "det", "svm"):
         assert f"{task}/supervised-imagenet: cebench transfer {task} --init supervised-imagenet=" in text
+    # the four pretext rows run by default on the real track, pretrained on the photos alone (no region masks)
+    for method in ("context-prediction", "jigsaw", "colorization", "rotation"):
+        assert reads[f"pretrain/{method}"] == f"data.pretrain_images ({tin})"
+        for task in ("cls", "seg", "det", "svm"):
+            assert re.search(rf"^{task}/{method}: cebench transfer {task} --init .*=\S*pretrain/{method}/checkpoint.pt",
+                             text, flags=re.M), (task, method)
     cfg = resolve(resolve_config("real"), [f"data.root={voc}", f"data.pretrain_images={tin}"])
     assert data_problems(cfg) == []
     assert len(cfg["transfer"]["seeds"]) >= 8 and cfg["inpaint"]["heldout"] == "pretrain-val"
