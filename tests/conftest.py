@@ -1,4 +1,11 @@
+import hashlib
 import os
+import shutil
+import stat
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,3 +29,80 @@ def _seed_and_threads():
     torch.manual_seed(0)
     torch.set_num_threads(1)
     yield
+
+
+# --------------------------------------------------------------------------------------------------
+# one tiny pipeline run for the whole session
+# --------------------------------------------------------------------------------------------------
+
+
+def tree_state(root: Path) -> dict[str, str]:
+    """Every entry under `root`: files by content hash, folders by name (additions show up too)."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        out[rel] = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+    return out
+
+
+def set_writable(root: Path, writable: bool) -> None:
+    w = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
+    for p in [root, *root.rglob("*")]:
+        mode = p.stat().st_mode
+        p.chmod((mode | stat.S_IWUSR) if writable else (mode & ~w))
+
+
+def cebench_env() -> dict:
+    """The environment of a `cebench` subprocess in the tests: one thread, no progress bars, and neither a
+    developer's cache nor data folder."""
+    env = {k: v for k, v in os.environ.items() if k not in ("CEBENCH_CACHE", "CEBENCH_DATA")}
+    return {**env, "OMP_NUM_THREADS": "1", "CEBENCH_NO_PROGRESS": "1"}
+
+
+@dataclass(frozen=True)
+class TinyRun:
+    """A finished `cebench run --config tiny --out run`, started in `root` (so its demo data is `run/data`
+    and every path in its config, job commands and cache keys is relative to `root`)."""
+
+    root: Path
+    stdout: str
+    data: Path          # the demo tree the run read, read-only while it ran
+    data_before: dict   # tree_state of `data` before the run and after it
+    data_after: dict
+
+    @property
+    def out(self) -> Path:
+        return self.root / "run"
+
+    def copy(self, dest: Path) -> Path:
+        """A copy of the whole folder: `cebench run --config tiny --out run` started in `dest` finds every job
+        of this run finished (the same cache keys), so a test can mutate it (delete jobs, kill, rerun)."""
+        shutil.copytree(self.root, dest, symlinks=True)
+        return dest
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> TinyRun:
+    """`cebench run --config tiny` (every stage, the config's defaults), once per session, on its demo data
+    made read-only. Tests read its report, outputs and log (test_pipeline, test_data_readonly) or copy it
+    to kill, resume or rerun it (TinyRun.copy); none writes into it."""
+    from cebench.benchmarks.cli import resolve_config
+    from cebench.config import load_config
+    from cebench.data.sources import DataConfig, demo_root, voc_root
+
+    root = tmp_path_factory.mktemp("tiny-run")
+    # the demo tree where the run would generate it (OUT/data), generated first so it can be made read-only
+    data_cfg = load_config(DataConfig, resolve_config("tiny"), [f"demo_dir={root / 'run' / 'data'}"],
+                           section="data")
+    voc_root(data_cfg)
+    data = demo_root(data_cfg)
+    before = tree_state(data)
+    set_writable(data, False)
+    try:
+        res = subprocess.run([sys.executable, "-m", "cebench.benchmarks.cli", "run", "--config", "tiny", "--out",
+                              "run"], cwd=root, capture_output=True, text=True, env=cebench_env(), timeout=900)
+    finally:
+        set_writable(data, True)
+    if res.returncode != 0:
+        pytest.fail(f"the shared tiny run failed (exit {res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
+    return TinyRun(root, res.stdout, data, before, tree_state(data))

@@ -57,6 +57,8 @@ def test_proposals_resume_after_sigkill(tmp_path):
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and len(_entries(cache)) < 3:
         time.sleep(0.02)
+    assert proc.poll() is None, f"ended before the kill, {len(_entries(cache))} of {N_IMAGES} done: " + \
+        proc.stdout.read().decode(errors="replace")[-2000:]
     os.killpg(proc.pid, signal.SIGKILL)  # a hard kill, mid-computation
     proc.wait()
     before = _entries(cache)
