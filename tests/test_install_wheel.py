@@ -272,8 +272,13 @@ def test_wheel_in_a_fresh_venv_runs_the_tiny_pipeline_from_another_folder(venv, 
     version = _run([bindir / "cebench", "--version"], cwd=work).stdout
     assert version.startswith(f"cebench {cebench.__version__} (torch ")
 
-    # every stage runs (one pretrained row, ce, beside random keeps it short)
-    proc = _run([bindir / "cebench", "run", "--config", "tiny", "--out", "run", "run.methods=[ce]"], cwd=work,
+    # every stage runs from the installed package (its configs, entry point and modules): the wiring, so one
+    # pretrained row (ce) beside random, one seed, grid proposals and a few steps keep it short (the tiny
+    # config's own numbers are tests/test_pipeline.py's)
+    small = ["run.methods=[ce]", "pretrain.steps=2", "inpaint.train.steps=2", "transfer.seeds=[0]",
+             "transfer.cls.iterations=4", "transfer.seg.iterations=4", "transfer.det.iterations=4",
+             "transfer.det.proposals.method=grid", "transfer.svm.layers=[conv5]", "retrieval.max_queries=20"]
+    proc = _run([bindir / "cebench", "run", "--config", "tiny", "--out", "run", *small], cwd=work,
                 timeout=900, env=_env(PATH=f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"))
     assert "[run] report:" in proc.stdout
     rep = work / "run" / "report"
