@@ -1,9 +1,9 @@
+import contextlib
 import hashlib
+import io
 import os
 import shutil
 import stat
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,6 +86,7 @@ def tiny_run(tmp_path_factory) -> TinyRun:
     """`cebench run --config tiny` (every stage, the config's defaults), once per session, on its demo data
     made read-only. Tests read its report, outputs and log (test_pipeline, test_data_readonly) or copy it
     to kill, resume or rerun it (TinyRun.copy); none writes into it."""
+    from cebench.benchmarks.cli import main as cli_main
     from cebench.benchmarks.cli import resolve_config
     from cebench.config import load_config
     from cebench.data.sources import DataConfig, demo_root, voc_root
@@ -98,11 +99,20 @@ def tiny_run(tmp_path_factory) -> TinyRun:
     data = demo_root(data_cfg)
     before = tree_state(data)
     set_writable(data, False)
+    # the run's controller in this process, from `root`, with cebench_env's variables (its jobs are
+    # subprocesses all the same): a second interpreter would spend seconds importing torch
+    stdout, stderr = io.StringIO(), io.StringIO()
     try:
-        res = subprocess.run([sys.executable, "-m", "cebench.benchmarks.cli", "run", "--config", "tiny", "--out",
-                              "run"], cwd=root, capture_output=True, text=True, env=cebench_env(), timeout=900)
+        with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            mp.chdir(root)
+            for key in ("CEBENCH_CACHE", "CEBENCH_DATA"):
+                mp.delenv(key, raising=False)
+            mp.setenv("OMP_NUM_THREADS", "1")
+            mp.setenv("CEBENCH_NO_PROGRESS", "1")
+            rc = cli_main(["run", "--config", "tiny", "--out", "run"])
     finally:
         set_writable(data, True)
-    if res.returncode != 0:
-        pytest.fail(f"the shared tiny run failed (exit {res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
-    return TinyRun(root, res.stdout, data, before, tree_state(data))
+    if rc != 0:
+        pytest.fail(f"the shared tiny run failed (exit {rc}):\n{stdout.getvalue()[-3000:]}\n"
+                    f"{stderr.getvalue()[-3000:]}")
+    return TinyRun(root, stdout.getvalue(), data, before, tree_state(data))
