@@ -3,6 +3,7 @@ transfer job's JSON, a fine-tuning job's and a pretraining's `last` checkpoint),
 pipeline keys are the ones finished runs were stored under (a changed key would recompute them)."""
 
 import dataclasses
+import types
 from pathlib import Path
 
 import pytest
@@ -108,11 +109,11 @@ def test_every_key_is_computed_by_the_one_function(monkeypatch, tmp_path):
     seen = []
     monkeypatch.setattr(common, "cache_key", fake)
     job = TransferJob("cls", InitSpec("random", "random"), 0, 1e-3, "final", "trainval", "test", key="jobkey")
-    ctx = common.TaskContext(cfg=None, root="", cache_dir="", out_dir=str(tmp_path),
+    ctx = common.TaskContext(cfg=types.SimpleNamespace(iterations=4), root="", cache_dir="", out_dir=str(tmp_path),
                              runtime=dataclasses.replace(TransferConfig().runtime, ckpt_every=2))
-    saver = common.job_saver(job, ctx, init_runtime("cpu", "none"), iterations=4, model=torch.nn.Linear(2, 2),
-                             optimizer=None, stream=None)
-    assert saver.key == "k1" and seen[0]["key"] == "jobkey" and seen[0]["seed"] == 0 and saver.every == 2
+    with common.job_training(job, ctx, init_runtime("cpu", "none"), model=torch.nn.Linear(2, 2), optimizer=None,
+                             scheduler=None, stream=None) as (saver, _, _):
+        assert saver.key == "k1" and seen[0]["key"] == "jobkey" and seen[0]["seed"] == 0 and saver.every == 2
 
     # a pretraining's resume check: the config without the settings a resumed run may change
     seen = []
