@@ -6,7 +6,10 @@ context encoder and autoencoder pretrainings and selective search included), mad
 
 from __future__ import annotations
 
+import pytest
 
+
+@pytest.mark.xdist_group("tiny_run")  # one worker runs the shared tiny run once (pytest -n 2)
 def test_tiny_pipeline_on_read_only_data(tiny_run):
     assert tiny_run.data.is_relative_to(tiny_run.out)  # the run's own demo tree (OUT/data), read by every stage
     assert tiny_run.data_before and any(name.endswith(".jpg") for name in tiny_run.data_before)

@@ -37,6 +37,7 @@ def _statuses(stdout: str) -> dict[str, str]:
 REPORT_CSVS = [n for n in REPORT_FILES if n.endswith(".csv")]
 
 
+@pytest.mark.xdist_group("tiny_run")  # one worker runs the shared tiny run once (pytest -n 2)
 def test_tiny_run_writes_the_report(tiny_run):
     """The shared tiny run (every stage, the config's defaults): every job computed, every report file there
     and well-formed."""
@@ -67,6 +68,7 @@ def test_tiny_run_writes_the_report(tiny_run):
     assert info["replicate"] == {"data": "demo:tiny", "demo_seed": 0, "pretrain_seed": 0}
 
 
+@pytest.mark.xdist_group("tiny_run")  # one worker runs the shared tiny run once (pytest -n 2)
 @pytest.mark.slow
 def test_tiny_pipeline_kill_resume_then_cached(tiny_run, tmp_path, monkeypatch, capsys):
     """A copy of the shared run taken back to before its three classification jobs (every other job finished),
