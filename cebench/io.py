@@ -76,13 +76,24 @@ def atomic_write_csv(path, df, **to_csv) -> Path:
     return atomic_write_text(path, df.to_csv(**to_csv))
 
 
-def atomic_save_figure(fig, path, **savefig) -> Path:
-    """A matplotlib figure; the format comes from the target's suffix (the temp file has none)."""
+def atomic_save_figure(fig, path, *, colors: int | None = None, **savefig) -> Path:
+    """A matplotlib figure; the format comes from the target's suffix (the temp file has none).
+
+    `colors=N` (PNG only) writes a palette PNG of N colours (PIL's median-cut quantiser): grids of many
+    photographs as full-colour RGBA PNGs are over 1 MB, as 256-colour palettes about a fifth of that."""
     path = Path(path)
     savefig.setdefault("format", path.suffix.lstrip(".") or "png")
-    with atomic_target(path) as tmp:
-        fig.savefig(tmp, **savefig)
-    return path
+    if colors is None or savefig["format"] != "png":
+        with atomic_target(path) as tmp:
+            fig.savefig(tmp, **savefig)
+        return path
+    from PIL import Image  # Pillow comes with matplotlib
+
+    buf = io.BytesIO()
+    fig.savefig(buf, **savefig)
+    buf.seek(0)
+    rgb = Image.open(buf).convert("RGB")  # Agg renders RGBA on a white face: alpha carries nothing here
+    return atomic_save_image(rgb.quantize(colors=colors, method=Image.Quantize.MEDIANCUT), path, format="PNG")
 
 
 def atomic_save_image(image, path, format: str | None = None) -> Path:

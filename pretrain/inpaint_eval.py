@@ -185,7 +185,7 @@ def figure(path: Path, columns: dict, lo: int, side: int, rows: int) -> None:
             if r == 0:
                 ax.set_title(name, fontsize=8)
     fig.tight_layout()
-    atomic_save_figure(fig, path, dpi=110)
+    atomic_save_figure(fig, path, dpi=110, colors=256)  # a grid of photographs: a palette PNG
     plt.close(fig)
 
 

@@ -65,6 +65,6 @@ def retrieval_figure(queries: torch.Tensor, neighbours: dict, out_path, *, tile:
     if title:
         ax.set_title(title, fontsize=9)
     try:
-        return atomic_save_figure(fig, out_path, bbox_inches="tight", dpi=dpi)
+        return atomic_save_figure(fig, out_path, bbox_inches="tight", dpi=dpi, colors=256)  # photographs: palette PNG
     finally:
         plt.close(fig)

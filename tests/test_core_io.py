@@ -81,3 +81,29 @@ def test_atomic_directory_replaces_a_folder_whole(tmp_path):
         (tmp / "b").write_text("2")
     assert sorted(f.name for f in d.iterdir()) == ["b"]
     assert sorted(f.name for f in tmp_path.iterdir()) == ["feats"]
+
+
+def test_figure_as_a_palette_png_keeps_the_picture(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    # a smooth "photograph" (a colour gradient with noise): what the inpainting and retrieval grids show
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:96, 0:96] / 95.0
+    photo = np.stack([yy, xx, 1 - yy * xx], -1) * 0.8 + rng.uniform(0, 0.2, (96, 96, 3))
+    fig, ax = plt.subplots(figsize=(2, 2))
+    ax.imshow(photo)
+    atomic_save_figure(fig, tmp_path / "full.png", dpi=100)
+    atomic_save_figure(fig, tmp_path / "pal.png", dpi=100, colors=64)
+    atomic_save_figure(fig, tmp_path / "f.pdf", colors=64)  # the option is for PNG only
+    plt.close(fig)
+    full, pal = Image.open(tmp_path / "full.png"), Image.open(tmp_path / "pal.png")
+    assert pal.mode == "P" and pal.size == full.size
+    assert len(pal.getcolors(maxcolors=256)) <= 64
+    diff = np.abs(np.asarray(pal.convert("RGB"), float) - np.asarray(full.convert("RGB"), float))
+    assert diff.mean() < 6.0  # a mean error of a few grey levels out of 255
+    assert (tmp_path / "pal.png").stat().st_size < (tmp_path / "full.png").stat().st_size
+    assert (tmp_path / "f.pdf").read_bytes()[:4] == b"%PDF"
+    assert not list(tmp_path.glob("*.tmp*"))  # nothing left beside the targets
