@@ -4,6 +4,11 @@ Each stage package contributes its subcommands through `register(subparsers, com
 only builds the parser, resolves `--config` names to the bundled YAML files and turns a
 `CebenchError` into one line on stderr with exit status 2. `cebench bench` is registered here and its
 package (`cebench.benchmarks.perf`) imported only when that command runs: no other command imports it.
+
+A command imports only the stage that owns it (`COMMANDS`): the pipeline starts one `cebench` process per
+job, and a fine-tuning job that imported the pretraining, retrieval and data CLIs (and a pretraining job the
+transfer statistics' SciPy) paid for them at every start. `cebench --help`, a bad command or an option
+before the command build the whole parser.
 """
 
 from __future__ import annotations
@@ -18,16 +23,23 @@ import torch
 import torchvision
 
 from cebench import __version__
-from cebench.data import cli as data_cli
 from cebench.errors import CebenchError
-from cebench.pretrain import cli as pretrain_cli
-from cebench.retrieval import cli as retrieval_cli
-from cebench.transfer import cli as transfer_cli
-
-from . import pipeline_cli, replicates
 
 CONFIG_NAMES = ("tiny", "demo", "real", "paper", "rehearsal")
 PERF = "cebench.benchmarks.perf.bench"  # `cebench bench`: imported when the command runs
+# each command -> the module whose `register` adds it (imported when that command runs; in this order in --help)
+COMMANDS = {
+    "run": "cebench.benchmarks.pipeline_cli",
+    "replicates": "cebench.benchmarks.replicates",
+    "data": "cebench.data.cli",
+    "pretrain": "cebench.pretrain.cli",
+    "inpaint-eval": "cebench.pretrain.cli",
+    "imagenet-weights": "cebench.pretrain.cli",
+    "inpaint": "cebench.pretrain.cli",
+    "transfer": "cebench.transfer.cli",
+    "retrieve": "cebench.retrieval.cli",
+    "retrieval-bench": "cebench.retrieval.cli",
+}
 
 
 def resolve_config(value: str) -> Path:
@@ -58,7 +70,9 @@ def version_line() -> str:
             f"CUDA {torch.version.cuda or 'none (CPU build)'})")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The `cebench` parser: with `command` (a key of `COMMANDS`), only the module that registers it is
+    imported and registered (with `bench`); without, every command."""
     parser = argparse.ArgumentParser(
         prog="cebench",
         description="Context Encoders benchmark suite: pretrain by inpainting, evaluate inpainting, "
@@ -67,8 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=version_line())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     common = common_parser()
-    for module in (pipeline_cli, replicates, data_cli, pretrain_cli, transfer_cli, retrieval_cli):
-        module.register(sub, common)
+    modules = [COMMANDS[command]] if command in COMMANDS else dict.fromkeys(COMMANDS.values())
+    for name in modules:
+        importlib.import_module(name).register(sub, common)
     register_bench(sub)
     return parser
 
@@ -110,7 +125,8 @@ def register_bench(subparsers) -> None:
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv[0] if argv else None)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -4,7 +4,9 @@ the one table (`BENCHES`), and its one timing helper counts what it says it coun
 
 from __future__ import annotations
 
+import argparse
 import ast
+import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -99,3 +101,21 @@ def test_timed_and_clock_count_calls_and_seconds(monkeypatch):
     # from the first batch on (the readings 2 then 3): the 6 images after it in 1 second
     assert (clock.n, clock.first, clock.rate()) == (10, 4, 6.0)
     assert timing.rate(7, 0.0) == 7e9  # a zero time counts as one nanosecond
+
+
+def test_each_command_imports_only_the_stage_that_owns_it(tmp_path):
+    """`COMMANDS` names, for every command, the module that registers it (checked by registering each module
+    alone), and `cebench pretrain` / `cebench transfer` start without importing the other stages' CLIs."""
+    for module in dict.fromkeys(cli.COMMANDS.values()):
+        sub = argparse.ArgumentParser().add_subparsers()
+        importlib.import_module(module).register(sub, cli.common_parser())
+        assert sorted(sub.choices) == sorted(c for c, m in cli.COMMANDS.items() if m == module), module
+    assert sorted(cli.build_parser()._subparsers._group_actions[0].choices) == sorted([*cli.COMMANDS, "bench"])
+    for command, absent in (("pretrain", "cebench.transfer.cli"), ("transfer", "cebench.pretrain.cli")):
+        code = ("import sys\nfrom cebench.benchmarks.cli import main\n"
+                f"try:\n    main([{command!r}, '--help'])\nexcept SystemExit:\n    pass\n"
+                "print('LOADED', sorted(m for m in sys.modules if m.endswith('.cli')))\n")
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        loaded = proc.stdout.strip().splitlines()[-1]
+        assert f"cebench.{command}.cli" in loaded and absent not in loaded, loaded
