@@ -20,6 +20,7 @@ from typing import Iterator
 
 import numpy as np
 import torch
+from PIL import Image
 
 FILE_MODE = 0o644
 
@@ -87,8 +88,6 @@ def atomic_save_figure(fig, path, *, colors: int | None = None, **savefig) -> Pa
         with atomic_target(path) as tmp:
             fig.savefig(tmp, **savefig)
         return path
-    from PIL import Image  # Pillow comes with matplotlib
-
     buf = io.BytesIO()
     fig.savefig(buf, **savefig)
     buf.seek(0)

@@ -26,18 +26,27 @@ def _sources() -> list[Path]:
     return [p for folder in SOURCE for p in sorted((ROOT / folder).rglob("*.py"))]
 
 
-def test_cebench_run_imports_no_benchmark_module(tmp_path):
+def _cebench_modules_after(argv: list[str], cwd: Path) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """`cebench ARGV` in a fresh interpreter: the process and the `cebench.*` modules it had imported."""
     code = ("import sys\nfrom cebench.benchmarks.cli import main\n"
-            f"rc = main(['run', '--config', 'tiny', '--dry-run', '--out', {str(tmp_path / 'run')!r}])\n"
-            "last = lambda m: m.split('.')[-1]\n"
-            "print('LOADED', sorted(m for m in sys.modules if m.startswith('cebench.') and "
-            "(m.startswith('cebench.benchmarks.perf') or (last(m) != 'benchmarks' and any(\n"
-            "    w in last(m) for w in ('throughput', 'bench', 'profile', 'timing'))))))\n"
+            f"try:\n    rc = main({argv!r})\nexcept SystemExit as e:\n    rc = e.code\n"
+            "print('LOADED', ' '.join(sorted(m for m in sys.modules if m.startswith('cebench.'))))\n"
             "sys.exit(rc)\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("LOADED"), last
+    return proc, last.split()[1:]
+
+
+def test_cebench_run_imports_no_benchmark_module(tmp_path):
+    proc, loaded = _cebench_modules_after(["run", "--config", "tiny", "--dry-run", "--out", str(tmp_path / "run")],
+                                          tmp_path)
     assert ": cebench " in proc.stdout  # it planned the run's jobs
-    assert proc.stdout.strip().splitlines()[-1] == "LOADED []"
+    last = [m.split(".")[-1] for m in loaded]
+    perf = [m for m, name in zip(loaded, last) if m.startswith("cebench.benchmarks.perf") or (
+        name != "benchmarks" and any(w in name for w in ("throughput", "bench", "profile", "timing")))]
+    assert perf == []
 
 
 def test_every_performance_module_lives_under_perf():
@@ -112,10 +121,5 @@ def test_each_command_imports_only_the_stage_that_owns_it(tmp_path):
         assert sorted(sub.choices) == sorted(c for c, m in cli.COMMANDS.items() if m == module), module
     assert sorted(cli.build_parser()._subparsers._group_actions[0].choices) == sorted([*cli.COMMANDS, "bench"])
     for command, absent in (("pretrain", "cebench.transfer.cli"), ("transfer", "cebench.pretrain.cli")):
-        code = ("import sys\nfrom cebench.benchmarks.cli import main\n"
-                f"try:\n    main([{command!r}, '--help'])\nexcept SystemExit:\n    pass\n"
-                "print('LOADED', sorted(m for m in sys.modules if m.endswith('.cli')))\n")
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        loaded = proc.stdout.strip().splitlines()[-1]
+        _, loaded = _cebench_modules_after([command, "--help"], tmp_path)
         assert f"cebench.{command}.cli" in loaded and absent not in loaded, loaded
